@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# adrank's one entry point for people and CI.
+#
+#   ./dev.sh demo    set up this machine, start the local stack, run `adrank doctor`
+#   ./dev.sh test    set up this machine, run clippy and every test (what .ci/run calls)
+#   ./dev.sh setup   only install what is missing (idempotent; skips what is present)
+#
+# Everything comes from the package registries: Debian's apt, PyPI (the ONNX Runtime wheel) and
+# crates.io (tansu). Tools built once per machine live in the cache folder
+# (ADRANK_CACHE_DIR, default ~/.cache/adrank); the ONNX Runtime library in .adrank/onnxruntime/.
+set -euo pipefail
+
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+CACHE=${ADRANK_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/adrank}
+ORT_VERSION=1.31.1
+TANSU_VERSION=0.6.0
+ORT_DIR=$ROOT/.adrank/onnxruntime
+TANSU=$CACHE/tansu-$TANSU_VERSION/bin/tansu
+APT_PACKAGES=(cmake pkg-config libcurl4-openssl-dev libssl-dev zlib1g-dev libclang-dev
+              openmpi-bin libopenmpi-dev redis-server python3 python3-pip g++ make)
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"
+    elif command -v sudo >/dev/null; then sudo "$@"
+    else die "need root to run: $* (install sudo or run as root)"; fi
+}
+
+setup_apt() {
+    local missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing Debian packages: ${missing[*]}"
+        as_root apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+    fi
+}
+
+setup_rust() {
+    command -v cargo >/dev/null || die "cargo not found: install Rust (rustup, https://rustup.rs) and run this again"
+}
+
+setup_onnxruntime() {
+    [ -f "$ORT_DIR/libonnxruntime.so.$ORT_VERSION" ] && return
+    say "installing ONNX Runtime $ORT_VERSION from the PyPI wheel into $ORT_DIR"
+    local tmp
+    tmp=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps --only-binary=:all: "onnxruntime==$ORT_VERSION" -d "$tmp"
+    mkdir -p "$ORT_DIR"
+    # The wheel is a zip; only its shared libraries are needed.
+    python3 - "$tmp"/onnxruntime-*.whl "$ORT_DIR" <<'PY'
+import sys, zipfile, os
+wheel, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith("onnxruntime/capi/libonnxruntime"):
+            target = os.path.join(dest, os.path.basename(name))
+            with z.open(name) as src, open(target + ".tmp", "wb") as out:
+                out.write(src.read())
+            os.replace(target + ".tmp", target)
+PY
+    rm -rf "$tmp"
+    [ -f "$ORT_DIR/libonnxruntime.so.$ORT_VERSION" ] || die "the onnxruntime wheel did not contain libonnxruntime.so.$ORT_VERSION"
+}
+
+setup_tansu() {
+    [ -x "$TANSU" ] && return
+    say "building the tansu $TANSU_VERSION broker into $CACHE (once per machine, about 10 minutes on 2 cores)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql \
+        --root "$CACHE/tansu-$TANSU_VERSION"
+}
+
+setup() {
+    setup_apt
+    setup_rust
+    setup_onnxruntime
+    setup_tansu
+}
+
+redis_answers() {
+    (exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\r\n' >&3 && timeout 2 head -c 5 <&3 | grep -q PONG) 2>/dev/null
+}
+
+demo() {
+    setup
+    say "building adrank"
+    cargo build --bin adrank
+    say "starting the local stack"
+    target/debug/adrank up
+    say "checking every dependency"
+    target/debug/adrank doctor
+    say "the stack is up; stop it with: target/debug/adrank down"
+}
+
+test() {
+    setup
+    redis_answers || die "Redis does not answer on 127.0.0.1:6379; the tests need it: \
+redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no"
+    say "rustfmt"
+    cargo fmt --all -- --check
+    say "clippy"
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+    say "tests"
+    cargo test --workspace --all-targets --locked
+}
+
+case "${1:-}" in
+    demo) demo ;;
+    test) test ;;
+    setup) setup ;;
+    *) echo "usage: $0 demo|test|setup" >&2; exit 2 ;;
+esac

@@ -1,0 +1,43 @@
+//! The feature store's error type.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+/// Everything that can go wrong in the feature store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kafka client could not be created or a Kafka request failed.
+    #[error("Kafka at {brokers}: {action} failed: {source}")]
+    Kafka {
+        brokers: String,
+        action: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+
+    /// The broker answered, but refused to create a topic.
+    #[error("Kafka at {brokers}: cannot create topic `{topic}`: {reason}")]
+    CreateTopic { brokers: String, topic: String, reason: String },
+
+    /// Redis refused a connection or a command.
+    #[error("Redis at {url}: {source}")]
+    Redis {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+
+    /// No tansu executable was found in any of the places adrank looks.
+    #[error(
+        "no tansu broker executable found (tried: {}); run ./dev.sh setup to build it, or set \
+         stack.tansu_binary in the config",
+        tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    TansuNotFound { tried: Vec<PathBuf> },
+
+    /// A broker process could not be started or did not start listening in time.
+    #[error("tansu broker on {addr}: {reason}")]
+    BrokerStart { addr: SocketAddr, reason: String },
+}
+
+/// The feature store's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,20 @@
+//! Kafka: topic administration and the local broker for one machine.
+
+pub mod admin;
+pub mod local_broker;
+
+use rdkafka::ClientConfig;
+
+use crate::KafkaConfig;
+
+/// The client settings every adrank Kafka client starts from.
+pub fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("client.id", &config.client_id)
+        .set("socket.timeout.ms", config.request_timeout_ms.max(10).to_string())
+        // librdkafka logs every failed connection attempt; adrank reports failures itself.
+        .set("log_level", "3");
+    client
+}

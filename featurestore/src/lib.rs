@@ -1,0 +1,29 @@
+//! The feature store: everything between Kafka and the models' inputs.
+//!
+//! adrank's serving and training paths meet here, so that both read the same events, the same
+//! online features and the same transforms (no train/serve skew).
+//!
+//! # Layout
+//!
+//! - [`config`]: the `[kafka]` and `[redis]` sections of `adrank.toml`, with their checks.
+//! - [`kafka`]: topic administration ([`kafka::admin`]) and the local tansu broker that
+//!   `adrank up` and the test kit start ([`kafka::local_broker`]).
+//! - [`online`]: the Redis online store; for now its connection and health probe.
+//!
+//! Later issues add the event schema, the feature spec and transforms, the ingester (Kafka ->
+//! Redis + Parquet) and the online read client used by serving.
+//!
+//! # Data flow
+//!
+//! ```text
+//! Kafka topics (impressions, clicks, users, ads) --> ingester --> Redis online store --> serving
+//!                                                           \--> Parquet training log --> trainer
+//! ```
+
+pub mod config;
+mod error;
+pub mod kafka;
+pub mod online;
+
+pub use config::{ConfigProblem, KafkaConfig, RedisConfig, TopicConfig, Topics};
+pub use error::{Error, Result};

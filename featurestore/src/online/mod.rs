@@ -1,0 +1,24 @@
+//! The Redis online store. For now: connecting and the health probe that `doctor` uses.
+
+use crate::{Error, RedisConfig, Result};
+
+/// Opens a multiplexed connection to the configured Redis, within the connect timeout.
+pub async fn connect(config: &RedisConfig) -> Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(config.url.as_str()).map_err(|e| redis_error(config, e))?;
+    let settings = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout()))
+        .set_response_timeout(Some(config.connect_timeout()));
+    client.get_multiplexed_async_connection_with_config(&settings).await.map_err(|e| redis_error(config, e))
+}
+
+/// The version of the Redis server behind `config`, read from `INFO server`.
+pub async fn server_version(config: &RedisConfig) -> Result<String> {
+    let mut connection = connect(config).await?;
+    let info: String =
+        redis::cmd("INFO").arg("server").query_async(&mut connection).await.map_err(|e| redis_error(config, e))?;
+    Ok(info.lines().find_map(|line| line.strip_prefix("redis_version:")).unwrap_or("unknown").trim().to_string())
+}
+
+fn redis_error(config: &RedisConfig, source: redis::RedisError) -> Error {
+    Error::Redis { url: config.url.clone(), source }
+}

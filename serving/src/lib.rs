@@ -1,0 +1,13 @@
+//! Serving: the HTTP ranking API.
+//!
+//! The serving issue builds here the axum ranking API, admission control, the dynamic batcher
+//! over ONNX Runtime, the model manager with hot swaps, the rollout router and the impression
+//! logger. For now this crate owns its config section.
+//!
+//! # Layout
+//!
+//! - [`config`]: the `[serving]` section of `adrank.toml`.
+
+pub mod config;
+
+pub use config::ServingConfig;

@@ -1,0 +1,39 @@
+//! The subcommands. Adding one means adding a module with an `Args` struct (clap) and a `run`
+//! function, and one line in [`Command`] and in [`Command::run`].
+
+mod config;
+mod doctor;
+mod down;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::config::Loaded;
+
+/// What adrank can do.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Check every dependency (ONNX Runtime, Kafka, Redis, registry, MPI) and say how to fix
+    /// what is missing. Exits non-zero when a required one fails.
+    Doctor(doctor::Args),
+    /// Start the local stack for one machine (a tansu Kafka broker, topics, Redis if none
+    /// answers). Idempotent: what already runs is left alone.
+    Up(up::Args),
+    /// Stop what `adrank up` started, and nothing else.
+    Down(down::Args),
+    /// Print the effective configuration (file, defaults and environment overrides) as TOML.
+    Config(config::Args),
+}
+
+impl Command {
+    pub(crate) async fn run(self, loaded: &Loaded) -> anyhow::Result<ExitCode> {
+        match self {
+            Self::Doctor(args) => doctor::run(args, loaded).await,
+            Self::Up(args) => up::run(args, loaded).await,
+            Self::Down(args) => down::run(args, loaded).await,
+            Self::Config(args) => config::run(args, loaded),
+        }
+    }
+}

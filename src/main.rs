@@ -1,0 +1,63 @@
+//! `adrank`: the command line of the adrank ads-ranking system.
+//!
+//! One binary, one subcommand per module under `commands/`. Configuration is loaded and checked
+//! before any subcommand runs: a bad config is reported in full and exits with status 2.
+
+mod commands;
+mod config;
+mod stack;
+mod table;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+
+/// adrank: ads ranking with dynamically batched ONNX models, a Kafka + Redis feature store and
+/// a retraining loop with shadow and canary rollouts.
+#[derive(Debug, Parser)]
+#[command(name = "adrank", version, propagate_version = true)]
+struct Cli {
+    /// The config file. Default: config/adrank.toml in the current directory when it exists,
+    /// else built-in defaults. ADRANK_<SECTION>__<KEY> variables override single keys.
+    #[arg(long, global = true, env = "ADRANK_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: commands::Command,
+}
+
+/// Exit status for a configuration that cannot be used.
+const CONFIG_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let loaded = match config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(loaded) => loaded,
+        Err(report) => {
+            eprintln!("{report}");
+            return ExitCode::from(CONFIG_ERROR);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.command.run(&loaded)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `ADRANK_LOG` (tracing's filter syntax), warnings by default.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ADRANK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -1,0 +1,54 @@
+//! The test kit: the real dependencies integration tests run against.
+//!
+//! - [`broker::TestBroker`]: a fresh tansu broker (memory storage) on a free port, stopped on
+//!   drop.
+//! - [`redis::TestRedis`]: the machine's Redis with a key prefix of the test's own, whose keys
+//!   are deleted on drop.
+//! - [`registry`]: a temporary registry folder.
+//! - [`onnxruntime`]: the ONNX Runtime library the setup script installs.
+//!
+//! No mocks: a test that cannot reach a dependency panics with what to run, so a missing
+//! dependency fails CI instead of passing silently.
+
+pub mod broker;
+pub mod redis;
+
+use std::path::PathBuf;
+
+use adrank_registry::{OrtConfig, RegistryConfig, runtime};
+
+/// The repository root (this crate lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().expect("the test kit lives inside the workspace").to_path_buf()
+}
+
+/// A registry in a temporary folder, removed when the returned guard drops.
+pub fn registry() -> (tempfile::TempDir, RegistryConfig) {
+    let dir = tempfile::tempdir().expect("cannot create a temporary folder");
+    let config = RegistryConfig { location: dir.path().join("registry").display().to_string() };
+    (dir, config)
+}
+
+/// The ONNX Runtime library: `ORT_DYLIB_PATH`, else the copy `./dev.sh setup` installs under
+/// `.adrank/onnxruntime/`. Panics with what to run when neither exists.
+pub fn onnxruntime() -> OrtConfig {
+    let path = std::env::var_os("ORT_DYLIB_PATH")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".adrank").join("onnxruntime").join(runtime::LIBRARY_FILE));
+    assert!(
+        path.is_file(),
+        "ONNX Runtime library not found at {}: run ./dev.sh setup (or set ORT_DYLIB_PATH)",
+        path.display()
+    );
+    OrtConfig { library_path: path.display().to_string() }
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot bind a port on 127.0.0.1")
+        .port()
+}

@@ -1,0 +1,97 @@
+//! `adrank up && adrank up && adrank doctor && adrank down`, as a user runs it.
+
+use std::{
+    path::Path,
+    process::{Command, Output},
+};
+
+/// Runs the adrank binary in `cwd` with a clean `ADRANK_…` environment plus `env`.
+pub(crate) fn adrank(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_adrank"));
+    command.args(args).current_dir(cwd);
+    for (var, _) in std::env::vars().filter(|(k, _)| k.starts_with("ADRANK_") || k == "ORT_DYLIB_PATH") {
+        command.env_remove(var);
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("the adrank binary runs")
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+fn is_running(pid: u32) -> bool {
+    // A zombie has exited; only its parent's bookkeeping is left.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+fn recorded_pid(state: &Path, name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(state.join("pids").join(format!("{name}.pid"))).ok()?;
+    let record: toml::Table = text.parse().unwrap();
+    Some(record["pid"].as_integer().unwrap() as u32)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_up_doctor_down() {
+    let redis = adrank_testkit::redis::TestRedis::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let port = adrank_testkit::free_port();
+    let config = format!(
+        "[kafka]\nbrokers = \"127.0.0.1:{port}\"\n\n[redis]\nurl = \"{url}\"\nkey_prefix = \"{prefix}\"\n\n\
+         [registry]\nlocation = \"{registry}\"\n\n[onnxruntime]\nlibrary_path = \"{ort}\"\n\n\
+         [stack]\nstate_dir = \"{state}\"\n",
+        url = redis.config.url,
+        prefix = redis.config.key_prefix,
+        registry = dir.path().join("registry").display(),
+        ort = adrank_testkit::onnxruntime().library_path,
+        state = state.display(),
+    );
+    let config_path = dir.path().join("adrank.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let run = |command: &str| adrank(&["--config", config_path.to_str().unwrap(), command], dir.path(), &[]);
+
+    let first = run("up");
+    assert!(first.status.success(), "first up failed:\n{}", text(&first));
+    let pid = recorded_pid(&state, "tansu").expect("up records the broker it started");
+    assert!(is_running(pid));
+    let first_text = text(&first);
+    assert!(first_text.contains("kafka broker  started  tansu pid"), "{first_text}");
+    assert_eq!(first_text.matches("created with").count(), 5, "{first_text}");
+    assert!(
+        first_text.contains("not started by adrank; left alone"),
+        "the machine's Redis is used, not replaced:\n{first_text}"
+    );
+    assert_eq!(recorded_pid(&state, "redis-server"), None);
+
+    let second = run("up");
+    let second_text = text(&second);
+    assert!(second.status.success(), "second up failed:\n{second_text}");
+    assert!(
+        !second_text.contains("  started  ") && !second_text.contains("created with"),
+        "the second up changes nothing:\n{second_text}"
+    );
+    assert!(second_text.contains(&format!("pid {pid}, started by an earlier `adrank up`")), "{second_text}");
+    assert_eq!(recorded_pid(&state, "tansu"), Some(pid), "no second broker");
+
+    let doctor = run("doctor");
+    let doctor_text = text(&doctor);
+    assert!(doctor.status.success(), "doctor is not all green:\n{doctor_text}");
+    assert!(!doctor_text.contains("FAIL"), "{doctor_text}");
+    assert!(
+        doctor_text.contains(adrank_registry::runtime::ORT_VERSION),
+        "doctor prints the ORT version:\n{doctor_text}"
+    );
+
+    let down = run("down");
+    assert!(down.status.success(), "down failed:\n{}", text(&down));
+    assert!(!is_running(pid), "the broker is still running after down");
+    assert_eq!(recorded_pid(&state, "tansu"), None, "down forgets what it stopped");
+
+    let again = run("down");
+    assert!(again.status.success() && text(&again).contains("not started by `adrank up`"), "{}", text(&again));
+    let doctor = run("doctor");
+    assert_eq!(doctor.status.code(), Some(1), "doctor fails once the broker is gone:\n{}", text(&doctor));
+}

@@ -1,0 +1,8 @@
+//! Integration tests against the real dependencies: a tansu broker, Redis, ONNX Runtime, and the
+//! `adrank` binary itself. One test binary (modules below) so the suite links once.
+
+mod cli_config;
+mod kafka_round_trip;
+mod local_stack;
+mod onnxruntime;
+mod redis_round_trip;
