@@ -232,12 +232,11 @@ impl RedisConfig {
     /// Every problem in this section; empty when it is usable.
     pub fn problems(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
-        if let Err(e) = self.url.as_str().into_connection_info() {
+        if self.url.as_str().into_connection_info().is_err() {
             problems.push(ConfigProblem::new(
                 "url",
                 format!(
-                    "`{}` is not a Redis URL ({e}); expected redis://host:port/db, rediss://… or \
-                     unix:///path",
+                    "`{}` is not a Redis URL; expected redis://host:port/db, rediss://host:port/db or unix:///path",
                     self.url
                 ),
             ));

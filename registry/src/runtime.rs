@@ -80,27 +80,34 @@ pub fn init(config: &OrtConfig) -> Result<RuntimeInfo> {
 fn load(path: &Path) -> Result<RuntimeInfo, String> {
     let builder = ort::init_from(path).map_err(|e| e.to_string())?;
     builder.with_name("adrank").build().map_err(|e| e.to_string())?;
-    Ok(RuntimeInfo { path: path.to_path_buf(), version: version_from_build_info(ort::info()) })
+    Ok(RuntimeInfo { path: path.to_path_buf(), version: library_version(path)? })
 }
 
-/// ONNX Runtime's build string names its release branch, `git-branch=rel-1.31.1`; that is the
-/// only version text the `ort` API exposes once the library is loaded.
-fn version_from_build_info(info: &str) -> String {
-    info.split([',', ' '])
-        .find_map(|part| part.trim().strip_prefix("git-branch=rel-"))
-        .map_or_else(|| "unknown".into(), str::to_string)
+/// ONNX Runtime's own version string (`OrtApiBase::GetVersionString`), which `ort` reads when
+/// it loads the library but does not expose.
+#[allow(unsafe_code)]
+fn library_version(path: &Path) -> Result<String, String> {
+    type GetApiBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;
+    // SAFETY: `path` is the library `ort` has just loaded and accepted as ONNX Runtime (it
+    // resolved `OrtGetApiBase` and checked the API version), so loading it again only bumps the
+    // loader's reference count and runs no initialisers. `OrtGetApiBase` takes no arguments and
+    // returns a pointer to a static table; `GetVersionString` returns a static NUL-terminated
+    // string that must not be freed. The library stays loaded (ort holds it) while we read.
+    unsafe {
+        let library = libloading::Library::new(path).map_err(|e| e.to_string())?;
+        let get_api_base = library.get::<GetApiBase>(b"OrtGetApiBase").map_err(|e| e.to_string())?;
+        let base = get_api_base();
+        if base.is_null() {
+            return Err("OrtGetApiBase returned nothing".into());
+        }
+        let version = ((*base).GetVersionString)();
+        Ok(std::ffi::CStr::from_ptr(version).to_string_lossy().into_owned())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn version_is_read_from_build_info() {
-        let info = "ORT Build Info: git-branch=rel-1.31.1, git-commit-id=abc, build type=Release";
-        assert_eq!(version_from_build_info(info), "1.31.1");
-        assert_eq!(version_from_build_info("something else"), "unknown");
-    }
 
     #[test]
     fn configured_path_is_the_only_candidate() {

@@ -116,6 +116,11 @@ impl Loader {
 
     /// Deserialises `tree`, recording and removing each key serde rejects until the rest passes.
     fn deserialize(&mut self, mut tree: toml::Table) -> AdrankConfig {
+        let toml::Value::Table(defaults) =
+            toml::Value::try_from(AdrankConfig::default()).expect("the default config serialises; this is a bug")
+        else {
+            unreachable!("a struct serialises to a table; this is a bug")
+        };
         let mut retried_as_string = Vec::new();
         for _ in 0..256 {
             let error = match serde_path_to_error::deserialize::<_, AdrankConfig>(toml::Value::Table(tree.clone())) {
@@ -140,8 +145,14 @@ impl Loader {
                 let _ = set(&mut tree, &o.key, toml::Value::String(o.raw.clone()));
                 continue;
             }
-            self.problem(key, explain(&error.inner().to_string()));
-            if segments.is_empty() || !remove(&mut tree, &segments) {
+            self.problem(key, explain(error.inner().message()));
+            // Put the default back where the bad value was (or drop an unknown key), so the next
+            // attempt gets past it and later checks do not trip over the same mistake.
+            let fixed = match lookup(&defaults, &segments) {
+                Some(default) => set(&mut tree, &segments, default.clone()).is_ok(),
+                None => remove(&mut tree, &segments),
+            };
+            if segments.is_empty() || !fixed {
                 break;
             }
         }
@@ -212,7 +223,7 @@ fn index_lines(text: &str, table: &DeTable<'_>, prefix: &str, lines: &mut HashMa
 /// Sets `key` in `tree`, creating sections on the way. Fails with the first segment that holds
 /// a value where a section is needed.
 fn set(tree: &mut toml::Table, key: &[String], value: toml::Value) -> Result<(), String> {
-    let (last, parents) = key.split_last().expect("override keys have at least two segments; this is a bug");
+    let Some((last, parents)) = key.split_last() else { return Err(String::new()) };
     let mut table = tree;
     for (i, segment) in parents.iter().enumerate() {
         let entry = table.entry(segment.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -223,6 +234,16 @@ fn set(tree: &mut toml::Table, key: &[String], value: toml::Value) -> Result<(),
     }
     table.insert(last.clone(), value);
     Ok(())
+}
+
+fn lookup<'t>(tree: &'t toml::Table, key: &[String]) -> Option<&'t toml::Value> {
+    let (first, rest) = key.split_first()?;
+    let value = tree.get(first)?;
+    match (rest.is_empty(), value) {
+        (true, value) => Some(value),
+        (false, toml::Value::Table(inner)) => lookup(inner, rest),
+        (false, _) => None,
+    }
 }
 
 fn remove(tree: &mut toml::Table, key: &[String]) -> bool {

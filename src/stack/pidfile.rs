@@ -44,8 +44,8 @@ impl PidRecord {
 
     /// Whether the recorded process still runs.
     pub(crate) fn liveness(&self) -> Liveness {
-        match start_ticks(self.pid) {
-            Some(ticks) if ticks == self.start_ticks && !is_zombie(self.pid) => Liveness::Ours,
+        match stat_fields(self.pid) {
+            Some(fields) if start_ticks_of(&fields) == Some(self.start_ticks) && !is_zombie(&fields) => Liveness::Ours,
             _ => Liveness::Gone,
         }
     }
@@ -123,6 +123,21 @@ impl PidFiles {
 }
 
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    // A process in the middle of exec can briefly fail the read while /proc/<pid> exists: read
+    // again before calling it gone.
+    for _ in 0..5 {
+        if let Some(fields) = read_stat(pid) {
+            return Some(fields);
+        }
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+fn read_stat(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may contain spaces: split after it.
     let after_name = &stat[stat.rfind(')')? + 1..];
@@ -130,12 +145,16 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 }
 
 fn start_ticks(pid: u32) -> Option<u64> {
-    // Fields after the name start at field 3 (state); start time is field 22.
-    stat_fields(pid)?.get(22 - 3)?.parse().ok()
+    start_ticks_of(&stat_fields(pid)?)
 }
 
-fn is_zombie(pid: u32) -> bool {
-    stat_fields(pid).and_then(|f| f.first().cloned()).is_some_and(|state| state == "Z")
+fn start_ticks_of(fields: &[String]) -> Option<u64> {
+    // Fields after the name start at field 3 (state); start time is field 22.
+    fields.get(22 - 3)?.parse().ok()
+}
+
+fn is_zombie(fields: &[String]) -> bool {
+    fields.first().is_some_and(|state| state == "Z")
 }
 
 #[cfg(test)]

@@ -31,7 +31,10 @@ async fn messages_round_trip_in_order_and_commits_stick() {
         deliveries.push(producer.send_result(record).map_err(|(e, _)| e).expect("the producer queue has room"));
     }
     for delivery in deliveries {
-        delivery.await.expect("delivery is reported").expect("the broker accepts the message");
+        within(delivery, "a delivery report", &broker)
+            .await
+            .expect("delivery is reported")
+            .expect("the broker accepts the message");
     }
 
     let consumer = consumer(config, "round-trip");
@@ -59,27 +62,38 @@ async fn messages_round_trip_in_order_and_commits_stick() {
     assert_eq!(all, (0..MESSAGES).collect::<Vec<_>>(), "every message exactly once");
 
     consumer.commit_consumer_state(CommitMode::Sync).unwrap();
-    let committed = consumer.committed(Duration::from_secs(10)).unwrap();
-    let total: i64 = committed
-        .elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => o,
-            other => panic!("partition {} has no committed offset: {other:?}", e.partition()),
-        })
-        .sum();
+    // The list must be gone before the consumer closes: its entries hold librdkafka partition
+    // references, and closing waits for every reference to drop (it hangs otherwise).
+    let total = committed_total(&consumer.committed(Duration::from_secs(10)).unwrap());
     assert_eq!(total, MESSAGES as i64, "committed offsets cover every message");
 
-    // A new member of the same group starts from the committed offsets: nothing left to read.
-    drop(consumer);
+    // Closing a consumer blocks until librdkafka has left the group: never on the async runtime.
+    within(tokio::task::spawn_blocking(move || drop(consumer)), "consumer close", &broker).await.unwrap();
     let again = self::consumer(config, "round-trip");
     let mut assignment = TopicPartitionList::new();
     for partition in 0..config.topics.impressions.partitions.get() as i32 {
         assignment.add_partition(&topic, partition);
     }
-    let committed = again.committed_offsets(assignment, Duration::from_secs(10)).unwrap();
-    let total: i64 = committed.elements().iter().filter_map(|e| e.offset().to_raw()).sum();
+    let total = committed_total(&again.committed_offsets(assignment, Duration::from_secs(10)).unwrap());
     assert_eq!(total, MESSAGES as i64, "the group's offsets are stored by the broker");
+    within(tokio::task::spawn_blocking(move || drop(again)), "consumer close", &broker).await.unwrap();
+}
+
+fn committed_total(list: &TopicPartitionList) -> i64 {
+    list.elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            other => panic!("partition {} has no committed offset: {other:?}", e.partition()),
+        })
+        .sum()
+}
+
+/// Awaits `future` for at most 60 s, failing with the broker's log when it takes longer.
+async fn within<T>(future: impl std::future::Future<Output = T>, what: &str, broker: &TestBroker) -> T {
+    tokio::time::timeout(Duration::from_secs(60), future)
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within 60 s; broker log:\n{}", broker.log_text()))
 }
 
 fn consumer(config: &adrank_featurestore::KafkaConfig, group: &str) -> StreamConsumer {

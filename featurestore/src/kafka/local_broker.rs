@@ -24,10 +24,16 @@ pub enum Storage {
 }
 
 impl Storage {
-    fn url(&self) -> String {
+    /// The storage URL, and the folder tansu must run in: tansu resolves a sqlite URL against
+    /// its working directory (even `sqlite:///abs/path`), so the broker runs in the database's
+    /// folder and names only the file.
+    fn url_and_dir(&self) -> (String, Option<&Path>) {
         match self {
-            Self::Memory => "memory://tansu/".into(),
-            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Self::Memory => ("memory://tansu/".into(), None),
+            Self::Sqlite(path) => {
+                let file = path.file_name().map_or_else(|| "tansu.db".into(), |f| f.to_string_lossy().into_owned());
+                (format!("sqlite://{file}"), path.parent().filter(|p| !p.as_os_str().is_empty()))
+            }
         }
     }
 }
@@ -48,14 +54,18 @@ impl LocalBroker {
     /// that a stray `STORAGE_ENGINE` in the caller's shell cannot redirect it.
     pub fn command(&self) -> Command {
         let listener = format!("tcp://{}", self.addr);
+        let (storage, dir) = self.storage.url_and_dir();
         let mut command = Command::new(&self.binary);
         command
             .arg("broker")
             .args(["--listener-url", &listener])
             .args(["--advertised-listener-url", &listener])
-            .args(["--storage-engine", &self.storage.url()])
+            .args(["--storage-engine", &storage])
             .arg("--silent")
             .stdin(Stdio::null());
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
         for var in ["CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "SCHEMA_REGISTRY"] {
             command.env_remove(var);
         }
