@@ -40,6 +40,14 @@ impl Table {
     }
 }
 
+/// `1 broker`, `2 brokers`.
+pub(crate) fn plural(n: impl Into<u64>, what: &str) -> String {
+    match n.into() {
+        1 => format!("1 {what}"),
+        n => format!("{n} {what}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

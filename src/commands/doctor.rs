@@ -5,7 +5,10 @@ use std::{future::Future, process::ExitCode, time::Duration};
 use adrank_featurestore::{kafka, online};
 use adrank_registry::{runtime, store};
 
-use crate::{config::Loaded, table::Table};
+use crate::{
+    config::Loaded,
+    table::{Table, plural},
+};
 
 /// Check every dependency and print one row each.
 #[derive(Debug, clap::Args)]
@@ -110,7 +113,8 @@ async fn check_kafka(loaded: &Loaded) -> (Outcome, Outcome) {
         Ok(Err(e)) => return (Outcome::failed(e, fix), unreachable()),
         Err(_) => return (Outcome::failed(format!("no answer within {CHECK_TIMEOUT:?}"), fix), unreachable()),
     };
-    let broker = Outcome::Ok(format!("{} at {}", plural(state.brokers.len(), "broker"), state.brokers.join(", ")));
+    let broker =
+        Outcome::Ok(format!("{} at {}", plural(state.brokers.len() as u64, "broker"), state.brokers.join(", ")));
     let missing: Vec<&str> = state.missing().map(|t| t.name.as_str()).collect();
     let topics = if !missing.is_empty() {
         Outcome::failed(format!("missing: {}", missing.join(", ")), "run `adrank up` (it creates them)")
@@ -165,8 +169,4 @@ fn check_tansu(loaded: &Loaded) -> Outcome {
         Ok(path) => Outcome::Ok(path.display().to_string()),
         Err(e) => Outcome::failed(e, "run ./dev.sh setup (needed only to start a local broker)"),
     }
-}
-
-fn plural(n: usize, what: &str) -> String {
-    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
 }

@@ -19,7 +19,7 @@ use crate::{
         pidfile::{Liveness, PidFiles, PidRecord},
         spawn_detached,
     },
-    table::Table,
+    table::{Table, plural},
 };
 
 /// Start the local stack.
@@ -54,10 +54,10 @@ pub(crate) async fn run(_args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode
     for outcome in outcomes {
         match outcome {
             TopicOutcome::Created { name, partitions } => {
-                add("kafka topic", State::Started(format!("{name}: created with {partitions} partitions")));
+                add("kafka topic", State::Started(format!("{name}: created with {}", plural(partitions, "partition"))));
             }
             TopicOutcome::Existed { name, partitions } => {
-                add("kafka topic", State::Running(format!("{name}: {partitions} partitions")));
+                add("kafka topic", State::Running(format!("{name}: {}", plural(partitions, "partition"))));
             }
         }
     }
@@ -119,6 +119,7 @@ async fn ensure_broker(config: &AdrankConfig, state_dir: &std::path::Path, pids:
         binary: local_broker::find_tansu(config.stack.tansu_binary().as_deref())?,
         addr,
         storage: storage.clone(),
+        die_with_parent: false,
     };
     let timeout = Duration::from_secs(config.stack.start_timeout_secs);
     let log = state_dir.join("tansu.log");

@@ -34,7 +34,7 @@ impl TestBroker {
             let addr = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
             let log = tempfile::NamedTempFile::new().expect("cannot create a log file");
             let stderr: Stdio = log.reopen().expect("cannot reopen the log file").into();
-            let broker = LocalBroker { binary: binary.clone(), addr, storage: Storage::Memory };
+            let broker = LocalBroker { binary: binary.clone(), addr, storage: Storage::Memory, die_with_parent: true };
             let child = match broker.start(Stdio::null(), stderr, Duration::from_secs(30)).await {
                 Ok(child) => child,
                 Err(e) => {

@@ -16,6 +16,15 @@ pub(crate) fn adrank(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output 
     command.output().expect("the adrank binary runs")
 }
 
+/// Runs its closure when dropped, also when the test panics.
+struct Guard<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
 fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
@@ -52,6 +61,8 @@ async fn up_up_doctor_down() {
     let config_path = dir.path().join("adrank.toml");
     std::fs::write(&config_path, config).unwrap();
     let run = |command: &str| adrank(&["--config", config_path.to_str().unwrap(), command], dir.path(), &[]);
+    // Whatever fails below, the broker `up` starts (detached, by design) must not outlive the test.
+    let _down = Guard(|| drop(run("down")));
 
     let first = run("up");
     assert!(first.status.success(), "first up failed:\n{}", text(&first));

@@ -47,6 +47,10 @@ pub struct LocalBroker {
     pub addr: SocketAddr,
     /// Where it keeps its data.
     pub storage: Storage,
+    /// Kill the broker when the thread that started it exits (Linux's parent-death signal,
+    /// set through util-linux `setpriv`), so that a test process killed mid-run leaves no
+    /// broker behind. `adrank up` leaves it off: its broker outlives the command.
+    pub die_with_parent: bool,
 }
 
 impl LocalBroker {
@@ -55,7 +59,13 @@ impl LocalBroker {
     pub fn command(&self) -> Command {
         let listener = format!("tcp://{}", self.addr);
         let (storage, dir) = self.storage.url_and_dir();
-        let mut command = Command::new(&self.binary);
+        let mut command = if self.die_with_parent {
+            let mut setpriv = Command::new("setpriv");
+            setpriv.args(["--pdeathsig", "KILL", "--"]).arg(&self.binary);
+            setpriv
+        } else {
+            Command::new(&self.binary)
+        };
         command
             .arg("broker")
             .args(["--listener-url", &listener])
