@@ -9,9 +9,14 @@
 //! - [`kafka`]: topic administration ([`kafka::admin`]) and the local tansu broker that
 //!   `adrank up` and the test kit start ([`kafka::local_broker`]).
 //! - [`online`]: the Redis online store; for now its connection and health probe.
+//! - [`events`]: the JSON events on Kafka (impressions, clicks, profiles, catalog) with strict
+//!   decoding.
+//! - [`spec`]: the feature spec (`config/features.toml`), its version hash, and
+//!   [`spec::Transformer`]: the one implementation of raw features -> model inputs, shared by
+//!   serving and the trainer.
 //!
-//! Later issues add the event schema, the feature spec and transforms, the ingester (Kafka ->
-//! Redis + Parquet) and the online read client used by serving.
+//! Later issues add the ingester (Kafka -> Redis + Parquet) and the online read client used by
+//! serving.
 //!
 //! # Data flow
 //!
@@ -22,8 +27,10 @@
 
 pub mod config;
 mod error;
+pub mod events;
 pub mod kafka;
 pub mod online;
+pub mod spec;
 
 pub use config::{ConfigProblem, KafkaConfig, RedisConfig, TopicConfig, Topics};
 pub use error::{Error, Result};

@@ -22,7 +22,7 @@ async fn messages_round_trip_in_order_and_commits_stick() {
     assert_eq!(state.missing().count(), 0, "{state:?}");
     let topic = config.topics.impressions.name.clone();
 
-    let producer: FutureProducer = kafka::client_config(config).set("acks", "all").create().unwrap();
+    let producer: FutureProducer = kafka::producer_config(config).set("acks", "all").create().unwrap();
     let mut deliveries = Vec::with_capacity(MESSAGES);
     for i in 0..MESSAGES {
         let key = format!("user-{}", i % 37);
@@ -105,4 +105,36 @@ fn consumer(config: &adrank_featurestore::KafkaConfig, group: &str) -> StreamCon
         .set("session.timeout.ms", "6000")
         .create()
         .unwrap()
+}
+
+/// An impression and its click, keyed by the impression id, land in the same partition of their
+/// two topics: the ingester's join depends on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impression_and_its_click_share_a_partition() {
+    use adrank_featurestore::events::{Click, Event as _, Impression, RawFeatures};
+
+    let broker = TestBroker::start().await;
+    let config = &broker.config;
+    admin::ensure_topics(config).await.unwrap();
+    let producer: FutureProducer = kafka::producer_config(config).create().unwrap();
+    for i in 0..50 {
+        let impression = Impression::example(&format!("imp-{i}"), RawFeatures::new());
+        let click = Click {
+            click_id: format!("c-{i}"),
+            impression_id: impression.impression_id.clone(),
+            event_time_ms: 1,
+            user_id: impression.user_id.clone(),
+            ad_id: impression.ad_id.clone(),
+            advertiser_id: impression.advertiser_id.clone(),
+        };
+        let (payload, key) = (impression.encode(), impression.key().to_string());
+        let record = FutureRecord::to(&config.topics.impressions.name).key(&key).payload(&payload);
+        let imp_partition =
+            within(producer.send(record, Duration::from_secs(10)), "delivery", &broker).await.unwrap().partition;
+        let (payload, key) = (click.encode(), click.key().to_string());
+        let record = FutureRecord::to(&config.topics.clicks.name).key(&key).payload(&payload);
+        let click_partition =
+            within(producer.send(record, Duration::from_secs(10)), "delivery", &broker).await.unwrap().partition;
+        assert_eq!(imp_partition, click_partition, "impression {i} and its click were split");
+    }
 }

@@ -18,3 +18,13 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
         .set("log_level", "3");
     client
 }
+
+/// The settings of every adrank producer: the client settings plus Java's key partitioner, so
+/// that a key lands in the same partition whichever client (Java or librdkafka) produced it.
+/// That is what puts an impression and its clicks, both keyed by the impression id, in the same
+/// partition of their two equally partitioned topics.
+pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = client_config(config);
+    client.set("partitioner", "murmur2_random");
+    client
+}

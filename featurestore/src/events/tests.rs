@@ -1,0 +1,108 @@
+use super::*;
+
+fn impression() -> Impression {
+    Impression {
+        impression_id: "imp-1".into(),
+        request_id: "req-1".into(),
+        event_time_ms: 1_767_225_600_000,
+        user_id: "u-7".into(),
+        ad_id: "a-3".into(),
+        advertiser_id: "adv-1".into(),
+        position: 0,
+        surface: "feed".into(),
+        model_name: "ctr".into(),
+        model_version: "3".into(),
+        score: 0.0213,
+        bid: 1.25,
+        features: RawFeatures::from([
+            ("user_segment".into(), RawValue::from("sports")),
+            ("ad_ctr_7d".into(), RawValue::Num(0.1 + 0.2)),
+            ("hour".into(), RawValue::Num(13.0)),
+            ("country".into(), RawValue::Missing),
+        ]),
+        oracle_p: Some(0.019),
+    }
+}
+
+fn json_with(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let mut value: serde_json::Value = serde_json::from_slice(&impression().encode()).unwrap();
+    edit(&mut value);
+    serde_json::to_vec(&value).unwrap()
+}
+
+fn rejection(bytes: &[u8]) -> EventError {
+    Impression::decode(bytes).expect_err("the record must be rejected")
+}
+
+#[test]
+fn round_trip_is_exact_and_deterministic() {
+    let event = impression();
+    let bytes = event.encode();
+    assert_eq!(Impression::decode(&bytes).unwrap(), event, "floats survive JSON exactly");
+    assert_eq!(event.encode(), bytes, "same event, same bytes");
+    assert_eq!(event.key(), "imp-1");
+}
+
+#[test]
+fn clicks_share_their_impressions_key() {
+    let click = Click {
+        click_id: "c-1".into(),
+        impression_id: "imp-1".into(),
+        event_time_ms: 1,
+        user_id: "u".into(),
+        ad_id: "a".into(),
+        advertiser_id: "adv".into(),
+    };
+    assert_eq!(click.key(), impression().key());
+    assert_eq!(Click::decode(&click.encode()).unwrap(), click);
+}
+
+#[test]
+fn malformed_json_is_named() {
+    let error = rejection(b"{\"impression_id\": ");
+    assert!(error.reason.starts_with("is not valid JSON"), "{error}");
+    let error = rejection(b"[1, 2]");
+    assert!(error.reason.starts_with("does not match the schema"), "{error}");
+}
+
+#[test]
+fn each_schema_violation_has_its_reason() {
+    let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+        (json_with(|v| drop(v.as_object_mut().unwrap().remove("ad_id"))), "", "missing field `ad_id`"),
+        (json_with(|v| v["campaign"] = "x".into()), "", "unknown field `campaign`"),
+        (json_with(|v| v["position"] = "top".into()), "", "invalid type: string \"top\""),
+        (json_with(|v| v["position"] = (-1).into()), "", "invalid value: integer `-1`"),
+        (json_with(|v| v["features"]["x"] = true.into()), "", "expected a string, a number or null"),
+        (json_with(|v| v["user_id"] = "".into()), "user_id", "is empty"),
+        (json_with(|v| v["ad_id"] = "a".repeat(129).into()), "ad_id", "has 129 bytes"),
+        (json_with(|v| v["request_id"] = "a\nb".into()), "request_id", "control character"),
+        (json_with(|v| v["event_time_ms"] = (-5).into()), "event_time_ms", "is -5"),
+        (json_with(|v| v["score"] = 1.5.into()), "score", "probability in [0, 1]"),
+        (json_with(|v| v["bid"] = (-0.5).into()), "bid", "non-negative"),
+        (json_with(|v| v["surface"] = " ".into()), "surface", "is empty"),
+        (json_with(|v| v["oracle_p"] = 2.0.into()), "oracle_p", "probability"),
+        (json_with(|v| v["features"]["oracle_p"] = 0.5.into()), "features.oracle_p", "evaluation-only"),
+    ];
+    for (bytes, field, reason) in cases {
+        let error = rejection(&bytes);
+        assert_eq!(error.field, field, "{error}");
+        assert!(error.to_string().contains(reason), "expected {reason:?} in {error}");
+    }
+}
+
+#[test]
+fn catalog_and_profiles_validate() {
+    let ad = AdRecord {
+        ad_id: "a-1".into(),
+        advertiser_id: "adv-1".into(),
+        event_time_ms: 0,
+        status: AdStatus::Live,
+        attributes: RawFeatures::from([("category".into(), RawValue::from("shoes"))]),
+    };
+    assert_eq!(AdRecord::decode(&ad.encode()).unwrap(), ad);
+    let bad = br#"{"ad_id":"a","advertiser_id":"b","event_time_ms":0,"status":"paused","attributes":{}}"#;
+    let error = AdRecord::decode(bad).unwrap_err();
+    assert!(error.to_string().contains("unknown variant `paused`, expected `live` or `retired`"), "{error}");
+    let user = br#"{"user_id":"u","event_time_ms":0,"attributes":{"oracle_p":0.1}}"#;
+    assert_eq!(UserProfile::decode(user).unwrap_err().field, "attributes.oracle_p");
+}
