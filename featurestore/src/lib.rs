@@ -11,6 +11,8 @@
 //! - [`online`]: the Redis online store; for now its connection and health probe.
 //! - [`events`]: the JSON events on Kafka (impressions, clicks, profiles, catalog) with strict
 //!   decoding.
+//! - [`eval`]: log loss, AUC and normalised entropy, shared by the trainer and the world's oracle.
+//! - [`request`]: the ranking request body, produced by the load-test world, read by serving.
 //! - [`spec`]: the feature spec (`config/features.toml`), its version hash, and
 //!   [`spec::Transformer`]: the one implementation of raw features -> model inputs, shared by
 //!   serving and the trainer.
@@ -27,9 +29,11 @@
 
 pub mod config;
 mod error;
+pub mod eval;
 pub mod events;
 pub mod kafka;
 pub mod online;
+pub mod request;
 pub mod spec;
 
 pub use config::{ConfigProblem, KafkaConfig, RedisConfig, TopicConfig, Topics};

@@ -1,5 +1,12 @@
-//! The load-test harness: the synthetic ads world (ground truth), the open-loop load
+//! The load-test harness: the synthetic ads world (ground truth), and later the open-loop load
 //! generator, closed-loop runs and reports.
 //!
-//! The data-contracts issue adds the world and the load-test issue the generator; this crate
-//! is their home. Nothing here yet.
+//! # Layout
+//!
+//! - [`world`]: users, advertisers and ads with known true click probabilities; requests in
+//!   the ranking API's shape; impression and click events in the Kafka contract; oracle
+//!   metrics (the quality the truth itself achieves).
+//! - [`oracle`]: quality measures of the truth on a set of impressions.
+
+pub mod oracle;
+pub mod world;

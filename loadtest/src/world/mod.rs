@@ -1,0 +1,438 @@
+//! The synthetic ads world: users, advertisers and ads whose true click probabilities are
+//! known, so that model quality and business lift can be measured against ground truth.
+//!
+//! - [`config`]: the `[world]` section.
+//! - [`truth`]: the true click probability and its daily drift.
+//! - [`rng`]: the portable random generator behind "same seed, same events".
+//! - `entities`, `counters`: the catalog (ads arrive and retire, so some are always new) and
+//!   the 7-day counters a feature store would hold, which the world logs as raw features.
+//!
+//! A [`World`] advances simulated time one request at a time: [`World::next_request`] draws a
+//! user (Zipf activity), a context and candidates (part from the user's favourite categories,
+//! part random live ads); [`World::serve`] shows the top of a ranked slate, samples clicks from
+//! the truth and returns impression and click events in the Kafka contract.
+
+pub mod config;
+mod counters;
+mod entities;
+pub mod rng;
+pub mod truth;
+
+use adrank_featurestore::{
+    events::{AdRecord, AdStatus, Click, Impression, RawFeatures, RawValue, UserProfile},
+    request::{Candidate, RankRequest, RequestContext},
+};
+
+pub use config::WorldConfig;
+use counters::Counters;
+use entities::{Ad, Catalog, User};
+use rng::{Alias, Rng};
+pub use truth::{Situation, Truth};
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// Requests whose shown slots calibrate the global bias.
+const CALIBRATION_REQUESTS: u32 = 10_000;
+
+/// How many favourite categories the relevant candidates are drawn from.
+const FAVOURITES: usize = 4;
+
+/// A ranking request as the world knows it (indices, not strings).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: u64,
+    pub time_ms: i64,
+    pub user: u32,
+    pub surface: u32,
+    pub hour: u32,
+    /// Ad indices, all live and distinct.
+    pub candidates: Vec<u32>,
+}
+
+/// What showing one slate produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Served {
+    pub impressions: Vec<Impression>,
+    pub clicks: Vec<Click>,
+    /// The situation of each impression (same order), to recompute its truth later.
+    pub situations: Vec<Situation>,
+}
+
+/// The world.
+#[derive(Debug, Clone)]
+pub struct World {
+    config: WorldConfig,
+    truth: Truth,
+    rng: Rng,
+    users: Vec<User>,
+    activity: Alias,
+    advertisers: u32,
+    catalog: Catalog,
+    counters: Counters,
+    favourites: Vec<Vec<u32>>,
+    requests: u64,
+    now_ms: i64,
+    /// Whole days since the start that have been drifted.
+    day: i64,
+    /// Catalog changes (new and retired ads) not yet taken by [`World::take_catalog_changes`].
+    catalog_changes: Vec<u32>,
+    /// Marks candidates already drawn for the current request (by request id), so drawing
+    /// distinct candidates costs no set.
+    drawn: Vec<u64>,
+}
+
+impl World {
+    /// Builds the world and calibrates the global bias to the configured mean CTR. The config
+    /// must have passed [`WorldConfig::problems`].
+    pub fn new(config: WorldConfig) -> Self {
+        let mut rng = Rng::new(config.seed, 0);
+        let mut truth = Truth::new(
+            &mut rng,
+            config.latent_dim as usize,
+            config.surfaces.len(),
+            config.segments as usize,
+            config.categories as usize,
+            config.position_decay,
+        );
+        let users: Vec<User> = (0..config.users).map(|_| User::draw(&mut rng, &config, &mut truth)).collect();
+        let weights: Vec<f64> = (1..=users.len()).map(|rank| (rank as f64).powf(-config.zipf_exponent)).collect();
+        for _ in 0..config.advertisers {
+            truth.add_advertiser(&mut rng);
+        }
+        let mut catalog = Catalog::new(config.categories);
+        for _ in 0..config.ads {
+            let age = (rng.exponential(config.ad_lifetime_days) * DAY_MS as f64) as i64;
+            let ad = Ad::draw(&mut rng, &config, (config.start_time_ms - age, config.start_time_ms), &mut truth);
+            catalog.add(ad);
+        }
+        let favourites = (0..config.segments as usize).map(|s| truth.favourite_categories(s, FAVOURITES)).collect();
+        let counters = Counters::new(users.len(), catalog.len(), config.advertisers as usize);
+        let mut world = Self {
+            drawn: vec![u64::MAX; catalog.len()],
+            now_ms: config.start_time_ms,
+            activity: Alias::new(&weights),
+            advertisers: config.advertisers,
+            config,
+            truth,
+            rng,
+            users,
+            catalog,
+            counters,
+            favourites,
+            requests: 0,
+            day: 0,
+            catalog_changes: Vec::new(),
+        };
+        world.truth.global_bias = world.calibrated_global_bias();
+        world
+    }
+
+    /// The global bias that makes the mean true CTR of shown slots under the baseline policy
+    /// (rank by bid) equal the configured mean CTR, measured on a copy of the world's next hour.
+    fn calibrated_global_bias(&self) -> f64 {
+        let mut probe = self.clone();
+        let mut logits = Vec::new();
+        for _ in 0..CALIBRATION_REQUESTS {
+            let request = probe.next_request();
+            for (position, &ad) in probe.rank_by_bid(&request).iter().enumerate() {
+                logits.push(probe.truth.relative_logit(&probe.situation(&request, ad, position as u32)));
+            }
+        }
+        let mean_p = |bias: f64| logits.iter().map(|l| truth::sigmoid(bias + l)).sum::<f64>() / logits.len() as f64;
+        let (mut low, mut high) = (-30.0, 30.0);
+        for _ in 0..100 {
+            let mid = (low + high) / 2.0;
+            if mean_p(mid) < self.config.mean_ctr { low = mid } else { high = mid }
+        }
+        (low + high) / 2.0
+    }
+
+    pub fn config(&self) -> &WorldConfig {
+        &self.config
+    }
+
+    /// The truth as it is now.
+    pub fn truth(&self) -> &Truth {
+        &self.truth
+    }
+
+    /// Simulated time, milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    /// Live ads created less than `max_age_ms` ago.
+    pub fn young_live_ads(&self, max_age_ms: i64) -> usize {
+        self.catalog.live().iter().filter(|&&ad| self.now_ms - self.catalog.ad(ad).created_ms < max_age_ms).count()
+    }
+
+    /// The next request; simulated time advances by one request interval, and with it ad churn
+    /// (hourly) and drift (daily).
+    pub fn next_request(&mut self) -> Request {
+        self.requests += 1;
+        let time_ms =
+            self.config.start_time_ms + (self.requests as i64 * HOUR_MS) / i64::from(self.config.requests_per_hour);
+        self.advance_to(time_ms);
+        let user = self.activity.sample(&mut self.rng) as u32;
+        let surface = self.rng.below(self.config.surfaces.len() as u64) as u32;
+        let hour = (time_ms.rem_euclid(DAY_MS) / HOUR_MS) as u32;
+        let id = self.requests;
+        let wanted = (self.config.candidates as usize).min(self.catalog.live().len());
+        let relevant = ((wanted as f64) * self.config.relevant_fraction).round() as usize;
+        let favourites = &self.favourites[self.users[user as usize].segment as usize];
+        let mut candidates = Vec::with_capacity(wanted);
+        // Relevant candidates: live ads in the user's segment's favourite categories. A few
+        // tries each; a category can be small, and then a random ad fills the place.
+        for _ in 0..relevant * 3 {
+            if candidates.len() == relevant {
+                break;
+            }
+            let category = favourites[self.rng.below(favourites.len() as u64) as usize];
+            if let Some(ad) = self.catalog.random_in_category(&mut self.rng, category)
+                && self.drawn[ad as usize] != id
+            {
+                self.drawn[ad as usize] = id;
+                candidates.push(ad);
+            }
+        }
+        while candidates.len() < wanted {
+            let ad = self.catalog.random_live(&mut self.rng);
+            if self.drawn[ad as usize] != id {
+                self.drawn[ad as usize] = id;
+                candidates.push(ad);
+            }
+        }
+        Request { id, time_ms, user, surface, hour, candidates }
+    }
+
+    /// The baseline policy: the shown slots, highest bid first.
+    pub fn rank_by_bid(&self, request: &Request) -> Vec<u32> {
+        let mut ranked = request.candidates.clone();
+        let shown = (self.config.shown_slots as usize).min(ranked.len());
+        let by_bid = |a: &u32, b: &u32| self.catalog.ad(*b).bid.total_cmp(&self.catalog.ad(*a).bid).then(a.cmp(b));
+        if shown < ranked.len() {
+            ranked.select_nth_unstable_by(shown, by_bid);
+            ranked.truncate(shown);
+        }
+        ranked.sort_by(by_bid);
+        ranked
+    }
+
+    /// The situation of showing `ad` at `position` for `request`.
+    pub fn situation(&self, request: &Request, ad: u32, position: u32) -> Situation {
+        let a = self.catalog.ad(ad);
+        Situation {
+            user: request.user,
+            segment: self.users[request.user as usize].segment,
+            ad,
+            advertiser: a.advertiser,
+            category: a.category,
+            surface: request.surface,
+            hour: request.hour,
+            position,
+        }
+    }
+
+    /// Shows the top `shown_slots` of `slate` (ad indices in ranked order, with the model's
+    /// scores), samples clicks from the truth and returns the events.
+    pub fn serve(&mut self, request: &Request, slate: &[u32], scores: Option<&[f64]>, model: (&str, &str)) -> Served {
+        let mut served = Served::default();
+        for (position, &ad) in slate.iter().take(self.config.shown_slots as usize).enumerate() {
+            let situation = self.situation(request, ad, position as u32);
+            let p = self.truth.p(&situation);
+            let impression_id = format!("s{}-i{}-{position}", self.config.seed, request.id);
+            let a = self.catalog.ad(ad);
+            served.impressions.push(Impression {
+                impression_id: impression_id.clone(),
+                request_id: format!("s{}-r{}", self.config.seed, request.id),
+                event_time_ms: request.time_ms,
+                user_id: user_id(request.user),
+                ad_id: ad_id(ad),
+                advertiser_id: advertiser_id(a.advertiser),
+                position: position as u16,
+                surface: self.config.surfaces[request.surface as usize].clone(),
+                model_name: model.0.into(),
+                model_version: model.1.into(),
+                score: scores.and_then(|s| s.get(position)).copied().unwrap_or(0.0).clamp(0.0, 1.0),
+                bid: a.bid,
+                features: self.raw_features(request, ad),
+                oracle_p: Some(p),
+            });
+            let clicked = self.rng.bernoulli(p);
+            self.counters.record(request.user, ad, a.advertiser, clicked);
+            if clicked {
+                // Clicks come a few seconds after the impression.
+                let delay = (self.rng.exponential(20_000.0) as i64).min(10 * 60_000);
+                served.clicks.push(Click {
+                    click_id: format!("s{}-c{}-{position}", self.config.seed, request.id),
+                    impression_id,
+                    event_time_ms: request.time_ms + delay,
+                    user_id: user_id(request.user),
+                    ad_id: ad_id(ad),
+                    advertiser_id: advertiser_id(a.advertiser),
+                });
+            }
+            served.situations.push(situation);
+        }
+        served
+    }
+
+    /// The raw features serving would have seen for this candidate: context, user and ad
+    /// attributes, and the 7-day counters as they stand.
+    fn raw_features(&self, request: &Request, ad: u32) -> RawFeatures {
+        let user = &self.users[request.user as usize];
+        let a = self.catalog.ad(ad);
+        let (user_clicks, user_impressions) = self.counters.user(request.user);
+        let (ad_clicks, ad_impressions) = self.counters.ad(ad);
+        let (adv_clicks, adv_impressions) = self.counters.advertiser(a.advertiser);
+        let text = |s: String| RawValue::Str(s);
+        let num = |x: f64| RawValue::Num(x);
+        RawFeatures::from([
+            ("surface".into(), text(self.config.surfaces[request.surface as usize].clone())),
+            ("hour".into(), num(f64::from(request.hour))),
+            ("user_id".into(), text(user_id(request.user))),
+            ("segment".into(), text(format!("seg{}", user.segment))),
+            ("device".into(), text(format!("dev{}", user.device))),
+            ("country".into(), text(format!("c{}", user.country))),
+            ("user_clicks_7d".into(), num(f64::from(user_clicks))),
+            ("user_impressions_7d".into(), num(f64::from(user_impressions))),
+            ("ad_id".into(), text(ad_id(ad))),
+            ("category".into(), text(format!("cat{}", a.category))),
+            ("format".into(), text(format!("fmt{}", a.format))),
+            ("ad_clicks_7d".into(), num(f64::from(ad_clicks))),
+            ("ad_impressions_7d".into(), num(f64::from(ad_impressions))),
+            ("ad_age_hours".into(), num(((request.time_ms - a.created_ms) as f64 / HOUR_MS as f64).max(0.0))),
+            ("bid".into(), num(a.bid)),
+            ("advertiser_id".into(), text(advertiser_id(a.advertiser))),
+            ("advertiser_clicks_7d".into(), num(f64::from(adv_clicks))),
+            ("advertiser_impressions_7d".into(), num(f64::from(adv_impressions))),
+        ])
+    }
+
+    /// The request as the ranking API's JSON body.
+    pub fn rank_request(&self, request: &Request) -> RankRequest {
+        RankRequest {
+            request_id: format!("s{}-r{}", self.config.seed, request.id),
+            user_id: user_id(request.user),
+            context: RequestContext {
+                surface: self.config.surfaces[request.surface as usize].clone(),
+                event_time_ms: request.time_ms,
+                features: RawFeatures::from([("hour".into(), RawValue::Num(f64::from(request.hour)))]),
+            },
+            candidates: request
+                .candidates
+                .iter()
+                .map(|&ad| {
+                    let a = self.catalog.ad(ad);
+                    Candidate {
+                        ad_id: ad_id(ad),
+                        advertiser_id: advertiser_id(a.advertiser),
+                        bid: a.bid,
+                        features: RawFeatures::new(),
+                    }
+                })
+                .collect(),
+            top_k: None,
+            deadline_ms: None,
+        }
+    }
+
+    /// Every user's profile.
+    pub fn user_profiles(&self) -> impl Iterator<Item = UserProfile> + '_ {
+        self.users.iter().enumerate().map(|(i, user)| UserProfile {
+            user_id: user_id(i as u32),
+            event_time_ms: self.config.start_time_ms,
+            attributes: RawFeatures::from([
+                ("segment".into(), RawValue::Str(format!("seg{}", user.segment))),
+                ("device".into(), RawValue::Str(format!("dev{}", user.device))),
+                ("country".into(), RawValue::Str(format!("c{}", user.country))),
+            ]),
+        })
+    }
+
+    /// Every live ad's catalog record.
+    pub fn live_catalog(&self) -> Vec<AdRecord> {
+        self.catalog.live().iter().map(|&ad| self.ad_record(ad, self.now_ms)).collect()
+    }
+
+    /// Catalog records of the ads that arrived or retired since the last call.
+    pub fn take_catalog_changes(&mut self) -> Vec<AdRecord> {
+        let changes = std::mem::take(&mut self.catalog_changes);
+        changes.into_iter().map(|ad| self.ad_record(ad, self.now_ms)).collect()
+    }
+
+    fn ad_record(&self, ad: u32, time_ms: i64) -> AdRecord {
+        let a = self.catalog.ad(ad);
+        AdRecord {
+            ad_id: ad_id(ad),
+            advertiser_id: advertiser_id(a.advertiser),
+            event_time_ms: time_ms,
+            status: if self.catalog.is_live(ad) { AdStatus::Live } else { AdStatus::Retired },
+            attributes: RawFeatures::from([
+                ("category".into(), RawValue::Str(format!("cat{}", a.category))),
+                ("format".into(), RawValue::Str(format!("fmt{}", a.format))),
+            ]),
+        }
+    }
+
+    /// Moves simulated time to `time_ms`: hourly ad churn and daily drift on the way.
+    fn advance_to(&mut self, time_ms: i64) {
+        let start = self.config.start_time_ms;
+        let hours_before = (self.now_ms - start).div_euclid(HOUR_MS);
+        let hours_after = (time_ms - start).div_euclid(HOUR_MS);
+        for hour in hours_before + 1..=hours_after {
+            let at = start + hour * HOUR_MS;
+            self.churn(at);
+            if hour % 24 == 0 {
+                self.day += 1;
+                let live = self.catalog.live().to_vec();
+                self.truth.drift(
+                    &mut self.rng,
+                    self.config.vector_drift_per_day,
+                    self.config.affinity_drift_per_day,
+                    &live,
+                );
+                self.favourites = (0..self.config.segments as usize)
+                    .map(|s| self.truth.favourite_categories(s, FAVOURITES))
+                    .collect();
+                self.counters.next_day();
+            }
+        }
+        self.now_ms = time_ms;
+    }
+
+    /// Retires the ads whose time is up and brings new ones, keeping the live count.
+    fn churn(&mut self, at_ms: i64) {
+        for ad in self.catalog.retire_due(at_ms) {
+            self.catalog_changes.push(ad);
+        }
+        while self.catalog.live().len() < self.config.ads as usize {
+            let ad = Ad::draw(&mut self.rng, &self.config, (at_ms, at_ms), &mut self.truth);
+            let index = self.catalog.add(ad);
+            self.counters.add_ad();
+            self.drawn.push(u64::MAX);
+            self.catalog_changes.push(index);
+        }
+    }
+
+    /// Advertisers in the world.
+    pub fn advertisers(&self) -> u32 {
+        self.advertisers
+    }
+}
+
+fn user_id(user: u32) -> String {
+    format!("u{user}")
+}
+
+fn ad_id(ad: u32) -> String {
+    format!("a{ad}")
+}
+
+fn advertiser_id(advertiser: u32) -> String {
+    format!("v{advertiser}")
+}
+
+#[cfg(test)]
+mod tests;
