@@ -26,6 +26,12 @@ struct Cli {
     command: commands::Command,
 }
 
+/// mimalloc instead of glibc's malloc: event generation and serving allocate many small
+/// strings and maps per request, where glibc's allocator measured as the largest single cost
+/// (BENCHMARKS.md, world throughput).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for a configuration that cannot be used.
 const CONFIG_ERROR: u8 = 2;
 

@@ -4,6 +4,7 @@
 mod config;
 mod doctor;
 mod down;
+mod sim;
 mod up;
 
 use std::process::ExitCode;
@@ -25,6 +26,9 @@ pub(crate) enum Command {
     Down(down::Args),
     /// Print the effective configuration (file, defaults and environment overrides) as TOML.
     Config(config::Args),
+    /// The synthetic ads world: bootstrap history to Kafka, sample requests, oracle metrics,
+    /// throughput.
+    Sim(sim::Args),
 }
 
 impl Command {
@@ -34,6 +38,7 @@ impl Command {
             Self::Up(args) => up::run(args, loaded).await,
             Self::Down(args) => down::run(args, loaded).await,
             Self::Config(args) => config::run(args, loaded),
+            Self::Sim(args) => sim::run(args, loaded).await,
         }
     }
 }

@@ -8,6 +8,7 @@ mod load;
 pub(crate) mod report;
 
 use adrank_featurestore::{ConfigProblem, KafkaConfig, RedisConfig};
+use adrank_loadtest::world::WorldConfig;
 use adrank_registry::{OrtConfig, RegistryConfig};
 use adrank_serving::ServingConfig;
 use adrank_trainer::TrainingConfig;
@@ -29,12 +30,13 @@ pub(crate) struct AdrankConfig {
     pub(crate) serving: ServingConfig,
     pub(crate) training: TrainingConfig,
     pub(crate) stack: StackConfig,
+    pub(crate) world: WorldConfig,
 }
 
 impl AdrankConfig {
     /// Every cross-field and value problem, keyed by the full dotted key.
     pub(crate) fn problems(&self) -> Vec<ConfigProblem> {
-        let sections: [(&str, Vec<ConfigProblem>); 7] = [
+        let sections: [(&str, Vec<ConfigProblem>); 8] = [
             ("kafka", self.kafka.problems()),
             ("redis", self.redis.problems()),
             ("registry", self.registry.problems()),
@@ -42,6 +44,7 @@ impl AdrankConfig {
             ("serving", self.serving.problems()),
             ("training", self.training.problems()),
             ("stack", self.stack.problems()),
+            ("world", self.world.problems()),
         ];
         sections
             .into_iter()

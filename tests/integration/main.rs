@@ -6,3 +6,4 @@ mod kafka_round_trip;
 mod local_stack;
 mod onnxruntime;
 mod redis_round_trip;
+mod sim;

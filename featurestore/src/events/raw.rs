@@ -1,6 +1,6 @@
 //! Raw feature values: what serving saw, exactly, before any transform.
 
-use std::{collections::BTreeMap, fmt};
+use std::{borrow::Cow, collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
@@ -34,8 +34,10 @@ impl From<f64> for RawValue {
     }
 }
 
-/// Raw features by name. Ordered, so that encoding is deterministic byte for byte.
-pub type RawFeatures = BTreeMap<String, RawValue>;
+/// Raw features by name. Ordered, so that encoding is deterministic byte for byte. Names are
+/// `Cow` so that producers with fixed names (serving, the world) build records without
+/// allocating a string per name; decoded records own theirs.
+pub type RawFeatures = BTreeMap<Cow<'static, str>, RawValue>;
 
 impl Serialize for RawValue {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

@@ -44,7 +44,7 @@ fn random_record(rng: &mut Lcg, spec: &FeatureSpec) -> RawFeatures {
             5 => RawValue::Str(format!("{}", rng.below(1000))),
             _ => RawValue::Num(rng.below(100_000) as f64 / 7.0),
         };
-        raw.insert(name.to_string(), value);
+        raw.insert(name.to_string().into(), value);
     }
     raw
 }

@@ -245,7 +245,7 @@ impl Category {
     /// The category as text: a string as it is, a finite number in its shortest exact form
     /// (`3`, `0.25`), anything else the default (counted).
     fn value<'r>(&'r self, raw: &'r RawFeatures, defaults: &mut u32) -> Option<std::borrow::Cow<'r, str>> {
-        match raw.get(&self.input) {
+        match raw.get(self.input.as_str()) {
             Some(RawValue::Str(s)) => Some(s.as_str().into()),
             Some(RawValue::Num(x)) if x.is_finite() => Some(format_number(*x).into()),
             _ => {
@@ -259,14 +259,14 @@ impl Category {
 impl NumberInput {
     fn value(&self, raw: &RawFeatures, defaults: &mut u32) -> f64 {
         match self {
-            Self::Field { input, default } => number(raw.get(input)).unwrap_or_else(|| {
+            Self::Field { input, default } => number(raw.get(input.as_str())).unwrap_or_else(|| {
                 *defaults += 1;
                 *default
             }),
             Self::Rate { clicks, impressions, prior_ctr, prior_weight } => {
                 // A new entity has no counters yet: that is zero of each, and the rate is the prior.
                 let mut counter = |name: &String| {
-                    number(raw.get(name)).map(|x| x.max(0.0)).unwrap_or_else(|| {
+                    number(raw.get(name.as_str())).map(|x| x.max(0.0)).unwrap_or_else(|| {
                         *defaults += 1;
                         0.0
                     })

@@ -59,6 +59,8 @@ const NOT_LIVE: u32 = u32::MAX;
 #[derive(Debug, Clone)]
 pub(super) struct Catalog {
     ads: Vec<Ad>,
+    /// Bids by ad, apart from the rest so ranking by bid reads one dense array.
+    bids: Vec<f64>,
     live: Vec<u32>,
     live_position: Vec<u32>,
     by_category: Vec<Vec<u32>>,
@@ -69,6 +71,7 @@ impl Catalog {
     pub(super) fn new(categories: u32) -> Self {
         Self {
             ads: Vec::new(),
+            bids: Vec::new(),
             live: Vec::new(),
             live_position: Vec::new(),
             by_category: vec![Vec::new(); categories as usize],
@@ -84,6 +87,7 @@ impl Catalog {
         let list = &mut self.by_category[ad.category as usize];
         self.category_position.push(list.len() as u32);
         list.push(index);
+        self.bids.push(ad.bid);
         self.ads.push(ad);
         index
     }
@@ -94,6 +98,10 @@ impl Catalog {
 
     pub(super) fn ad(&self, index: u32) -> &Ad {
         &self.ads[index as usize]
+    }
+
+    pub(super) fn bid(&self, index: u32) -> f64 {
+        self.bids[index as usize]
     }
 
     pub(super) fn live(&self) -> &[u32] {

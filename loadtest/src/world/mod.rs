@@ -15,6 +15,7 @@
 pub mod config;
 mod counters;
 mod entities;
+mod names;
 pub mod rng;
 pub mod truth;
 
@@ -26,6 +27,7 @@ use adrank_featurestore::{
 pub use config::WorldConfig;
 use counters::Counters;
 use entities::{Ad, Catalog, User};
+use names::Names;
 use rng::{Alias, Rng};
 pub use truth::{Situation, Truth};
 
@@ -69,6 +71,7 @@ pub struct World {
     activity: Alias,
     advertisers: u32,
     catalog: Catalog,
+    names: Names,
     counters: Counters,
     favourites: Vec<Vec<u32>>,
     requests: u64,
@@ -108,7 +111,10 @@ impl World {
         }
         let favourites = (0..config.segments as usize).map(|s| truth.favourite_categories(s, FAVOURITES)).collect();
         let counters = Counters::new(users.len(), catalog.len(), config.advertisers as usize);
+        let mut names = Names::new(&config);
+        names.cover_ads(catalog.len());
         let mut world = Self {
+            names,
             drawn: vec![u64::MAX; catalog.len()],
             now_ms: config.start_time_ms,
             activity: Alias::new(&weights),
@@ -208,15 +214,17 @@ impl World {
 
     /// The baseline policy: the shown slots, highest bid first.
     pub fn rank_by_bid(&self, request: &Request) -> Vec<u32> {
-        let mut ranked = request.candidates.clone();
+        // Bids are gathered once into a small contiguous buffer: comparing through the catalog
+        // would chase a pointer per comparison.
+        let mut ranked: Vec<(f64, u32)> = request.candidates.iter().map(|&ad| (self.catalog.bid(ad), ad)).collect();
         let shown = (self.config.shown_slots as usize).min(ranked.len());
-        let by_bid = |a: &u32, b: &u32| self.catalog.ad(*b).bid.total_cmp(&self.catalog.ad(*a).bid).then(a.cmp(b));
+        let by_bid = |a: &(f64, u32), b: &(f64, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         if shown < ranked.len() {
             ranked.select_nth_unstable_by(shown, by_bid);
             ranked.truncate(shown);
         }
         ranked.sort_by(by_bid);
-        ranked
+        ranked.into_iter().map(|(_, ad)| ad).collect()
     }
 
     /// The situation of showing `ad` at `position` for `request`.
@@ -247,9 +255,9 @@ impl World {
                 impression_id: impression_id.clone(),
                 request_id: format!("s{}-r{}", self.config.seed, request.id),
                 event_time_ms: request.time_ms,
-                user_id: user_id(request.user),
-                ad_id: ad_id(ad),
-                advertiser_id: advertiser_id(a.advertiser),
+                user_id: self.names.user(request.user).to_string(),
+                ad_id: self.names.ad(ad).to_string(),
+                advertiser_id: self.names.advertiser(a.advertiser).to_string(),
                 position: position as u16,
                 surface: self.config.surfaces[request.surface as usize].clone(),
                 model_name: model.0.into(),
@@ -268,9 +276,9 @@ impl World {
                     click_id: format!("s{}-c{}-{position}", self.config.seed, request.id),
                     impression_id,
                     event_time_ms: request.time_ms + delay,
-                    user_id: user_id(request.user),
-                    ad_id: ad_id(ad),
-                    advertiser_id: advertiser_id(a.advertiser),
+                    user_id: self.names.user(request.user).to_string(),
+                    ad_id: self.names.ad(ad).to_string(),
+                    advertiser_id: self.names.advertiser(a.advertiser).to_string(),
                 });
             }
             served.situations.push(situation);
@@ -286,25 +294,26 @@ impl World {
         let (user_clicks, user_impressions) = self.counters.user(request.user);
         let (ad_clicks, ad_impressions) = self.counters.ad(ad);
         let (adv_clicks, adv_impressions) = self.counters.advertiser(a.advertiser);
-        let text = |s: String| RawValue::Str(s);
+        let text = |s: &str| RawValue::Str(s.to_string());
         let num = |x: f64| RawValue::Num(x);
+        let names = &self.names;
         RawFeatures::from([
-            ("surface".into(), text(self.config.surfaces[request.surface as usize].clone())),
+            ("surface".into(), text(&self.config.surfaces[request.surface as usize])),
             ("hour".into(), num(f64::from(request.hour))),
-            ("user_id".into(), text(user_id(request.user))),
-            ("segment".into(), text(format!("seg{}", user.segment))),
-            ("device".into(), text(format!("dev{}", user.device))),
-            ("country".into(), text(format!("c{}", user.country))),
+            ("user_id".into(), text(names.user(request.user))),
+            ("segment".into(), text(&names.segments[user.segment as usize])),
+            ("device".into(), text(&names.devices[user.device as usize])),
+            ("country".into(), text(&names.countries[user.country as usize])),
             ("user_clicks_7d".into(), num(f64::from(user_clicks))),
             ("user_impressions_7d".into(), num(f64::from(user_impressions))),
-            ("ad_id".into(), text(ad_id(ad))),
-            ("category".into(), text(format!("cat{}", a.category))),
-            ("format".into(), text(format!("fmt{}", a.format))),
+            ("ad_id".into(), text(names.ad(ad))),
+            ("category".into(), text(&names.categories[a.category as usize])),
+            ("format".into(), text(&names.formats[a.format as usize])),
             ("ad_clicks_7d".into(), num(f64::from(ad_clicks))),
             ("ad_impressions_7d".into(), num(f64::from(ad_impressions))),
             ("ad_age_hours".into(), num(((request.time_ms - a.created_ms) as f64 / HOUR_MS as f64).max(0.0))),
             ("bid".into(), num(a.bid)),
-            ("advertiser_id".into(), text(advertiser_id(a.advertiser))),
+            ("advertiser_id".into(), text(names.advertiser(a.advertiser))),
             ("advertiser_clicks_7d".into(), num(f64::from(adv_clicks))),
             ("advertiser_impressions_7d".into(), num(f64::from(adv_impressions))),
         ])
@@ -314,7 +323,7 @@ impl World {
     pub fn rank_request(&self, request: &Request) -> RankRequest {
         RankRequest {
             request_id: format!("s{}-r{}", self.config.seed, request.id),
-            user_id: user_id(request.user),
+            user_id: self.names.user(request.user).to_string(),
             context: RequestContext {
                 surface: self.config.surfaces[request.surface as usize].clone(),
                 event_time_ms: request.time_ms,
@@ -326,8 +335,8 @@ impl World {
                 .map(|&ad| {
                     let a = self.catalog.ad(ad);
                     Candidate {
-                        ad_id: ad_id(ad),
-                        advertiser_id: advertiser_id(a.advertiser),
+                        ad_id: self.names.ad(ad).to_string(),
+                        advertiser_id: self.names.advertiser(a.advertiser).to_string(),
                         bid: a.bid,
                         features: RawFeatures::new(),
                     }
@@ -341,12 +350,12 @@ impl World {
     /// Every user's profile.
     pub fn user_profiles(&self) -> impl Iterator<Item = UserProfile> + '_ {
         self.users.iter().enumerate().map(|(i, user)| UserProfile {
-            user_id: user_id(i as u32),
+            user_id: self.names.user(i as u32).to_string(),
             event_time_ms: self.config.start_time_ms,
             attributes: RawFeatures::from([
-                ("segment".into(), RawValue::Str(format!("seg{}", user.segment))),
-                ("device".into(), RawValue::Str(format!("dev{}", user.device))),
-                ("country".into(), RawValue::Str(format!("c{}", user.country))),
+                ("segment".into(), RawValue::from(self.names.segments[user.segment as usize].as_str())),
+                ("device".into(), RawValue::from(self.names.devices[user.device as usize].as_str())),
+                ("country".into(), RawValue::from(self.names.countries[user.country as usize].as_str())),
             ]),
         })
     }
@@ -365,13 +374,13 @@ impl World {
     fn ad_record(&self, ad: u32, time_ms: i64) -> AdRecord {
         let a = self.catalog.ad(ad);
         AdRecord {
-            ad_id: ad_id(ad),
-            advertiser_id: advertiser_id(a.advertiser),
+            ad_id: self.names.ad(ad).to_string(),
+            advertiser_id: self.names.advertiser(a.advertiser).to_string(),
             event_time_ms: time_ms,
             status: if self.catalog.is_live(ad) { AdStatus::Live } else { AdStatus::Retired },
             attributes: RawFeatures::from([
-                ("category".into(), RawValue::Str(format!("cat{}", a.category))),
-                ("format".into(), RawValue::Str(format!("fmt{}", a.format))),
+                ("category".into(), RawValue::from(self.names.categories[a.category as usize].as_str())),
+                ("format".into(), RawValue::from(self.names.formats[a.format as usize].as_str())),
             ]),
         }
     }
@@ -411,6 +420,7 @@ impl World {
             let ad = Ad::draw(&mut self.rng, &self.config, (at_ms, at_ms), &mut self.truth);
             let index = self.catalog.add(ad);
             self.counters.add_ad();
+            self.names.cover_ads(self.catalog.len());
             self.drawn.push(u64::MAX);
             self.catalog_changes.push(index);
         }
@@ -420,18 +430,6 @@ impl World {
     pub fn advertisers(&self) -> u32 {
         self.advertisers
     }
-}
-
-fn user_id(user: u32) -> String {
-    format!("u{user}")
-}
-
-fn ad_id(ad: u32) -> String {
-    format!("a{ad}")
-}
-
-fn advertiser_id(advertiser: u32) -> String {
-    format!("v{advertiser}")
 }
 
 #[cfg(test)]

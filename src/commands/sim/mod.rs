@@ -1,0 +1,47 @@
+//! `adrank sim`: the synthetic ads world from the command line.
+
+mod bench;
+mod bootstrap;
+mod oracle;
+mod requests;
+
+use std::process::ExitCode;
+
+use adrank_loadtest::world::World;
+use clap::Subcommand;
+
+use crate::config::Loaded;
+
+/// Drive the synthetic ads world.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate simulated days of history served by the baseline policy (rank by bid) and
+    /// publish profiles, catalog, impressions and clicks to Kafka.
+    Bootstrap(bootstrap::Args),
+    /// Print ranking requests as JSON, one per line (for curl and tests).
+    Requests(requests::Args),
+    /// Print the oracle metrics (what the true probabilities achieve) for a set of events.
+    Oracle(oracle::Args),
+    /// Measure the world's throughput on one core: requests and events per second.
+    Bench(bench::Args),
+}
+
+pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Bootstrap(args) => bootstrap::run(args, loaded).await,
+        Command::Requests(args) => requests::run(args, loaded),
+        Command::Oracle(args) => oracle::run(args, loaded).await,
+        Command::Bench(args) => bench::run(args, loaded),
+    }
+}
+
+/// The world of the loaded config, built off the async runtime (it takes a moment).
+fn world(loaded: &Loaded) -> World {
+    World::new(loaded.config.world.clone())
+}
