@@ -133,6 +133,26 @@ impl WorldConfig {
                 problems.push(ConfigProblem::new(key, format!("is {value}; expected a number >= 0")));
             }
         }
+        let max_vector_step = super::Truth::max_vector_step(self.latent_dim);
+        if self.vector_drift_per_day >= max_vector_step {
+            problems.push(ConfigProblem::new(
+                "vector_drift_per_day",
+                format!(
+                    "is {}; expected less than {max_vector_step:.3}, the deviation of a latent component",
+                    self.vector_drift_per_day
+                ),
+            ));
+        }
+        if self.affinity_drift_per_day >= super::truth::AFFINITY_STD {
+            problems.push(ConfigProblem::new(
+                "affinity_drift_per_day",
+                format!(
+                    "is {}; expected less than {}, the deviation of an affinity",
+                    self.affinity_drift_per_day,
+                    super::truth::AFFINITY_STD
+                ),
+            ));
+        }
         if self.surfaces.is_empty() || self.surfaces.iter().any(|s| s.trim().is_empty()) {
             problems.push(ConfigProblem::new("surfaces", "expected at least one non-empty name"));
         }

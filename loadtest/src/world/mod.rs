@@ -246,6 +246,7 @@ impl World {
     /// scores), samples clicks from the truth and returns the events.
     pub fn serve(&mut self, request: &Request, slate: &[u32], scores: Option<&[f64]>, model: (&str, &str)) -> Served {
         let mut served = Served::default();
+        let request_id = format!("s{}-r{}", self.config.seed, request.id);
         for (position, &ad) in slate.iter().take(self.config.shown_slots as usize).enumerate() {
             let situation = self.situation(request, ad, position as u32);
             let p = self.truth.p(&situation);
@@ -253,7 +254,7 @@ impl World {
             let a = self.catalog.ad(ad);
             served.impressions.push(Impression {
                 impression_id: impression_id.clone(),
-                request_id: format!("s{}-r{}", self.config.seed, request.id),
+                request_id: request_id.clone(),
                 event_time_ms: request.time_ms,
                 user_id: self.names.user(request.user).to_string(),
                 ad_id: self.names.ad(ad).to_string(),
@@ -297,25 +298,26 @@ impl World {
         let text = |s: &str| RawValue::Str(s.to_string());
         let num = |x: f64| RawValue::Num(x);
         let names = &self.names;
+        // Keys in sorted order: building the map then needs no reordering.
         RawFeatures::from([
-            ("surface".into(), text(&self.config.surfaces[request.surface as usize])),
-            ("hour".into(), num(f64::from(request.hour))),
-            ("user_id".into(), text(names.user(request.user))),
-            ("segment".into(), text(&names.segments[user.segment as usize])),
-            ("device".into(), text(&names.devices[user.device as usize])),
-            ("country".into(), text(&names.countries[user.country as usize])),
-            ("user_clicks_7d".into(), num(f64::from(user_clicks))),
-            ("user_impressions_7d".into(), num(f64::from(user_impressions))),
-            ("ad_id".into(), text(names.ad(ad))),
-            ("category".into(), text(&names.categories[a.category as usize])),
-            ("format".into(), text(&names.formats[a.format as usize])),
-            ("ad_clicks_7d".into(), num(f64::from(ad_clicks))),
-            ("ad_impressions_7d".into(), num(f64::from(ad_impressions))),
             ("ad_age_hours".into(), num(((request.time_ms - a.created_ms) as f64 / HOUR_MS as f64).max(0.0))),
-            ("bid".into(), num(a.bid)),
-            ("advertiser_id".into(), text(names.advertiser(a.advertiser))),
+            ("ad_clicks_7d".into(), num(f64::from(ad_clicks))),
+            ("ad_id".into(), text(names.ad(ad))),
+            ("ad_impressions_7d".into(), num(f64::from(ad_impressions))),
             ("advertiser_clicks_7d".into(), num(f64::from(adv_clicks))),
+            ("advertiser_id".into(), text(names.advertiser(a.advertiser))),
             ("advertiser_impressions_7d".into(), num(f64::from(adv_impressions))),
+            ("bid".into(), num(a.bid)),
+            ("category".into(), text(&names.categories[a.category as usize])),
+            ("country".into(), text(&names.countries[user.country as usize])),
+            ("device".into(), text(&names.devices[user.device as usize])),
+            ("format".into(), text(&names.formats[a.format as usize])),
+            ("hour".into(), num(f64::from(request.hour))),
+            ("segment".into(), text(&names.segments[user.segment as usize])),
+            ("surface".into(), text(&self.config.surfaces[request.surface as usize])),
+            ("user_clicks_7d".into(), num(f64::from(user_clicks))),
+            ("user_id".into(), text(names.user(request.user))),
+            ("user_impressions_7d".into(), num(f64::from(user_impressions))),
         ])
     }
 

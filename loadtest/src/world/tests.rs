@@ -167,4 +167,8 @@ fn drift_makes_old_truth_worse() {
     let old = adrank_featurestore::eval::quality(&pairs(&day0)).unwrap();
     assert!(now.examples > 20_000, "enough day-7 impressions of ads that existed on day 0");
     assert!(old.log_loss > now.log_loss * 1.005, "day-0 truth {} vs day-7 truth {}", old.log_loss, now.log_loss);
+    // Drift moves the truth, not the click-through rate.
+    let mean_p = served.impressions.iter().map(|i| i.oracle_p.unwrap()).sum::<f64>() / served.impressions.len() as f64;
+    let configured = world.config().mean_ctr;
+    assert!((mean_p - configured).abs() < 0.15 * configured, "mean p {mean_p} on day 7, configured {configured}");
 }

@@ -42,6 +42,9 @@ pub struct Truth {
 /// deviation is about this value whatever the dimension.
 const VECTOR_SCALE: f64 = 0.8;
 
+/// Deviation of the segment x category affinities.
+pub(super) const AFFINITY_STD: f64 = 0.6;
+
 impl Truth {
     /// Draws the entity-independent parameters; entities add theirs as they are created.
     pub(super) fn new(
@@ -67,14 +70,14 @@ impl Truth {
             advertiser_bias: Vec::new(),
             surface_effect: (0..surfaces).map(|_| 0.3 * rng.normal()).collect(),
             hour_effect,
-            affinity: (0..segments * categories).map(|_| 0.6 * rng.normal()).collect(),
+            affinity: (0..segments * categories).map(|_| AFFINITY_STD * rng.normal()).collect(),
             categories,
             position_decay,
         }
     }
 
     fn component_std(&self) -> f64 {
-        VECTOR_SCALE / (self.dim as f64).powf(0.25)
+        Self::max_vector_step(self.dim as u32)
     }
 
     pub(super) fn add_user(&mut self, rng: &mut Rng) {
@@ -119,24 +122,32 @@ impl Truth {
     }
 
     /// One day of drift: a random-walk step on every latent component of users and live ads, and
-    /// on every affinity.
+    /// on every affinity. Each walk is pulled back towards zero just enough to keep its variance
+    /// (x <- sqrt(1 - step^2 / std^2) x + step N(0, 1)): the parameters wander, so old truth goes
+    /// stale, but the click-through rate stays where it was calibrated instead of creeping up as
+    /// the spread of an unbounded walk grows.
     pub(super) fn drift(&mut self, rng: &mut Rng, vector_step: f64, affinity_step: f64, live_ads: &[u32]) {
+        let keep = |step: f64, std: f64| (1.0 - (step / std).powi(2)).max(0.0).sqrt();
         if vector_step > 0.0 {
-            for x in &mut self.user_vector {
-                *x += (vector_step * rng.normal()) as f32;
-            }
+            let keep = keep(vector_step, self.component_std()) as f32;
+            let mut walk = |x: &mut f32| *x = keep * *x + (vector_step * rng.normal()) as f32;
+            self.user_vector.iter_mut().for_each(&mut walk);
             for &ad in live_ads {
                 let a = ad as usize * self.dim;
-                for x in &mut self.ad_vector[a..a + self.dim] {
-                    *x += (vector_step * rng.normal()) as f32;
-                }
+                self.ad_vector[a..a + self.dim].iter_mut().for_each(&mut walk);
             }
         }
         if affinity_step > 0.0 {
+            let keep = keep(affinity_step, AFFINITY_STD);
             for x in &mut self.affinity {
-                *x += affinity_step * rng.normal();
+                *x = keep * *x + affinity_step * rng.normal();
             }
         }
+    }
+
+    /// The largest daily step of the latent vectors (their deviation).
+    pub(super) fn max_vector_step(dim: u32) -> f64 {
+        VECTOR_SCALE / f64::from(dim.max(1)).powf(0.25)
     }
 
     /// The categories a segment likes most, best first.

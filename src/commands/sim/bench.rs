@@ -13,8 +13,10 @@ use std::{
 };
 
 use adrank_featurestore::events::Event as _;
+use adrank_loadtest::world::World;
 use serde::Serialize;
 
+use super::publish::Publisher;
 use crate::{config::Loaded, table::Table};
 
 /// Measure the world's throughput.
@@ -23,6 +25,10 @@ pub(crate) struct Args {
     /// Requests per stage.
     #[arg(long, default_value_t = 50_000)]
     requests: u64,
+    /// Also publish to the configured Kafka: pre-encoded events (the broker's ceiling) beside
+    /// the bootstrap path (generate, encode, publish), on the same broker in the same run.
+    #[arg(long)]
+    kafka: bool,
     /// Also write the results as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -38,12 +44,21 @@ struct Results {
     events_per_second: f64,
     event_json_per_second: f64,
     target_events_per_second: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kafka: Option<KafkaResults>,
+}
+
+#[derive(Debug, Serialize)]
+struct KafkaResults {
+    events: u64,
+    pre_encoded_events_per_second: f64,
+    bootstrap_path_events_per_second: f64,
 }
 
 /// The target: the world must never be a load test's bottleneck.
 const TARGET_EVENTS_PER_SECOND: f64 = 500_000.0;
 
-pub(crate) fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
     let mut world = super::world(loaded);
     let n = args.requests.max(1);
 
@@ -97,6 +112,7 @@ pub(crate) fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
         events_per_second: rate(events, events_time),
         event_json_per_second: rate(encoded_events, encode_time),
         target_events_per_second: TARGET_EVENTS_PER_SECOND,
+        kafka: if args.kafka { Some(publish(&mut world, loaded, n).await?) } else { None },
     };
     let mut table = Table::new(["STAGE", "RATE", "NOTE"]);
     table.row(vec![
@@ -127,9 +143,68 @@ pub(crate) fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
             100.0 * results.event_json_per_second / results.events_per_second
         ),
     ]);
+    if let Some(kafka) = &results.kafka {
+        table.row(vec![
+            "publish pre-encoded".into(),
+            format!("{:.0} events/s", kafka.pre_encoded_events_per_second),
+            format!("{} events to {} (acks=all): the broker's ceiling", kafka.events, loaded.config.kafka.brokers),
+        ]);
+        table.row(vec![
+            "generate+encode+publish".into(),
+            format!("{:.0} events/s", kafka.bootstrap_path_events_per_second),
+            format!("{:.2}x the ceiling", kafka.bootstrap_path_events_per_second / kafka.pre_encoded_events_per_second),
+        ]);
+    }
     print!("{}", table.render());
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&results)?)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Publishes `n / 2` requests' events twice over: once encoded ahead of time, once generated on
+/// the way, so the ratio says how close the bootstrap path comes to what the broker takes.
+async fn publish(world: &mut World, loaded: &Loaded, n: u64) -> anyhow::Result<KafkaResults> {
+    let topics = &loaded.config.kafka.topics;
+    let half = (n / 2).max(1);
+    let mut messages: Vec<(&str, String, Vec<u8>)> = Vec::new();
+    for _ in 0..half {
+        let request = world.next_request();
+        let slate = world.rank_by_bid(&request);
+        let served = world.serve(&request, &slate, None, ("baseline", "bid"));
+        for i in &served.impressions {
+            messages.push((&topics.impressions.name, i.key().to_string(), i.encode()));
+        }
+        for c in &served.clicks {
+            messages.push((&topics.clicks.name, c.key().to_string(), c.encode()));
+        }
+    }
+    let mut publisher = Publisher::new(&loaded.config.kafka)?;
+    let start = Instant::now();
+    for (topic, key, payload) in &messages {
+        publisher.send_raw(topic, key, payload).await?;
+    }
+    publisher.finish().await?;
+    let ceiling = messages.len() as f64 / start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let mut events = 0u64;
+    for _ in 0..half {
+        let request = world.next_request();
+        let slate = world.rank_by_bid(&request);
+        let served = world.serve(&request, &slate, None, ("baseline", "bid"));
+        for i in &served.impressions {
+            publisher.send(&topics.impressions.name, i).await?;
+        }
+        for c in &served.clicks {
+            publisher.send(&topics.clicks.name, c).await?;
+        }
+        events += (served.impressions.len() + served.clicks.len()) as u64;
+    }
+    publisher.finish().await?;
+    Ok(KafkaResults {
+        events: messages.len() as u64,
+        pre_encoded_events_per_second: ceiling,
+        bootstrap_path_events_per_second: events as f64 / start.elapsed().as_secs_f64(),
+    })
 }

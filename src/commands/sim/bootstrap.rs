@@ -1,25 +1,15 @@
 //! `adrank sim bootstrap`: simulated history on Kafka.
 
 use std::{
-    collections::VecDeque,
     io::Write as _,
     process::ExitCode,
     time::{Duration, Instant},
 };
 
-use adrank_featurestore::{
-    KafkaConfig,
-    eval::quality,
-    events::Event,
-    kafka::{self, admin},
-};
-use anyhow::{Context as _, bail};
-use rdkafka::{
-    error::{KafkaError, RDKafkaErrorCode},
-    producer::{DeliveryFuture, FutureProducer, FutureRecord},
-};
-
+use super::publish::Publisher;
 use crate::{config::Loaded, table::Table};
+use adrank_featurestore::{eval::quality, kafka::admin};
+use anyhow::{Context as _, bail};
 
 /// Generate and publish simulated history.
 #[derive(Debug, clap::Args)]
@@ -120,68 +110,4 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     ]);
     print!("{}", table.render());
     Ok(ExitCode::SUCCESS)
-}
-
-/// A producer with a bounded number of unacknowledged messages.
-struct Publisher {
-    producer: FutureProducer,
-    in_flight: VecDeque<DeliveryFuture>,
-    acknowledged: u64,
-}
-
-/// Unacknowledged messages allowed before waiting for the oldest.
-const MAX_IN_FLIGHT: usize = 200_000;
-
-impl Publisher {
-    fn new(config: &KafkaConfig) -> anyhow::Result<Self> {
-        let producer = kafka::producer_config(config)
-            .set("acks", "all")
-            .set("linger.ms", "20")
-            .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "1000000")
-            .create()
-            .context("cannot create a Kafka producer")?;
-        Ok(Self { producer, in_flight: VecDeque::new(), acknowledged: 0 })
-    }
-
-    async fn send(&mut self, topic: &str, event: &impl Event) -> anyhow::Result<()> {
-        let payload = event.encode();
-        loop {
-            let record = FutureRecord::to(topic).key(event.key()).payload(&payload);
-            match self.producer.send_result(record) {
-                Ok(delivery) => {
-                    self.in_flight.push_back(delivery);
-                    break;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => self.wait_oldest().await?,
-                Err((e, _)) => return Err(e).context(format!("cannot publish to {topic}")),
-            }
-        }
-        if self.in_flight.len() >= MAX_IN_FLIGHT {
-            self.wait_oldest().await?;
-        }
-        Ok(())
-    }
-
-    async fn wait_oldest(&mut self) -> anyhow::Result<()> {
-        match self.in_flight.pop_front() {
-            Some(delivery) => {
-                delivery
-                    .await
-                    .context("the producer went away")?
-                    .map_err(|(e, _)| e)
-                    .context("the broker refused a message")?;
-                self.acknowledged += 1;
-            }
-            None => tokio::time::sleep(Duration::from_millis(1)).await,
-        }
-        Ok(())
-    }
-
-    async fn finish(&mut self) -> anyhow::Result<()> {
-        while !self.in_flight.is_empty() {
-            self.wait_oldest().await?;
-        }
-        Ok(())
-    }
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod bootstrap;
 mod oracle;
+mod publish;
 mod requests;
 
 use std::process::ExitCode;
@@ -37,7 +38,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
         Command::Bootstrap(args) => bootstrap::run(args, loaded).await,
         Command::Requests(args) => requests::run(args, loaded),
         Command::Oracle(args) => oracle::run(args, loaded).await,
-        Command::Bench(args) => bench::run(args, loaded),
+        Command::Bench(args) => bench::run(args, loaded).await,
     }
 }
 
