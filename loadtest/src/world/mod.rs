@@ -135,9 +135,11 @@ impl World {
     }
 
     /// The global bias that makes the mean true CTR of shown slots under the baseline policy
-    /// (rank by bid) equal the configured mean CTR, measured on a copy of the world's next hour.
+    /// (rank by bid) equal the configured mean CTR, measured on a copy of the world whose
+    /// requests are spread over one whole day (the hour-of-day effect averages out).
     fn calibrated_global_bias(&self) -> f64 {
         let mut probe = self.clone();
+        probe.config.requests_per_hour = CALIBRATION_REQUESTS / 24;
         let mut logits = Vec::new();
         for _ in 0..CALIBRATION_REQUESTS {
             let request = probe.next_request();
