@@ -124,9 +124,14 @@ impl KafkaConfig {
         self.brokers.split(',').map(str::trim).filter(|b| !b.is_empty()).collect()
     }
 
-    /// The first broker as a socket address, when it is written as `ip:port`.
+    /// The first broker as a socket address, when it is written as `ip:port` or
+    /// `localhost:port`.
     pub fn first_broker_addr(&self) -> Option<SocketAddr> {
-        self.broker_list().first().and_then(|b| b.parse().ok())
+        let first = self.broker_list().first().copied()?;
+        if let Some(port) = first.strip_prefix("localhost:") {
+            return Some(SocketAddr::from(([127, 0, 0, 1], port.parse().ok()?)));
+        }
+        first.parse().ok()
     }
 
     /// The admin and metadata request timeout.
@@ -282,6 +287,14 @@ mod tests {
             keys,
             ["brokers", "brokers", "brokers", "topics.users.name", "topics.ads.name", "topics.clicks.partitions"]
         );
+    }
+
+    #[test]
+    fn first_broker_address() {
+        let config = |brokers: &str| KafkaConfig { brokers: brokers.into(), ..Default::default() };
+        assert_eq!(config("localhost:9093,b:1").first_broker_addr(), Some("127.0.0.1:9093".parse().unwrap()));
+        assert_eq!(config("10.0.0.1:9092").first_broker_addr(), Some("10.0.0.1:9092".parse().unwrap()));
+        assert_eq!(config("kafka.internal:9092").first_broker_addr(), None);
     }
 
     #[test]
