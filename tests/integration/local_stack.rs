@@ -106,3 +106,34 @@ async fn up_up_doctor_down() {
     let doctor = run("doctor");
     assert_eq!(doctor.status.code(), Some(1), "doctor fails once the broker is gone:\n{}", text(&doctor));
 }
+
+/// With no Redis at the configured address, `up` starts one (and records it); `down` stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_starts_redis_when_none_answers_and_down_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (kafka_port, redis_port) = (adrank_testkit::free_port(), adrank_testkit::free_port());
+    let config = format!(
+        "[kafka]\nbrokers = \"127.0.0.1:{kafka_port}\"\n\n[redis]\nurl = \"redis://127.0.0.1:{redis_port}/0\"\n\n\
+         [stack]\nstate_dir = \"{}\"\nkafka_storage = \"memory\"\n",
+        state.display()
+    );
+    let config_path = dir.path().join("adrank.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let run = |command: &str| adrank(&["--config", config_path.to_str().unwrap(), command], dir.path(), &[]);
+    let _down = Guard(|| drop(run("down")));
+
+    let up = run("up");
+    assert!(up.status.success(), "{}", text(&up));
+    assert!(text(&up).contains(&format!("redis         started  redis-server")), "{}", text(&up));
+    let redis_pid = recorded_pid(&state, "redis-server").expect("up records the redis-server it started");
+    assert!(is_running(redis_pid));
+    let config =
+        adrank_featurestore::RedisConfig { url: format!("redis://127.0.0.1:{redis_port}/0"), ..Default::default() };
+    adrank_featurestore::online::server_version(&config).await.expect("the started Redis answers");
+
+    let down = run("down");
+    assert!(down.status.success(), "{}", text(&down));
+    assert!(!is_running(redis_pid), "redis-server still runs after down");
+    assert!(adrank_featurestore::online::server_version(&config).await.is_err());
+}
