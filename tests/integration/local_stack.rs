@@ -125,7 +125,7 @@ async fn up_starts_redis_when_none_answers_and_down_stops_it() {
 
     let up = run("up");
     assert!(up.status.success(), "{}", text(&up));
-    assert!(text(&up).contains(&format!("redis         started  redis-server")), "{}", text(&up));
+    assert!(text(&up).contains("redis         started  redis-server"), "{}", text(&up));
     let redis_pid = recorded_pid(&state, "redis-server").expect("up records the redis-server it started");
     assert!(is_running(redis_pid));
     let config =
