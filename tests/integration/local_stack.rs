@@ -105,6 +105,14 @@ async fn up_up_doctor_down() {
     assert!(again.status.success() && text(&again).contains("not started by `adrank up`"), "{}", text(&again));
     let doctor = run("doctor");
     assert_eq!(doctor.status.code(), Some(1), "doctor fails once the broker is gone:\n{}", text(&doctor));
+
+    // The broker's sqlite storage keeps the topics across a restart.
+    let restarted = run("up");
+    let restarted_text = text(&restarted);
+    assert!(restarted.status.success(), "{restarted_text}");
+    assert!(restarted_text.contains("kafka broker  started"), "{restarted_text}");
+    assert!(!restarted_text.contains("created with"), "topics survive a broker restart:\n{restarted_text}");
+    assert_eq!(restarted_text.matches("kafka topic   running").count(), 5, "{restarted_text}");
 }
 
 /// With no Redis at the configured address, `up` starts one (and records it); `down` stops it.
