@@ -1,8 +1,9 @@
 //! Reading a config file, applying environment overrides and collecting every problem.
 //!
 //! serde stops at the first error, so the loader deserialises in a loop: each error names its
-//! key (`serde_path_to_error`), which is recorded and removed so the next attempt can find the
-//! next problem. When the value tree finally deserialises, the sections' own checks run.
+//! key (`serde_path_to_error`); the problem is recorded and the bad value replaced by its
+//! default (an unknown key is dropped) so the next attempt can find the next problem. When the
+//! value tree finally deserialises, the sections' own checks run.
 
 use std::{
     collections::HashMap,
