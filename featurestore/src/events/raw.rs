@@ -1,14 +1,15 @@
 //! Raw feature values: what serving saw, exactly, before any transform.
 
-use std::{borrow::Cow, collections::BTreeMap, fmt};
+use std::{borrow::Cow, fmt, sync::Arc};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de, ser::SerializeMap as _};
 
 /// One raw value: a string, a number, or explicitly missing (`null`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RawValue {
-    /// A categorical value.
-    Str(String),
+    /// A categorical value. Shared (`Arc`) so that a producer holding the same category for
+    /// many records copies a pointer, not the text.
+    Str(Arc<str>),
     /// A numeric value. JSON cannot carry NaN or infinities, but values computed in-process can
     /// be non-finite; the transforms treat those as missing.
     Num(f64),
@@ -18,12 +19,18 @@ pub enum RawValue {
 
 impl From<&str> for RawValue {
     fn from(s: &str) -> Self {
-        Self::Str(s.to_string())
+        Self::Str(s.into())
     }
 }
 
 impl From<String> for RawValue {
     fn from(s: String) -> Self {
+        Self::Str(s.into())
+    }
+}
+
+impl From<Arc<str>> for RawValue {
+    fn from(s: Arc<str>) -> Self {
         Self::Str(s)
     }
 }
@@ -34,10 +41,123 @@ impl From<f64> for RawValue {
     }
 }
 
-/// Raw features by name. Ordered, so that encoding is deterministic byte for byte. Names are
-/// `Cow` so that producers with fixed names (serving, the world) build records without
-/// allocating a string per name; decoded records own theirs.
-pub type RawFeatures = BTreeMap<Cow<'static, str>, RawValue>;
+/// Raw features by name: a small map kept as a vector sorted by name. Sorted, so that encoding
+/// is deterministic byte for byte; a vector, because records have a few dozen entries and are
+/// built once per impression, where a tree's node allocations cost more than a binary search
+/// saves. Names are `Cow` so that producers with fixed names (serving, the world) build records
+/// without allocating a string per name; decoded records own theirs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RawFeatures {
+    entries: Vec<(Cow<'static, str>, RawValue)>,
+}
+
+impl RawFeatures {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(k, _)| k.as_ref().cmp(name))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&RawValue> {
+        self.position(name).ok().map(|i| &self.entries[i].1)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.position(name).is_ok()
+    }
+
+    /// Sets `name`, returning the value it replaces.
+    pub fn insert(&mut self, name: impl Into<Cow<'static, str>>, value: RawValue) -> Option<RawValue> {
+        let name = name.into();
+        match self.position(&name) {
+            Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
+            Err(i) => {
+                self.entries.insert(i, (name, value));
+                None
+            }
+        }
+    }
+
+    /// Names in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(k, _)| k.as_ref())
+    }
+
+    /// Entries in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &RawValue)> {
+        self.entries.iter().map(|(k, v)| (k.as_ref(), v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Sorts by name; of repeated names the last wins (as in a JSON object read by serde).
+    fn from_unsorted(mut entries: Vec<(Cow<'static, str>, RawValue)>) -> Self {
+        // Stable, so that among equal names the original order survives and the last is kept.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut deduplicated: Vec<(Cow<'static, str>, RawValue)> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match deduplicated.last_mut() {
+                Some(last) if last.0 == entry.0 => *last = entry,
+                _ => deduplicated.push(entry),
+            }
+        }
+        Self { entries: deduplicated }
+    }
+}
+
+impl<const N: usize> From<[(Cow<'static, str>, RawValue); N]> for RawFeatures {
+    fn from(entries: [(Cow<'static, str>, RawValue); N]) -> Self {
+        Self::from_unsorted(entries.into())
+    }
+}
+
+impl FromIterator<(Cow<'static, str>, RawValue)> for RawFeatures {
+    fn from_iter<I: IntoIterator<Item = (Cow<'static, str>, RawValue)>>(iter: I) -> Self {
+        Self::from_unsorted(iter.into_iter().collect())
+    }
+}
+
+impl Serialize for RawFeatures {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.entries.len()))?;
+        for (name, value) in &self.entries {
+            map.serialize_entry(name.as_ref(), value)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for RawFeatures {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RawFeaturesVisitor)
+    }
+}
+
+struct RawFeaturesVisitor;
+
+impl<'de> de::Visitor<'de> for RawFeaturesVisitor {
+    type Value = RawFeatures;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of raw feature values")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RawFeatures, A::Error> {
+        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+        while let Some((name, value)) = map.next_entry::<String, RawValue>()? {
+            entries.push((Cow::Owned(name), value));
+        }
+        Ok(RawFeatures::from_unsorted(entries))
+    }
+}
 
 impl Serialize for RawValue {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -67,11 +187,11 @@ impl de::Visitor<'_> for RawValueVisitor {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<RawValue, E> {
-        Ok(RawValue::Str(v.to_string()))
+        Ok(RawValue::Str(v.into()))
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<RawValue, E> {
-        Ok(RawValue::Str(v))
+        Ok(RawValue::Str(v.into()))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawValue, E> {

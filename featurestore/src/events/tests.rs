@@ -106,3 +106,23 @@ fn catalog_and_profiles_validate() {
     let user = br#"{"user_id":"u","event_time_ms":0,"attributes":{"oracle_p":0.1}}"#;
     assert_eq!(UserProfile::decode(user).unwrap_err().field, "attributes.oracle_p");
 }
+
+#[test]
+fn raw_features_stay_sorted_and_the_last_duplicate_wins() {
+    let mut raw = RawFeatures::new();
+    raw.insert("b", RawValue::Num(1.0));
+    raw.insert("a", RawValue::from("x"));
+    assert_eq!(raw.insert("b", RawValue::Num(2.0)), Some(RawValue::Num(1.0)));
+    assert_eq!(raw.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(serde_json::to_string(&raw).unwrap(), r#"{"a":"x","b":2.0}"#);
+    let decoded: RawFeatures = serde_json::from_str(r#"{"z":1,"a":null,"z":2}"#).unwrap();
+    assert_eq!(decoded.keys().collect::<Vec<_>>(), ["a", "z"]);
+    assert_eq!(decoded.get("z"), Some(&RawValue::Num(2.0)));
+    assert_eq!(decoded.get("a"), Some(&RawValue::Missing));
+    assert_eq!(
+        RawFeatures::from([("q".into(), RawValue::Num(1.0)), ("p".into(), RawValue::Num(2.0))])
+            .keys()
+            .collect::<Vec<_>>(),
+        ["p", "q"]
+    );
+}

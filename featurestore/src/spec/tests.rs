@@ -40,11 +40,11 @@ fn random_record(rng: &mut Lcg, spec: &FeatureSpec) -> RawFeatures {
             1 => RawValue::Missing,
             2 => RawValue::Num(f64::NAN),
             3 => RawValue::Num(f64::INFINITY),
-            4 => RawValue::Str(format!("never-seen-{}", rng.next())),
-            5 => RawValue::Str(format!("{}", rng.below(1000))),
+            4 => RawValue::from(format!("never-seen-{}", rng.next())),
+            5 => RawValue::from(format!("{}", rng.below(1000))),
             _ => RawValue::Num(rng.below(100_000) as f64 / 7.0),
         };
-        raw.insert(name.to_string().into(), value);
+        raw.insert(name.to_string(), value);
     }
     raw
 }

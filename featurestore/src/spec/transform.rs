@@ -246,7 +246,7 @@ impl Category {
     /// (`3`, `0.25`), anything else the default (counted).
     fn value<'r>(&'r self, raw: &'r RawFeatures, defaults: &mut u32) -> Option<std::borrow::Cow<'r, str>> {
         match raw.get(self.input.as_str()) {
-            Some(RawValue::Str(s)) => Some(s.as_str().into()),
+            Some(RawValue::Str(s)) => Some(s.as_ref().into()),
             Some(RawValue::Num(x)) if x.is_finite() => Some(format_number(*x).into()),
             _ => {
                 *defaults += 1;

@@ -297,17 +297,17 @@ impl World {
         let (user_clicks, user_impressions) = self.counters.user(request.user);
         let (ad_clicks, ad_impressions) = self.counters.ad(ad);
         let (adv_clicks, adv_impressions) = self.counters.advertiser(a.advertiser);
-        let text = |s: &str| RawValue::Str(s.to_string());
+        let text = |s: &std::sync::Arc<str>| RawValue::Str(s.clone());
         let num = |x: f64| RawValue::Num(x);
         let names = &self.names;
         // Keys in sorted order: building the map then needs no reordering.
         RawFeatures::from([
             ("ad_age_hours".into(), num(((request.time_ms - a.created_ms) as f64 / HOUR_MS as f64).max(0.0))),
             ("ad_clicks_7d".into(), num(f64::from(ad_clicks))),
-            ("ad_id".into(), text(names.ad(ad))),
+            ("ad_id".into(), text(&names.ads[ad as usize])),
             ("ad_impressions_7d".into(), num(f64::from(ad_impressions))),
             ("advertiser_clicks_7d".into(), num(f64::from(adv_clicks))),
-            ("advertiser_id".into(), text(names.advertiser(a.advertiser))),
+            ("advertiser_id".into(), text(&names.advertisers[a.advertiser as usize])),
             ("advertiser_impressions_7d".into(), num(f64::from(adv_impressions))),
             ("bid".into(), num(a.bid)),
             ("category".into(), text(&names.categories[a.category as usize])),
@@ -316,9 +316,9 @@ impl World {
             ("format".into(), text(&names.formats[a.format as usize])),
             ("hour".into(), num(f64::from(request.hour))),
             ("segment".into(), text(&names.segments[user.segment as usize])),
-            ("surface".into(), text(&self.config.surfaces[request.surface as usize])),
+            ("surface".into(), text(&names.surfaces[request.surface as usize])),
             ("user_clicks_7d".into(), num(f64::from(user_clicks))),
-            ("user_id".into(), text(names.user(request.user))),
+            ("user_id".into(), text(&names.users[request.user as usize])),
             ("user_impressions_7d".into(), num(f64::from(user_impressions))),
         ])
     }
@@ -357,9 +357,9 @@ impl World {
             user_id: self.names.user(i as u32).to_string(),
             event_time_ms: self.config.start_time_ms,
             attributes: RawFeatures::from([
-                ("segment".into(), RawValue::from(self.names.segments[user.segment as usize].as_str())),
-                ("device".into(), RawValue::from(self.names.devices[user.device as usize].as_str())),
-                ("country".into(), RawValue::from(self.names.countries[user.country as usize].as_str())),
+                ("segment".into(), RawValue::from(self.names.segments[user.segment as usize].clone())),
+                ("device".into(), RawValue::from(self.names.devices[user.device as usize].clone())),
+                ("country".into(), RawValue::from(self.names.countries[user.country as usize].clone())),
             ]),
         })
     }
@@ -383,8 +383,8 @@ impl World {
             event_time_ms: time_ms,
             status: if self.catalog.is_live(ad) { AdStatus::Live } else { AdStatus::Retired },
             attributes: RawFeatures::from([
-                ("category".into(), RawValue::from(self.names.categories[a.category as usize].as_str())),
-                ("format".into(), RawValue::from(self.names.formats[a.format as usize].as_str())),
+                ("category".into(), RawValue::from(self.names.categories[a.category as usize].clone())),
+                ("format".into(), RawValue::from(self.names.formats[a.format as usize].clone())),
             ]),
         }
     }

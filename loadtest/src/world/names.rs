@@ -1,22 +1,26 @@
-//! The strings events carry for the world's entities, formatted once: serving an impression
-//! then copies strings instead of formatting them (the hot path of event generation).
+//! The strings events carry for the world's entities, formatted once and shared: serving an
+//! impression then copies pointers (raw features) or strings (id fields) instead of formatting
+//! them (the hot path of event generation).
+
+use std::sync::Arc;
 
 use super::WorldConfig;
 
 #[derive(Debug, Clone)]
 pub(super) struct Names {
-    users: Vec<String>,
-    advertisers: Vec<String>,
-    ads: Vec<String>,
-    pub(super) segments: Vec<String>,
-    pub(super) devices: Vec<String>,
-    pub(super) countries: Vec<String>,
-    pub(super) categories: Vec<String>,
-    pub(super) formats: Vec<String>,
+    pub(super) users: Vec<Arc<str>>,
+    pub(super) advertisers: Vec<Arc<str>>,
+    pub(super) ads: Vec<Arc<str>>,
+    pub(super) segments: Vec<Arc<str>>,
+    pub(super) devices: Vec<Arc<str>>,
+    pub(super) countries: Vec<Arc<str>>,
+    pub(super) categories: Vec<Arc<str>>,
+    pub(super) formats: Vec<Arc<str>>,
+    pub(super) surfaces: Vec<Arc<str>>,
 }
 
-fn numbered(prefix: &str, count: u32) -> Vec<String> {
-    (0..count).map(|i| format!("{prefix}{i}")).collect()
+fn numbered(prefix: &str, count: u32) -> Vec<Arc<str>> {
+    (0..count).map(|i| format!("{prefix}{i}").into()).collect()
 }
 
 impl Names {
@@ -30,13 +34,14 @@ impl Names {
             countries: numbered("c", config.countries),
             categories: numbered("cat", config.categories),
             formats: numbered("fmt", config.formats),
+            surfaces: config.surfaces.iter().map(|s| s.as_str().into()).collect(),
         }
     }
 
     /// Names every ad up to `count` (ads are only ever added).
     pub(super) fn cover_ads(&mut self, count: usize) {
         while self.ads.len() < count {
-            self.ads.push(format!("a{}", self.ads.len()));
+            self.ads.push(format!("a{}", self.ads.len()).into());
         }
     }
 
