@@ -100,6 +100,10 @@ impl RawFeatures {
 
     /// Sorts by name; of repeated names the last wins (as in a JSON object read by serde).
     fn from_unsorted(mut entries: Vec<(Cow<'static, str>, RawValue)>) -> Self {
+        // Producers usually list names in order already: then there is nothing to do.
+        if entries.windows(2).all(|w| w[0].0 < w[1].0) {
+            return Self { entries };
+        }
         // Stable, so that among equal names the original order survives and the last is kept.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let mut deduplicated: Vec<(Cow<'static, str>, RawValue)> = Vec::with_capacity(entries.len());
