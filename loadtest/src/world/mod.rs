@@ -255,13 +255,16 @@ impl World {
     pub fn serve(&mut self, request: &Request, slate: &[u32], scores: Option<&[f64]>, model: (&str, &str)) -> Served {
         let mut served = Served::default();
         let request_id = format!("s{}-r{}", self.config.seed, request.id);
-        for (position, &ad) in slate.iter().take(self.config.shown_slots as usize).enumerate() {
+        // Ids differ only in their last part: format the common prefix once.
+        let impression_prefix = format!("s{}-i{}-", self.config.seed, request.id);
+        let shown = &slate[..slate.len().min(self.config.shown_slots as usize)];
+        // Every slot's features first: serving scores the whole slate before anything in it is
+        // seen, so no slot's counters may include a neighbour's impression or click.
+        for (position, &ad) in shown.iter().enumerate() {
             let situation = self.situation(request, ad, position as u32);
-            let p = self.truth.p(&situation);
-            let impression_id = format!("s{}-i{}-{position}", self.config.seed, request.id);
             let a = self.catalog.ad(ad);
             served.impressions.push(Impression {
-                impression_id: impression_id.clone(),
+                impression_id: with_suffix(&impression_prefix, position),
                 request_id: request_id.clone(),
                 event_time_ms: request.time_ms,
                 user_id: self.names.user(request.user).to_string(),
@@ -274,23 +277,29 @@ impl World {
                 score: scores.and_then(|s| s.get(position)).copied().unwrap_or(0.0).clamp(0.0, 1.0),
                 bid: a.bid,
                 features: self.raw_features(request, ad),
-                oracle_p: Some(p),
+                oracle_p: Some(self.truth.p(&situation)),
             });
+            served.situations.push(situation);
+        }
+        for (impression, situation) in served.impressions.iter().zip(&served.situations) {
+            let p = impression.oracle_p.expect("set just above; this is a bug");
             let clicked = self.rng.bernoulli(p);
-            self.counters.record(request.user, ad, a.advertiser, clicked);
+            self.counters.record(situation.user, situation.ad, situation.advertiser, clicked);
             if clicked {
                 // Clicks come a few seconds after the impression.
                 let delay = (self.rng.exponential(20_000.0) as i64).min(10 * 60_000);
                 served.clicks.push(Click {
-                    click_id: format!("s{}-c{}-{position}", self.config.seed, request.id),
-                    impression_id,
+                    click_id: with_suffix(
+                        &format!("s{}-c{}-", self.config.seed, request.id),
+                        impression.position.into(),
+                    ),
+                    impression_id: impression.impression_id.clone(),
                     event_time_ms: request.time_ms + delay,
-                    user_id: self.names.user(request.user).to_string(),
-                    ad_id: self.names.ad(ad).to_string(),
-                    advertiser_id: self.names.advertiser(a.advertiser).to_string(),
+                    user_id: impression.user_id.clone(),
+                    ad_id: impression.ad_id.clone(),
+                    advertiser_id: impression.advertiser_id.clone(),
                 });
             }
-            served.situations.push(situation);
         }
         served
     }
@@ -440,6 +449,15 @@ impl World {
     pub fn advertisers(&self) -> u32 {
         self.advertisers
     }
+}
+
+/// `prefix` followed by `n` in decimal.
+fn with_suffix(prefix: &str, n: usize) -> String {
+    use std::fmt::Write as _;
+    let mut id = String::with_capacity(prefix.len() + 4);
+    id.push_str(prefix);
+    let _ = write!(id, "{n}");
+    id
 }
 
 #[cfg(test)]
