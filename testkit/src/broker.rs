@@ -14,19 +14,34 @@ use adrank_featurestore::{
     },
 };
 
-/// A running broker with memory storage, killed when dropped.
+/// A running broker, killed when dropped.
 #[derive(Debug)]
 pub struct TestBroker {
     child: Child,
     /// A Kafka config pointing at this broker, with the default topic names.
     pub config: KafkaConfig,
     log: tempfile::NamedTempFile,
+    /// The sqlite database folder of a persistent broker.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl TestBroker {
-    /// Starts a broker on a free port and waits until it answers metadata requests. Panics with
-    /// what to run when tansu is missing or does not start.
+    /// Starts a broker with memory storage (fastest) on a free port and waits until it answers
+    /// metadata requests. Panics with what to run when tansu is missing or does not start.
+    ///
+    /// tansu 0.6's memory engine reports wrong high watermarks (far below what it serves); a
+    /// test that needs watermarks (consumer lag, "read to the end") uses [`Self::start_persistent`].
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Starts a broker with sqlite storage in a temporary folder: slower, but its watermarks are
+    /// exact and it behaves like the broker `adrank up` runs.
+    pub async fn start_persistent() -> Self {
+        Self::start_with(Some(tempfile::tempdir().expect("cannot create a temporary folder"))).await
+    }
+
+    async fn start_with(data: Option<tempfile::TempDir>) -> Self {
         let binary = find_tansu(None).unwrap_or_else(|e| panic!("the test kit needs tansu: {e}"));
         let mut last_error = String::new();
         // The free port may be taken between choosing and binding it: try a few.
@@ -34,7 +49,11 @@ impl TestBroker {
             let addr = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
             let log = tempfile::NamedTempFile::new().expect("cannot create a log file");
             let stderr: Stdio = log.reopen().expect("cannot reopen the log file").into();
-            let broker = LocalBroker { binary: binary.clone(), addr, storage: Storage::Memory, die_with_parent: true };
+            let storage = match &data {
+                Some(dir) => Storage::Sqlite(dir.path().join("tansu.db")),
+                None => Storage::Memory,
+            };
+            let broker = LocalBroker { binary: binary.clone(), addr, storage, die_with_parent: true };
             let child = match broker.start(Stdio::null(), stderr, Duration::from_secs(30)).await {
                 Ok(child) => child,
                 Err(e) => {
@@ -43,10 +62,13 @@ impl TestBroker {
                 }
             };
             let config = KafkaConfig { brokers: addr.to_string(), ..KafkaConfig::default() };
-            let broker = Self { child, config, log };
-            match admin::wait_until_answering(&broker.config, Duration::from_secs(30)).await {
-                Ok(_) => return broker,
-                Err(e) => last_error = format!("{e}; log: {}", broker.log_text()),
+            match admin::wait_until_answering(&config, Duration::from_secs(30)).await {
+                Ok(_) => return Self { child, config, log, _data: data },
+                Err(e) => {
+                    // Dropping it stops the broker that did not answer.
+                    let broker = Self { child, config, log, _data: None };
+                    last_error = format!("{e}; log: {}", broker.log_text());
+                }
             }
         }
         panic!("cannot start a tansu broker: {last_error}");

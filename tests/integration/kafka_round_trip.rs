@@ -138,3 +138,37 @@ async fn an_impression_and_its_click_share_a_partition() {
         assert_eq!(imp_partition, click_partition, "impression {i} and its click were split");
     }
 }
+
+/// The persistent (sqlite) test broker reports exact high watermarks, which lag metrics and
+/// "read to the end" depend on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_broker_watermarks_are_exact() {
+    let broker = TestBroker::start_persistent().await;
+    let config = &broker.config;
+    admin::ensure_topics(config).await.unwrap();
+    let topic = &config.topics.clicks.name;
+    let producer: FutureProducer = kafka::producer_config(config).set("acks", "all").create().unwrap();
+    let mut deliveries = Vec::new();
+    for i in 0..1_000 {
+        let key = format!("k{i}");
+        let record = FutureRecord::to(topic).key(&key).payload("x");
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    for delivery in deliveries {
+        within(delivery, "a delivery report", &broker).await.unwrap().unwrap();
+    }
+    let config = config.clone();
+    let topic = topic.clone();
+    let total: i64 = tokio::task::spawn_blocking(move || {
+        let consumer: rdkafka::consumer::BaseConsumer = kafka::client_config(&config).create().unwrap();
+        (0..config.topics.clicks.partitions.get() as i32)
+            .map(|p| {
+                let (low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap();
+                high - low
+            })
+            .sum()
+    })
+    .await
+    .unwrap();
+    assert_eq!(total, 1_000);
+}
