@@ -12,7 +12,8 @@
 //! - [`events`]: the JSON events on Kafka (impressions, clicks, profiles, catalog) with strict
 //!   decoding.
 //! - [`eval`]: log loss, AUC and normalised entropy, shared by the trainer and the world's oracle.
-//! - [`request`]: the ranking request body, produced by the load-test world, read by serving.
+//! - [`request`]: the ranking request body and its rules, produced by the load-test world, read
+//!   by serving.
 //! - [`spec`]: the feature spec (`config/features.toml`), its version hash, and
 //!   [`spec::Transformer`]: the one implementation of raw features -> model inputs, shared by
 //!   serving and the trainer.

@@ -143,7 +143,7 @@ impl fmt::Display for EventError {
 impl std::error::Error for EventError {}
 
 impl EventError {
-    fn new(field: &str, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &str, reason: impl Into<String>) -> Self {
         Self { field: field.into(), reason: reason.into() }
     }
 }
@@ -177,7 +177,7 @@ fn json_reason(error: &serde_json::Error) -> String {
     }
 }
 
-fn id(field: &str, value: &str) -> Result<(), EventError> {
+pub(crate) fn id(field: &str, value: &str) -> Result<(), EventError> {
     if value.is_empty() {
         return Err(EventError::new(field, "is empty; ids have 1 to 128 bytes"));
     }
@@ -190,7 +190,7 @@ fn id(field: &str, value: &str) -> Result<(), EventError> {
     Ok(())
 }
 
-fn time(field: &str, value: i64) -> Result<(), EventError> {
+pub(crate) fn time(field: &str, value: i64) -> Result<(), EventError> {
     if value < 0 {
         return Err(EventError::new(field, format!("is {value}; expected milliseconds since the Unix epoch (>= 0)")));
     }
@@ -204,14 +204,14 @@ fn probability(field: &str, value: f64) -> Result<(), EventError> {
     Ok(())
 }
 
-fn not_empty(field: &str, value: &str) -> Result<(), EventError> {
+pub(crate) fn not_empty(field: &str, value: &str) -> Result<(), EventError> {
     if value.trim().is_empty() {
         return Err(EventError::new(field, "is empty"));
     }
     Ok(())
 }
 
-fn features(field: &str, values: &RawFeatures) -> Result<(), EventError> {
+pub(crate) fn features(field: &str, values: &RawFeatures) -> Result<(), EventError> {
     if values.contains_key(ORACLE_FIELD) {
         return Err(EventError::new(
             &format!("{field}.{ORACLE_FIELD}"),

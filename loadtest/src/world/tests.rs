@@ -56,6 +56,7 @@ fn requests_have_distinct_live_candidates_and_match_the_api_shape() {
         let relevant =
             request.candidates.iter().filter(|&&ad| favourites.contains(&world.catalog.ad(ad).category)).count();
         assert!(relevant >= 100, "at least the relevant half comes from favourite categories ({relevant})");
+        world.rank_request(&request).validate(1_000).expect("the world's requests pass serving's rules");
         let json = serde_json::to_vec(&world.rank_request(&request)).unwrap();
         let back: adrank_featurestore::request::RankRequest = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, world.rank_request(&request));
