@@ -95,7 +95,6 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<Vec<TopicOutcome>> {
         .missing()
         .map(|t| NewTopic::new(&t.name, t.wanted_partitions as i32, TopicReplication::Fixed(1)))
         .collect();
-    let mut created = Vec::new();
     if !missing.is_empty() {
         let options = AdminOptions::new().operation_timeout(Some(config.request_timeout()));
         let results = admin
@@ -104,9 +103,8 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<Vec<TopicOutcome>> {
             .map_err(|source| kafka_error(config, "creating topics", source))?;
         for result in results {
             match result {
-                Ok(name) => created.push(name),
-                // Another `up` won the race; the topic is there, which is all we want.
-                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => created.push(name),
+                // Another `up` may have won the race; the topic is there, which is all we want.
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
                     return Err(Error::CreateTopic {
                         brokers: config.brokers.clone(),
@@ -123,10 +121,6 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<Vec<TopicOutcome>> {
         .map(|t| match t.partitions {
             Some(partitions) => TopicOutcome::Existed { name: t.name, partitions },
             None => TopicOutcome::Created { name: t.name, partitions: t.wanted_partitions },
-        })
-        .filter(|outcome| match outcome {
-            TopicOutcome::Created { name, .. } => created.contains(name),
-            TopicOutcome::Existed { .. } => true,
         })
         .collect())
 }

@@ -69,7 +69,6 @@ pub struct World {
     rng: Rng,
     users: Vec<User>,
     activity: Alias,
-    advertisers: u32,
     catalog: Catalog,
     names: Names,
     counters: Counters,
@@ -119,7 +118,6 @@ impl World {
             drawn: vec![0; catalog.len()],
             now_ms: config.start_time_ms,
             activity: Alias::new(&weights),
-            advertisers: config.advertisers,
             config,
             truth,
             rng,
@@ -233,6 +231,14 @@ impl World {
         }
         ranked.sort_by(by_bid);
         ranked.into_iter().map(|(_, ad)| ad).collect()
+    }
+
+    /// The next request served by the baseline policy (rank by bid): what `sim bootstrap`
+    /// publishes and what the benchmarks time.
+    pub fn serve_baseline(&mut self) -> Served {
+        let request = self.next_request();
+        let slate = self.rank_by_bid(&request);
+        self.serve(&request, &slate, None, ("baseline", "bid"))
     }
 
     /// The situation of showing `ad` at `position` for `request`.
@@ -443,11 +449,6 @@ impl World {
             self.drawn.push(0);
             self.catalog_changes.push(index);
         }
-    }
-
-    /// Advertisers in the world.
-    pub fn advertisers(&self) -> u32 {
-        self.advertisers
     }
 }
 

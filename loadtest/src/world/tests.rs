@@ -11,9 +11,7 @@ fn small() -> WorldConfig {
 fn run(world: &mut World, requests: usize) -> Served {
     let mut all = Served::default();
     for _ in 0..requests {
-        let request = world.next_request();
-        let slate = world.rank_by_bid(&request);
-        let served = world.serve(&request, &slate, None, ("baseline", "bid"));
+        let served = world.serve_baseline();
         all.impressions.extend(served.impressions);
         all.clicks.extend(served.clicks);
         all.situations.extend(served.situations);

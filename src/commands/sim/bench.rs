@@ -82,9 +82,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     let start = Instant::now();
     let mut events = 0u64;
     for _ in 0..n {
-        let request = world.next_request();
-        let slate = world.rank_by_bid(&request);
-        let served = world.serve(&request, &slate, None, ("baseline", "bid"));
+        let served = world.serve_baseline();
         events += (served.impressions.len() + served.clicks.len()) as u64;
     }
     let events_time = start.elapsed();
@@ -93,9 +91,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     let mut encoded = 0usize;
     let mut encoded_events = 0u64;
     for _ in 0..n {
-        let request = world.next_request();
-        let slate = world.rank_by_bid(&request);
-        let served = world.serve(&request, &slate, None, ("baseline", "bid"));
+        let served = world.serve_baseline();
         encoded += served.impressions.iter().map(|i| i.encode().len()).sum::<usize>();
         encoded += served.clicks.iter().map(|c| c.encode().len()).sum::<usize>();
         encoded_events += (served.impressions.len() + served.clicks.len()) as u64;
@@ -169,9 +165,7 @@ async fn publish(world: &mut World, loaded: &Loaded, n: u64) -> anyhow::Result<K
     let half = (n / 2).max(1);
     let mut messages: Vec<(&str, String, Vec<u8>)> = Vec::new();
     for _ in 0..half {
-        let request = world.next_request();
-        let slate = world.rank_by_bid(&request);
-        let served = world.serve(&request, &slate, None, ("baseline", "bid"));
+        let served = world.serve_baseline();
         for i in &served.impressions {
             messages.push((&topics.impressions.name, i.key().to_string(), i.encode()));
         }
@@ -190,9 +184,7 @@ async fn publish(world: &mut World, loaded: &Loaded, n: u64) -> anyhow::Result<K
     let start = Instant::now();
     let mut events = 0u64;
     for _ in 0..half {
-        let request = world.next_request();
-        let slate = world.rank_by_bid(&request);
-        let served = world.serve(&request, &slate, None, ("baseline", "bid"));
+        let served = world.serve_baseline();
         for i in &served.impressions {
             publisher.send(&topics.impressions.name, i).await?;
         }

@@ -52,9 +52,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     let mut last_progress = Instant::now();
     let mut hour = world.now_ms() / 3_600_000;
     for done in 1..=requests {
-        let request = world.next_request();
-        let slate = world.rank_by_bid(&request);
-        let served = world.serve(&request, &slate, None, ("baseline", "bid"));
+        let served = world.serve_baseline();
         let clicked: Vec<&str> = served.clicks.iter().map(|c| c.impression_id.as_str()).collect();
         for impression in &served.impressions {
             let p = impression.oracle_p.expect("the world sets oracle_p; this is a bug");

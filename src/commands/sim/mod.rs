@@ -42,7 +42,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     }
 }
 
-/// The world of the loaded config, built off the async runtime (it takes a moment).
+/// The world of the loaded config (building it takes about a second at the default size).
 fn world(loaded: &Loaded) -> World {
     World::new(loaded.config.world.clone())
 }
