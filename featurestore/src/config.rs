@@ -225,11 +225,29 @@ pub struct RedisConfig {
     /// How long connecting may take before Redis counts as down, in milliseconds. Serving falls
     /// back to default features when Redis is slow, so keep this short.
     pub connect_timeout_ms: u64,
+    /// An entity (user, ad, advertiser) that no event has touched for this long, in event
+    /// time, reads as missing: its features fall back to the spec's defaults instead of showing
+    /// stale values, and Redis deletes its hash (the same span in wall-clock time after its
+    /// last write). Keep it longer than the longest counter window (7 days).
+    pub entity_ttl_secs: u64,
+    /// How long serving may reuse ad and advertiser hashes it read, in milliseconds (0: no
+    /// cache). Ads and advertisers repeat across requests; a short reuse saves most of the read
+    /// while counters stay fresh to within this span. Users are always read.
+    pub cache_ttl_ms: u64,
+    /// The most ad and advertiser hashes the cache holds.
+    pub cache_entries: usize,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        Self { url: "redis://127.0.0.1:6379/0".into(), key_prefix: "adrank:".into(), connect_timeout_ms: 1_000 }
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            key_prefix: "adrank:".into(),
+            connect_timeout_ms: 1_000,
+            entity_ttl_secs: 8 * 24 * 3600,
+            cache_ttl_ms: 1_000,
+            cache_entries: 200_000,
+        }
     }
 }
 
@@ -249,7 +267,21 @@ impl RedisConfig {
         if self.connect_timeout_ms == 0 {
             problems.push(ConfigProblem::new("connect_timeout_ms", "is 0; expected at least 1"));
         }
+        if self.entity_ttl_secs < 7 * 24 * 3600 {
+            problems.push(ConfigProblem::new(
+                "entity_ttl_secs",
+                format!(
+                    "is {}; expected at least 604800 (7 days), or entities would expire inside the 7-day counter window",
+                    self.entity_ttl_secs
+                ),
+            ));
+        }
         problems
+    }
+
+    /// The entity TTL in milliseconds.
+    pub fn entity_ttl_ms(&self) -> i64 {
+        i64::try_from(self.entity_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
     }
 
     /// The connect timeout.

@@ -26,6 +26,18 @@ pub enum Error {
         source: redis::RedisError,
     },
 
+    /// An online read asked for more ads than one read serves.
+    #[error("an online read asked for {asked} ads; at most {max} are read at once")]
+    TooManyAds { asked: usize, max: usize },
+
+    /// The training log's storage refused an operation.
+    #[error("training log at {location}: {action} failed: {reason}")]
+    TrainingLog { location: String, action: String, reason: String },
+
+    /// Another ingester committed the same training-log sequence number first.
+    #[error("training log partition {partition}: commit {seq} was made by another ingester")]
+    LogConflict { partition: i32, seq: u64 },
+
     /// No tansu executable was found in any of the places adrank looks.
     #[error(
         "no tansu broker executable found (tried: {}); run ./dev.sh setup to build it, or set \

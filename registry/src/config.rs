@@ -1,7 +1,5 @@
 //! The `[registry]` and `[onnxruntime]` config sections.
 
-use std::path::PathBuf;
-
 use adrank_featurestore::ConfigProblem;
 use serde::{Deserialize, Serialize};
 
@@ -21,39 +19,13 @@ impl Default for RegistryConfig {
     }
 }
 
-/// A parsed registry location.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    /// A folder on this machine.
-    Local(PathBuf),
-    /// An S3 bucket and a key prefix (possibly empty).
-    S3 { bucket: String, prefix: String },
-}
+/// A parsed registry location (the feature store's storage locations).
+pub use adrank_featurestore::storage::Location;
 
 impl RegistryConfig {
     /// The location, parsed.
     pub fn parsed(&self) -> Result<Location, crate::Error> {
-        let unsupported = || crate::Error::UnsupportedLocation(self.location.clone());
-        let Some((scheme, rest)) = self.location.split_once("://") else {
-            if self.location.trim().is_empty() {
-                return Err(unsupported());
-            }
-            return Ok(Location::Local(PathBuf::from(&self.location)));
-        };
-        match scheme {
-            "file" => {
-                let url = url::Url::parse(&self.location).map_err(|_| unsupported())?;
-                url.to_file_path().map(Location::Local).map_err(|()| unsupported())
-            }
-            "s3" => {
-                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                if bucket.is_empty() {
-                    return Err(unsupported());
-                }
-                Ok(Location::S3 { bucket: bucket.into(), prefix: prefix.trim_matches('/').into() })
-            }
-            _ => Err(unsupported()),
-        }
+        Location::parse(&self.location).ok_or_else(|| crate::Error::UnsupportedLocation(self.location.clone()))
     }
 
     /// Every problem in this section; empty when it is usable.
@@ -86,25 +58,11 @@ impl OrtConfig {
 mod tests {
     use super::*;
 
-    fn location(s: &str) -> Result<Location, crate::Error> {
-        RegistryConfig { location: s.into() }.parsed()
-    }
-
     #[test]
-    fn locations_parse() {
-        assert_eq!(location(".adrank/registry").unwrap(), Location::Local(".adrank/registry".into()));
-        assert_eq!(location("file:///var/models").unwrap(), Location::Local("/var/models".into()));
-        assert_eq!(
-            location("s3://bucket/a/b/").unwrap(),
-            Location::S3 { bucket: "bucket".into(), prefix: "a/b".into() }
-        );
-        assert_eq!(location("s3://bucket").unwrap(), Location::S3 { bucket: "bucket".into(), prefix: "".into() });
-    }
-
-    #[test]
-    fn bad_locations_are_refused() {
-        for bad in ["", "gs://bucket", "s3://", "file://relative"] {
-            assert!(location(bad).is_err(), "{bad} should be refused");
-        }
+    fn a_bad_location_is_a_config_problem() {
+        let problems = RegistryConfig { location: "gs://bucket".into() }.problems();
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].problem.contains("gs://bucket"), "{}", problems[0].problem);
+        assert_eq!(RegistryConfig::default().problems(), vec![]);
     }
 }

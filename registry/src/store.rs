@@ -4,32 +4,12 @@ use std::sync::Arc;
 
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, path::Path};
 
-use crate::{Error, Location, RegistryConfig, Result};
+use crate::{Error, RegistryConfig, Result};
 
 /// Opens the configured location. A local folder is created when missing.
 pub fn open(config: &RegistryConfig) -> Result<Arc<dyn ObjectStore>> {
     let store_error = |action, source| Error::Store { location: config.location.clone(), action, source };
-    match config.parsed()? {
-        Location::Local(dir) => {
-            std::fs::create_dir_all(&dir).map_err(|e| {
-                store_error("creating the folder", object_store::Error::Generic { store: "local", source: Box::new(e) })
-            })?;
-            let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                .map_err(|e| store_error("opening the folder", e))?;
-            Ok(Arc::new(store))
-        }
-        Location::S3 { bucket, prefix } => {
-            let store = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(|e| store_error("configuring S3", e))?;
-            if prefix.is_empty() {
-                Ok(Arc::new(store))
-            } else {
-                Ok(Arc::new(object_store::prefix::PrefixStore::new(store, prefix)))
-            }
-        }
-    }
+    config.parsed()?.open().map_err(|e| store_error("opening the location", e))
 }
 
 /// Proves that the location accepts writes: puts a small object and deletes it again.

@@ -4,6 +4,7 @@
 mod config;
 mod doctor;
 mod down;
+mod ingest;
 mod sim;
 mod up;
 
@@ -26,6 +27,9 @@ pub(crate) enum Command {
     Down(down::Args),
     /// Print the effective configuration (file, defaults and environment overrides) as TOML.
     Config(config::Args),
+    /// Run a feature-store ingester: Kafka events into the Redis online store and the Parquet
+    /// training log, exactly once. Start several to share the partitions.
+    Ingest(ingest::Args),
     /// The synthetic ads world: bootstrap history to Kafka, sample requests, oracle metrics,
     /// throughput.
     Sim(sim::Args),
@@ -38,6 +42,7 @@ impl Command {
             Self::Up(args) => up::run(args, loaded).await,
             Self::Down(args) => down::run(args, loaded).await,
             Self::Config(args) => config::run(args, loaded),
+            Self::Ingest(args) => ingest::run(args, loaded).await,
             Self::Sim(args) => sim::run(args, loaded).await,
         }
     }

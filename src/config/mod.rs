@@ -7,7 +7,7 @@ mod env;
 mod load;
 pub(crate) mod report;
 
-use adrank_featurestore::{ConfigProblem, KafkaConfig, RedisConfig};
+use adrank_featurestore::{ConfigProblem, IngestConfig, KafkaConfig, RedisConfig};
 use adrank_loadtest::world::WorldConfig;
 use adrank_registry::{OrtConfig, RegistryConfig};
 use adrank_serving::ServingConfig;
@@ -25,6 +25,7 @@ use crate::stack::StackConfig;
 pub(crate) struct AdrankConfig {
     pub(crate) kafka: KafkaConfig,
     pub(crate) redis: RedisConfig,
+    pub(crate) ingest: IngestConfig,
     pub(crate) registry: RegistryConfig,
     pub(crate) onnxruntime: OrtConfig,
     pub(crate) serving: ServingConfig,
@@ -36,9 +37,10 @@ pub(crate) struct AdrankConfig {
 impl AdrankConfig {
     /// Every cross-field and value problem, keyed by the full dotted key.
     pub(crate) fn problems(&self) -> Vec<ConfigProblem> {
-        let sections: [(&str, Vec<ConfigProblem>); 8] = [
+        let sections: [(&str, Vec<ConfigProblem>); 9] = [
             ("kafka", self.kafka.problems()),
             ("redis", self.redis.problems()),
+            ("ingest", self.ingest.problems()),
             ("registry", self.registry.problems()),
             ("onnxruntime", self.onnxruntime.problems()),
             ("serving", self.serving.problems()),

@@ -4,6 +4,7 @@
 mod cli_config;
 mod kafka_round_trip;
 mod local_stack;
+mod online_store;
 mod onnxruntime;
 mod redis_round_trip;
 mod sim;

@@ -1,4 +1,12 @@
-//! The Redis online store. For now: connecting and the health probe that `doctor` uses.
+//! The Redis online store: its layout ([`layout`]), the exactly-once writer the ingester uses
+//! ([`writer`]) and the read client serving uses ([`reader`]).
+
+pub mod layout;
+pub mod reader;
+pub mod writer;
+
+pub use reader::{AdRef, Fetched, Missing, Reader};
+pub use writer::{Outcome, PartitionBatch, Updates, Writer};
 
 use crate::{Error, RedisConfig, Result};
 

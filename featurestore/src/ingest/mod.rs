@@ -1,0 +1,329 @@
+//! The ingester: a Kafka consumer group member that applies impressions, clicks, profiles and
+//! catalog records to the Redis online store and joins impressions with clicks into the
+//! Parquet training log, each event taking effect exactly once.
+//!
+//! # How a round goes
+//!
+//! ```text
+//! poll up to max_batch_events (or max_batch_wait)
+//!   -> drop the partitions the group took away
+//!   -> load new partitions' state: Redis watermark, training-log checkpoint (seek back if needed)
+//!   -> decode; refusals go to the dead-letter topic (confirmed before anything moves past them)
+//!   -> fold into per-partition Updates and feed the partition's Joiner
+//!   -> one pipelined Redis round trip: per partition, updates + watermark, atomically
+//!   -> commit due training-log checkpoints (Parquet files, then the commit record)
+//!   -> commit Kafka offsets: the lower of what Redis and the log still need
+//! ```
+//!
+//! Redis and the training log are the truth about progress; Kafka's committed offsets only say
+//! where to start reading, and are never ahead of either. A replay skips what Redis's watermark
+//! and the log's checkpoint already hold, so a crash anywhere repeats no effect.
+//!
+//! Impressions and clicks with the same partition number must go to the same member: the
+//! consumer uses the range assignor, which gives equal partition numbers of equally partitioned
+//! topics to the same member (the config check keeps the two topics equally partitioned).
+
+mod config;
+mod dead_letter;
+mod round;
+
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    ClientContext, Offset, TopicPartitionList,
+    consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    message::OwnedMessage,
+};
+
+pub use config::IngestConfig;
+pub use dead_letter::Refusal;
+
+use crate::{
+    Error, KafkaConfig, RedisConfig, Result, kafka, metrics,
+    online::Writer,
+    training_log::{Checkpoint, Joiner, TrainingLog},
+};
+use dead_letter::DeadLetters;
+
+/// Which topic a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Kind {
+    Impressions,
+    Clicks,
+    Users,
+    Ads,
+}
+
+/// Options of one run beyond the config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop once no message has arrived for this long and everything read is committed.
+    pub exit_when_idle: Option<Duration>,
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Events applied to Redis, per topic kind: impressions, clicks, users, ads.
+    pub applied: [u64; 4],
+    pub dead_letters: u64,
+    pub examples: u64,
+    pub late_clicks: u64,
+    pub orphan_clicks: u64,
+    pub fenced: u64,
+}
+
+/// Partitions the group took from this member, recorded in the rebalance callback and acted
+/// on by the round loop.
+#[derive(Debug, Default)]
+struct GroupContext {
+    revoked: Mutex<Vec<(String, i32)>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let mut revoked = self.revoked.lock().expect("never poisoned: no panics while held");
+            revoked.extend(list.elements().iter().map(|e| (e.topic().to_string(), e.partition())));
+        }
+    }
+}
+
+/// One topic partition's progress.
+#[derive(Debug)]
+struct PartitionState {
+    /// The Redis watermark: the next offset whose effect is not yet in Redis.
+    applied: Option<i64>,
+    /// The next offset this member expects to read.
+    next: i64,
+    /// The offset last committed to Kafka.
+    kafka_committed: Option<i64>,
+}
+
+/// One partition pair's training-log state.
+#[derive(Debug)]
+struct LogState {
+    joiner: Joiner,
+    next_seq: u64,
+    committed: Checkpoint,
+    last_commit: Instant,
+}
+
+/// A feature-store ingester.
+pub struct Ingester {
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    writer: Writer,
+    log: TrainingLog,
+    dead_letters: DeadLetters,
+    kafka: KafkaConfig,
+    config: IngestConfig,
+    topics: HashMap<String, Kind>,
+    names: [String; 4],
+    partitions: HashMap<(Kind, i32), PartitionState>,
+    logs: HashMap<i32, LogState>,
+    totals: Totals,
+}
+
+impl std::fmt::Debug for Ingester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingester").field("group", &self.kafka.consumer_group).finish_non_exhaustive()
+    }
+}
+
+impl Ingester {
+    /// Connects to Redis, opens the training log and joins the consumer group.
+    pub async fn new(kafka_config: &KafkaConfig, redis: &RedisConfig, config: &IngestConfig) -> Result<Self> {
+        let writer = Writer::connect(redis).await?;
+        let log = TrainingLog::open(&config.training_log)?;
+        let dead_letters = DeadLetters::new(kafka_config)?;
+        let consumer: StreamConsumer<GroupContext> = kafka::client_config(kafka_config)
+            .set("group.id", &kafka_config.consumer_group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .create_with_context(GroupContext::default())
+            .map_err(|source| kafka_error(kafka_config, "creating the consumer", source))?;
+        let topics = &kafka_config.topics;
+        let names = [&topics.impressions, &topics.clicks, &topics.users, &topics.ads].map(|t| t.name.clone());
+        consumer
+            .subscribe(&names.iter().map(String::as_str).collect::<Vec<_>>())
+            .map_err(|source| kafka_error(kafka_config, "subscribing", source))?;
+        let kinds = [Kind::Impressions, Kind::Clicks, Kind::Users, Kind::Ads];
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            writer,
+            log,
+            dead_letters,
+            kafka: kafka_config.clone(),
+            config: config.clone(),
+            topics: names.iter().cloned().zip(kinds).collect(),
+            names,
+            partitions: HashMap::new(),
+            logs: HashMap::new(),
+            totals: Totals::default(),
+        })
+    }
+
+    /// Runs until `shutdown` completes (or, with `exit_when_idle`, until idle), then commits
+    /// what it holds and leaves the group.
+    pub async fn run(mut self, options: RunOptions, shutdown: impl Future<Output = ()>) -> Result<Totals> {
+        tokio::pin!(shutdown);
+        let mut last_message = Instant::now();
+        let mut last_lag = Instant::now();
+        let result = loop {
+            let batch = tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                batch = self.poll() => batch,
+            };
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(e) => break Err(e),
+            };
+            if !batch.is_empty() {
+                last_message = Instant::now();
+            }
+            let idle = options.exit_when_idle.is_some_and(|idle| last_message.elapsed() >= idle);
+            if let Err(e) = self.round(batch, idle).await {
+                break Err(e);
+            }
+            if last_lag.elapsed() >= Duration::from_secs(5) {
+                last_lag = Instant::now();
+                self.report_lag().await;
+            }
+            if idle && self.logs.values().all(|l| l.joiner.closed() == 0) {
+                break Ok(());
+            }
+        };
+        if result.is_ok() {
+            // A last commit of everything closed, so a clean stop replays nothing.
+            self.commit_logs(true).await?;
+            self.commit_offsets();
+        }
+        let consumer = self.consumer.clone();
+        drop(self.partitions);
+        // Closing a consumer blocks until it has left the group: not on the async runtime.
+        let _ = tokio::task::spawn_blocking(move || {
+            consumer.unsubscribe();
+            drop(consumer);
+        })
+        .await;
+        result.map(|()| self.totals)
+    }
+
+    /// Reads up to `max_batch_events`, waiting at most `max_batch_wait` after the first.
+    async fn poll(&self) -> Result<Vec<OwnedMessage>> {
+        let mut batch = Vec::new();
+        let first = tokio::time::timeout(Duration::from_millis(200), self.consumer.recv()).await;
+        match first {
+            Err(_) => return Ok(batch),
+            Ok(message) => batch.push(message.map_err(|e| kafka_error(&self.kafka, "reading", e))?.detach()),
+        }
+        let deadline = tokio::time::Instant::now() + self.config.max_batch_wait();
+        while batch.len() < self.config.max_batch_events {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(message) => batch.push(message.map_err(|e| kafka_error(&self.kafka, "reading", e))?.detach()),
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Drops what the group took away; returns the revoked set.
+    fn take_revoked(&mut self) -> HashSet<(Kind, i32)> {
+        let revoked =
+            std::mem::take(&mut *self.consumer.context().revoked.lock().expect("never poisoned: no panics while held"));
+        let revoked: HashSet<(Kind, i32)> =
+            revoked.into_iter().filter_map(|(topic, p)| Some((*self.topics.get(&topic)?, p))).collect();
+        for &(kind, partition) in &revoked {
+            self.partitions.remove(&(kind, partition));
+            if matches!(kind, Kind::Impressions | Kind::Clicks) {
+                self.logs.remove(&partition);
+            }
+        }
+        if !revoked.is_empty() {
+            tracing::info!(partitions = revoked.len(), "partitions revoked");
+        }
+        revoked
+    }
+
+    fn topic(&self, kind: Kind) -> &str {
+        &self.names[kind as usize]
+    }
+
+    /// Seeks one partition back to `offset` (`None`: its beginning).
+    fn seek(&self, kind: Kind, partition: i32, offset: Option<i64>) -> Result<()> {
+        let offset = offset.map_or(Offset::Beginning, Offset::Offset);
+        self.consumer
+            .seek(self.topic(kind), partition, offset, Duration::from_secs(10))
+            .map_err(|e| kafka_error(&self.kafka, "seeking back to unapplied events", e))
+    }
+
+    /// Commits Kafka offsets: per partition, the lowest offset Redis or the log still needs.
+    fn commit_offsets(&mut self) {
+        let mut list = TopicPartitionList::new();
+        let mut changed = Vec::new();
+        for (&(kind, partition), state) in &self.partitions {
+            let Some(applied) = state.applied else { continue };
+            let log = self.logs.get(&partition).map(|l| &l.committed);
+            let needed = match (kind, log) {
+                (Kind::Impressions, Some(c)) => applied.min(c.impressions_resume),
+                (Kind::Clicks, Some(c)) => applied.min(c.clicks_resume),
+                _ => applied,
+            };
+            if state.kafka_committed != Some(needed) {
+                let _ = list.add_partition_offset(self.topic(kind), partition, Offset::Offset(needed));
+                changed.push(((kind, partition), needed));
+            }
+        }
+        if list.count() == 0 {
+            return;
+        }
+        // Asynchronous: Kafka's offsets are a hint where to start; Redis and the log are the
+        // truth, so a lost commit only means a longer replay.
+        match self.consumer.commit(&list, CommitMode::Async) {
+            Ok(()) => {
+                for (key, needed) in changed {
+                    if let Some(state) = self.partitions.get_mut(&key) {
+                        state.kafka_committed = Some(needed);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "committing Kafka offsets failed; will retry"),
+        }
+    }
+
+    async fn report_lag(&self) {
+        let consumer = self.consumer.clone();
+        let positions: Vec<(String, i32, i64)> = self
+            .partitions
+            .iter()
+            .map(|(&(kind, partition), state)| (self.topic(kind).to_string(), partition, state.next))
+            .collect();
+        let lags = tokio::task::spawn_blocking(move || {
+            positions
+                .into_iter()
+                .filter_map(|(topic, partition, next)| {
+                    let (_, high) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(2)).ok()?;
+                    Some((topic, partition, (high - next).max(0)))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (topic, partition, lag) in lags {
+            metrics::lag(&topic, partition, lag);
+        }
+    }
+}
+
+fn kafka_error(config: &KafkaConfig, action: &'static str, source: rdkafka::error::KafkaError) -> Error {
+    Error::Kafka { brokers: config.brokers.clone(), action, source }
+}

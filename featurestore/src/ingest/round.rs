@@ -1,0 +1,320 @@
+//! One round of the ingester: load new partitions, decode, apply to Redis, commit the log.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Instant,
+};
+
+use rdkafka::{Message as _, message::OwnedMessage};
+
+use super::{Ingester, Kind, LogState, PartitionState, Refusal};
+use crate::{
+    Error, Result,
+    events::{AdRecord, Click, Event, Impression, UserProfile},
+    metrics,
+    online::{Outcome, PartitionBatch, Updates},
+    training_log::{CommitRequest, Joiner},
+};
+
+/// A decoded message.
+enum Decoded {
+    Impression(Impression),
+    Click(Click),
+    User(UserProfile),
+    Ad(AdRecord),
+}
+
+fn decode(kind: Kind, message: &OwnedMessage) -> Result<Decoded, Refusal> {
+    fn event<E: Event>(payload: &[u8], key: Option<&[u8]>) -> Result<E, Refusal> {
+        let event = E::decode(payload).map_err(|e| Refusal::event(&e))?;
+        if key != Some(event.key().as_bytes()) {
+            return Err(Refusal::key(event.key(), key));
+        }
+        Ok(event)
+    }
+    let payload = message.payload().filter(|p| !p.is_empty()).ok_or_else(Refusal::empty)?;
+    let key = message.key();
+    Ok(match kind {
+        Kind::Impressions => Decoded::Impression(event(payload, key)?),
+        Kind::Clicks => Decoded::Click(event(payload, key)?),
+        Kind::Users => Decoded::User(event(payload, key)?),
+        Kind::Ads => Decoded::Ad(event(payload, key)?),
+    })
+}
+
+/// A partition's share of one round.
+#[derive(Default)]
+struct Share {
+    updates: Updates,
+    event_times: Vec<i64>,
+}
+
+impl Ingester {
+    pub(super) async fn round(&mut self, batch: Vec<OwnedMessage>, idle: bool) -> Result<()> {
+        let revoked = self.take_revoked();
+        let batch: Vec<(Kind, OwnedMessage)> = batch
+            .into_iter()
+            .filter_map(|m| Some((*self.topics.get(m.topic())?, m)))
+            // A revoked partition's messages are its new owner's to apply.
+            .filter(|(kind, m)| !revoked.contains(&(*kind, m.partition())))
+            .collect();
+        let sought = self.load(&batch).await?;
+
+        let prefix = self.writer.prefix().to_string();
+        let mut shares: BTreeMap<(Kind, i32), Share> = BTreeMap::new();
+        let mut deliveries = Vec::new();
+        for (kind, message) in batch {
+            let (partition, offset) = (message.partition(), message.offset());
+            if sought.contains(&(kind, partition)) {
+                continue;
+            }
+            let Some(state) = self.partitions.get_mut(&(kind, partition)) else { continue };
+            if offset < state.next {
+                continue;
+            }
+            state.next = offset + 1;
+            // Below the watermark, Redis (and the dead-letter topic) already have this event.
+            let apply = state.applied.is_none_or(|applied| offset >= applied);
+            let share = shares.entry((kind, partition)).or_default();
+            let joiner = self.logs.get_mut(&partition).map(|l| &mut l.joiner);
+            match decode(kind, &message) {
+                Err(refusal) => {
+                    if apply {
+                        let source = (message.topic(), partition, offset);
+                        deliveries.push(self.dead_letters.send(source, message.payload(), &refusal)?);
+                        self.totals.dead_letters += 1;
+                    }
+                    feed(joiner, kind, offset, None);
+                }
+                Ok(decoded) => {
+                    if apply {
+                        fold(&mut share.updates, &mut share.event_times, &prefix, &decoded);
+                    }
+                    feed(joiner, kind, offset, Some(decoded));
+                }
+            }
+        }
+        self.dead_letters.confirm(deliveries).await?;
+        self.apply(&shares).await?;
+        self.commit_logs(idle).await?;
+        self.commit_offsets();
+        Ok(())
+    }
+
+    /// Loads the state of partitions seen for the first time: the Redis watermark and the
+    /// training-log checkpoint. Where they need events before the first one read, seeks back
+    /// and returns the partition so this round skips its messages (they come again).
+    async fn load(&mut self, batch: &[(Kind, OwnedMessage)]) -> Result<HashSet<(Kind, i32)>> {
+        let mut first: BTreeMap<(Kind, i32), i64> = BTreeMap::new();
+        for (kind, message) in batch {
+            let key = (*kind, message.partition());
+            if !self.partitions.contains_key(&key) {
+                first.entry(key).or_insert(message.offset());
+            }
+        }
+        let mut sought = HashSet::new();
+        if first.is_empty() {
+            return Ok(sought);
+        }
+        let keys: Vec<(Kind, i32)> = first.keys().copied().collect();
+        let names: Vec<(&str, i32)> = keys.iter().map(|&(kind, p)| (self.names[kind as usize].as_str(), p)).collect();
+        let watermarks = self.writer.watermarks(&names).await?;
+        for &(kind, partition) in &keys {
+            if matches!(kind, Kind::Impressions | Kind::Clicks) && !self.logs.contains_key(&partition) {
+                self.load_log(partition).await?;
+            }
+        }
+        for (&(kind, partition), applied) in keys.iter().zip(watermarks) {
+            let log = self.logs.get(&partition).map(|l| &l.committed);
+            let log_needs = match (kind, log) {
+                (Kind::Impressions, Some(c)) => c.impressions_resume,
+                (Kind::Clicks, Some(c)) => c.clicks_resume,
+                _ => i64::MAX,
+            };
+            // None: Redis holds nothing of this partition, so it needs the partition from its
+            // beginning.
+            let needed = applied.map(|a| a.min(log_needs));
+            let first_read = first[&(kind, partition)];
+            if needed.is_none_or(|n| n < first_read) && first_read > 0 {
+                self.seek(kind, partition, needed)?;
+                sought.insert((kind, partition));
+            }
+            tracing::info!(topic = self.topic(kind), partition, ?applied, ?needed, first_read, "partition assigned");
+            self.partitions.insert(
+                (kind, partition),
+                PartitionState { applied, next: needed.unwrap_or(0), kafka_committed: None },
+            );
+        }
+        Ok(sought)
+    }
+
+    async fn load_log(&mut self, partition: i32) -> Result<()> {
+        let latest = self.log.latest(partition).await?;
+        let removed = self.log.remove_uncommitted(partition).await?;
+        if removed > 0 {
+            tracing::info!(partition, removed, "removed training-log files of an unfinished commit");
+        }
+        let checkpoint = latest.as_ref().map(|c| c.checkpoint.clone()).unwrap_or_default();
+        let joiner = Joiner::new(partition, self.config.window_ms(), self.config.lateness_ms(), checkpoint.clone());
+        self.logs.insert(
+            partition,
+            LogState {
+                joiner,
+                next_seq: latest.map_or(0, |c| c.seq + 1),
+                committed: checkpoint,
+                last_commit: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Forgets a partition pair (impressions, clicks and their log), to be loaded afresh.
+    fn forget_pair(&mut self, partition: i32) {
+        self.logs.remove(&partition);
+        self.partitions.remove(&(Kind::Impressions, partition));
+        self.partitions.remove(&(Kind::Clicks, partition));
+    }
+
+    /// Applies every partition's share in one round trip.
+    async fn apply(&mut self, shares: &BTreeMap<(Kind, i32), Share>) -> Result<()> {
+        let mut keys = Vec::new();
+        let mut batches = Vec::new();
+        for (&(kind, partition), share) in shares {
+            let Some(state) = self.partitions.get(&(kind, partition)) else { continue };
+            if state.applied.is_some_and(|applied| applied >= state.next) {
+                continue; // a replay of what Redis already holds
+            }
+            keys.push((kind, partition));
+            batches.push(PartitionBatch {
+                topic: &self.names[kind as usize],
+                partition,
+                expected: state.applied,
+                next: state.next,
+                updates: &share.updates,
+            });
+        }
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let outcomes = self.writer.apply(&batches).await?;
+        metrics::write_seconds(started.elapsed().as_secs_f64());
+        let next: Vec<i64> = batches.iter().map(|b| b.next).collect();
+        drop(batches);
+        let now_ms = crate::training_log::now_ms();
+        for (((kind, partition), outcome), next) in keys.into_iter().zip(outcomes).zip(next) {
+            let share = &shares[&(kind, partition)];
+            match outcome {
+                Outcome::Applied => {
+                    if let Some(state) = self.partitions.get_mut(&(kind, partition)) {
+                        state.applied = Some(next);
+                    }
+                    self.totals.applied[kind as usize] += share.updates.events() as u64;
+                    metrics::applied(self.topic(kind), share.updates.events());
+                    for time in &share.event_times {
+                        metrics::freshness_seconds((now_ms - time).max(0) as f64 / 1000.0);
+                    }
+                }
+                Outcome::Fenced { current } => {
+                    tracing::warn!(
+                        topic = self.topic(kind),
+                        partition,
+                        ?current,
+                        "another ingester moved this partition's watermark; reloading it"
+                    );
+                    metrics::fenced(self.topic(kind));
+                    self.totals.fenced += 1;
+                    match kind {
+                        Kind::Impressions | Kind::Clicks => self.forget_pair(partition),
+                        Kind::Users | Kind::Ads => {
+                            self.partitions.remove(&(kind, partition));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the training log of every partition whose commit is due (all, when `force`).
+    pub(super) async fn commit_logs(&mut self, force: bool) -> Result<()> {
+        let partitions: Vec<i32> = self.logs.keys().copied().collect();
+        for partition in partitions {
+            let log = self.logs.get_mut(&partition).expect("listed just above");
+            let due = force
+                || log.joiner.closed() >= self.config.log_commit_examples
+                || log.last_commit.elapsed() >= self.config.log_commit_interval();
+            if !due {
+                continue;
+            }
+            let (examples, checkpoint) = log.joiner.take_closed();
+            if examples.is_empty() && checkpoint == log.committed {
+                log.last_commit = Instant::now();
+                continue;
+            }
+            let (late_clicks, orphan_clicks) = log.joiner.take_counts();
+            let request = CommitRequest {
+                partition,
+                seq: log.next_seq,
+                checkpoint: checkpoint.clone(),
+                late_clicks,
+                orphan_clicks,
+            };
+            match self.log.commit(request, examples).await {
+                Ok(commit) => {
+                    let log = self.logs.get_mut(&partition).expect("still held");
+                    log.next_seq += 1;
+                    log.committed = checkpoint;
+                    log.last_commit = Instant::now();
+                    self.totals.examples += commit.examples;
+                    self.totals.late_clicks += late_clicks;
+                    self.totals.orphan_clicks += orphan_clicks;
+                    metrics::examples(commit.clicked, commit.examples - commit.clicked);
+                    metrics::late_clicks(late_clicks);
+                    metrics::orphan_clicks(orphan_clicks);
+                }
+                Err(Error::LogConflict { partition, seq }) => {
+                    tracing::warn!(partition, seq, "another ingester committed this partition's log; reloading it");
+                    self.forget_pair(partition);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Folds one event into its partition's updates.
+fn fold(updates: &mut Updates, times: &mut Vec<i64>, prefix: &str, decoded: &Decoded) {
+    let time = match decoded {
+        Decoded::Impression(e) => {
+            updates.impression(prefix, e);
+            e.event_time_ms
+        }
+        Decoded::Click(e) => {
+            updates.click(prefix, e);
+            e.event_time_ms
+        }
+        Decoded::User(e) => {
+            updates.profile(prefix, e);
+            e.event_time_ms
+        }
+        Decoded::Ad(e) => {
+            updates.ad(prefix, e);
+            e.event_time_ms
+        }
+    };
+    times.push(time);
+}
+
+/// Feeds impressions and clicks (or the position of a refused one) to the partition's joiner.
+fn feed(joiner: Option<&mut Joiner>, kind: Kind, offset: i64, decoded: Option<Decoded>) {
+    let Some(joiner) = joiner else { return };
+    match (kind, decoded) {
+        (Kind::Impressions, Some(Decoded::Impression(e))) => joiner.impression(offset, Some(e)),
+        (Kind::Impressions, _) => joiner.impression(offset, None),
+        (Kind::Clicks, Some(Decoded::Click(e))) => joiner.click(offset, Some(&e)),
+        (Kind::Clicks, _) => joiner.click(offset, None),
+        (Kind::Users | Kind::Ads, _) => {}
+    }
+}

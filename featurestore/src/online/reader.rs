@@ -1,0 +1,274 @@
+//! The online read client serving uses: one user and up to [`MAX_ADS`] ads with their
+//! advertisers in one pipelined round trip, with an optional short-lived in-process cache for
+//! ads and advertisers.
+//!
+//! The answer is raw features named as the feature spec reads them: the stored attributes
+//! (`segment`, `category`, …), the windowed counters (`user_clicks_7d`, `ad_impressions_1h`, …),
+//! `ad_age_hours` and the ids. An entity that is absent, or that no event has touched for the
+//! entity TTL (in event time, against the read's time), contributes only its id: the transforms
+//! then apply the spec's defaults, and the read counts it as missing. Expiry is applied on
+//! every read, so a hash Redis has not deleted yet never shows a stale value.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use redis::{Value, aio::MultiplexedConnection};
+
+use super::layout::{self, ATTRIBUTE_PREFIX, COUNTS_FIELD, CREATED_FIELD, Entity, SEEN_FIELD, WINDOWS};
+use crate::{
+    Error, RedisConfig, Result,
+    events::{RawFeatures, RawValue},
+    metrics,
+};
+
+/// The most ads one read may ask for.
+pub const MAX_ADS: usize = 1_000;
+
+const HOUR_MS: f64 = 3_600_000.0;
+
+/// An ad to read, with its advertiser.
+#[derive(Debug, Clone, Copy)]
+pub struct AdRef<'a> {
+    pub ad_id: &'a str,
+    pub advertiser_id: &'a str,
+}
+
+/// Entities a read found missing (absent or expired), by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Missing {
+    pub users: usize,
+    pub ads: usize,
+    pub advertisers: usize,
+}
+
+/// What one read returns.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    /// The user's features.
+    pub user: RawFeatures,
+    /// Per requested ad, in order: the ad's and its advertiser's features.
+    pub ads: Vec<RawFeatures>,
+    pub missing: Missing,
+    /// Ad and advertiser hashes served from the in-process cache.
+    pub cache_hits: usize,
+}
+
+/// One entity's hash as read.
+#[derive(Debug, Clone, Default)]
+struct Stored {
+    seen_ms: Option<i64>,
+    created_ms: Option<i64>,
+    attributes: Vec<(String, RawValue)>,
+    counts: Option<Vec<u8>>,
+}
+
+impl Stored {
+    fn parse(value: Value) -> Self {
+        let mut stored = Self::default();
+        let pairs: Vec<(Value, Value)> = match value {
+            Value::Map(pairs) => pairs,
+            Value::Array(items) => {
+                let mut items = items.into_iter();
+                std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect()
+            }
+            _ => return stored,
+        };
+        for (field, value) in pairs {
+            let (Value::BulkString(field), Value::BulkString(value)) = (field, value) else { continue };
+            let number = || std::str::from_utf8(&value).ok().and_then(|s| s.parse().ok());
+            match field.as_slice() {
+                f if f == SEEN_FIELD.as_bytes() => stored.seen_ms = number(),
+                f if f == CREATED_FIELD.as_bytes() => stored.created_ms = number(),
+                f if f == COUNTS_FIELD.as_bytes() => stored.counts = Some(value),
+                f => {
+                    let Some(name) = f.strip_prefix(ATTRIBUTE_PREFIX.as_bytes()) else { continue };
+                    if let (Ok(name), Some(value)) = (std::str::from_utf8(name), layout::decode_value(&value)) {
+                        stored.attributes.push((name.to_string(), value));
+                    }
+                }
+            }
+        }
+        stored
+    }
+
+    /// Whether the entity counts as present at `now_ms`.
+    fn live(&self, now_ms: i64, ttl_ms: i64) -> bool {
+        self.seen_ms.is_some_and(|seen| now_ms.saturating_sub(seen) <= ttl_ms)
+    }
+
+    /// Adds the entity's features at `now_ms` to `out`.
+    fn features(&self, entity: Entity, now_ms: i64, out: &mut RawFeatures) {
+        for (name, value) in &self.attributes {
+            out.insert(name.clone(), value.clone());
+        }
+        let names = counter_names(entity);
+        let sums = self.counts.as_deref().and_then(|blob| layout::window_counts(blob, now_ms)).unwrap_or_default();
+        for (sum, (clicks, impressions)) in sums.iter().zip(names) {
+            out.insert(*clicks, RawValue::Num(sum.clicks as f64));
+            out.insert(*impressions, RawValue::Num(sum.impressions as f64));
+        }
+        if entity == Entity::Ad
+            && let Some(created) = self.created_ms
+        {
+            out.insert("ad_age_hours", RawValue::Num(((now_ms - created) as f64 / HOUR_MS).max(0.0)));
+        }
+    }
+}
+
+/// `(clicks, impressions)` feature names per window, made once: reads would otherwise format
+/// six names per entity.
+fn counter_names(entity: Entity) -> &'static [(&'static str, &'static str)] {
+    static NAMES: OnceLock<[Vec<(&'static str, &'static str)>; 3]> = OnceLock::new();
+    let all = NAMES.get_or_init(|| {
+        [Entity::User, Entity::Ad, Entity::Advertiser].map(|entity| {
+            let prefix = entity.feature_prefix();
+            let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+            WINDOWS
+                .iter()
+                .map(|w| {
+                    (leak(format!("{prefix}_clicks_{}", w.name)), leak(format!("{prefix}_impressions_{}", w.name)))
+                })
+                .collect()
+        })
+    });
+    &all[entity as usize]
+}
+
+/// A short-lived cache of ad and advertiser hashes (including absent ones).
+#[derive(Debug)]
+struct Cache {
+    ttl: Duration,
+    capacity: usize,
+    entries: Mutex<HashMap<String, (Instant, Arc<Stored>)>>,
+}
+
+impl Cache {
+    fn get(&self, keys: &[String], now: Instant) -> Vec<Option<Arc<Stored>>> {
+        let entries = self.entries.lock().expect("the cache lock is never poisoned: no panics while held");
+        keys.iter()
+            .map(|key| entries.get(key).filter(|(at, _)| now.duration_since(*at) < self.ttl).map(|(_, s)| s.clone()))
+            .collect()
+    }
+
+    fn put(&self, fresh: impl IntoIterator<Item = (String, Arc<Stored>)>, now: Instant) {
+        let mut entries = self.entries.lock().expect("the cache lock is never poisoned: no panics while held");
+        for (key, stored) in fresh {
+            if entries.len() >= self.capacity {
+                entries.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
+                if entries.len() >= self.capacity {
+                    // Everything is fresh and the cache is full: start over rather than grow.
+                    entries.clear();
+                }
+            }
+            entries.insert(key, (now, stored));
+        }
+    }
+}
+
+/// Reads features from the online store.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    connection: MultiplexedConnection,
+    url: String,
+    prefix: String,
+    ttl_ms: i64,
+    cache: Option<Arc<Cache>>,
+}
+
+impl Reader {
+    /// Connects; the cache follows `cache_ttl_ms` (0: none).
+    pub async fn connect(config: &RedisConfig) -> Result<Self> {
+        let connection = super::connect(config).await?;
+        let cache = (config.cache_ttl_ms > 0 && config.cache_entries > 0).then(|| {
+            Arc::new(Cache {
+                ttl: Duration::from_millis(config.cache_ttl_ms),
+                capacity: config.cache_entries,
+                entries: Mutex::default(),
+            })
+        });
+        Ok(Self {
+            connection,
+            url: config.url.clone(),
+            prefix: config.key_prefix.clone(),
+            ttl_ms: config.entity_ttl_ms(),
+            cache,
+        })
+    }
+
+    /// Reads one user and `ads` (with their advertisers) as of `now_ms`, in one round trip for
+    /// whatever the cache does not hold.
+    pub async fn fetch(&self, user_id: &str, ads: &[AdRef<'_>], now_ms: i64) -> Result<Fetched> {
+        if ads.len() > MAX_ADS {
+            return Err(Error::TooManyAds { asked: ads.len(), max: MAX_ADS });
+        }
+        // Keys: the user, then each distinct ad and advertiser once.
+        let mut index: HashMap<(Entity, &str), usize> = HashMap::with_capacity(ads.len() * 2);
+        let mut keys = vec![Entity::User.key(&self.prefix, user_id)];
+        let mut slot = |entity: Entity, id| {
+            *index.entry((entity, id)).or_insert_with(|| {
+                keys.push(entity.key(&self.prefix, id));
+                keys.len() - 1
+            })
+        };
+        let slots: Vec<(usize, usize)> =
+            ads.iter().map(|ad| (slot(Entity::Ad, ad.ad_id), slot(Entity::Advertiser, ad.advertiser_id))).collect();
+        let now = Instant::now();
+        let mut stored: Vec<Option<Arc<Stored>>> = match &self.cache {
+            Some(cache) => std::iter::once(None).chain(cache.get(&keys[1..], now)).collect(),
+            None => vec![None; keys.len()],
+        };
+        let cache_hits = stored.iter().filter(|s| s.is_some()).count();
+        let wanted: Vec<usize> = (0..keys.len()).filter(|&i| stored[i].is_none()).collect();
+        let mut pipe = redis::pipe();
+        for &i in &wanted {
+            pipe.cmd("HGETALL").arg(&keys[i]);
+        }
+        let mut connection = self.connection.clone();
+        let replies: Vec<Value> =
+            pipe.query_async(&mut connection).await.map_err(|source| Error::Redis { url: self.url.clone(), source })?;
+        for (&i, reply) in wanted.iter().zip(replies) {
+            stored[i] = Some(Arc::new(Stored::parse(reply)));
+        }
+        if let Some(cache) = &self.cache {
+            cache.put(
+                wanted.iter().filter(|&&i| i > 0).map(|&i| (keys[i].clone(), stored[i].clone().expect("read"))),
+                now,
+            );
+        }
+        metrics::online_cache(cache_hits, wanted.len().saturating_sub(1));
+
+        let held = |i: usize| stored[i].as_deref().expect("every key was read or cached");
+        let live: Vec<bool> = (0..keys.len()).map(|i| held(i).live(now_ms, self.ttl_ms)).collect();
+        // Distinct ads and advertisers count once, however many candidates share them.
+        let mut missing = Missing { users: usize::from(!live[0]), ..Missing::default() };
+        for (&(entity, _), &i) in &index {
+            if !live[i] {
+                match entity {
+                    Entity::Ad => missing.ads += 1,
+                    Entity::Advertiser => missing.advertisers += 1,
+                    Entity::User => missing.users += 1,
+                }
+            }
+        }
+        let features = |entity: Entity, i: usize, id_name: &'static str, id: &str, out: &mut RawFeatures| {
+            out.insert(id_name, RawValue::from(id));
+            if live[i] {
+                held(i).features(entity, now_ms, out);
+            }
+        };
+        let mut user = RawFeatures::new();
+        features(Entity::User, 0, "user_id", user_id, &mut user);
+        let mut per_ad = Vec::with_capacity(ads.len());
+        for (ad, &(ad_slot, advertiser_slot)) in ads.iter().zip(&slots) {
+            let mut out = RawFeatures::new();
+            features(Entity::Ad, ad_slot, "ad_id", ad.ad_id, &mut out);
+            features(Entity::Advertiser, advertiser_slot, "advertiser_id", ad.advertiser_id, &mut out);
+            per_ad.push(out);
+        }
+        metrics::online_missing(missing);
+        Ok(Fetched { user, ads: per_ad, missing, cache_hits })
+    }
+}

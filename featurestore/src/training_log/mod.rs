@@ -1,0 +1,250 @@
+//! The training log: joined examples as Parquet files partitioned by event hour, committed
+//! atomically per Kafka partition.
+//!
+//! ```text
+//! {log}/hour=2026-01-03T14/p003-0000000042-5f0c2a9e.parquet   examples of one commit, one hour
+//! {log}/_commits/p003/0000000042.json                          the commit: files + checkpoint
+//! ```
+//!
+//! A commit writes its Parquet files first, then its commit record, created only if no record
+//! of that sequence number exists (a conditional put). The record is the commit point: it lists
+//! the files and carries the [`Checkpoint`] a restarted joiner continues from, so a crash before
+//! it leaves unlisted files (deleted by the next owner of the partition, and never read:
+//! readers go through the commit records) and a crash after it loses nothing. Two ingesters
+//! racing for one partition cannot both commit the same sequence number; the loser reloads.
+//! Data file names carry a random token so that the loser's files never overwrite the winner's.
+
+pub mod join;
+pub mod parquet;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use bytes::Bytes;
+use futures::TryStreamExt as _;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload, path::Path};
+use serde::{Deserialize, Serialize};
+
+pub use join::{Checkpoint, Example, Joiner};
+
+use crate::{Error, Result, storage::Location};
+
+/// One committed unit of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Commit {
+    pub partition: i32,
+    pub seq: u64,
+    /// Parquet files, relative to the log's root.
+    pub files: Vec<String>,
+    pub examples: u64,
+    pub clicked: u64,
+    /// Late and orphan clicks counted since the previous commit.
+    pub late_clicks: u64,
+    pub orphan_clicks: u64,
+    pub checkpoint: Checkpoint,
+    /// Wall-clock time of the commit, milliseconds since the Unix epoch.
+    pub committed_at_ms: i64,
+}
+
+/// The training log at one location.
+#[derive(Debug, Clone)]
+pub struct TrainingLog {
+    store: Arc<dyn ObjectStore>,
+    location: String,
+}
+
+/// What [`TrainingLog::commit`] needs besides the examples.
+#[derive(Debug, Clone)]
+pub struct CommitRequest {
+    pub partition: i32,
+    pub seq: u64,
+    pub checkpoint: Checkpoint,
+    pub late_clicks: u64,
+    pub orphan_clicks: u64,
+}
+
+impl TrainingLog {
+    /// Opens the log at `location` (a folder, `file://` or `s3://`).
+    pub fn open(location: &str) -> Result<Self> {
+        let parsed = Location::parse(location).ok_or_else(|| Error::TrainingLog {
+            location: location.into(),
+            action: "parsing the location".into(),
+            reason: "expected a folder, file:///path or s3://bucket/prefix".into(),
+        })?;
+        let store = parsed.open().map_err(|e| Error::TrainingLog {
+            location: location.into(),
+            action: "opening the location".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self { store, location: location.into() })
+    }
+
+    fn error(&self, action: impl Into<String>, reason: impl ToString) -> Error {
+        Error::TrainingLog { location: self.location.clone(), action: action.into(), reason: reason.to_string() }
+    }
+
+    /// Every commit of one partition, oldest first.
+    pub async fn commits(&self, partition: i32) -> Result<Vec<Commit>> {
+        self.read_commits(&Path::from(format!("_commits/p{partition:03}"))).await
+    }
+
+    /// Every commit of every partition.
+    pub async fn all_commits(&self) -> Result<Vec<Commit>> {
+        self.read_commits(&Path::from("_commits")).await
+    }
+
+    async fn read_commits(&self, prefix: &Path) -> Result<Vec<Commit>> {
+        let listed: Vec<_> = self
+            .store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(format!("listing {prefix}"), e))?;
+        let mut commits = Vec::with_capacity(listed.len());
+        for meta in listed {
+            let bytes = self.get(&meta.location).await?;
+            let commit: Commit = serde_json::from_slice(&bytes)
+                .map_err(|e| self.error(format!("reading commit {}", meta.location), e))?;
+            commits.push(commit);
+        }
+        commits.sort_by_key(|c| (c.partition, c.seq));
+        Ok(commits)
+    }
+
+    /// The newest commit of one partition.
+    pub async fn latest(&self, partition: i32) -> Result<Option<Commit>> {
+        let prefix = Path::from(format!("_commits/p{partition:03}"));
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(format!("listing {prefix}"), e))?;
+        // Sequence numbers are zero-padded: the greatest name is the newest commit.
+        let Some(newest) = listed.into_iter().map(|m| m.location).max() else { return Ok(None) };
+        let bytes = self.get(&newest).await?;
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| self.error(format!("reading commit {newest}"), e))
+    }
+
+    async fn get(&self, path: &Path) -> Result<Bytes> {
+        let result = self.store.get(path).await.map_err(|e| self.error(format!("reading {path}"), e))?;
+        result.bytes().await.map_err(|e| self.error(format!("reading {path}"), e))
+    }
+
+    /// Deletes a partition's data files that no commit lists: what a crash between writing
+    /// files and committing left behind. Call before the partition's next commit.
+    pub async fn remove_uncommitted(&self, partition: i32) -> Result<usize> {
+        let listed: std::collections::HashSet<String> =
+            self.commits(partition).await?.into_iter().flat_map(|c| c.files).collect();
+        let own = format!("p{partition:03}-");
+        let files: Vec<_> = self.store.list(None).try_collect().await.map_err(|e| self.error("listing the log", e))?;
+        let mut removed = 0;
+        for meta in files {
+            let path = meta.location.to_string();
+            let name = meta.location.filename().unwrap_or_default();
+            if path.starts_with("hour=") && name.starts_with(&own) && !listed.contains(&path) {
+                self.store.delete(&meta.location).await.map_err(|e| self.error(format!("deleting {path}"), e))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Writes `examples` (one file per event hour) and then the commit record. Fails with
+    /// [`Error::LogConflict`] when that sequence number was committed by someone else.
+    pub async fn commit(&self, request: CommitRequest, examples: Vec<Example>) -> Result<Commit> {
+        let mut by_hour: BTreeMap<String, Vec<Example>> = BTreeMap::new();
+        for example in examples {
+            by_hour.entry(utc_hour(example.impression.event_time_ms)).or_default().push(example);
+        }
+        let token = format!("{:08x}", random_token());
+        let mut commit = Commit {
+            partition: request.partition,
+            seq: request.seq,
+            files: Vec::with_capacity(by_hour.len()),
+            examples: 0,
+            clicked: 0,
+            late_clicks: request.late_clicks,
+            orphan_clicks: request.orphan_clicks,
+            checkpoint: request.checkpoint,
+            committed_at_ms: now_ms(),
+        };
+        for (hour, examples) in by_hour {
+            commit.examples += examples.len() as u64;
+            commit.clicked += examples.iter().filter(|e| e.label()).count() as u64;
+            let path = format!("hour={hour}/p{:03}-{:010}-{token}.parquet", request.partition, request.seq);
+            // Encoding is CPU work: keep it off the async runtime's threads.
+            let bytes = tokio::task::spawn_blocking(move || parquet::to_parquet(&examples))
+                .await
+                .map_err(|e| self.error("encoding Parquet", e))?
+                .map_err(|e| self.error("encoding Parquet", e))?;
+            self.store
+                .put(&Path::from(path.as_str()), PutPayload::from(bytes))
+                .await
+                .map_err(|e| self.error(format!("writing {path}"), e))?;
+            commit.files.push(path);
+        }
+        let record = serde_json::to_vec_pretty(&commit).expect("commits serialise; this is a bug");
+        let path = Path::from(format!("_commits/p{:03}/{:010}.json", request.partition, request.seq));
+        let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        match self.store.put_opts(&path, PutPayload::from(record), options).await {
+            Ok(_) => Ok(commit),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                Err(Error::LogConflict { partition: request.partition, seq: request.seq })
+            }
+            Err(e) => Err(self.error(format!("writing {path}"), e)),
+        }
+    }
+
+    /// Reads the examples of the given commits.
+    pub async fn read(&self, commits: &[Commit]) -> Result<Vec<Example>> {
+        let mut examples = Vec::new();
+        for file in commits.iter().flat_map(|c| &c.files) {
+            let bytes = self.get(&Path::from(file.as_str())).await?;
+            examples.extend(parquet::from_parquet(bytes).map_err(|e| self.error(format!("decoding {file}"), e))?);
+        }
+        Ok(examples)
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A token that differs between commit attempts (time and process), for file names.
+fn random_token() -> u32 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    xxhash_rust::xxh3::xxh3_64(&[nanos.to_le_bytes(), u64::from(std::process::id()).to_le_bytes()].concat()) as u32
+}
+
+/// `YYYY-MM-DDTHH` of a UTC time in milliseconds (proleptic Gregorian calendar).
+pub fn utc_hour(ms: i64) -> String {
+    let hours = ms.div_euclid(3_600_000);
+    let (days, hour) = (hours.div_euclid(24), hours.rem_euclid(24));
+    // Days since 1970-01-01 to a civil date (the algorithm of Howard Hinnant's `civil_from_days`).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hours_are_utc_calendar_hours() {
+        assert_eq!(utc_hour(0), "1970-01-01T00");
+        assert_eq!(utc_hour(1_767_225_600_000), "2026-01-01T00");
+        assert_eq!(utc_hour(1_767_225_600_000 - 1), "2025-12-31T23");
+        // 2024 is a leap year.
+        assert_eq!(utc_hour(1_709_164_800_000 + 13 * 3_600_000), "2024-02-29T13");
+    }
+}

@@ -1,0 +1,208 @@
+//! The online store against the real Redis: exactly-once application, windows, TTL on reads
+//! and in Redis, snapshots that replace attributes, the read client and its cache.
+
+use std::time::Duration;
+
+use adrank_featurestore::{
+    RedisConfig,
+    events::{AdRecord, AdStatus, Click, Impression, RawFeatures, RawValue, UserProfile},
+    online::{AdRef, Outcome, PartitionBatch, Reader, Updates, Writer},
+};
+use adrank_testkit::redis::TestRedis;
+
+const DAY_MS: i64 = 24 * 3_600_000;
+/// 2026-01-01T00:00Z, the world's default start.
+const T0: i64 = 1_767_225_600_000;
+
+fn impression(id: &str, user: &str, ad: &str, advertiser: &str, time: i64) -> Impression {
+    let mut impression = Impression::example(id, RawFeatures::new());
+    impression.user_id = user.into();
+    impression.ad_id = ad.into();
+    impression.advertiser_id = advertiser.into();
+    impression.event_time_ms = time;
+    impression
+}
+
+fn click(impression: &Impression, time: i64) -> Click {
+    Click {
+        click_id: format!("c-{}", impression.impression_id),
+        impression_id: impression.impression_id.clone(),
+        event_time_ms: time,
+        user_id: impression.user_id.clone(),
+        ad_id: impression.ad_id.clone(),
+        advertiser_id: impression.advertiser_id.clone(),
+    }
+}
+
+fn num(features: &RawFeatures, name: &str) -> Option<f64> {
+    match features.get(name) {
+        Some(RawValue::Num(x)) => Some(*x),
+        _ => None,
+    }
+}
+
+async fn apply(writer: &mut Writer, partition: i32, expected: Option<i64>, next: i64, updates: &Updates) -> Outcome {
+    let batch = PartitionBatch { topic: "t", partition, expected, next, updates };
+    writer.apply(&[batch]).await.unwrap().remove(0)
+}
+
+#[tokio::test]
+async fn events_apply_once_and_read_back_as_features() {
+    let redis = TestRedis::new().await;
+    let mut writer = Writer::connect(&redis.config).await.unwrap();
+    let prefix = writer.prefix().to_string();
+
+    let mut updates = Updates::default();
+    updates.profile(
+        &prefix,
+        &UserProfile {
+            user_id: "u1".into(),
+            event_time_ms: T0,
+            attributes: RawFeatures::from([
+                ("segment".into(), RawValue::from("s2")),
+                ("age".into(), RawValue::Num(31.0)),
+            ]),
+        },
+    );
+    updates.ad(
+        &prefix,
+        &AdRecord {
+            ad_id: "a1".into(),
+            advertiser_id: "v1".into(),
+            event_time_ms: T0,
+            status: AdStatus::Live,
+            attributes: RawFeatures::from([("category".into(), RawValue::from("shoes"))]),
+        },
+    );
+    // Day 0: three impressions of a1 (one clicked); day 3: one more; day 8: one more.
+    for (i, time) in [T0 + 1_000, T0 + 2_000, T0 + 3_000, T0 + 3 * DAY_MS, T0 + 8 * DAY_MS].into_iter().enumerate() {
+        let shown = impression(&format!("i{i}"), "u1", "a1", "v1", time);
+        updates.impression(&prefix, &shown);
+        if i == 0 {
+            updates.click(&prefix, &click(&shown, time + 5_000));
+        }
+    }
+    assert_eq!(apply(&mut writer, 0, None, 10, &updates).await, Outcome::Applied);
+    // The same batch again, as after a crash before the ingester learnt it was applied: refused.
+    assert_eq!(apply(&mut writer, 0, None, 10, &updates).await, Outcome::Fenced { current: Some(10) });
+    assert_eq!(writer.watermarks(&[("t", 0), ("t", 1)]).await.unwrap(), [Some(10), None]);
+
+    let reader = Reader::connect(&RedisConfig { cache_ttl_ms: 0, ..redis.config.clone() }).await.unwrap();
+    let ads = [AdRef { ad_id: "a1", advertiser_id: "v1" }, AdRef { ad_id: "a-new", advertiser_id: "v1" }];
+    // Read on day 6: the 7-day window holds days 0-6, so day 8's impression is in the future
+    // and the day-0 ones still count.
+    let day6 = T0 + 6 * DAY_MS + 3_600_000;
+    let fetched = reader.fetch("u1", &ads, day6).await.unwrap();
+    assert_eq!(fetched.user.get("segment"), Some(&RawValue::from("s2")));
+    assert_eq!(num(&fetched.user, "age"), Some(31.0));
+    assert_eq!(num(&fetched.user, "user_impressions_7d"), Some(4.0), "counted once despite the replay");
+    assert_eq!(num(&fetched.user, "user_clicks_7d"), Some(1.0));
+    assert_eq!(num(&fetched.user, "user_impressions_1d"), Some(0.0));
+    let a1 = &fetched.ads[0];
+    assert_eq!(a1.get("category"), Some(&RawValue::from("shoes")));
+    assert_eq!(a1.get("ad_id"), Some(&RawValue::from("a1")));
+    assert_eq!(num(a1, "ad_impressions_7d"), Some(4.0));
+    assert_eq!(num(a1, "advertiser_clicks_7d"), Some(1.0));
+    assert_eq!(num(a1, "ad_age_hours"), Some(6.0 * 24.0 + 1.0));
+    // An unknown ad: its id and its advertiser's features, nothing else; counted missing.
+    let unknown = &fetched.ads[1];
+    assert_eq!(unknown.get("ad_id"), Some(&RawValue::from("a-new")));
+    assert_eq!(unknown.get("category"), None);
+    assert_eq!(num(unknown, "ad_impressions_7d"), None);
+    assert_eq!(num(unknown, "advertiser_impressions_7d"), Some(4.0));
+    assert_eq!((fetched.missing.users, fetched.missing.ads, fetched.missing.advertisers), (0, 1, 0));
+
+    // A day later the day-0 events leave the 7-day window; the 1-hour window of day 8 sees the
+    // last impression.
+    let day8 = T0 + 8 * DAY_MS + 60_000;
+    let fetched = reader.fetch("u1", &ads[..1], day8).await.unwrap();
+    assert_eq!(num(&fetched.user, "user_impressions_7d"), Some(2.0));
+    assert_eq!(num(&fetched.user, "user_clicks_7d"), Some(0.0));
+    assert_eq!(num(&fetched.user, "user_impressions_1h"), Some(1.0));
+}
+
+#[tokio::test]
+async fn snapshots_replace_attributes_and_old_ones_are_ignored() {
+    let redis = TestRedis::new().await;
+    let mut writer = Writer::connect(&redis.config).await.unwrap();
+    let prefix = writer.prefix().to_string();
+    let profile =
+        |time: i64, attributes: RawFeatures| UserProfile { user_id: "u".into(), event_time_ms: time, attributes };
+    let mut updates = Updates::default();
+    updates.profile(
+        &prefix,
+        &profile(
+            T0 + 10,
+            RawFeatures::from([("device".into(), RawValue::from("ios")), ("vip".into(), RawValue::Num(1.0))]),
+        ),
+    );
+    assert_eq!(apply(&mut writer, 0, None, 1, &updates).await, Outcome::Applied);
+    // A newer snapshot without `vip` removes it; an older one (a late replay) changes nothing.
+    let mut updates = Updates::default();
+    updates.profile(&prefix, &profile(T0 + 20, RawFeatures::from([("device".into(), RawValue::from("android"))])));
+    updates.profile(&prefix, &profile(T0 + 5, RawFeatures::from([("device".into(), RawValue::from("web"))])));
+    assert_eq!(apply(&mut writer, 0, Some(1), 3, &updates).await, Outcome::Applied);
+    let reader = Reader::connect(&redis.config).await.unwrap();
+    let fetched = reader.fetch("u", &[], T0 + 30).await.unwrap();
+    assert_eq!(fetched.user.get("device"), Some(&RawValue::from("android")));
+    assert_eq!(fetched.user.get("vip"), None);
+}
+
+#[tokio::test]
+async fn an_inactive_entity_reads_as_missing_never_stale() {
+    let redis = TestRedis::new().await;
+    let ttl_days = 8;
+    let config = RedisConfig { entity_ttl_secs: ttl_days * 24 * 3600, cache_ttl_ms: 0, ..redis.config.clone() };
+    let mut writer = Writer::connect(&config).await.unwrap();
+    let prefix = writer.prefix().to_string();
+    let mut updates = Updates::default();
+    updates.impression(&prefix, &impression("i", "u", "a", "v", T0));
+    assert_eq!(apply(&mut writer, 0, None, 1, &updates).await, Outcome::Applied);
+    let reader = Reader::connect(&config).await.unwrap();
+    let ads = [AdRef { ad_id: "a", advertiser_id: "v" }];
+    let within = reader.fetch("u", &ads, T0 + ttl_days as i64 * DAY_MS).await.unwrap();
+    assert_eq!(within.missing.users, 0);
+    // One millisecond past the TTL in event time: missing, although Redis still holds the hash.
+    let past = reader.fetch("u", &ads, T0 + ttl_days as i64 * DAY_MS + 1).await.unwrap();
+    assert_eq!((past.missing.users, past.missing.ads, past.missing.advertisers), (1, 1, 1));
+    assert_eq!(past.user.len(), 1, "only the id: {:?}", past.user);
+    assert!(!redis.keys().is_empty());
+
+    // In wall-clock time Redis deletes the hash itself.
+    let short = RedisConfig { entity_ttl_secs: 1, ..config.clone() };
+    let mut writer = Writer::connect(&short).await.unwrap();
+    let mut updates = Updates::default();
+    updates.impression(&prefix, &impression("j", "u2", "a2", "v2", T0));
+    assert_eq!(apply(&mut writer, 1, None, 1, &updates).await, Outcome::Applied);
+    let key = format!("{prefix}u:u2");
+    let mut connection = adrank_featurestore::online::connect(&config).await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut connection).await.unwrap();
+    assert!((1..=1_000).contains(&ttl), "PTTL {ttl}");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let exists: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut connection).await.unwrap();
+    assert!(!exists, "Redis expired the inactive user");
+}
+
+#[tokio::test]
+async fn the_cache_serves_ads_and_advertisers_but_never_users() {
+    let redis = TestRedis::new().await;
+    let mut writer = Writer::connect(&redis.config).await.unwrap();
+    let prefix = writer.prefix().to_string();
+    let mut updates = Updates::default();
+    updates.impression(&prefix, &impression("i", "u", "a", "v", T0));
+    assert_eq!(apply(&mut writer, 0, None, 1, &updates).await, Outcome::Applied);
+    let reader = Reader::connect(&RedisConfig { cache_ttl_ms: 60_000, ..redis.config.clone() }).await.unwrap();
+    let ads: Vec<AdRef<'_>> = (0..3).map(|_| AdRef { ad_id: "a", advertiser_id: "v" }).collect();
+    let first = reader.fetch("u", &ads, T0).await.unwrap();
+    assert_eq!(first.cache_hits, 0);
+    let mut updates = Updates::default();
+    updates.impression(&prefix, &impression("j", "u", "a", "v", T0));
+    assert_eq!(apply(&mut writer, 0, Some(1), 2, &updates).await, Outcome::Applied);
+    let second = reader.fetch("u", &ads, T0).await.unwrap();
+    assert_eq!(second.cache_hits, 2, "one ad and one advertiser, each read once per request");
+    assert_eq!(num(&second.user, "user_impressions_7d"), Some(2.0), "users are always read");
+    assert_eq!(num(&second.ads[2], "ad_impressions_7d"), Some(1.0), "the cached ad is reused");
+    let too_many: Vec<AdRef<'_>> = (0..1_001).map(|_| AdRef { ad_id: "a", advertiser_id: "v" }).collect();
+    let error = reader.fetch("u", &too_many, T0).await.unwrap_err().to_string();
+    assert!(error.contains("1001"), "{error}");
+}
