@@ -2,6 +2,7 @@
 //! `adrank` binary itself. One test binary (modules below) so the suite links once.
 
 mod cli_config;
+mod ingest;
 mod kafka_round_trip;
 mod local_stack;
 mod online_store;

@@ -62,7 +62,8 @@ pub(crate) enum Kind {
 /// Options of one run beyond the config.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Stop once no message has arrived for this long and everything read is committed.
+    /// Stop once no message has arrived for this long (counted from the group's first
+    /// assignment) and everything read is committed.
     pub exit_when_idle: Option<Duration>,
 }
 
@@ -83,6 +84,8 @@ pub struct Totals {
 #[derive(Debug, Default)]
 struct GroupContext {
     revoked: Mutex<Vec<(String, i32)>>,
+    /// Whether the group has assigned this member anything yet: idleness counts from then.
+    assigned: std::sync::atomic::AtomicBool,
 }
 
 impl ClientContext for GroupContext {}
@@ -92,6 +95,14 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Revoke(list) = rebalance {
             let mut revoked = self.revoked.lock().expect("never poisoned: no panics while held");
             revoked.extend(list.elements().iter().map(|e| (e.topic().to_string(), e.partition())));
+        }
+    }
+
+    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance
+            && list.count() > 0
+        {
+            self.assigned.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -187,7 +198,8 @@ impl Ingester {
                 Ok(batch) => batch,
                 Err(e) => break Err(e),
             };
-            if !batch.is_empty() {
+            // Idleness counts from the first assignment: joining the group may take a while.
+            if !batch.is_empty() || !self.consumer.context().assigned.load(std::sync::atomic::Ordering::Relaxed) {
                 last_message = Instant::now();
             }
             let idle = options.exit_when_idle.is_some_and(|idle| last_message.elapsed() >= idle);

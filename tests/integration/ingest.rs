@@ -1,0 +1,222 @@
+//! The ingester in-process against a real tansu broker and the real Redis: dead letters, and
+//! training examples that keep the features logged at serving time.
+
+use std::time::Duration;
+
+use adrank_featurestore::{
+    IngestConfig,
+    events::{Click, Event, Impression, RawFeatures, RawValue, UserProfile},
+    ingest::{Ingester, RunOptions, Totals},
+    kafka::{self, admin},
+    online::Reader,
+    training_log::TrainingLog,
+};
+use adrank_testkit::{broker::TestBroker, redis::TestRedis};
+use rdkafka::{
+    Message as _,
+    consumer::{Consumer as _, StreamConsumer},
+    message::Headers as _,
+    producer::{FutureProducer, FutureRecord},
+};
+
+/// 2026-01-01T00:00Z.
+const T0: i64 = 1_767_225_600_000;
+
+pub(crate) struct Fixture {
+    pub(crate) broker: TestBroker,
+    pub(crate) redis: TestRedis,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) ingest: IngestConfig,
+    producer: FutureProducer,
+}
+
+impl Fixture {
+    pub(crate) async fn new() -> Self {
+        // The sqlite engine: exact watermarks and a group join in about a second.
+        let broker = TestBroker::start_persistent().await;
+        admin::ensure_topics(&broker.config).await.expect("topics are created");
+        let redis = TestRedis::new().await;
+        let dir = tempfile::tempdir().unwrap();
+        let ingest = IngestConfig {
+            training_log: dir.path().join("log").display().to_string(),
+            attribution_window_secs: 60,
+            allowed_lateness_secs: 30,
+            max_batch_wait_ms: 20,
+            log_commit_interval_ms: 200,
+            session_timeout_ms: 6_000,
+            ..IngestConfig::default()
+        };
+        let producer = kafka::producer_config(&broker.config).set("acks", "all").create().unwrap();
+        Self { broker, redis, dir, ingest, producer }
+    }
+
+    pub(crate) async fn send(&self, topic: &str, key: Option<&str>, payload: Option<&[u8]>) {
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        self.producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("the broker takes it");
+    }
+
+    async fn event(&self, topic: &str, event: &impl Event) {
+        self.send(topic, Some(event.key()), Some(&event.encode())).await;
+    }
+
+    async fn ingest_until_idle(&self) -> Totals {
+        let ingester = Ingester::new(&self.broker.config, &self.redis.config, &self.ingest).await.unwrap();
+        let run = ingester.run(RunOptions { exit_when_idle: Some(Duration::from_secs(2)) }, std::future::pending());
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .unwrap_or_else(|_| panic!("the ingester did not go idle; broker log:\n{}", self.broker.log_text()))
+            .expect("the ingester runs")
+    }
+}
+
+fn impression(id: &str, user: &str, time: i64, features: RawFeatures) -> Impression {
+    let mut impression = Impression::example(id, features);
+    impression.user_id = user.into();
+    impression.event_time_ms = time;
+    impression
+}
+
+fn click(impression: &Impression, time: i64) -> Click {
+    Click {
+        click_id: format!("c-{}-{time}", impression.impression_id),
+        impression_id: impression.impression_id.clone(),
+        event_time_ms: time,
+        user_id: impression.user_id.clone(),
+        ad_id: impression.ad_id.clone(),
+        advertiser_id: impression.advertiser_id.clone(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_bad_record_is_dead_lettered_with_its_reason() {
+    let fixture = Fixture::new().await;
+    let topics = &fixture.broker.config.topics;
+    let good = impression("i-good", "u1", T0, RawFeatures::new());
+    let mut negative_time = good.clone();
+    negative_time.impression_id = "i-neg".into();
+    negative_time.event_time_ms = -5;
+    let bad: Vec<(&str, Option<&str>, Option<Vec<u8>>, &str)> = vec![
+        (&topics.impressions.name, Some("k"), Some(b"{not json".to_vec()), "json"),
+        (&topics.impressions.name, Some("k"), Some(br#"{"impression_id": 5}"#.to_vec()), "schema"),
+        (&topics.impressions.name, Some("i-neg"), Some(negative_time.encode()), "rule"),
+        (&topics.impressions.name, Some("not-its-key"), Some(good.encode()), "key"),
+        (&topics.impressions.name, Some("k"), None, "empty"),
+        (&topics.clicks.name, Some("i-good"), Some(br#"{"click_id":"c","oracle_p":0.1}"#.to_vec()), "schema"),
+        (
+            &topics.users.name,
+            Some("u1"),
+            Some(br#"{"user_id":"u1","event_time_ms":1,"attributes":{"oracle_p":0.5}}"#.to_vec()),
+            "rule",
+        ),
+        (
+            &topics.ads.name,
+            Some("a1"),
+            Some(br#"{"ad_id":"a1","advertiser_id":"v","event_time_ms":1,"status":"paused","attributes":{}}"#.to_vec()),
+            "schema",
+        ),
+    ];
+    for (topic, key, payload, _) in &bad {
+        fixture.send(topic, *key, payload.as_deref()).await;
+    }
+    fixture.event(&topics.impressions.name, &good).await;
+    let profile = UserProfile {
+        user_id: "u1".into(),
+        event_time_ms: T0,
+        attributes: RawFeatures::from([("segment".into(), RawValue::from("s1"))]),
+    };
+    fixture.event(&topics.users.name, &profile).await;
+
+    let totals = fixture.ingest_until_idle().await;
+    assert_eq!(totals.dead_letters, bad.len() as u64, "{totals:?}");
+    assert_eq!(totals.applied[0], 1, "the good impression after the bad ones is applied: {totals:?}");
+    assert_eq!(totals.applied[2], 1, "{totals:?}");
+
+    // The dead-letter topic holds each bad record with its payload, source and reason.
+    let consumer: StreamConsumer = kafka::client_config(&fixture.broker.config)
+        .set("group.id", "dead-letter-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topics.dead_letter.name]).unwrap();
+    let mut letters = Vec::new();
+    while letters.len() < bad.len() {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {} dead letters arrived", letters.len(), bad.len()))
+            .unwrap();
+        let header = |name: &str| {
+            message
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == name))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).to_string())
+                .unwrap_or_default()
+        };
+        letters.push((
+            header("adrank-source-topic"),
+            message.payload().unwrap_or_default().to_vec(),
+            header("adrank-reason"),
+            header("adrank-field"),
+            String::from_utf8_lossy(message.key().unwrap_or_default()).to_string(),
+        ));
+    }
+    for (topic, _, payload, kind) in &bad {
+        let payload = payload.clone().unwrap_or_default();
+        let letter = letters
+            .iter()
+            .find(|(t, p, ..)| t == topic && *p == payload)
+            .unwrap_or_else(|| panic!("no dead letter for the {kind} case on {topic}: {letters:?}"));
+        assert!(!letter.2.is_empty(), "a reason for the {kind} case");
+        assert!(letter.4.starts_with(&format!("{topic}:")), "keyed by source position: {}", letter.4);
+    }
+    let reasons: Vec<String> = letters.iter().map(|l| format!("{} {}", l.3, l.2)).collect();
+    let joined = reasons.join("\n");
+    for expected in ["not valid JSON", "event_time_ms", "not-its-key", "no payload", "oracle_p", "paused"] {
+        assert!(joined.contains(expected), "no reason mentions `{expected}`:\n{joined}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn examples_keep_the_features_logged_at_serving_time() {
+    let fixture = Fixture::new().await;
+    let topics = &fixture.broker.config.topics;
+    let profile = |time: i64, segment: &str| UserProfile {
+        user_id: "u1".into(),
+        event_time_ms: time,
+        attributes: RawFeatures::from([("segment".into(), RawValue::from(segment))]),
+    };
+    fixture.event(&topics.users.name, &profile(T0, "s1")).await;
+    let logged = RawFeatures::from([
+        ("segment".into(), RawValue::from("s1")),
+        ("user_impressions_7d".into(), RawValue::Num(0.0)),
+    ]);
+    let shown = impression("i1", "u1", T0 + 1_000, logged.clone());
+    fixture.event(&topics.impressions.name, &shown).await;
+    // The user's profile changes after the impression was served, before its click.
+    fixture.event(&topics.users.name, &profile(T0 + 2_000, "s2")).await;
+    fixture.event(&topics.clicks.name, &click(&shown, T0 + 5_000)).await;
+    // A click long after the window (in i1's own partition, being keyed by i1) moves the click
+    // watermark past the window's end: the window closes, and the click itself is late.
+    fixture.event(&topics.clicks.name, &click(&shown, T0 + 200_000)).await;
+
+    let totals = fixture.ingest_until_idle().await;
+    assert_eq!(totals.applied, [1, 2, 2, 0], "{totals:?}");
+    assert_eq!(totals.late_clicks, 1, "{totals:?}");
+    let log = TrainingLog::open(&fixture.ingest.training_log).unwrap();
+    let examples = log.read(&log.all_commits().await.unwrap()).await.unwrap();
+    let i1 = examples.iter().find(|e| e.impression.impression_id == "i1").expect("i1's window closed");
+    assert!(i1.label());
+    assert_eq!(i1.first_click_ms, Some(T0 + 5_000));
+    assert_eq!(i1.impression.features, logged, "the features serving logged, not today's profile");
+    let reader = Reader::connect(&fixture.redis.config).await.unwrap();
+    let now = reader.fetch("u1", &[], T0 + 300_000).await.unwrap();
+    assert_eq!(now.user.get("segment"), Some(&RawValue::from("s2")), "the online store moved on");
+    assert!(fixture.dir.path().join("log").is_dir());
+}
