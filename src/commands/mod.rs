@@ -1,6 +1,7 @@
 //! The subcommands. Adding one means adding a module with an `Args` struct (clap) and a `run`
 //! function, and one line in [`Command`] and in [`Command::run`].
 
+mod bench;
 mod config;
 mod doctor;
 mod down;
@@ -30,6 +31,8 @@ pub(crate) enum Command {
     /// Run a feature-store ingester: Kafka events into the Redis online store and the Parquet
     /// training log, exactly once. Start several to share the partitions.
     Ingest(ingest::Args),
+    /// Benchmarks, each beside its physical limit in the same run.
+    Bench(bench::Args),
     /// The synthetic ads world: bootstrap history to Kafka, sample requests, oracle metrics,
     /// throughput.
     Sim(sim::Args),
@@ -44,6 +47,7 @@ impl Command {
             Self::Config(args) => config::run(args, loaded),
             Self::Ingest(args) => ingest::run(args, loaded).await,
             Self::Sim(args) => sim::run(args, loaded).await,
+            Self::Bench(args) => bench::run(args, loaded).await,
         }
     }
 }

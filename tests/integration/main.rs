@@ -3,6 +3,7 @@
 
 mod cli_config;
 mod ingest;
+mod ingest_crash;
 mod kafka_round_trip;
 mod local_stack;
 mod online_store;

@@ -88,7 +88,22 @@ struct GroupContext {
     assigned: std::sync::atomic::AtomicBool,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// librdkafka's statistics carry each partition's lag, computed from the high watermarks
+    /// its fetches return: no extra broker requests (tansu's sqlite engine answers offset
+    /// requests slowly).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (&partition, stats) in &stats.partitions {
+                // Partition -1 is librdkafka's internal "unassigned" partition; a negative lag
+                // means unknown.
+                if partition >= 0 && stats.consumer_lag >= 0 {
+                    metrics::lag(topic, partition, stats.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -99,10 +114,11 @@ impl ConsumerContext for GroupContext {
     }
 
     fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance
-            && list.count() > 0
-        {
-            self.assigned.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Rebalance::Assign(list) = rebalance {
+            tracing::info!(partitions = list.count(), "group assignment");
+            if list.count() > 0 {
+                self.assigned.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }
@@ -160,6 +176,7 @@ impl Ingester {
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "range")
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .set("statistics.interval.ms", "5000")
             .create_with_context(GroupContext::default())
             .map_err(|source| kafka_error(kafka_config, "creating the consumer", source))?;
         let topics = &kafka_config.topics;
@@ -188,7 +205,6 @@ impl Ingester {
     pub async fn run(mut self, options: RunOptions, shutdown: impl Future<Output = ()>) -> Result<Totals> {
         tokio::pin!(shutdown);
         let mut last_message = Instant::now();
-        let mut last_lag = Instant::now();
         let result = loop {
             let batch = tokio::select! {
                 () = &mut shutdown => break Ok(()),
@@ -206,10 +222,6 @@ impl Ingester {
             if let Err(e) = self.round(batch, idle).await {
                 break Err(e);
             }
-            if last_lag.elapsed() >= Duration::from_secs(5) {
-                last_lag = Instant::now();
-                self.report_lag().await;
-            }
             if idle && self.logs.values().all(|l| l.joiner.closed() == 0) {
                 break Ok(());
             }
@@ -219,15 +231,15 @@ impl Ingester {
             self.commit_logs(true).await?;
             self.commit_offsets();
         }
-        let consumer = self.consumer.clone();
-        drop(self.partitions);
-        // Closing a consumer blocks until it has left the group: not on the async runtime.
+        let Self { consumer, totals, .. } = self;
+        // Closing a consumer blocks until it has left the group: not on the async runtime, and
+        // this task holds the last reference.
         let _ = tokio::task::spawn_blocking(move || {
             consumer.unsubscribe();
             drop(consumer);
         })
         .await;
-        result.map(|()| self.totals)
+        result.map(|()| totals)
     }
 
     /// Reads up to `max_batch_events`, waiting at most `max_batch_wait` after the first.
@@ -309,29 +321,6 @@ impl Ingester {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "committing Kafka offsets failed; will retry"),
-        }
-    }
-
-    async fn report_lag(&self) {
-        let consumer = self.consumer.clone();
-        let positions: Vec<(String, i32, i64)> = self
-            .partitions
-            .iter()
-            .map(|(&(kind, partition), state)| (self.topic(kind).to_string(), partition, state.next))
-            .collect();
-        let lags = tokio::task::spawn_blocking(move || {
-            positions
-                .into_iter()
-                .filter_map(|(topic, partition, next)| {
-                    let (_, high) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(2)).ok()?;
-                    Some((topic, partition, (high - next).max(0)))
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for (topic, partition, lag) in lags {
-            metrics::lag(&topic, partition, lag);
         }
     }
 }

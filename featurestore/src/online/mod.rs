@@ -10,12 +10,22 @@ pub use writer::{Outcome, PartitionBatch, Updates, Writer};
 
 use crate::{Error, RedisConfig, Result};
 
-/// Opens a multiplexed connection to the configured Redis, within the connect timeout.
+/// Opens a multiplexed connection to the configured Redis; connecting and every response must
+/// come within the connect timeout (what serving wants: a slow Redis means default features).
 pub async fn connect(config: &RedisConfig) -> Result<redis::aio::MultiplexedConnection> {
+    connect_with(config, config.connect_timeout()).await
+}
+
+/// Opens a connection whose responses may take up to `response_timeout` (the ingester's
+/// scripts apply thousands of events at once).
+pub async fn connect_with(
+    config: &RedisConfig,
+    response_timeout: std::time::Duration,
+) -> Result<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(config.url.as_str()).map_err(|e| redis_error(config, e))?;
     let settings = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.connect_timeout()))
-        .set_response_timeout(Some(config.connect_timeout()));
+        .set_response_timeout(Some(response_timeout));
     client.get_multiplexed_async_connection_with_config(&settings).await.map_err(|e| redis_error(config, e))
 }
 

@@ -162,7 +162,9 @@ pub struct Writer {
 impl Writer {
     /// Connects and loads the apply script.
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
-        let connection = super::connect(config).await?;
+        // A round's scripts take far longer than a read: give them time. (A timed-out script may
+        // still complete; the restart's watermark check makes that harmless.)
+        let connection = super::connect_with(config, std::time::Duration::from_secs(30)).await?;
         let script = apply_script();
         // Redis names a script by its SHA-1: known here, pipelined EVALSHA needs no round trip.
         let sha = redis::Script::new(&script).get_hash().to_string();

@@ -3,7 +3,7 @@
 mod bench;
 mod bootstrap;
 mod oracle;
-mod publish;
+pub(crate) mod publish;
 mod requests;
 
 use std::process::ExitCode;

@@ -10,18 +10,18 @@ use rdkafka::{
 };
 
 /// A producer with a bounded number of unacknowledged messages.
-pub(super) struct Publisher {
+pub(crate) struct Publisher {
     producer: FutureProducer,
     in_flight: VecDeque<DeliveryFuture>,
     /// Messages the broker has acknowledged.
-    pub(super) acknowledged: u64,
+    pub(crate) acknowledged: u64,
 }
 
 /// Unacknowledged messages allowed before waiting for the oldest.
 const MAX_IN_FLIGHT: usize = 200_000;
 
 impl Publisher {
-    pub(super) fn new(config: &KafkaConfig) -> anyhow::Result<Self> {
+    pub(crate) fn new(config: &KafkaConfig) -> anyhow::Result<Self> {
         let producer = kafka::producer_config(config)
             .set("acks", "all")
             .set("linger.ms", "20")
@@ -33,12 +33,12 @@ impl Publisher {
     }
 
     /// Publishes one event (encoded as its contract says, under its key).
-    pub(super) async fn send(&mut self, topic: &str, event: &impl Event) -> anyhow::Result<()> {
+    pub(crate) async fn send(&mut self, topic: &str, event: &impl Event) -> anyhow::Result<()> {
         self.send_raw(topic, event.key(), &event.encode()).await
     }
 
     /// Publishes one message.
-    pub(super) async fn send_raw(&mut self, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<()> {
+    pub(crate) async fn send_raw(&mut self, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<()> {
         loop {
             let record = FutureRecord::to(topic).key(key).payload(payload);
             match self.producer.send_result(record) {
@@ -72,7 +72,7 @@ impl Publisher {
     }
 
     /// Waits until every message is acknowledged.
-    pub(super) async fn finish(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn finish(&mut self) -> anyhow::Result<()> {
         while !self.in_flight.is_empty() {
             self.wait_oldest().await?;
         }

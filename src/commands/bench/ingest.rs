@@ -1,0 +1,265 @@
+//! `adrank bench ingest`: the feature store beside its limits, in one run on one machine.
+//!
+//! 1. The world's history (profiles, catalog, impressions, clicks) is published to a memory
+//!    tansu broker.
+//! 2. Raw consume: a bare librdkafka consumer reads it all (the broker's limit).
+//! 3. Raw writes: pipelined `HINCRBY`s to the same Redis, one per event (Redis's limit).
+//! 4. Ingest: the real ingester reads it all into Redis and the Parquet log.
+//! 5. Reads: online reads of one user and the request's candidates, beside a naive loop with
+//!    one round trip per entity, and with the ad cache.
+//! 6. Freshness: events stamped with the wall clock are produced at half the ingest rate while
+//!    an ingester runs; each event's delay until Redis's watermark covers it is measured from
+//!    outside the ingester.
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use adrank_featurestore::{
+    IngestConfig, KafkaConfig, RedisConfig,
+    events::Event,
+    ingest::{Ingester, RunOptions},
+    kafka, online,
+};
+use adrank_loadtest::world::World;
+use anyhow::{Context as _, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use serde::Serialize;
+
+use super::{
+    reads::{self, Percentiles},
+    stack::{BenchBroker, BenchRedis},
+};
+use crate::{commands::sim::publish::Publisher, config::Loaded, table::Table};
+
+/// Measure the feature store beside its limits.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Events of history to ingest (at least 10,000).
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Online reads to time (the naive loop times a tenth as many, at most 1,000).
+    #[arg(long, default_value_t = 10_000)]
+    reads: usize,
+    /// Seconds of paced traffic for the freshness measurement.
+    #[arg(long, default_value_t = 10)]
+    freshness_secs: u64,
+    /// Also write the results as JSON here.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Results {
+    events: u64,
+    raw_consume_events_per_second: f64,
+    raw_redis_writes_per_second: f64,
+    ingest_events_per_second: f64,
+    ingest_over_slower_limit: f64,
+    target_events_per_second: f64,
+    reads: reads::Results,
+    freshness_rate_events_per_second: f64,
+    freshness_events: usize,
+    freshness_seconds: Percentiles,
+}
+
+const TARGET_EVENTS_PER_SECOND: f64 = 100_000.0;
+
+pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
+    if args.events < 10_000 {
+        bail!("--events is {}; expected at least 10000", args.events);
+    }
+    let config = &loaded.config;
+    let tansu = (!config.stack.tansu_binary.is_empty()).then(|| std::path::Path::new(&config.stack.tansu_binary));
+    let broker =
+        BenchBroker::start(&config.kafka, tansu).await.context("cannot start a tansu broker for the benchmark")?;
+    let redis = BenchRedis::new(&config.redis).await?;
+    let log_dir = tempfile::tempdir().context("cannot create a folder for the training log")?;
+
+    eprintln!("building the world and {} events of history …", args.events);
+    let mut world = World::new(config.world.clone());
+    let history = history(&mut world, &broker.kafka, args.events);
+    let total = history.len() as u64;
+    let mut publisher = Publisher::new(&broker.kafka)?;
+    for (topic, key, payload) in &history {
+        publisher.send_raw(topic, key, payload).await?;
+    }
+    publisher.finish().await?;
+    drop(history);
+
+    eprintln!("raw consume …");
+    let raw_consume = raw_consume(&broker.kafka, total).await?;
+    eprintln!("raw Redis writes …");
+    let raw_redis = raw_redis_writes(&redis.config, total.min(1_000_000)).await?;
+    redis.clear()?;
+
+    eprintln!("ingesting …");
+    let ingest_config = IngestConfig { training_log: log_dir.path().display().to_string(), ..config.ingest.clone() };
+    let ingest = ingest_rate(&broker.kafka, &redis.config, &ingest_config, total).await?;
+    let slower = raw_consume.min(raw_redis);
+
+    eprintln!("online reads …");
+    let reads = reads::measure(&redis.config, &mut world, args.reads).await?;
+
+    eprintln!("freshness at half the ingest rate …");
+    let rate = ingest / 2.0;
+    let (freshness_events, freshness) =
+        reads::freshness(&broker.kafka, &redis.config, &ingest_config, &mut world, rate, args.freshness_secs).await?;
+
+    let results = Results {
+        events: total,
+        raw_consume_events_per_second: raw_consume,
+        raw_redis_writes_per_second: raw_redis,
+        ingest_events_per_second: ingest,
+        ingest_over_slower_limit: ingest / slower,
+        target_events_per_second: TARGET_EVENTS_PER_SECOND,
+        reads,
+        freshness_rate_events_per_second: rate,
+        freshness_events,
+        freshness_seconds: freshness,
+    };
+    print!("{}", render(&results));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(r: &Results) -> String {
+    let mut table = Table::new(["measure", "value", "beside"]);
+    let per_s = |x: f64| format!("{:.0}/s", x);
+    table.row(vec!["raw consume (memory tansu)".into(), per_s(r.raw_consume_events_per_second), String::new()]);
+    table.row(vec!["raw pipelined HINCRBY".into(), per_s(r.raw_redis_writes_per_second), String::new()]);
+    table.row(vec![
+        "ingest, Kafka -> Redis + Parquet".into(),
+        per_s(r.ingest_events_per_second),
+        format!(
+            "{:.2}x the slower limit (target 0.5x), {:.2}x the 100k/s target",
+            r.ingest_over_slower_limit,
+            r.ingest_events_per_second / r.target_events_per_second
+        ),
+    ]);
+    let ms = |p: &Percentiles| format!("p50 {:.3} ms, p99 {:.3} ms", p.p50 * 1e3, p.p99 * 1e3);
+    let reads = &r.reads;
+    table.row(vec![
+        format!("read 1 user + {} ads, one round trip", reads.ads_per_read),
+        ms(&reads.pipelined_seconds),
+        format!("{} reads", reads.reads),
+    ]);
+    table.row(vec!["  the same, ad cache on".into(), ms(&reads.cached_seconds), String::new()]);
+    table.row(vec![
+        "  naive: one round trip per entity".into(),
+        ms(&reads.naive_seconds),
+        format!(
+            "{} reads; pipelined p99 is {:.1}x faster",
+            reads.naive_reads,
+            reads.naive_seconds.p99 / reads.pipelined_seconds.p99
+        ),
+    ]);
+    table.row(vec![
+        format!("freshness at {:.0} events/s", r.freshness_rate_events_per_second),
+        format!("p50 {:.3} s, p99 {:.3} s", r.freshness_seconds.p50, r.freshness_seconds.p99),
+        format!("{} events; target p99 < 1 s", r.freshness_events),
+    ]);
+    table.render()
+}
+
+/// The world's history as (topic, key, payload), at least `events` long.
+fn history(world: &mut World, kafka: &KafkaConfig, events: u64) -> Vec<(String, String, Vec<u8>)> {
+    fn entry(topic: &str, event: &impl Event) -> (String, String, Vec<u8>) {
+        (topic.to_string(), event.key().to_string(), event.encode())
+    }
+    let topics = &kafka.topics;
+    let mut out: Vec<_> = world.user_profiles().map(|profile| entry(&topics.users.name, &profile)).collect();
+    out.extend(world.live_catalog().iter().map(|record| entry(&topics.ads.name, record)));
+    while (out.len() as u64) < events {
+        let served = world.serve_baseline();
+        out.extend(served.impressions.iter().map(|impression| entry(&topics.impressions.name, impression)));
+        out.extend(served.clicks.iter().map(|click| entry(&topics.clicks.name, click)));
+        out.extend(world.take_catalog_changes().iter().map(|record| entry(&topics.ads.name, record)));
+    }
+    out
+}
+
+/// A bare consumer reads `total` messages; events per second from the first message on (the
+/// group join is not timed).
+async fn raw_consume(kafka: &KafkaConfig, total: u64) -> anyhow::Result<f64> {
+    let config = kafka.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+        let consumer: BaseConsumer = kafka::client_config(&config)
+            .set("group.id", format!("{}-raw", config.consumer_group))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "6000")
+            .create()?;
+        let topics = &config.topics;
+        consumer.subscribe(&[&topics.impressions.name, &topics.clicks.name, &topics.users.name, &topics.ads.name])?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let (mut read, mut first) = (0u64, None);
+        while read < total {
+            if Instant::now() > deadline {
+                bail!("the raw consumer read only {read} of {total} messages in 10 minutes");
+            }
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                message?;
+                first.get_or_insert_with(Instant::now);
+                read += 1;
+            }
+        }
+        let elapsed = first.map_or(Duration::ZERO, |f| f.elapsed());
+        Ok((read - 1) as f64 / elapsed.as_secs_f64())
+    })
+    .await?
+}
+
+/// `writes` pipelined `HINCRBY`s in rounds of 5,000 over 100k keys, one round trip at a time
+/// on one connection: what the ingester's round trips could do at best.
+async fn raw_redis_writes(redis: &RedisConfig, writes: u64) -> anyhow::Result<f64> {
+    let mut connection = online::connect(redis).await?;
+    let started = Instant::now();
+    let mut done = 0u64;
+    while done < writes {
+        let mut pipe = redis::pipe();
+        for i in done..(done + 5_000).min(writes) {
+            pipe.cmd("HINCRBY").arg(format!("{}raw:{}", redis.key_prefix, i % 100_000)).arg("n").arg(1).ignore();
+        }
+        pipe.query_async::<()>(&mut connection).await?;
+        done = (done + 5_000).min(writes);
+    }
+    Ok(writes as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The real ingester over everything published; events per second from the first applied
+/// round to the last (the group join is not timed).
+async fn ingest_rate(
+    kafka: &KafkaConfig,
+    redis: &RedisConfig,
+    ingest: &IngestConfig,
+    total: u64,
+) -> anyhow::Result<f64> {
+    let ingester = Ingester::new(kafka, redis, ingest).await?;
+    let run =
+        tokio::spawn(ingester.run(RunOptions { exit_when_idle: Some(Duration::from_secs(2)) }, std::future::pending()));
+    let mut connection = online::connect(redis).await?;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut first: Option<(Instant, i64)> = None;
+    loop {
+        let applied = reads::applied(&mut connection, &redis.key_prefix).await?;
+        if applied > 0 && first.is_none() {
+            first = Some((Instant::now(), applied));
+        }
+        if applied as u64 >= total {
+            let (at, base) = first.expect("set when anything was applied");
+            let rate = (applied - base) as f64 / at.elapsed().as_secs_f64();
+            run.await??;
+            return Ok(rate);
+        }
+        if run.is_finished() || Instant::now() > deadline {
+            bail!("the ingester stopped at {applied} of {total} events");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,34 @@
+//! `adrank bench`: benchmarks of adrank's components, each measured beside its physical limit
+//! in the same run (these machines are shared and noisy: only ratios mean much).
+
+mod ingest;
+mod reads;
+mod stack;
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::config::Loaded;
+
+/// Measure a component beside its limits.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The feature store: ingestion rate (Kafka -> Redis + Parquet) beside the broker's raw
+    /// consume rate and Redis's raw pipelined write rate; online read latency beside a naive
+    /// one-read-per-entity loop; freshness at half the ingestion rate. Starts its own tansu
+    /// broker (memory storage) and uses the configured Redis under a key prefix of its own.
+    Ingest(ingest::Args),
+}
+
+pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Ingest(args) => ingest::run(args, loaded).await,
+    }
+}

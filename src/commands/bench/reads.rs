@@ -1,0 +1,229 @@
+//! Online read latency and ingestion freshness, measured from outside the code under test.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use adrank_featurestore::{
+    IngestConfig, KafkaConfig, RedisConfig,
+    events::Event as _,
+    ingest::{Ingester, RunOptions},
+    kafka,
+    online::{self, AdRef, Reader},
+};
+use adrank_loadtest::world::World;
+use anyhow::bail;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+
+/// Latency percentiles, in seconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(super) struct Percentiles {
+    pub(super) p50: f64,
+    pub(super) p99: f64,
+    pub(super) max: f64,
+}
+
+impl Percentiles {
+    fn of(mut samples: Vec<f64>) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        Self { p50: at(0.5), p99: at(0.99), max: at(1.0) }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct Results {
+    pub(super) reads: usize,
+    pub(super) ads_per_read: usize,
+    pub(super) pipelined_seconds: Percentiles,
+    pub(super) cached_seconds: Percentiles,
+    pub(super) naive_reads: usize,
+    pub(super) naive_seconds: Percentiles,
+}
+
+/// The sum of the applied-offset watermarks under `prefix`.
+pub(super) async fn applied(connection: &mut redis::aio::MultiplexedConnection, prefix: &str) -> anyhow::Result<i64> {
+    let offsets: BTreeMap<String, i64> =
+        redis::cmd("HGETALL").arg(format!("{prefix}ingest:offsets")).query_async(connection).await?;
+    Ok(offsets.values().sum())
+}
+
+/// Times `reads` reads of the world's next requests (one user and its candidates), without
+/// and with the ad cache, and a tenth as many (at most 1,000) with one round trip per entity.
+pub(super) async fn measure(redis: &RedisConfig, world: &mut World, reads: usize) -> anyhow::Result<Results> {
+    let plain = Reader::connect(&RedisConfig { cache_ttl_ms: 0, ..redis.clone() }).await?;
+    let cached = Reader::connect(&RedisConfig { cache_ttl_ms: 1_000, ..redis.clone() }).await?;
+    let requests: Vec<_> = (0..reads.max(1))
+        .map(|_| {
+            let request = world.next_request();
+            world.rank_request(&request)
+        })
+        .collect();
+    let ads_per_read = requests[0].candidates.len();
+    let refs = |r: &adrank_featurestore::request::RankRequest| -> Vec<(String, String)> {
+        r.candidates.iter().map(|c| (c.ad_id.clone(), c.advertiser_id.clone())).collect()
+    };
+    let timed = |reader: &Reader| {
+        let reader = reader.clone();
+        let requests = &requests;
+        async move {
+            let mut samples = Vec::with_capacity(requests.len());
+            for (i, request) in requests.iter().enumerate() {
+                let ids = refs(request);
+                let ads: Vec<AdRef<'_>> =
+                    ids.iter().map(|(ad, advertiser)| AdRef { ad_id: ad, advertiser_id: advertiser }).collect();
+                let started = Instant::now();
+                reader.fetch(&request.user_id, &ads, request.context.event_time_ms).await?;
+                // The first hundred warm connections and caches up.
+                if i >= 100.min(requests.len() / 10) {
+                    samples.push(started.elapsed().as_secs_f64());
+                }
+            }
+            anyhow::Ok(Percentiles::of(samples))
+        }
+    };
+    let pipelined_seconds = timed(&plain).await?;
+    let cached_seconds = timed(&cached).await?;
+
+    // Naive: one awaited HGETALL per entity, as a feature server without a batched read does.
+    let mut connection = online::connect(redis).await?;
+    let naive_reads = (reads / 10).clamp(1, 1_000);
+    let mut samples = Vec::with_capacity(naive_reads);
+    for request in requests.iter().take(naive_reads) {
+        let started = Instant::now();
+        let mut keys = vec![online::layout::Entity::User.key(&redis.key_prefix, &request.user_id)];
+        for candidate in &request.candidates {
+            keys.push(online::layout::Entity::Ad.key(&redis.key_prefix, &candidate.ad_id));
+            keys.push(online::layout::Entity::Advertiser.key(&redis.key_prefix, &candidate.advertiser_id));
+        }
+        for key in keys {
+            let _: redis::Value = redis::cmd("HGETALL").arg(key).query_async(&mut connection).await?;
+        }
+        samples.push(started.elapsed().as_secs_f64());
+    }
+    Ok(Results {
+        reads: requests.len(),
+        ads_per_read,
+        pipelined_seconds,
+        cached_seconds,
+        naive_reads,
+        naive_seconds: Percentiles::of(samples),
+    })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Produces impressions stamped with the wall clock at `rate` per second for `secs` while an
+/// ingester runs, and measures for each the time until Redis's watermark covers its offset.
+pub(super) async fn freshness(
+    kafka: &KafkaConfig,
+    redis: &RedisConfig,
+    ingest: &IngestConfig,
+    world: &mut World,
+    rate: f64,
+    secs: u64,
+) -> anyhow::Result<(usize, Percentiles)> {
+    let ingester = Ingester::new(kafka, redis, ingest).await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(ingester.run(RunOptions::default(), async move {
+        let _ = stopped.await;
+    }));
+    let producer: FutureProducer = kafka::producer_config(kafka).set("linger.ms", "1").set("acks", "1").create()?;
+    let topic = kafka.topics.impressions.name.clone();
+    let mut connection = online::connect(redis).await?;
+    let watermarks = |connection: &mut redis::aio::MultiplexedConnection| {
+        let key = format!("{}ingest:offsets", redis.key_prefix);
+        let mut connection = connection.clone();
+        let prefix = format!("{topic}:");
+        async move {
+            let offsets: BTreeMap<String, i64> = redis::cmd("HGETALL").arg(key).query_async(&mut connection).await?;
+            anyhow::Ok(
+                offsets
+                    .into_iter()
+                    .filter_map(|(field, offset)| Some((field.strip_prefix(&prefix)?.parse::<i32>().ok()?, offset)))
+                    .collect::<BTreeMap<i32, i64>>(),
+            )
+        }
+    };
+
+    // Wait until the ingester has joined: a probe impression becomes visible.
+    let mut impressions = VecDeque::new();
+    let next = |world: &mut World, impressions: &mut VecDeque<_>| {
+        if impressions.is_empty() {
+            impressions.extend(world.serve_baseline().impressions);
+        }
+        let mut impression: adrank_featurestore::events::Impression =
+            impressions.pop_front().expect("the world serves at least one impression per request");
+        impression.event_time_ms = now_ms();
+        impression
+    };
+    let probe = next(world, &mut impressions);
+    let delivery = producer
+        .send(FutureRecord::to(&topic).key(probe.key()).payload(&probe.encode()), Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)?;
+    let (partition, offset) = (delivery.partition, delivery.offset);
+    let joined = Instant::now();
+    while watermarks(&mut connection).await?.get(&partition).is_none_or(|&w| w <= offset) {
+        if joined.elapsed() > Duration::from_secs(60) {
+            bail!("the freshness ingester did not apply a probe within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Paced production; deliveries (partition, offset, event time) flow to the watcher.
+    let (delivered_tx, mut delivered) = tokio::sync::mpsc::unbounded_channel::<(i32, i64, i64)>();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    // Per partition: offset -> event time (deliveries may be reported out of order).
+    let mut pending: BTreeMap<i32, BTreeMap<i64, i64>> = BTreeMap::new();
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    loop {
+        tick.tick().await;
+        let elapsed = started.elapsed();
+        if elapsed < Duration::from_secs(secs) {
+            let due = (elapsed.as_secs_f64() * rate) as u64;
+            while sent < due {
+                let impression = next(world, &mut impressions);
+                let time = impression.event_time_ms;
+                let payload = impression.encode();
+                let record = FutureRecord::to(&topic).key(impression.key()).payload(&payload);
+                let delivery = producer.send_result(record).map_err(|(e, _)| e)?;
+                let tx = delivered_tx.clone();
+                tokio::spawn(async move {
+                    if let Ok(Ok(delivery)) = delivery.await {
+                        let _ = tx.send((delivery.partition, delivery.offset, time));
+                    }
+                });
+                sent += 1;
+            }
+        } else if pending.values().all(BTreeMap::is_empty) && samples.len() as u64 >= sent {
+            break;
+        } else if elapsed > Duration::from_secs(secs + 60) {
+            bail!("{} of {sent} events never became visible", sent - samples.len() as u64);
+        }
+        while let Ok((partition, offset, time)) = delivered.try_recv() {
+            pending.entry(partition).or_default().insert(offset, time);
+        }
+        let marks = watermarks(&mut connection).await?;
+        let now = now_ms();
+        for (partition, queue) in &mut pending {
+            let mark = marks.get(partition).copied().unwrap_or(0);
+            while let Some(entry) = queue.first_entry().filter(|e| *e.key() < mark) {
+                let time = entry.remove();
+                samples.push((now - time).max(0) as f64 / 1000.0);
+            }
+        }
+    }
+    let _ = stop.send(());
+    run.await??;
+    Ok((samples.len(), Percentiles::of(samples)))
+}
