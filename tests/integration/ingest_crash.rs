@@ -68,7 +68,12 @@ impl Run {
     /// Starts an ingester whose log goes to `stderr_file`, stopping after `exit_when_idle`
     /// seconds without events, if given.
     fn spawn_ingester(&self, stderr_file: &Path, exit_when_idle: Option<&str>) -> Child {
+        self.spawn_ingester_with(stderr_file, exit_when_idle, &[])
+    }
+
+    fn spawn_ingester_with(&self, stderr_file: &Path, exit_when_idle: Option<&str>, extra: &[&str]) -> Child {
         let mut args = vec!["ingest"];
+        args.extend(extra);
         if let Some(secs) = exit_when_idle {
             args.extend(["--exit-when-idle", secs]);
         }
@@ -102,6 +107,16 @@ impl Run {
         examples.sort_by(|a, b| a.impression.impression_id.cmp(&b.impression.impression_id));
         examples
     }
+}
+
+/// The body of `GET /metrics` from `addr`.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("no metrics on {addr}: {e}"));
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }
 
 fn wait(child: &mut Child, what: &str, log: &Path, limit: Duration) {
@@ -161,7 +176,19 @@ async fn crashes_and_group_changes_leave_the_same_store_and_log_as_a_clean_run()
     // 1. Clean.
     let log_file = logs.join("clean.log");
     let started = Instant::now();
-    let mut child = clean.spawn_ingester(&log_file, Some("3"));
+    let metrics = format!("127.0.0.1:{}", adrank_testkit::free_port());
+    let mut child = clean.spawn_ingester_with(&log_file, Some("3"), &["--metrics-listen", &metrics]);
+    // Halfway, the Prometheus endpoint shows the ingester's metrics.
+    assert!(wait_for_progress(&clean, &mut redis, &mut child, total / 2), "the clean ingest exited early");
+    let scraped = scrape(&metrics);
+    for name in [
+        "adrank_ingest_events_total",
+        "adrank_ingest_redis_write_seconds",
+        "adrank_ingest_freshness_seconds",
+        "adrank_training_log_commits_total",
+    ] {
+        assert!(scraped.contains(name), "no {name} in the metrics:\n{scraped}");
+    }
     wait(&mut child, "the clean ingest", &log_file, Duration::from_secs(600));
     eprintln!("clean ingest of {total} events: {:.1?}", started.elapsed());
     assert_eq!(clean.progress(&mut redis), total, "the clean run consumed everything");

@@ -74,8 +74,8 @@ async fn events_apply_once_and_read_back_as_features() {
             attributes: RawFeatures::from([("category".into(), RawValue::from("shoes"))]),
         },
     );
-    // Day 0: three impressions of a1 (one clicked); day 3: one more; day 8: one more.
-    for (i, time) in [T0 + 1_000, T0 + 2_000, T0 + 3_000, T0 + 3 * DAY_MS, T0 + 8 * DAY_MS].into_iter().enumerate() {
+    // Day 0: three impressions of a1 (one clicked); day 3: one more.
+    for (i, time) in [T0 + 1_000, T0 + 2_000, T0 + 3_000, T0 + 3 * DAY_MS].into_iter().enumerate() {
         let shown = impression(&format!("i{i}"), "u1", "a1", "v1", time);
         updates.impression(&prefix, &shown);
         if i == 0 {
@@ -89,8 +89,7 @@ async fn events_apply_once_and_read_back_as_features() {
 
     let reader = Reader::connect(&RedisConfig { cache_ttl_ms: 0, ..redis.config.clone() }).await.unwrap();
     let ads = [AdRef { ad_id: "a1", advertiser_id: "v1" }, AdRef { ad_id: "a-new", advertiser_id: "v1" }];
-    // Read on day 6: the 7-day window holds days 0-6, so day 8's impression is in the future
-    // and the day-0 ones still count.
+    // Read on day 6: the 7-day window holds days 0-6.
     let day6 = T0 + 6 * DAY_MS + 3_600_000;
     let fetched = reader.fetch("u1", &ads, day6).await.unwrap();
     assert_eq!(fetched.user.get("segment"), Some(&RawValue::from("s2")));
@@ -112,8 +111,11 @@ async fn events_apply_once_and_read_back_as_features() {
     assert_eq!(num(unknown, "advertiser_impressions_7d"), Some(4.0));
     assert_eq!((fetched.missing.users, fetched.missing.ads, fetched.missing.advertisers), (0, 1, 0));
 
-    // A day later the day-0 events leave the 7-day window; the 1-hour window of day 8 sees the
-    // last impression.
+    // Day 8: one more impression. The day-0 events have left the 7-day window; the 1-hour
+    // window sees the new impression.
+    let mut updates = Updates::default();
+    updates.impression(&prefix, &impression("i9", "u1", "a1", "v1", T0 + 8 * DAY_MS));
+    assert_eq!(apply(&mut writer, 0, Some(10), 11, &updates).await, Outcome::Applied);
     let day8 = T0 + 8 * DAY_MS + 60_000;
     let fetched = reader.fetch("u1", &ads[..1], day8).await.unwrap();
     assert_eq!(num(&fetched.user, "user_impressions_7d"), Some(2.0));
@@ -205,4 +207,27 @@ async fn the_cache_serves_ads_and_advertisers_but_never_users() {
     let too_many: Vec<AdRef<'_>> = (0..1_001).map(|_| AdRef { ad_id: "a", advertiser_id: "v" }).collect();
     let error = reader.fetch("u", &too_many, T0).await.unwrap_err().to_string();
     assert!(error.contains("1001"), "{error}");
+}
+
+#[tokio::test]
+async fn a_fenced_partition_leaves_the_rest_of_the_round_applied() {
+    let redis = TestRedis::new().await;
+    let mut writer = Writer::connect(&redis.config).await.unwrap();
+    let prefix = writer.prefix().to_string();
+    let mut first = Updates::default();
+    first.impression(&prefix, &impression("i1", "u", "a", "v", T0));
+    let mut second = Updates::default();
+    second.impression(&prefix, &impression("i2", "u", "a", "v", T0));
+    // Partition 1 already moved on (another ingester): its batch must not count.
+    assert_eq!(apply(&mut writer, 1, None, 7, &Updates::default()).await, Outcome::Applied);
+    let batches = [
+        PartitionBatch { topic: "t", partition: 0, expected: None, next: 5, updates: &first },
+        PartitionBatch { topic: "t", partition: 1, expected: None, next: 9, updates: &second },
+    ];
+    let outcomes = writer.apply(&batches).await.unwrap();
+    assert_eq!(outcomes, [Outcome::Applied, Outcome::Fenced { current: Some(7) }]);
+    assert_eq!(writer.watermarks(&[("t", 0), ("t", 1)]).await.unwrap(), [Some(5), Some(7)]);
+    let reader = Reader::connect(&redis.config).await.unwrap();
+    let fetched = reader.fetch("u", &[], T0).await.unwrap();
+    assert_eq!(num(&fetched.user, "user_impressions_7d"), Some(1.0), "only the unfenced partition counted");
 }

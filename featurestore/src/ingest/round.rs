@@ -51,6 +51,8 @@ struct Share {
 
 impl Ingester {
     pub(super) async fn round(&mut self, batch: Vec<OwnedMessage>, idle: bool) -> Result<()> {
+        let started = Instant::now();
+        let messages = batch.len();
         let revoked = self.take_revoked();
         let batch: Vec<(Kind, OwnedMessage)> = batch
             .into_iter()
@@ -94,10 +96,21 @@ impl Ingester {
                 }
             }
         }
+        let decoded = started.elapsed();
         self.dead_letters.confirm(deliveries).await?;
         self.apply(&shares).await?;
+        let applied = started.elapsed();
         self.commit_logs(idle).await?;
         self.commit_offsets();
+        if messages > 0 {
+            tracing::debug!(
+                messages,
+                decode_ms = decoded.as_secs_f64() * 1e3,
+                apply_ms = (applied - decoded).as_secs_f64() * 1e3,
+                log_ms = (started.elapsed() - applied).as_secs_f64() * 1e3,
+                "round"
+            );
+        }
         Ok(())
     }
 

@@ -1,26 +1,42 @@
--- Applies one topic partition's batch to the online store, atomically with the partition's
--- applied-offset watermark (see writer.rs). Redis runs a script to completion before any other
--- command, so either all of the batch and the new watermark are visible, or none of it.
+-- Applies one round of the ingester (the merged updates of several topic partitions) to the
+-- online store, atomically with those partitions' applied-offset watermarks (see writer.rs).
+-- Redis runs a script to completion before any other command, so either all of the round and
+-- the new watermarks are visible, or none of it.
 --
 -- KEYS[1]        the offsets hash
 -- KEYS[2..]      entity hashes: counter updates first, then attribute updates
--- ARGV[1..6]     offsets field, expected watermark ('' = none), next watermark, TTL (ms),
---                number of counter updates, number of attribute updates
--- then per counter update:   seen_ms, n, n x (bucket start ms, impressions, clicks)
+-- ARGV[1]        number of partitions P, then P x (offsets field, expected watermark ('' =
+--                none), next watermark)
+-- then           TTL (ms), number of counter updates, number of attribute updates
+-- then per counter update:   seen_ms, n, n x (finest bucket index, impressions, clicks)
 -- then per attribute update: event_ms, created (0|1), n, n x (field, value)
--- Returns {1, next watermark} when applied, {0, current watermark} when the expected watermark is not stored.
+-- Returns {1} when applied; {0, position, current, …} listing the partitions (0-based) whose
+-- stored watermark is not the expected one, in which case nothing is applied.
 
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if (current or '') ~= ARGV[2] then
-  return {0, current}
+local partitions = tonumber(ARGV[1])
+local fenced = {0}
+for i = 0, partitions - 1 do
+  local current = redis.call('HGET', KEYS[1], ARGV[2 + 3 * i])
+  if (current or '') ~= ARGV[3 + 3 * i] then
+    fenced[#fenced + 1] = i
+    fenced[#fenced + 1] = current or ''
+  end
+end
+if #fenced > 1 then
+  return fenced
 end
 
-local ttl = ARGV[4]
-local counters, attributes = tonumber(ARGV[5]), tonumber(ARGV[6])
+local a = 2 + 3 * partitions
+local ttl = ARGV[a]
+local counters, attributes = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+a = a + 3
+-- {window bucket in finest buckets, buckets in the ring, hash field}
 local windows = {__WINDOWS__}
-local words, bytes = __WORDS__, __BYTES__
-local format = '<' .. string.rep('I4', words)
-local a = 7
+local fields, formats = {}, {}
+for w = 1, #windows do
+  fields[w] = windows[w][3]
+  formats[w] = '<' .. string.rep('I4', 1 + 2 * windows[w][2])
+end
 
 local function newer(value, stored)
   return stored == false or tonumber(value) > tonumber(stored)
@@ -30,38 +46,61 @@ for i = 1, counters do
   local key = KEYS[1 + i]
   local seen, n = ARGV[a], tonumber(ARGV[a + 1])
   a = a + 2
-  local held = redis.call('HMGET', key, 'counts', 'seen_ms')
-  local w
-  if held[1] and #held[1] == bytes then
-    w = {struct.unpack(format, held[1])}
-    w[words + 1] = nil
-  else
-    w = {}
-    for k = 1, words do w[k] = 0 end
+  local held = redis.call('HMGET', key, 'seen_ms', unpack(fields))
+  -- Each ring as a table: [1] the newest bucket, then impressions and clicks per slot.
+  local rings = {}
+  for w = 1, #windows do
+    local size = windows[w][2]
+    local value = held[1 + w]
+    if value and #value == 4 + 8 * size then
+      rings[w] = {struct.unpack(formats[w], value)}
+      rings[w][2 + 2 * size] = nil -- struct.unpack also returns the next position
+    else
+      rings[w] = false
+    end
   end
   for _ = 1, n do
     local t, impressions, clicks = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
     a = a + 3
-    local base = 0
-    for _, window in ipairs(windows) do
-      local bucket = math.floor(t / window[1])
-      local s = base + (bucket % window[2]) * 3
-      if w[s + 1] == bucket then
-        w[s + 2] = w[s + 2] + impressions
-        w[s + 3] = w[s + 3] + clicks
-      elseif w[s + 1] < bucket then
-        -- The slot held an older bucket, which has left the window: reuse it.
-        w[s + 1], w[s + 2], w[s + 3] = bucket, impressions, clicks
+    for w = 1, #windows do
+      local width, size = windows[w][1], windows[w][2]
+      local bucket = math.floor(t / width)
+      local ring = rings[w]
+      if not ring then
+        ring = {bucket}
+        for k = 2, 1 + 2 * size do ring[k] = 0 end
+        rings[w] = ring
       end
-      -- else: the event is older than the window the slot now covers; it no longer counts.
-      base = base + window[2] * 3
+      local newest = ring[1]
+      if bucket > newest then
+        -- The ring moves forward: slots of the buckets passed over start empty.
+        for b = newest + 1, math.min(bucket, newest + size) do
+          local s = b % size
+          ring[2 + 2 * s], ring[3 + 2 * s] = 0, 0
+        end
+        ring[1] = bucket
+        newest = bucket
+      end
+      -- An event older than the ring's oldest bucket has left the window: it no longer counts.
+      if bucket > newest - size then
+        local s = bucket % size
+        ring[2 + 2 * s] = ring[2 + 2 * s] + impressions
+        ring[3 + 2 * s] = ring[3 + 2 * s] + clicks
+      end
     end
   end
-  if newer(seen, held[2]) then
-    redis.call('HSET', key, 'counts', struct.pack(format, unpack(w)), 'seen_ms', seen)
-  else
-    redis.call('HSET', key, 'counts', struct.pack(format, unpack(w)))
+  local set = {}
+  for w = 1, #windows do
+    if rings[w] then
+      set[#set + 1] = fields[w]
+      set[#set + 1] = struct.pack(formats[w], unpack(rings[w]))
+    end
   end
+  if newer(seen, held[1]) then
+    set[#set + 1] = 'seen_ms'
+    set[#set + 1] = seen
+  end
+  redis.call('HSET', key, unpack(set))
   redis.call('PEXPIRE', key, ttl)
 end
 
@@ -98,5 +137,10 @@ for i = 1, attributes do
   redis.call('PEXPIRE', key, ttl)
 end
 
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return {1, ARGV[3]}
+local marks = {}
+for i = 0, partitions - 1 do
+  marks[#marks + 1] = ARGV[2 + 3 * i]
+  marks[#marks + 1] = ARGV[4 + 3 * i]
+end
+redis.call('HSET', KEYS[1], unpack(marks))
+return {1}

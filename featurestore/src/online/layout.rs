@@ -6,17 +6,17 @@
 //! {prefix}a:{ad_id}          a:category, a:format, a:advertiser_id, a:status, created_ms
 //! {prefix}v:{advertiser_id}  (counters only)
 //!   every entity also has:   seen_ms   the newest event time that touched it (read-time TTL)
-//!                            counts    windowed impression and click counters (one blob)
+//!                            w1h, w1d, w7d  impression and click counters, one ring per window
 //!                            updated_ms the event time of the attributes held (last writer wins)
 //! {prefix}ingest:offsets     {topic}:{partition} -> next offset to apply (exactly-once watermark)
 //! ```
 //!
-//! The counters are ring buffers of time buckets, one ring per window in [`WINDOWS`], packed as
-//! little-endian `u32` triples `(bucket index, impressions, clicks)` in one field. One field
-//! instead of one per bucket keeps a read of 400 entities small (a 7-day window in hourly fields
-//! would be hundreds of fields per entity), and the ingester's Lua script updates it atomically.
-//! A read sums, per window, the slots whose bucket lies in the window ending at the read's time,
-//! so counts age out exactly even for an entity nobody writes any more.
+//! The counters are ring buffers of time buckets, one field per window in [`WINDOWS`]: the
+//! newest bucket's index, then `(impressions, clicks)` per slot, little-endian `u32`s. One small
+//! field per window instead of one per bucket keeps a read of 400 entities small, and every
+//! value stays under Redis's 64-byte compact-hash limit. A read sums, per window, the buckets
+//! that lie in the window ending at the read's time, so counts age out exactly even for an
+//! entity nobody writes any more.
 
 use crate::events::RawValue;
 
@@ -70,18 +70,20 @@ pub fn offsets_field(topic: &str, partition: i32) -> String {
 
 /// Hash fields that are not attributes.
 pub const SEEN_FIELD: &str = "seen_ms";
-pub const COUNTS_FIELD: &str = "counts";
 pub const UPDATED_FIELD: &str = "updated_ms";
 pub const CREATED_FIELD: &str = "created_ms";
 /// Attribute fields carry this prefix, so no attribute name can collide with the fields above.
 pub const ATTRIBUTE_PREFIX: &str = "a:";
 
-/// One counter window: `buckets` buckets of `bucket_ms` each, the newest being the bucket that
-/// holds the read time. A 7-day window of day buckets counts today and the six days before it.
+/// One counter window: a ring of `buckets` buckets of `bucket_ms` each, the newest being the
+/// bucket that holds the read time. A 7-day window of day buckets counts today and the six
+/// days before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
     /// The suffix of its features: `user_clicks_{name}`.
     pub name: &'static str,
+    /// The hash field holding the ring.
+    pub field: &'static str,
     pub bucket_ms: i64,
     pub buckets: u32,
 }
@@ -89,30 +91,22 @@ pub struct Window {
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
 
-/// The counter windows. Changing them changes the stored layout (a new key prefix is the
-/// migration): the blob's size and slot order follow this list.
+/// The counter windows. Each ring is one field of at most 60 bytes, so Redis keeps an entity's
+/// hash in its compact (listpack) encoding, which is several times cheaper to write and read
+/// than the hashtable a bigger value forces. Changing them changes the stored layout (a new key
+/// prefix is the migration).
 pub const WINDOWS: [Window; 3] = [
-    Window { name: "1h", bucket_ms: 5 * MINUTE_MS, buckets: 12 },
-    Window { name: "1d", bucket_ms: HOUR_MS, buckets: 24 },
-    Window { name: "7d", bucket_ms: 24 * HOUR_MS, buckets: 7 },
+    Window { name: "1h", field: "w1h", bucket_ms: 10 * MINUTE_MS, buckets: 6 },
+    Window { name: "1d", field: "w1d", bucket_ms: 4 * HOUR_MS, buckets: 6 },
+    Window { name: "7d", field: "w7d", bucket_ms: 24 * HOUR_MS, buckets: 7 },
 ];
 
-/// `u32` values per slot: bucket index, impressions, clicks.
-pub(crate) const SLOT_WORDS: usize = 3;
-
-/// Slots over all windows.
-pub(crate) const fn total_slots() -> usize {
-    let mut total = 0;
-    let mut i = 0;
-    while i < WINDOWS.len() {
-        total += WINDOWS[i].buckets as usize;
-        i += 1;
-    }
-    total
+/// A ring's bytes: the newest bucket index, then per slot (impressions, clicks), all
+/// little-endian `u32`. Slot `b % buckets` holds bucket `b`, for the `buckets` buckets up to the
+/// newest.
+pub const fn ring_bytes(window: &Window) -> usize {
+    4 + 8 * window.buckets as usize
 }
-
-/// The counters blob's length in bytes.
-pub const COUNTS_BYTES: usize = total_slots() * SLOT_WORDS * 4;
 
 /// Impressions and clicks in one window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -121,29 +115,24 @@ pub struct WindowCounts {
     pub clicks: u64,
 }
 
-/// Sums each window of a counters blob as seen at `now_ms`; `None` when the blob has the wrong
-/// length (written by another layout).
-pub fn window_counts(blob: &[u8], now_ms: i64) -> Option<[WindowCounts; WINDOWS.len()]> {
-    if blob.len() != COUNTS_BYTES {
+/// Sums a ring as seen at `now_ms`: the buckets of the window ending at `now_ms`. `None` when
+/// the value has the wrong length (written by another layout).
+pub fn window_counts(window: &Window, ring: &[u8], now_ms: i64) -> Option<WindowCounts> {
+    if ring.len() != ring_bytes(window) {
         return None;
     }
-    let word = |i: usize| u32::from_le_bytes(blob[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
-    let mut sums = [WindowCounts::default(); WINDOWS.len()];
-    let mut slot = 0;
-    for (window, sum) in WINDOWS.iter().zip(&mut sums) {
-        let newest = now_ms.div_euclid(window.bucket_ms);
-        let oldest = newest - i64::from(window.buckets) + 1;
-        for _ in 0..window.buckets {
-            let bucket = i64::from(word(slot * SLOT_WORDS));
-            // A zero bucket index is an empty slot (bucket 0 is 1970).
-            if bucket != 0 && (oldest..=newest).contains(&bucket) {
-                sum.impressions += u64::from(word(slot * SLOT_WORDS + 1));
-                sum.clicks += u64::from(word(slot * SLOT_WORDS + 2));
-            }
-            slot += 1;
-        }
+    let word = |i: usize| i64::from(u32::from_le_bytes(ring[i * 4..i * 4 + 4].try_into().expect("4 bytes")));
+    let n = i64::from(window.buckets);
+    let newest = word(0);
+    let current = now_ms.div_euclid(window.bucket_ms);
+    let mut sum = WindowCounts::default();
+    // The ring holds buckets newest-n+1 ..= newest; the window wants current-n+1 ..= current.
+    for bucket in (newest - n + 1).max(current - n + 1)..=newest.min(current) {
+        let slot = bucket.rem_euclid(n) as usize;
+        sum.impressions += word(1 + 2 * slot) as u64;
+        sum.clicks += word(2 + 2 * slot) as u64;
     }
-    Some(sums)
+    Some(sum)
 }
 
 /// Encodes an attribute value for its hash field: a type tag, then the value, so that a number
@@ -170,33 +159,41 @@ pub fn decode_value(bytes: &[u8]) -> Option<RawValue> {
 mod tests {
     use super::*;
 
-    fn blob(slots: &[(usize, u32, u32, u32)]) -> Vec<u8> {
-        let mut words = vec![0u32; total_slots() * SLOT_WORDS];
-        for &(slot, bucket, impressions, clicks) in slots {
-            words[slot * SLOT_WORDS..slot * SLOT_WORDS + 3].copy_from_slice(&[bucket, impressions, clicks]);
+    fn ring(newest: u32, slots: &[(usize, u32, u32)]) -> Vec<u8> {
+        let mut words = [0u32; 1 + 2 * 7];
+        words[0] = newest;
+        for &(slot, impressions, clicks) in slots {
+            words[1 + 2 * slot] = impressions;
+            words[2 + 2 * slot] = clicks;
         }
         words.iter().flat_map(|w| w.to_le_bytes()).collect()
     }
 
     #[test]
     fn windows_count_only_buckets_in_range() {
+        let week = &WINDOWS[2];
         let day = 24 * HOUR_MS;
-        let now = 20_000 * day + 3 * HOUR_MS;
         let today = 20_000u32;
-        // The 7-day ring starts after the 12 + 24 slots of the shorter windows.
-        let first_7d = 36;
-        let counts = blob(&[
-            (first_7d + (today as usize % 7), today, 10, 1),
-            (first_7d + ((today - 6) as usize % 7), today - 6, 5, 2),
-            // Too old: eight days ago shares no slot index by chance? 8 % 7 == 1, a distinct slot.
-            (first_7d + ((today - 8) as usize % 7), today - 8, 100, 100),
-        ]);
-        let sums = window_counts(&counts, now).unwrap();
-        assert_eq!(sums[2], WindowCounts { impressions: 15, clicks: 3 });
-        assert_eq!(sums[0], WindowCounts::default());
+        let now = i64::from(today) * day + 3 * HOUR_MS;
+        // Today (slot today % 7) and six days ago: both in the window.
+        let counts = ring(today, &[(today as usize % 7, 10, 1), ((today - 6) as usize % 7, 5, 2)]);
+        assert_eq!(window_counts(week, &counts, now), Some(WindowCounts { impressions: 15, clicks: 3 }));
+        // Two days later, six days ago has left; today is still in.
+        assert_eq!(window_counts(week, &counts, now + 2 * day), Some(WindowCounts { impressions: 10, clicks: 1 }));
         // A week later nothing is left.
-        assert_eq!(window_counts(&counts, now + 7 * day).unwrap()[2], WindowCounts::default());
-        assert_eq!(window_counts(&counts[1..], now), None);
+        assert_eq!(window_counts(week, &counts, now + 7 * day), Some(WindowCounts::default()));
+        // Read before the newest bucket (a late read): only buckets up to the read's time.
+        assert_eq!(window_counts(week, &counts, now - day), Some(WindowCounts { impressions: 5, clicks: 2 }));
+        assert_eq!(window_counts(week, &counts[1..], now), None);
+    }
+
+    #[test]
+    fn every_ring_fits_redis_compact_hashes() {
+        for window in &WINDOWS {
+            // hash-max-listpack-value defaults to 64 bytes.
+            assert!(ring_bytes(window) <= 64, "{}", window.name);
+            assert_eq!(window.bucket_ms % WINDOWS[0].bucket_ms, 0, "{}", window.name);
+        }
     }
 
     #[test]
@@ -214,6 +211,5 @@ mod tests {
     fn keys() {
         assert_eq!(Entity::Ad.key("adrank:", "a-1"), "adrank:a:a-1");
         assert_eq!(offsets_field("adrank-clicks", 3), "adrank-clicks:3");
-        assert_eq!(COUNTS_BYTES, 43 * 12);
     }
 }

@@ -17,7 +17,7 @@ use std::{
 
 use redis::{Value, aio::MultiplexedConnection};
 
-use super::layout::{self, ATTRIBUTE_PREFIX, COUNTS_FIELD, CREATED_FIELD, Entity, SEEN_FIELD, WINDOWS};
+use super::layout::{self, ATTRIBUTE_PREFIX, CREATED_FIELD, Entity, SEEN_FIELD, WINDOWS};
 use crate::{
     Error, RedisConfig, Result,
     events::{RawFeatures, RawValue},
@@ -62,7 +62,8 @@ struct Stored {
     seen_ms: Option<i64>,
     created_ms: Option<i64>,
     attributes: Vec<(String, RawValue)>,
-    counts: Option<Vec<u8>>,
+    /// The counter rings, in the order of [`WINDOWS`].
+    rings: [Option<Vec<u8>>; WINDOWS.len()],
 }
 
 impl Stored {
@@ -82,7 +83,9 @@ impl Stored {
             match field.as_slice() {
                 f if f == SEEN_FIELD.as_bytes() => stored.seen_ms = number(),
                 f if f == CREATED_FIELD.as_bytes() => stored.created_ms = number(),
-                f if f == COUNTS_FIELD.as_bytes() => stored.counts = Some(value),
+                f if let Some(w) = WINDOWS.iter().position(|w| w.field.as_bytes() == f) => {
+                    stored.rings[w] = Some(value)
+                }
                 f => {
                     let Some(name) = f.strip_prefix(ATTRIBUTE_PREFIX.as_bytes()) else { continue };
                     if let (Ok(name), Some(value)) = (std::str::from_utf8(name), layout::decode_value(&value)) {
@@ -105,8 +108,9 @@ impl Stored {
             out.insert(name.clone(), value.clone());
         }
         let names = counter_names(entity);
-        let sums = self.counts.as_deref().and_then(|blob| layout::window_counts(blob, now_ms)).unwrap_or_default();
-        for (sum, (clicks, impressions)) in sums.iter().zip(names) {
+        for ((window, ring), (clicks, impressions)) in WINDOWS.iter().zip(&self.rings).zip(names) {
+            // No ring yet (an entity known only from its profile): zero counts.
+            let sum = ring.as_deref().and_then(|ring| layout::window_counts(window, ring, now_ms)).unwrap_or_default();
             out.insert(*clicks, RawValue::Num(sum.clicks as f64));
             out.insert(*impressions, RawValue::Num(sum.impressions as f64));
         }

@@ -34,7 +34,7 @@ pub struct Updates {
 #[derive(Debug, Default)]
 struct EntityCounters {
     seen_ms: i64,
-    /// Finest bucket start -> (impressions, clicks).
+    /// Finest bucket index (time / the finest bucket) -> (impressions, clicks).
     buckets: BTreeMap<i64, (u32, u32)>,
 }
 
@@ -105,7 +105,7 @@ impl Updates {
 
     fn count(&mut self, prefix: &str, ids: [&str; 3], time_ms: i64, (impressions, clicks): (u32, u32)) {
         self.events += 1;
-        let bucket = time_ms.div_euclid(FINEST_BUCKET_MS) * FINEST_BUCKET_MS;
+        let bucket = time_ms.div_euclid(FINEST_BUCKET_MS);
         for (entity, id) in [Entity::User, Entity::Ad, Entity::Advertiser].into_iter().zip(ids) {
             let counters = self.counters.entry(entity.key(prefix, id)).or_default();
             counters.seen_ms = counters.seen_ms.max(time_ms);
@@ -125,6 +125,32 @@ fn attribute_fields<'a>(
         .filter_map(|(name, value)| Some((format!("{ATTRIBUTE_PREFIX}{name}"), layout::encode_value(value)?)))
         .chain(extra.into_iter().map(|(name, value)| (format!("{ATTRIBUTE_PREFIX}{name}"), format!("s{value}"))))
         .collect()
+}
+
+/// Several batches' updates as one: counters summed per entity and bucket, attribute
+/// snapshots side by side (the script keeps the newest).
+struct Merged<'a> {
+    counters: HashMap<&'a str, EntityCounters>,
+    attributes: Vec<&'a AttributeUpdate>,
+}
+
+impl<'a> Merged<'a> {
+    fn of(updates: impl Iterator<Item = &'a Updates>) -> Self {
+        let mut merged = Self { counters: HashMap::new(), attributes: Vec::new() };
+        for updates in updates {
+            for (key, counters) in &updates.counters {
+                let into = merged.counters.entry(key.as_str()).or_default();
+                into.seen_ms = into.seen_ms.max(counters.seen_ms);
+                for (bucket, (impressions, clicks)) in &counters.buckets {
+                    let slot = into.buckets.entry(*bucket).or_default();
+                    slot.0 += impressions;
+                    slot.1 += clicks;
+                }
+            }
+            merged.attributes.extend(&updates.attributes);
+        }
+        merged
+    }
 }
 
 /// What happened to one partition batch.
@@ -212,64 +238,92 @@ impl Writer {
         Ok(values)
     }
 
-    /// Applies each batch atomically with its watermark, all in one round trip.
+    /// Applies every batch and its watermark in one atomic script call: the batches' updates
+    /// are merged first, so an entity touched by several partitions of a round is written once.
+    /// When a watermark is not the expected one, nothing is applied, that partition is reported
+    /// fenced and the others are applied without it.
     pub async fn apply(&mut self, batches: &[PartitionBatch<'_>]) -> Result<Vec<Outcome>> {
-        if batches.is_empty() {
-            return Ok(Vec::new());
-        }
-        match self.try_apply(batches).await {
-            // Redis restarted or its scripts were flushed: load again and retry. Nothing was
-            // applied, since every call in the pipeline failed the same way.
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.load_script().await?;
-                self.try_apply(batches).await.map_err(|e| self.error(e))
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; batches.len()];
+        let mut live: Vec<usize> = (0..batches.len()).collect();
+        while !live.is_empty() {
+            let chosen: Vec<&PartitionBatch<'_>> = live.iter().map(|&i| &batches[i]).collect();
+            let merged = Merged::of(chosen.iter().map(|b| b.updates));
+            tracing::debug!(
+                partitions = chosen.len(),
+                entities = merged.counters.len() + merged.attributes.len(),
+                "apply"
+            );
+            let fenced = match self.invoke(&chosen, &merged).await {
+                // Redis restarted or its scripts were flushed: load again and retry once.
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    self.load_script().await?;
+                    self.invoke(&chosen, &merged).await.map_err(|e| self.error(e))?
+                }
+                result => result.map_err(|e| self.error(e))?,
+            };
+            if fenced.is_empty() {
+                for &i in &live {
+                    outcomes[i] = Some(Outcome::Applied);
+                }
+                break;
             }
-            result => result.map_err(|e| self.error(e)),
+            for (position, current) in fenced {
+                outcomes[live[position]] = Some(Outcome::Fenced { current });
+            }
+            live.retain(|&i| outcomes[i].is_none());
         }
+        Ok(outcomes.into_iter().map(|o| o.expect("every batch was applied or fenced")).collect())
     }
 
-    async fn try_apply(&mut self, batches: &[PartitionBatch<'_>]) -> redis::RedisResult<Vec<Outcome>> {
-        let mut pipe = redis::pipe();
-        let offsets_key = layout::offsets_key(&self.prefix);
-        for batch in batches {
-            pipe.add_command(self.invocation(&offsets_key, batch));
-        }
-        let replies: Vec<(i64, Option<i64>)> = pipe.query_async(&mut self.connection).await?;
-        Ok(replies
-            .into_iter()
-            .map(|(applied, current)| if applied == 1 { Outcome::Applied } else { Outcome::Fenced { current } })
-            .collect())
-    }
-
-    fn invocation(&self, offsets_key: &str, batch: &PartitionBatch<'_>) -> redis::Cmd {
-        let updates = batch.updates;
+    /// Runs the script once; returns the fenced batches (position among `batches`, current
+    /// watermark), empty when everything was applied.
+    async fn invoke(
+        &mut self,
+        batches: &[&PartitionBatch<'_>],
+        merged: &Merged<'_>,
+    ) -> redis::RedisResult<Vec<(usize, Option<i64>)>> {
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&self.sha).arg(1 + updates.counters.len() + updates.attributes.len()).arg(offsets_key);
-        for key in updates.counters.keys() {
-            cmd.arg(key);
+        cmd.arg(&self.sha)
+            .arg(1 + merged.counters.len() + merged.attributes.len())
+            .arg(layout::offsets_key(&self.prefix));
+        for key in merged.counters.keys() {
+            cmd.arg(*key);
         }
-        for update in &updates.attributes {
+        for update in &merged.attributes {
             cmd.arg(&update.key);
         }
-        cmd.arg(layout::offsets_field(batch.topic, batch.partition))
-            .arg(batch.expected.map(|o| o.to_string()).unwrap_or_default())
-            .arg(batch.next)
-            .arg(self.ttl_ms)
-            .arg(updates.counters.len())
-            .arg(updates.attributes.len());
-        for counters in updates.counters.values() {
+        cmd.arg(batches.len());
+        for batch in batches {
+            cmd.arg(layout::offsets_field(batch.topic, batch.partition))
+                .arg(batch.expected.map(|o| o.to_string()).unwrap_or_default())
+                .arg(batch.next);
+        }
+        cmd.arg(self.ttl_ms).arg(merged.counters.len()).arg(merged.attributes.len());
+        for counters in merged.counters.values() {
             cmd.arg(counters.seen_ms).arg(counters.buckets.len());
             for (bucket, (impressions, clicks)) in &counters.buckets {
                 cmd.arg(bucket).arg(impressions).arg(clicks);
             }
         }
-        for update in &updates.attributes {
+        for update in &merged.attributes {
             cmd.arg(update.event_time_ms).arg(u8::from(update.created)).arg(update.fields.len());
             for (field, value) in &update.fields {
                 cmd.arg(field).arg(value);
             }
         }
-        cmd
+        // {1} when applied; {0, position, current, position, current, …} when fenced.
+        let reply: Vec<redis::Value> = cmd.query_async(&mut self.connection).await?;
+        let number = |value: &redis::Value| -> Option<i64> {
+            match value {
+                redis::Value::Int(n) => Some(*n),
+                redis::Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+                _ => None,
+            }
+        };
+        if reply.first().and_then(number) == Some(1) {
+            return Ok(Vec::new());
+        }
+        Ok(reply[1..].chunks(2).filter_map(|pair| Some((number(&pair[0])? as usize, number(pair.get(1)?)))).collect())
     }
 
     fn error(&self, source: redis::RedisError) -> Error {
@@ -280,12 +334,12 @@ impl Writer {
 /// The apply script, with the counter windows written in from [`WINDOWS`] so that the script
 /// and the reader cannot disagree on the layout.
 fn apply_script() -> String {
-    let windows: Vec<String> = WINDOWS.iter().map(|w| format!("{{{}, {}}}", w.bucket_ms, w.buckets)).collect();
-    let words = layout::total_slots() * layout::SLOT_WORDS;
-    include_str!("apply.lua")
-        .replace("__WINDOWS__", &windows.join(", "))
-        .replace("__WORDS__", &words.to_string())
-        .replace("__BYTES__", &layout::COUNTS_BYTES.to_string())
+    // Windows in units of the finest bucket, which is what the script receives.
+    let windows: Vec<String> = WINDOWS
+        .iter()
+        .map(|w| format!("{{{}, {}, '{}'}}", w.bucket_ms / FINEST_BUCKET_MS, w.buckets, w.field))
+        .collect();
+    include_str!("apply.lua").replace("__WINDOWS__", &windows.join(", "))
 }
 
 #[cfg(test)]
@@ -312,5 +366,7 @@ mod tests {
         let user = &updates.counters["p:u:u-1"];
         assert_eq!(user.seen_ms, 2_000);
         assert_eq!(user.buckets.get(&0), Some(&(2, 0)));
+        let merged = Merged::of([&updates, &updates].into_iter());
+        assert_eq!(merged.counters["p:u:u-1"].buckets.get(&0), Some(&(4, 0)));
     }
 }
