@@ -93,6 +93,9 @@ fn click(impression: &Impression, time: i64) -> Click {
     }
 }
 
+/// A bad record: topic, key, payload and the kind of refusal it should get.
+type BadRecord<'a> = (&'a str, Option<&'a str>, Option<Vec<u8>>, &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_bad_record_is_dead_lettered_with_its_reason() {
     let fixture = Fixture::new().await;
@@ -101,7 +104,7 @@ async fn every_kind_of_bad_record_is_dead_lettered_with_its_reason() {
     let mut negative_time = good.clone();
     negative_time.impression_id = "i-neg".into();
     negative_time.event_time_ms = -5;
-    let bad: Vec<(&str, Option<&str>, Option<Vec<u8>>, &str)> = vec![
+    let bad: Vec<BadRecord<'_>> = vec![
         (&topics.impressions.name, Some("k"), Some(b"{not json".to_vec()), "json"),
         (&topics.impressions.name, Some("k"), Some(br#"{"impression_id": 5}"#.to_vec()), "schema"),
         (&topics.impressions.name, Some("i-neg"), Some(negative_time.encode()), "rule"),
