@@ -143,7 +143,8 @@ fn wait(child: &mut Child, what: &str, log: &Path, limit: Duration) {
 fn wait_for_progress(run: &Run, redis: &mut redis::Connection, child: &mut Child, target: i64) -> bool {
     let started = Instant::now();
     while run.progress(redis) < target {
-        if child.try_wait().unwrap().is_some() {
+        if let Some(status) = child.try_wait().unwrap() {
+            eprintln!("run {}: an ingester exited ({status}) at {} of {target}", run.name, run.progress(redis));
             return false;
         }
         assert!(started.elapsed() < Duration::from_secs(300), "run {} stalled below {target}", run.name);
@@ -179,7 +180,11 @@ async fn crashes_and_group_changes_leave_the_same_store_and_log_as_a_clean_run()
     let metrics = format!("127.0.0.1:{}", adrank_testkit::free_port());
     let mut child = clean.spawn_ingester_with(&log_file, Some("3"), &["--metrics-listen", &metrics]);
     // Halfway, the Prometheus endpoint shows the ingester's metrics.
-    assert!(wait_for_progress(&clean, &mut redis, &mut child, total / 2), "the clean ingest exited early");
+    assert!(
+        wait_for_progress(&clean, &mut redis, &mut child, total / 2),
+        "the clean ingest exited early:\n{}",
+        std::fs::read_to_string(&log_file).unwrap_or_default()
+    );
     let scraped = scrape(&metrics);
     for name in [
         "adrank_ingest_events_total",

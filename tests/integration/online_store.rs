@@ -6,7 +6,7 @@ use std::time::Duration;
 use adrank_featurestore::{
     RedisConfig,
     events::{AdRecord, AdStatus, Click, Impression, RawFeatures, RawValue, UserProfile},
-    online::{AdRef, Outcome, PartitionBatch, Reader, Updates, Writer},
+    online::{AdRef, Outcome, PartitionBatch, Reader, Updates, Wanted, Writer},
 };
 use adrank_testkit::redis::TestRedis;
 
@@ -110,6 +110,21 @@ async fn events_apply_once_and_read_back_as_features() {
     assert_eq!(num(unknown, "ad_impressions_7d"), None);
     assert_eq!(num(unknown, "advertiser_impressions_7d"), Some(4.0));
     assert_eq!((fetched.missing.users, fetched.missing.ads, fetched.missing.advertisers), (0, 1, 0));
+    // Reading only the named attributes gives the same features for them.
+    let wanted = Wanted::new([vec!["segment".into(), "age".into()], vec!["category".into()], vec![]]);
+    let targeted = reader.clone().with_wanted(wanted).fetch("u1", &ads, day6).await.unwrap();
+    assert_eq!(targeted.user, fetched.user);
+    assert_eq!(targeted.ads[1], fetched.ads[1]);
+    let mut without_unwanted = fetched.ads[0].clone();
+    for unwanted in ["advertiser_id", "status"] {
+        assert!(without_unwanted.get(unwanted).is_some());
+        without_unwanted = without_unwanted
+            .iter()
+            .filter(|(n, _)| *n != "status")
+            .map(|(n, v)| (n.to_string().into(), v.clone()))
+            .collect();
+    }
+    assert_eq!(targeted.ads[0], without_unwanted, "all but the unrequested `status`");
 
     // Day 8: one more impression. The day-0 events have left the 7-day window; the 1-hour
     // window sees the new impression.

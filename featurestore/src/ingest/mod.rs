@@ -63,7 +63,8 @@ pub(crate) enum Kind {
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Stop once no message has arrived for this long (counted from the group's first
-    /// assignment) and everything read is committed.
+    /// assignment), the consumer is at the end of every assigned partition, and everything read
+    /// is committed.
     pub exit_when_idle: Option<Duration>,
 }
 
@@ -81,11 +82,20 @@ pub struct Totals {
 
 /// Partitions the group took from this member, recorded in the rebalance callback and acted
 /// on by the round loop.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct GroupContext {
     revoked: Mutex<Vec<(String, i32)>>,
     /// Whether the group has assigned this member anything yet: idleness counts from then.
     assigned: std::sync::atomic::AtomicBool,
+    /// Messages behind the ends of the assigned partitions, from the last statistics report
+    /// (-1: unknown, such as before any report).
+    lag: std::sync::atomic::AtomicI64,
+}
+
+impl Default for GroupContext {
+    fn default() -> Self {
+        Self { revoked: Mutex::default(), assigned: Default::default(), lag: std::sync::atomic::AtomicI64::new(-1) }
+    }
 }
 
 impl ClientContext for GroupContext {
@@ -93,15 +103,29 @@ impl ClientContext for GroupContext {
     /// its fetches return: no extra broker requests (tansu's sqlite engine answers offset
     /// requests slowly).
     fn stats(&self, statistics: rdkafka::Statistics) {
+        let (mut total, mut unknown) = (0i64, false);
         for (topic, stats) in &statistics.topics {
             for (&partition, stats) in &stats.partitions {
-                // Partition -1 is librdkafka's internal "unassigned" partition; a negative lag
-                // means unknown.
-                if partition >= 0 && stats.consumer_lag >= 0 {
-                    metrics::lag(topic, partition, stats.consumer_lag);
+                // Partition -1 is librdkafka's internal "unassigned" partition.
+                if partition < 0 || stats.fetch_state == "none" {
+                    continue;
+                }
+                // Behind the end from where the ingester reads: its next offset once it has read
+                // something, else where it starts (the committed offset, or the beginning).
+                let position =
+                    [stats.app_offset, stats.committed_offset, stats.lo_offset].into_iter().find(|o| *o >= 0);
+                match position {
+                    Some(position) if stats.hi_offset >= 0 => {
+                        let lag = (stats.hi_offset - position).max(0);
+                        metrics::lag(topic, partition, lag);
+                        total = total.saturating_add(lag);
+                    }
+                    _ => unknown = true,
                 }
             }
         }
+        let total = if unknown { -1 } else { total };
+        self.lag.store(total, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -176,7 +200,7 @@ impl Ingester {
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "range")
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
-            .set("statistics.interval.ms", "5000")
+            .set("statistics.interval.ms", "1000")
             .create_with_context(GroupContext::default())
             .map_err(|source| kafka_error(kafka_config, "creating the consumer", source))?;
         let topics = &kafka_config.topics;
@@ -218,7 +242,10 @@ impl Ingester {
             if !batch.is_empty() || !self.consumer.context().assigned.load(std::sync::atomic::Ordering::Relaxed) {
                 last_message = Instant::now();
             }
-            let idle = options.exit_when_idle.is_some_and(|idle| last_message.elapsed() >= idle);
+            // Idle: nothing read for a while and nothing left to read (a slow broker's pause is
+            // not the end of the data).
+            let idle = options.exit_when_idle.is_some_and(|idle| last_message.elapsed() >= idle)
+                && self.consumer.context().lag.load(std::sync::atomic::Ordering::Relaxed) == 0;
             if let Err(e) = self.round(batch, idle).await {
                 break Err(e);
             }

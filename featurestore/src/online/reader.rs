@@ -10,6 +10,7 @@
 //! every read, so a hash Redis has not deleted yet never shows a stale value.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
@@ -22,6 +23,7 @@ use crate::{
     Error, RedisConfig, Result,
     events::{RawFeatures, RawValue},
     metrics,
+    spec::{FeatureSpec, Source},
 };
 
 /// The most ads one read may ask for.
@@ -61,7 +63,7 @@ pub struct Fetched {
 struct Stored {
     seen_ms: Option<i64>,
     created_ms: Option<i64>,
-    attributes: Vec<(String, RawValue)>,
+    attributes: Vec<(Cow<'static, str>, RawValue)>,
     /// The counter rings, in the order of [`WINDOWS`].
     rings: [Option<Vec<u8>>; WINDOWS.len()],
 }
@@ -89,9 +91,33 @@ impl Stored {
                 f => {
                     let Some(name) = f.strip_prefix(ATTRIBUTE_PREFIX.as_bytes()) else { continue };
                     if let (Ok(name), Some(value)) = (std::str::from_utf8(name), layout::decode_value(&value)) {
-                        stored.attributes.push((name.to_string(), value));
+                        stored.attributes.push((Cow::Owned(name.to_string()), value));
                     }
                 }
+            }
+        }
+        stored
+    }
+
+    /// Parses an `HMGET` of `seen_ms`, `created_ms`, the rings and then `wanted`'s attributes
+    /// (the fields [`Wanted::new`] lists).
+    fn parse_fields(value: Value, wanted: &[&'static str]) -> Self {
+        let mut stored = Self::default();
+        let Value::Array(values) = value else { return stored };
+        let mut values = values.into_iter();
+        let mut next = || match values.next() {
+            Some(Value::BulkString(bytes)) => Some(bytes),
+            _ => None,
+        };
+        let number = |bytes: Option<Vec<u8>>| std::str::from_utf8(&bytes?).ok()?.parse().ok();
+        stored.seen_ms = number(next());
+        stored.created_ms = number(next());
+        for ring in &mut stored.rings {
+            *ring = next();
+        }
+        for name in wanted {
+            if let Some(value) = next().and_then(|bytes| layout::decode_value(&bytes)) {
+                stored.attributes.push((Cow::Borrowed(*name), value));
             }
         }
         stored
@@ -141,6 +167,63 @@ fn counter_names(entity: Entity) -> &'static [(&'static str, &'static str)] {
     &all[entity as usize]
 }
 
+/// The attributes a reader asks for per entity kind (users, ads, advertisers), when it knows
+/// them: it then reads only those fields (`HMGET`) instead of whole hashes (`HGETALL`), which
+/// halves what Redis sends and the client parses. [`Wanted::from_spec`] takes them from the
+/// feature spec.
+#[derive(Debug, Clone, Default)]
+pub struct Wanted {
+    per_entity: [Vec<&'static str>; 3],
+    fields: [Vec<String>; 3],
+}
+
+impl Wanted {
+    /// The stored attributes the spec's user, ad and advertiser features read (not the ids,
+    /// counters or `ad_age_hours`, which every read provides).
+    pub fn from_spec(spec: &FeatureSpec) -> Self {
+        let provided = |name: &str| {
+            ["user_id", "ad_id", "advertiser_id", "ad_age_hours"].contains(&name)
+                || WINDOWS.iter().any(|w| {
+                    ["user", "ad", "advertiser"].iter().any(|p| {
+                        name == format!("{p}_clicks_{}", w.name) || name == format!("{p}_impressions_{}", w.name)
+                    })
+                })
+        };
+        let mut names: [Vec<String>; 3] = Default::default();
+        for feature in &spec.features {
+            let entity = match feature.source {
+                Source::User => 0,
+                Source::Ad => 1,
+                Source::Advertiser => 2,
+                _ => continue,
+            };
+            let inputs = [Some(feature.input_name()), feature.clicks.as_deref(), feature.impressions.as_deref()];
+            for input in inputs.into_iter().flatten() {
+                if !provided(input) && !names[entity].iter().any(|n| n == input) {
+                    names[entity].push(input.to_string());
+                }
+            }
+        }
+        Self::new(names)
+    }
+
+    /// The attribute names per kind: users, ads, advertisers.
+    pub fn new(names: [Vec<String>; 3]) -> Self {
+        // Attribute names are few and live as long as the process: leaked once, they go into
+        // every read's features without an allocation.
+        let per_entity = names.clone().map(|n| n.into_iter().map(|s| &*Box::leak(s.into_boxed_str())).collect());
+        let fields = per_entity.clone().map(|n: Vec<&'static str>| {
+            [SEEN_FIELD, CREATED_FIELD]
+                .iter()
+                .map(|f| f.to_string())
+                .chain(WINDOWS.iter().map(|w| w.field.to_string()))
+                .chain(n.iter().map(|a| format!("{ATTRIBUTE_PREFIX}{a}")))
+                .collect()
+        });
+        Self { per_entity, fields }
+    }
+}
+
 /// A short-lived cache of ad and advertiser hashes (including absent ones).
 #[derive(Debug)]
 struct Cache {
@@ -180,6 +263,7 @@ pub struct Reader {
     prefix: String,
     ttl_ms: i64,
     cache: Option<Arc<Cache>>,
+    wanted: Option<Arc<Wanted>>,
 }
 
 impl Reader {
@@ -199,7 +283,14 @@ impl Reader {
             prefix: config.key_prefix.clone(),
             ttl_ms: config.entity_ttl_ms(),
             cache,
+            wanted: None,
         })
+    }
+
+    /// Reads only these attributes (and the counters, ids and ad age) instead of whole hashes.
+    pub fn with_wanted(mut self, wanted: Wanted) -> Self {
+        self.wanted = Some(Arc::new(wanted));
+        self
     }
 
     /// Reads one user and `ads` (with their advertisers) as of `now_ms`, in one round trip for
@@ -211,9 +302,11 @@ impl Reader {
         // Keys: the user, then each distinct ad and advertiser once.
         let mut index: HashMap<(Entity, &str), usize> = HashMap::with_capacity(ads.len() * 2);
         let mut keys = vec![Entity::User.key(&self.prefix, user_id)];
+        let mut kinds = vec![Entity::User];
         let mut slot = |entity: Entity, id| {
             *index.entry((entity, id)).or_insert_with(|| {
                 keys.push(entity.key(&self.prefix, id));
+                kinds.push(entity);
                 keys.len() - 1
             })
         };
@@ -226,15 +319,27 @@ impl Reader {
         };
         let cache_hits = stored.iter().filter(|s| s.is_some()).count();
         let wanted: Vec<usize> = (0..keys.len()).filter(|&i| stored[i].is_none()).collect();
+        let kind = |i: usize| match i {
+            0 => 0,
+            _ if kinds[i] == Entity::Ad => 1,
+            _ => 2,
+        };
         let mut pipe = redis::pipe();
         for &i in &wanted {
-            pipe.cmd("HGETALL").arg(&keys[i]);
+            match &self.wanted {
+                Some(fields) => pipe.cmd("HMGET").arg(&keys[i]).arg(&fields.fields[kind(i)]),
+                None => pipe.cmd("HGETALL").arg(&keys[i]),
+            };
         }
         let mut connection = self.connection.clone();
         let replies: Vec<Value> =
             pipe.query_async(&mut connection).await.map_err(|source| Error::Redis { url: self.url.clone(), source })?;
         for (&i, reply) in wanted.iter().zip(replies) {
-            stored[i] = Some(Arc::new(Stored::parse(reply)));
+            let parsed = match &self.wanted {
+                Some(fields) => Stored::parse_fields(reply, &fields.per_entity[kind(i)]),
+                None => Stored::parse(reply),
+            };
+            stored[i] = Some(Arc::new(parsed));
         }
         if let Some(cache) = &self.cache {
             cache.put(

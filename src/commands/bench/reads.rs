@@ -10,7 +10,7 @@ use adrank_featurestore::{
     events::Event as _,
     ingest::{Ingester, RunOptions},
     kafka,
-    online::{self, AdRef, Reader},
+    online::{self, AdRef, Reader, Wanted},
 };
 use adrank_loadtest::world::World;
 use anyhow::bail;
@@ -40,7 +40,11 @@ impl Percentiles {
 pub(super) struct Results {
     pub(super) reads: usize,
     pub(super) ads_per_read: usize,
+    /// One round trip, reading whole hashes (`HGETALL`).
+    pub(super) whole_hash_seconds: Percentiles,
+    /// One round trip, reading only the fields the feature spec needs (`HMGET`).
     pub(super) pipelined_seconds: Percentiles,
+    /// The same with the ad cache on.
     pub(super) cached_seconds: Percentiles,
     pub(super) naive_reads: usize,
     pub(super) naive_seconds: Percentiles,
@@ -55,9 +59,15 @@ pub(super) async fn applied(connection: &mut redis::aio::MultiplexedConnection, 
 
 /// Times `reads` reads of the world's next requests (one user and its candidates), without
 /// and with the ad cache, and a tenth as many (at most 1,000) with one round trip per entity.
-pub(super) async fn measure(redis: &RedisConfig, world: &mut World, reads: usize) -> anyhow::Result<Results> {
-    let plain = Reader::connect(&RedisConfig { cache_ttl_ms: 0, ..redis.clone() }).await?;
-    let cached = Reader::connect(&RedisConfig { cache_ttl_ms: 1_000, ..redis.clone() }).await?;
+pub(super) async fn measure(
+    redis: &RedisConfig,
+    world: &mut World,
+    reads: usize,
+    wanted: Wanted,
+) -> anyhow::Result<Results> {
+    let whole = Reader::connect(&RedisConfig { cache_ttl_ms: 0, ..redis.clone() }).await?;
+    let plain = whole.clone().with_wanted(wanted.clone());
+    let cached = Reader::connect(&RedisConfig { cache_ttl_ms: 1_000, ..redis.clone() }).await?.with_wanted(wanted);
     let requests: Vec<_> = (0..reads.max(1))
         .map(|_| {
             let request = world.next_request();
@@ -87,6 +97,7 @@ pub(super) async fn measure(redis: &RedisConfig, world: &mut World, reads: usize
             anyhow::Ok(Percentiles::of(samples))
         }
     };
+    let whole_hash_seconds = timed(&whole).await?;
     let pipelined_seconds = timed(&plain).await?;
     let cached_seconds = timed(&cached).await?;
 
@@ -109,6 +120,7 @@ pub(super) async fn measure(redis: &RedisConfig, world: &mut World, reads: usize
     Ok(Results {
         reads: requests.len(),
         ads_per_read,
+        whole_hash_seconds,
         pipelined_seconds,
         cached_seconds,
         naive_reads,
