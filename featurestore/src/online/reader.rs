@@ -347,7 +347,10 @@ impl Reader {
                 now,
             );
         }
-        metrics::online_cache(cache_hits, wanted.len().saturating_sub(1));
+        if self.cache.is_some() {
+            // The user is never cached, so it is no miss.
+            metrics::online_cache(cache_hits, wanted.len().saturating_sub(1));
+        }
 
         let held = |i: usize| stored[i].as_deref().expect("every key was read or cached");
         let live: Vec<bool> = (0..keys.len()).map(|i| held(i).live(now_ms, self.ttl_ms)).collect();

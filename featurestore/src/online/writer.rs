@@ -323,7 +323,21 @@ impl Writer {
         if reply.first().and_then(number) == Some(1) {
             return Ok(Vec::new());
         }
-        Ok(reply[1..].chunks(2).filter_map(|pair| Some((number(&pair[0])? as usize, number(pair.get(1)?)))).collect())
+        let fenced: Vec<(usize, Option<i64>)> = reply
+            .get(1..)
+            .unwrap_or_default()
+            .chunks(2)
+            .filter_map(|pair| Some((number(&pair[0])? as usize, number(pair.get(1)?))))
+            .collect();
+        if fenced.is_empty() {
+            // Neither applied nor a list of fenced partitions: not this script's reply.
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "unexpected reply from the apply script",
+                format!("{reply:?}"),
+            )));
+        }
+        Ok(fenced)
     }
 
     fn error(&self, source: redis::RedisError) -> Error {
