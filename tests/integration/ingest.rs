@@ -83,14 +83,7 @@ fn impression(id: &str, user: &str, time: i64, features: RawFeatures) -> Impress
 }
 
 fn click(impression: &Impression, time: i64) -> Click {
-    Click {
-        click_id: format!("c-{}-{time}", impression.impression_id),
-        impression_id: impression.impression_id.clone(),
-        event_time_ms: time,
-        user_id: impression.user_id.clone(),
-        ad_id: impression.ad_id.clone(),
-        advertiser_id: impression.advertiser_id.clone(),
-    }
+    Click::on(impression, format!("c-{}-{time}", impression.impression_id), time)
 }
 
 /// A bad record: topic, key, payload and the kind of refusal it should get.

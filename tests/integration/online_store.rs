@@ -24,14 +24,7 @@ fn impression(id: &str, user: &str, ad: &str, advertiser: &str, time: i64) -> Im
 }
 
 fn click(impression: &Impression, time: i64) -> Click {
-    Click {
-        click_id: format!("c-{}", impression.impression_id),
-        impression_id: impression.impression_id.clone(),
-        event_time_ms: time,
-        user_id: impression.user_id.clone(),
-        ad_id: impression.ad_id.clone(),
-        advertiser_id: impression.advertiser_id.clone(),
-    }
+    Click::on(impression, format!("c-{}", impression.impression_id), time)
 }
 
 fn num(features: &RawFeatures, name: &str) -> Option<f64> {

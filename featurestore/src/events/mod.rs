@@ -94,6 +94,20 @@ pub struct Click {
     pub advertiser_id: String,
 }
 
+impl Click {
+    /// A click on `impression` at `event_time_ms`, carrying the impression's ids.
+    pub fn on(impression: &Impression, click_id: String, event_time_ms: i64) -> Self {
+        Self {
+            click_id,
+            impression_id: impression.impression_id.clone(),
+            event_time_ms,
+            user_id: impression.user_id.clone(),
+            ad_id: impression.ad_id.clone(),
+            advertiser_id: impression.advertiser_id.clone(),
+        }
+    }
+}
+
 /// A user's profile: its static attributes as of `event_time_ms`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

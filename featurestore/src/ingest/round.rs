@@ -162,12 +162,13 @@ impl Ingester {
     }
 
     async fn load_log(&mut self, partition: i32) -> Result<()> {
-        let latest = self.log.latest(partition).await?;
-        let removed = self.log.remove_uncommitted(partition).await?;
+        let commits = self.log.commits(partition).await?;
+        let removed = self.log.remove_uncommitted(partition, &commits).await?;
+        let latest = commits.last();
         if removed > 0 {
             tracing::info!(partition, removed, "removed training-log files of an unfinished commit");
         }
-        let checkpoint = latest.as_ref().map(|c| c.checkpoint.clone()).unwrap_or_default();
+        let checkpoint = latest.map(|c| c.checkpoint.clone()).unwrap_or_default();
         let joiner = Joiner::new(partition, self.config.window_ms(), self.config.lateness_ms(), checkpoint.clone());
         self.logs.insert(
             partition,

@@ -53,11 +53,6 @@ impl Updates {
         self.events
     }
 
-    /// Whether nothing was folded in.
-    pub fn is_empty(&self) -> bool {
-        self.events == 0
-    }
-
     /// An impression counts for its user, ad and advertiser.
     pub fn impression(&mut self, prefix: &str, impression: &Impression) {
         self.count(

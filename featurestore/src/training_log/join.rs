@@ -274,11 +274,6 @@ impl Joiner {
     pub fn take_counts(&mut self) -> (u64, u64) {
         (std::mem::take(&mut self.late), std::mem::take(&mut self.orphans))
     }
-
-    /// Impressions waiting for their window.
-    pub fn pending(&self) -> usize {
-        self.pending.len()
-    }
 }
 
 #[cfg(test)]

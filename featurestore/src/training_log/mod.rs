@@ -111,38 +111,23 @@ impl TrainingLog {
         Ok(commits)
     }
 
-    /// The newest commit of one partition.
-    pub async fn latest(&self, partition: i32) -> Result<Option<Commit>> {
-        let prefix = Path::from(format!("_commits/p{partition:03}"));
-        let listed: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.error(format!("listing {prefix}"), e))?;
-        // Sequence numbers are zero-padded: the greatest name is the newest commit.
-        let Some(newest) = listed.into_iter().map(|m| m.location).max() else { return Ok(None) };
-        let bytes = self.get(&newest).await?;
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| self.error(format!("reading commit {newest}"), e))
-    }
-
     async fn get(&self, path: &Path) -> Result<Bytes> {
         let result = self.store.get(path).await.map_err(|e| self.error(format!("reading {path}"), e))?;
         result.bytes().await.map_err(|e| self.error(format!("reading {path}"), e))
     }
 
-    /// Deletes a partition's data files that no commit lists: what a crash between writing
-    /// files and committing left behind. Call before the partition's next commit.
-    pub async fn remove_uncommitted(&self, partition: i32) -> Result<usize> {
-        let listed: std::collections::HashSet<String> =
-            self.commits(partition).await?.into_iter().flat_map(|c| c.files).collect();
+    /// Deletes a partition's data files that none of its `commits` lists: what a crash between
+    /// writing files and committing left behind. Call before the partition's next commit.
+    pub async fn remove_uncommitted(&self, partition: i32, commits: &[Commit]) -> Result<usize> {
+        let listed: std::collections::HashSet<&str> =
+            commits.iter().flat_map(|c| c.files.iter().map(String::as_str)).collect();
         let own = format!("p{partition:03}-");
         let files: Vec<_> = self.store.list(None).try_collect().await.map_err(|e| self.error("listing the log", e))?;
         let mut removed = 0;
         for meta in files {
             let path = meta.location.to_string();
             let name = meta.location.filename().unwrap_or_default();
-            if path.starts_with("hour=") && name.starts_with(&own) && !listed.contains(&path) {
+            if path.starts_with("hour=") && name.starts_with(&own) && !listed.contains(path.as_str()) {
                 self.store.delete(&meta.location).await.map_err(|e| self.error(format!("deleting {path}"), e))?;
                 removed += 1;
             }

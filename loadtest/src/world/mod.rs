@@ -294,17 +294,9 @@ impl World {
             if clicked {
                 // Clicks come a few seconds after the impression.
                 let delay = (self.rng.exponential(20_000.0) as i64).min(10 * 60_000);
-                served.clicks.push(Click {
-                    click_id: with_suffix(
-                        &format!("s{}-c{}-", self.config.seed, request.id),
-                        impression.position.into(),
-                    ),
-                    impression_id: impression.impression_id.clone(),
-                    event_time_ms: request.time_ms + delay,
-                    user_id: impression.user_id.clone(),
-                    ad_id: impression.ad_id.clone(),
-                    advertiser_id: impression.advertiser_id.clone(),
-                });
+                let click_id =
+                    with_suffix(&format!("s{}-c{}-", self.config.seed, request.id), impression.position.into());
+                served.clicks.push(Click::on(impression, click_id, request.time_ms + delay));
             }
         }
         served
