@@ -201,10 +201,10 @@ impl Ingester {
             .set("partition.assignment.strategy", "range")
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
             // The group's rebalance timeout: how long a join waits for members that do not come
-            // back. A round takes well under a second, so twice the session timeout is plenty,
-            // and a dead member holds up a rebalance that long at most (the default, 5 minutes,
-            // stalled the survivors of a killed member on tansu).
-            .set("max.poll.interval.ms", (config.session_timeout_ms * 2).to_string())
+            // back (the default, 5 minutes, stalled the survivors of a killed member on tansu).
+            // Also the longest allowed gap between polls, so it keeps a minute's margin for a
+            // slow round (a debug build on a loaded machine took over 12 s once).
+            .set("max.poll.interval.ms", (config.session_timeout_ms * 2).max(60_000).to_string())
             .set("statistics.interval.ms", "1000")
             // A caught-up consumer's fetch waits this long for new data at most: the default
             // (500 ms) would add up to half a second to freshness.
