@@ -6,7 +6,9 @@
 //! - [`world`]: users, advertisers and ads with known true click probabilities; requests in
 //!   the ranking API's shape; impression and click events in the Kafka contract; oracle
 //!   metrics (the quality the truth itself achieves).
+//! - [`history`]: simulated history written straight into a training log (no Kafka).
 //! - [`oracle`]: quality measures of the truth on a set of impressions.
 
+pub mod history;
 pub mod oracle;
 pub mod world;

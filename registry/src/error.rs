@@ -18,6 +18,34 @@ pub enum Error {
     #[error("registry location `{0}` is not supported; expected a local folder, file:///path or s3://bucket/prefix")]
     UnsupportedLocation(String),
 
+    /// A model name or alias breaks the naming rule.
+    #[error("`{0}` is not a valid name: use 1 to 64 of a-z, 0-9, _ and -, starting with a letter (and not `latest`)")]
+    InvalidName(String),
+
+    /// A model, version or alias does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+
+    /// A state change lost a race: the aliases changed since the caller read them.
+    #[error("the aliases of `{name}` changed (state {found}, expected {expected}); read them again and retry")]
+    Conflict { name: String, expected: u64, found: u64 },
+
+    /// Publishers kept taking the version number this one tried.
+    #[error("could not publish `{name}`: {attempts} version numbers were taken by concurrent publishers")]
+    Contended { name: String, attempts: u32 },
+
+    /// A stored object is damaged.
+    #[error("registry object {path} is damaged: {reason}")]
+    Corrupt { path: String, reason: String },
+
+    /// A model file does not fit what adrank serves.
+    #[error("the model does not fit: {}", .0.join("; "))]
+    Incompatible(Vec<String>),
+
+    /// ONNX Runtime could not open a model.
+    #[error("ONNX Runtime cannot load the model: {0}")]
+    Model(String),
+
     /// No ONNX Runtime library was found where adrank looks.
     #[error(
         "ONNX Runtime library not found (tried: {}); run ./dev.sh setup to install it, or set \

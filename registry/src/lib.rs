@@ -7,15 +7,72 @@
 //!
 //! - [`config`]: the `[registry]` and `[onnxruntime]` sections of `adrank.toml`.
 //! - [`store`]: where versions are kept: a local folder or `s3://` through `object_store`.
-//! - [`runtime`]: finding and loading the ONNX Runtime shared library (`ort`, `load-dynamic`).
-//!
-//! The trainer/registry issue adds versions, manifests, aliases with compare-and-swap and the
-//! audit log on top of [`store`].
+//! - [`runtime`]: finding and loading the ONNX Runtime shared library (`ort`, `load-dynamic`),
+//!   and reading a model's signature with it.
+//! - [`scoring`]: an ONNX Runtime session over an adrank model (signature, scoring); the
+//!   trainer's evaluation and serving both score through it.
+//! - [`manifest`]: what a version records: files with their SHA-256, spec version, signature,
+//!   transform statistics, training window, parent, metrics.
+//! - [`versions`]: publishing (crash-safe: a version is visible only when complete), listing
+//!   and reading versions and their files.
+//! - [`state`]: aliases changed by compare-and-swap; the sequence of states is the audit log.
 
 pub mod config;
 mod error;
+pub mod manifest;
 pub mod runtime;
+pub mod scoring;
+pub mod state;
 pub mod store;
+pub mod versions;
+
+use std::sync::Arc;
+
+use object_store::ObjectStore;
 
 pub use config::{Location, OrtConfig, RegistryConfig};
 pub use error::{Error, Result};
+pub use manifest::{Artifact, Manifest, Signature, TensorSignature, TrainingInfo};
+pub use state::{Change, PRODUCTION, State};
+pub use versions::Draft;
+
+/// A model registry at one location.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    store: Arc<dyn ObjectStore>,
+    location: String,
+}
+
+impl Registry {
+    /// Opens the configured location (a local folder is created when missing).
+    pub fn open(config: &RegistryConfig) -> Result<Self> {
+        Ok(Self { store: store::open(config)?, location: config.location.clone() })
+    }
+
+    /// Where it is.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn store_error(&self, action: &'static str, source: object_store::Error) -> Error {
+        Error::Store { location: self.location.clone(), action, source }
+    }
+
+    /// Stores an evaluation report with a version (`reports/<version>/<name>.json`); a report
+    /// of the same name is replaced.
+    pub async fn put_report(&self, name: &str, version: u64, report: &str, json: Vec<u8>) -> Result<String> {
+        versions::check_name(name)?;
+        let path = format!("models/{name}/reports/{version:08}/{report}.json");
+        use object_store::ObjectStoreExt as _;
+        self.store
+            .put(&object_store::path::Path::from(path.as_str()), json.into())
+            .await
+            .map_err(|e| self.store_error("writing a report", e))?;
+        Ok(path)
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

@@ -59,11 +59,22 @@ pub fn locate(config: &OrtConfig) -> Result<PathBuf> {
     tried.iter().find(|p| p.is_file()).cloned().ok_or(Error::OrtNotFound { tried })
 }
 
-static LOADED: OnceLock<Result<RuntimeInfo, String>> = OnceLock::new();
+/// What the first load gave: the library's description and the environment every session is
+/// created in (ONNX Runtime allows one per process; dropping it would tear it down).
+static LOADED: OnceLock<Result<(RuntimeInfo, ort::environment::Environment), String>> = OnceLock::new();
 
 /// Loads ONNX Runtime (once per process) and creates its environment. Later calls return the
 /// first call's outcome, whatever their config says.
 pub fn init(config: &OrtConfig) -> Result<RuntimeInfo> {
+    loaded(config).map(|(info, _)| info.clone())
+}
+
+/// The process's ONNX Runtime environment, loading the library first if needed.
+pub fn environment(config: &OrtConfig) -> Result<ort::environment::Environment> {
+    loaded(config).map(|(_, environment)| environment.clone())
+}
+
+fn loaded(config: &OrtConfig) -> Result<&'static (RuntimeInfo, ort::environment::Environment)> {
     let path = match LOADED.get() {
         Some(_) => None,
         None => Some(locate(config)?),
@@ -72,15 +83,16 @@ pub fn init(config: &OrtConfig) -> Result<RuntimeInfo> {
         let path = path.clone().expect("located before the first load; this is a bug");
         load(&path)
     });
-    outcome
-        .clone()
-        .map_err(|reason| Error::OrtLoad { path: path.unwrap_or_else(|| PathBuf::from("(loaded earlier)")), reason })
+    outcome.as_ref().map_err(|reason| Error::OrtLoad {
+        path: path.unwrap_or_else(|| PathBuf::from("(loaded earlier)")),
+        reason: reason.clone(),
+    })
 }
 
-fn load(path: &Path) -> Result<RuntimeInfo, String> {
+fn load(path: &Path) -> Result<(RuntimeInfo, ort::environment::Environment), String> {
     let builder = ort::init_from(path).map_err(|e| e.to_string())?;
-    builder.with_name("adrank").build().map_err(|e| e.to_string())?;
-    Ok(RuntimeInfo { path: path.to_path_buf(), version: library_version(path)? })
+    let environment = builder.with_name("adrank").build().map_err(|e| e.to_string())?;
+    Ok((RuntimeInfo { path: path.to_path_buf(), version: library_version(path)? }, environment))
 }
 
 /// ONNX Runtime's own version string (`OrtApiBase::GetVersionString`), which `ort` reads when

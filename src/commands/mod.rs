@@ -5,9 +5,13 @@ mod bench;
 mod config;
 mod doctor;
 mod down;
+mod eval;
 mod ingest;
+mod registry;
 mod sim;
+mod train;
 mod up;
+mod window;
 
 use std::process::ExitCode;
 
@@ -31,6 +35,14 @@ pub(crate) enum Command {
     /// Run a feature-store ingester: Kafka events into the Redis online store and the Parquet
     /// training log, exactly once. Start several to share the partitions.
     Ingest(ingest::Args),
+    /// Train a model on a window of the training log, check it loads in ONNX Runtime, and
+    /// publish it to the registry.
+    Train(train::Args),
+    /// Score a candidate version and a baseline (default: production) on a held-out window
+    /// with ONNX Runtime; AUC, log loss, normalised entropy, calibration, per slice, vs the truth.
+    Eval(eval::Args),
+    /// The model registry: list, show, import, alias, history.
+    Registry(registry::Args),
     /// Benchmarks, each beside its physical limit in the same run.
     Bench(bench::Args),
     /// The synthetic ads world: bootstrap history to Kafka, sample requests, oracle metrics,
@@ -48,6 +60,9 @@ impl Command {
             Self::Ingest(args) => ingest::run(args, loaded).await,
             Self::Sim(args) => sim::run(args, loaded).await,
             Self::Bench(args) => bench::run(args, loaded).await,
+            Self::Train(args) => train::run(args, loaded).await,
+            Self::Eval(args) => eval::run(args, loaded).await,
+            Self::Registry(args) => registry::run(args, loaded).await,
         }
     }
 }

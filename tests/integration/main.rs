@@ -9,4 +9,6 @@ mod local_stack;
 mod online_store;
 mod onnxruntime;
 mod redis_round_trip;
+mod registry;
 mod sim;
+mod trainer;

@@ -1,12 +1,30 @@
-//! The trainer: datasets, models, optimisers, ONNX export, evaluation and the retraining loop.
-//!
-//! The trainer issue builds all of that here. For now this crate owns its config section,
-//! which names the MPI launcher that distributed training runs under.
+//! The trainer: datasets, models, optimisers, ONNX export and offline evaluation.
 //!
 //! # Layout
 //!
+//! - [`checkpoint`]: model weights as bytes, for warm starts from a registry version.
 //! - [`config`]: the `[training]` section of `adrank.toml`.
+//! - [`data`]: a window of the Parquet training log as shuffled, transformed rows.
+//! - [`train`]: the training loop: epochs, validation, early stopping.
+//! - [`evaluate`]: candidate vs baseline vs truth on a held-out window, scored with ONNX
+//!   Runtime; overall and per slice.
+//! - [`model`]: logistic regression and DLRM, forward and backward by hand.
+//! - [`onnx`]: export to an ONNX graph that any ONNX Runtime loads.
+//! - [`optim`]: Adam/Adagrad for dense tensors, row-wise sparse Adagrad for embeddings.
+//! - [`publish`]: export, check with ONNX Runtime, publish to the registry; warm starts.
+//! - `rng`: the seeded generator behind initial weights and shuffling.
 
+pub mod checkpoint;
 pub mod config;
+pub mod data;
+mod error;
+pub mod evaluate;
+pub mod model;
+pub mod onnx;
+pub mod optim;
+pub mod publish;
+mod rng;
+pub mod train;
 
 pub use config::TrainingConfig;
+pub use error::{Error, Result};

@@ -80,7 +80,15 @@ pub enum Source {
     Advertiser,
     /// A cross of two other categorical features.
     Cross,
+    /// The slot the impression was shown in (0 = the top), known only once it was served. The
+    /// trainer reads it from the training log's `position` column, so the model learns position
+    /// bias apart from relevance; serving scores every candidate as if shown in the top slot
+    /// (the default), so the bias never reorders candidates.
+    Position,
 }
+
+/// The raw field a `position` feature reads: the trainer fills it from the logged slot.
+pub const POSITION_FIELD: &str = "position";
 
 /// What kind of value a feature holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,6 +255,9 @@ impl Feature {
         }
         if self.source == Source::Cross && self.input.is_some() {
             problem("is a cross: it reads its two features, not `input`".into());
+        }
+        if self.source == Source::Position && (self.kind != Kind::Numeric || self.input_name() != POSITION_FIELD) {
+            problem(format!("has source position: it must be numeric and read `{POSITION_FIELD}`"));
         }
         for step in steps {
             if let Some(p) = step.problem() {

@@ -185,10 +185,32 @@ impl TrainingLog {
     pub async fn read(&self, commits: &[Commit]) -> Result<Vec<Example>> {
         let mut examples = Vec::new();
         for file in commits.iter().flat_map(|c| &c.files) {
-            let bytes = self.get(&Path::from(file.as_str())).await?;
-            examples.extend(parquet::from_parquet(bytes).map_err(|e| self.error(format!("decoding {file}"), e))?);
+            examples.extend(self.read_file(file).await?);
         }
         Ok(examples)
+    }
+
+    /// Reads the examples of one data file (a path a commit lists).
+    pub async fn read_file(&self, file: &str) -> Result<Vec<Example>> {
+        let bytes = self.get(&Path::from(file)).await?;
+        parquet::from_parquet(bytes).map_err(|e| self.error(format!("decoding {file}"), e))
+    }
+
+    /// The committed data files holding examples served in `[since_ms, until_ms)`, oldest hour
+    /// first (files are per event hour, so this reads no other hour).
+    pub fn files_between(commits: &[Commit], since_ms: i64, until_ms: i64) -> Vec<String> {
+        if until_ms <= since_ms {
+            return vec![];
+        }
+        let (first, last) = (format!("hour={}/", utc_hour(since_ms)), format!("hour={}/", utc_hour(until_ms - 1)));
+        let mut files: Vec<String> = commits
+            .iter()
+            .flat_map(|c| &c.files)
+            .filter(|f| f.as_str() >= first.as_str() && f.get(..last.len()).is_some_and(|h| h <= last.as_str()))
+            .cloned()
+            .collect();
+        files.sort();
+        files
     }
 }
 
@@ -220,9 +242,82 @@ pub fn utc_hour(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{hour:02}")
 }
 
+/// Milliseconds of a UTC time written `YYYY-MM-DD`, `YYYY-MM-DDTHH` or `YYYY-MM-DDTHH:MM`
+/// (the forms [`utc_hour`] and people write), or `None` when it is not one of them.
+pub fn parse_utc(text: &str) -> Option<i64> {
+    let (date, time) = text.split_once('T').unwrap_or((text, "00"));
+    let mut parts = date.split('-');
+    let (year, month, day): (i64, i64, i64) =
+        (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
+    let (hour, minute): (i64, i64) = match time.split_once(':') {
+        Some((h, m)) => (h.parse().ok()?, m.trim_end_matches('Z').parse().ok()?),
+        None => (time.trim_end_matches('Z').parse().ok()?, 0),
+    };
+    let valid = parts.next().is_none()
+        && (1..=12).contains(&month)
+        && (1..=31).contains(&day)
+        && (0..24).contains(&hour)
+        && (0..60).contains(&minute);
+    if !valid {
+        return None;
+    }
+    // A civil date to days since 1970-01-01 (Howard Hinnant's `days_from_civil`).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let ms = ((days * 24 + hour) * 60 + minute) * 60_000;
+    // Day 31 of a 30-day month would roll over: refuse it instead.
+    (utc_hour(ms) == format!("{year:04}-{month:02}-{day:02}T{hour:02}")).then_some(ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_times_parse_back() {
+        assert_eq!(parse_utc("2026-01-01"), Some(1_767_225_600_000));
+        assert_eq!(parse_utc("2026-01-01T05"), Some(1_767_225_600_000 + 5 * 3_600_000));
+        assert_eq!(parse_utc("2026-01-01T05:30Z"), Some(1_767_225_600_000 + 5 * 3_600_000 + 30 * 60_000));
+        assert_eq!(parse_utc("2024-02-29T13"), Some(1_709_164_800_000 + 13 * 3_600_000));
+        for bad in ["2026-02-30", "2026-13-01", "2026-01-01T24", "yesterday", "2026-01"] {
+            assert_eq!(parse_utc(bad), None, "{bad}");
+        }
+        for ms in [0, 1_767_225_600_000, 1_709_164_800_000 + 13 * 3_600_000] {
+            assert_eq!(parse_utc(&utc_hour(ms)), Some(ms));
+        }
+    }
+
+    #[test]
+    fn files_between_picks_the_window_hours() {
+        let commit = |files: &[&str]| Commit {
+            partition: 0,
+            seq: 0,
+            files: files.iter().map(|f| f.to_string()).collect(),
+            examples: 0,
+            clicked: 0,
+            late_clicks: 0,
+            orphan_clicks: 0,
+            checkpoint: Checkpoint::default(),
+            committed_at_ms: 0,
+        };
+        let commits = [
+            commit(&["hour=2026-01-01T00/p000-1.parquet", "hour=2026-01-01T01/p000-1.parquet"]),
+            commit(&["hour=2026-01-01T02/p001-1.parquet", "hour=2026-01-01T03/p000-2.parquet"]),
+        ];
+        let t = |h: i64| 1_767_225_600_000 + h * 3_600_000;
+        assert_eq!(
+            TrainingLog::files_between(&commits, t(1), t(3)),
+            vec!["hour=2026-01-01T01/p000-1.parquet", "hour=2026-01-01T02/p001-1.parquet"]
+        );
+        // A window inside one hour still reads that hour's file.
+        assert_eq!(TrainingLog::files_between(&commits, t(3) + 60_000, t(3) + 120_000).len(), 1);
+        assert!(TrainingLog::files_between(&commits, t(5), t(5)).is_empty());
+    }
 
     #[test]
     fn hours_are_utc_calendar_hours() {

@@ -81,7 +81,11 @@ fn events_follow_the_contract() {
     )))
     .unwrap();
     for feature in &spec.features {
-        if feature.source == adrank_featurestore::spec::Source::Cross {
+        // Crosses read other features; the position is the log's, not a logged feature.
+        if matches!(
+            feature.source,
+            adrank_featurestore::spec::Source::Cross | adrank_featurestore::spec::Source::Position
+        ) {
             continue;
         }
         let mut names = Vec::new();

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bootstrap;
+mod history;
 mod oracle;
 pub(crate) mod publish;
 mod requests;
@@ -25,6 +26,9 @@ enum Command {
     /// Generate simulated days of history served by the baseline policy (rank by bid) and
     /// publish profiles, catalog, impressions and clicks to Kafka.
     Bootstrap(bootstrap::Args),
+    /// Generate simulated days of history served by the baseline policy and write the joined
+    /// training examples straight to the training log (no Kafka): data for `adrank train`.
+    History(history::Args),
     /// Print ranking requests as JSON, one per line (for curl and tests).
     Requests(requests::Args),
     /// Print the oracle metrics (what the true probabilities achieve) for a set of events.
@@ -36,6 +40,7 @@ enum Command {
 pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Bootstrap(args) => bootstrap::run(args, loaded).await,
+        Command::History(args) => history::run(args, loaded).await,
         Command::Requests(args) => requests::run(args, loaded),
         Command::Oracle(args) => oracle::run(args, loaded).await,
         Command::Bench(args) => bench::run(args, loaded).await,

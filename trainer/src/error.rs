@@ -1,0 +1,47 @@
+//! The trainer's error type.
+
+use crate::data::Window;
+
+/// Everything that can stop training, export or evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The training log could not be read.
+    #[error(transparent)]
+    Log(#[from] adrank_featurestore::Error),
+
+    /// The window holds no committed examples.
+    #[error(
+        "the training log at {location} has no examples between {} and {} (UTC); run the ingester \
+         (`adrank ingest`) or `adrank sim history`, or choose another window",
+        adrank_featurestore::training_log::utc_hour(window.since_ms),
+        adrank_featurestore::training_log::utc_hour(window.until_ms - 1)
+    )]
+    NoData { location: String, window: Window },
+
+    /// The feature spec and the model's statistics do not fit together.
+    #[error(transparent)]
+    Spec(#[from] adrank_featurestore::spec::SpecError),
+
+    /// An operating-system call failed.
+    #[error("{action} failed: {source}")]
+    Io {
+        action: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The training settings cannot work.
+    #[error("training settings: {0}")]
+    Settings(String),
+
+    /// The model registry refused or failed.
+    #[error(transparent)]
+    Registry(#[from] adrank_registry::Error),
+
+    /// ONNX Runtime failed to load or run a model.
+    #[error("ONNX Runtime: {0}")]
+    Runtime(String),
+}
+
+/// The trainer's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,286 @@
+//! The training loop: statistics, epochs of shuffled mini-batches, validation after each epoch
+//! and early stopping.
+
+use std::{sync::Arc, time::Instant};
+
+use adrank_featurestore::{
+    events::RawFeatures,
+    spec::{FeatureSpec, TransformStats, Transformer},
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Result, TrainingConfig,
+    data::{self, LogWindow, RowStream, Shuffler, Window},
+    model::{Batch, Grads, InputShape, Model},
+    optim::Optimizer,
+    rng::Rng,
+};
+
+/// What to train.
+#[derive(Debug)]
+pub struct TrainRequest<'a> {
+    /// The training window (the newest `validation_fraction` of it validates).
+    pub data: &'a LogWindow,
+    pub spec: &'a FeatureSpec,
+    pub config: &'a TrainingConfig,
+    /// Start from this model and its statistics instead of fresh weights (same architecture
+    /// and spec).
+    pub warm_start: Option<(Model, TransformStats)>,
+    /// Draw a progress bar on the terminal.
+    pub progress: bool,
+}
+
+/// A trained model with what it needs to be served and what happened.
+#[derive(Debug)]
+pub struct Trained {
+    pub model: Model,
+    pub stats: TransformStats,
+    pub report: TrainReport,
+}
+
+/// How training went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub train_window: (i64, i64),
+    pub validation_window: (i64, i64),
+    pub train_examples: u64,
+    pub train_clicks: u64,
+    pub validation_examples: u64,
+    pub epochs: Vec<EpochReport>,
+    /// The epoch whose model was kept (1-based).
+    pub best_epoch: u32,
+    pub threads: usize,
+    pub seconds: f64,
+}
+
+/// One epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochReport {
+    pub epoch: u32,
+    /// Mean log loss of the training batches, measured while training.
+    pub train_loss: f64,
+    pub validation_loss: f64,
+    pub seconds: f64,
+}
+
+/// Trains a model on a window of the log.
+pub fn train(request: TrainRequest<'_>) -> Result<Trained> {
+    let started = Instant::now();
+    let config = request.config;
+    if let Some(problem) = config.problems().first() {
+        return Err(crate::Error::Settings(format!("{}: {}", problem.key, problem.problem)));
+    }
+    request.data.require_files()?;
+    let window = request.data.window;
+    let split = window.until_ms - ((window.until_ms - window.since_ms) as f64 * config.validation_fraction) as i64;
+    let (train_window, validation_window) =
+        (Window { since_ms: window.since_ms, until_ms: split }, Window { since_ms: split, until_ms: window.until_ms });
+    let threads = config.threads();
+
+    let scan = scan(request.data, train_window, config.stats_sample, config.seed)?;
+    if scan.examples == 0 {
+        return Err(crate::Error::NoData { location: request.data.location().into(), window: train_window });
+    }
+    let (mut model, stats) = match request.warm_start {
+        Some((model, stats)) => {
+            if model.input_shape() != InputShape::of(request.spec) {
+                return Err(crate::Error::Settings(
+                    "the parent model's inputs differ from the feature spec's; train without a parent".into(),
+                ));
+            }
+            (model, stats)
+        }
+        None => {
+            let stats = TransformStats::fit(request.spec, &scan.sample);
+            let base_rate = scan.clicks as f64 / scan.examples as f64;
+            (Model::new(&config.model, &InputShape::of(request.spec), base_rate, config.seed), stats)
+        }
+    };
+    let transformer = Arc::new(Transformer::new(request.spec, &stats)?);
+    let shape = InputShape::of(request.spec);
+    let mut optimizer = Optimizer::new(config.optimizer_config(), &model);
+    let mut report = TrainReport {
+        train_window: (train_window.since_ms, train_window.until_ms),
+        validation_window: (validation_window.since_ms, validation_window.until_ms),
+        train_examples: scan.examples,
+        train_clicks: scan.clicks,
+        validation_examples: 0,
+        epochs: Vec::new(),
+        best_epoch: 0,
+        threads,
+        seconds: 0.0,
+    };
+    let mut best: Option<(f64, Model)> = None;
+    for epoch in 1..=config.epochs {
+        let epoch_started = Instant::now();
+        let bar = progress_bar(request.progress, scan.examples, epoch, config.epochs);
+        let mut shuffler = Shuffler::new(shape.clone(), config.shuffle_buffer, config.seed ^ u64::from(epoch));
+        let mut pending = Batch::default();
+        let (mut loss, mut seen) = (0.0, 0u64);
+        let mut consume = |pending: &mut Batch, all: bool| {
+            let mut start = 0;
+            while pending.rows() - start >= config.batch_size || (all && start < pending.rows()) {
+                let end = (start + config.batch_size).min(pending.rows());
+                let (batch_loss, grads) = gradients(&model, pending, &shape, start..end, threads);
+                optimizer.apply(&mut model, &grads, end - start);
+                loss += batch_loss;
+                seen += (end - start) as u64;
+                bar.set_position(seen);
+                start = end;
+            }
+            let (f, d) = (shape.id_width(), shape.dense_width);
+            pending.ids.drain(..start * f);
+            pending.dense.drain(..start * d);
+            pending.labels.drain(..start);
+        };
+        for chunk in rows(request.data, train_window, &transformer) {
+            shuffler.push(&chunk?, &mut pending);
+            consume(&mut pending, false);
+        }
+        shuffler.drain(&mut pending);
+        consume(&mut pending, true);
+        bar.finish_and_clear();
+        let (validation_loss, validation_examples) =
+            validate(&model, request.data, validation_window, &transformer, threads)?;
+        report.validation_examples = validation_examples;
+        let epoch_report = EpochReport {
+            epoch,
+            train_loss: loss / seen.max(1) as f64,
+            validation_loss,
+            seconds: epoch_started.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            epoch,
+            train_loss = epoch_report.train_loss,
+            validation_loss,
+            seconds = epoch_report.seconds,
+            "epoch done"
+        );
+        report.epochs.push(epoch_report);
+        let improved = best.as_ref().is_none_or(|(b, _)| validation_loss < *b);
+        if improved {
+            best = Some((validation_loss, model.clone()));
+            report.best_epoch = epoch;
+        } else if epoch - report.best_epoch >= config.patience.max(1) {
+            break;
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    let (_, model) = best.expect("at least one epoch ran; this is a bug");
+    Ok(Trained { model, stats, report })
+}
+
+/// What one pass over the training window learns before training: its size and a uniform
+/// sample of raw records for the transform statistics.
+struct Scan {
+    examples: u64,
+    clicks: u64,
+    sample: Vec<RawFeatures>,
+}
+
+/// Reservoir sampling (Algorithm R), seeded: the same log gives the same sample.
+fn scan(data: &LogWindow, window: Window, capacity: usize, seed: u64) -> Result<Scan> {
+    let mut rng = Rng::new(seed ^ 0x5CA1);
+    let mut result = Scan { examples: 0, clicks: 0, sample: Vec::new() };
+    for chunk in RowStream::spawn(data, window, |examples| examples) {
+        for example in chunk? {
+            result.examples += 1;
+            result.clicks += u64::from(example.label());
+            let raw = data::raw_features(&example);
+            if result.sample.len() < capacity {
+                result.sample.push(raw);
+            } else {
+                let slot = rng.below(result.examples as usize);
+                if slot < capacity {
+                    result.sample[slot] = raw;
+                }
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// Transformed rows of a window, one chunk per log file.
+fn rows(data: &LogWindow, window: Window, transformer: &Arc<Transformer>) -> RowStream<Batch> {
+    let transformer = Arc::clone(transformer);
+    RowStream::spawn(data, window, move |examples| {
+        let mut batch = Batch::default();
+        for example in &examples {
+            data::push_row(&transformer, example, &mut batch);
+        }
+        batch
+    })
+}
+
+/// Gradients of rows `range` of `batch`, computed by `threads` threads over contiguous shards
+/// and summed in shard order (so a thread count gives one result).
+fn gradients(
+    model: &Model,
+    batch: &Batch,
+    shape: &InputShape,
+    range: std::ops::Range<usize>,
+    threads: usize,
+) -> (f64, Grads) {
+    let shards = split(range, threads);
+    if shards.len() == 1 {
+        return model.loss_and_grads(batch.view(shape, shards[0].clone()));
+    }
+    let results: Vec<(f64, Grads)> = std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            shards.iter().map(|shard| scope.spawn(|| model.loss_and_grads(batch.view(shape, shard.clone())))).collect();
+        handles.into_iter().map(|h| h.join().expect("a gradient thread panicked; this is a bug")).collect()
+    });
+    let mut results = results.into_iter();
+    let (mut loss, mut grads) = results.next().expect("at least one shard");
+    for (l, g) in results {
+        loss += l;
+        grads.absorb(g);
+    }
+    (loss, grads)
+}
+
+/// `range` cut into at most `parts` contiguous, non-empty pieces.
+fn split(range: std::ops::Range<usize>, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let n = range.len();
+    let parts = parts.clamp(1, n.max(1));
+    (0..parts).map(|p| range.start + p * n / parts..range.start + (p + 1) * n / parts).collect()
+}
+
+/// Mean log loss of a window and its example count.
+fn validate(
+    model: &Model,
+    data: &LogWindow,
+    window: Window,
+    transformer: &Arc<Transformer>,
+    threads: usize,
+) -> Result<(f64, u64)> {
+    let shape = model.input_shape();
+    let (mut loss, mut n) = (0.0, 0u64);
+    for chunk in rows(data, window, transformer) {
+        let chunk = chunk?;
+        let shards = split(0..chunk.rows(), threads);
+        loss += std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                shards.iter().map(|s| scope.spawn(|| model.loss(chunk.view(&shape, s.clone())))).collect();
+            handles.into_iter().map(|h| h.join().expect("a validation thread panicked; this is a bug")).sum::<f64>()
+        });
+        n += chunk.rows() as u64;
+    }
+    Ok((if n > 0 { loss / n as f64 } else { f64::NAN }, n))
+}
+
+fn progress_bar(show: bool, total: u64, epoch: u32, epochs: u32) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} examples, {per_sec}, eta {eta}")
+            .expect("the template is valid; this is a bug")
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("{epoch}/{epochs}"));
+    bar
+}
