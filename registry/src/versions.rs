@@ -51,14 +51,14 @@ impl Registry {
     /// Stores the draft's files, then creates its manifest under the next free number.
     pub async fn publish(&self, draft: Draft) -> Result<Manifest> {
         check_name(&draft.name)?;
+        if let Some(parent) = draft.parent {
+            self.version(&draft.name, parent).await?;
+        }
         let onnx = self.put_blob(&draft.name, "onnx", draft.onnx.clone()).await?;
         let checkpoint = match &draft.checkpoint {
             Some(bytes) => Some(self.put_blob(&draft.name, "weights", bytes.clone()).await?),
             None => None,
         };
-        if let Some(parent) = draft.parent {
-            self.version(&draft.name, parent).await?;
-        }
         for _ in 0..PUBLISH_ATTEMPTS {
             let version = self.latest_number(&draft.name).await?.unwrap_or(0) + 1;
             let manifest = Manifest {

@@ -125,7 +125,8 @@ fn an_import_must_match_the_spec_signature() {
 fn publishers_killed_at_random_points_leave_complete_versions_or_none() {
     let dir = tempfile::tempdir().unwrap();
     // The full-size DLRM: a 14 MB file, so a kill often lands while it is hashed or written.
-    let (onnx, stats) = model_file(&Architecture::Dlrm { embedding_dim: 16, bottom: vec![64], top: vec![128, 64] });
+    let (onnx, stats) =
+        model_file(&Architecture::Dlrm { embedding_dim: 16, bottom: vec![64], top: vec![128, 64], wide: true });
     std::fs::write(dir.path().join("model.onnx"), &onnx).unwrap();
     std::fs::write(dir.path().join("stats.json"), serde_json::to_vec(&stats).unwrap()).unwrap();
     let spec_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/features.toml");

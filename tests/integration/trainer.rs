@@ -83,9 +83,10 @@ async fn trained_models_export_to_onnx_with_parity_and_beat_a_constant() {
     let test = LogWindow::open(&location, held_out).await.unwrap();
 
     let (mut versions, mut models) = (Vec::new(), Vec::new());
-    for architecture in
-        [Architecture::Logistic, Architecture::Dlrm { embedding_dim: 8, bottom: vec![16], top: vec![32, 16] }]
-    {
+    for architecture in [
+        Architecture::Logistic,
+        Architecture::Dlrm { embedding_dim: 8, bottom: vec![16], top: vec![32, 16], wide: true },
+    ] {
         let (data, spec2, config) = (data.clone(), spec.clone(), small(architecture.clone()));
         let trained = tokio::task::spawn_blocking(move || fit(&data, &spec2, &config)).await.unwrap();
         let report = &trained.report;
@@ -160,7 +161,7 @@ fn single_thread_training_is_deterministic() {
     let config = TrainingConfig {
         threads: 1,
         epochs: 1,
-        ..small(Architecture::Dlrm { embedding_dim: 4, bottom: vec![8], top: vec![8] })
+        ..small(Architecture::Dlrm { embedding_dim: 4, bottom: vec![8], top: vec![8], wide: true })
     };
     let a = fit(&data, &spec, &config);
     let b = fit(&data, &spec, &config);

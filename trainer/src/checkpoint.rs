@@ -84,9 +84,10 @@ mod tests {
     #[test]
     fn a_checkpoint_gives_back_the_same_model() {
         let shape = InputShape { id_cardinalities: vec![5, 9], dense_width: 3 };
-        for architecture in
-            [Architecture::Logistic, Architecture::Dlrm { embedding_dim: 4, bottom: vec![8], top: vec![6, 3] }]
-        {
+        for architecture in [
+            Architecture::Logistic,
+            Architecture::Dlrm { embedding_dim: 4, bottom: vec![8], top: vec![6, 3], wide: true },
+        ] {
             let model = Model::new(&architecture, &shape, 0.05, 11);
             let bytes = to_bytes(&model);
             assert_eq!(from_bytes(&bytes).unwrap(), model);

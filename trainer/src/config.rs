@@ -51,7 +51,7 @@ impl Default for TrainingConfig {
     fn default() -> Self {
         Self {
             mpi_launcher: "mpirun".into(),
-            model: Architecture::Dlrm { embedding_dim: 16, bottom: vec![64], top: vec![128, 64] },
+            model: Architecture::Dlrm { embedding_dim: 16, bottom: vec![64], top: vec![128, 64], wide: true },
             optimizer: DenseOptimizer::Adam,
             learning_rate: 0.001,
             embedding_learning_rate: 0.05,
@@ -76,7 +76,7 @@ impl TrainingConfig {
         if self.mpi_launcher.trim().is_empty() {
             problem("mpi_launcher", "is empty; expected a command such as mpirun".into());
         }
-        if let Architecture::Dlrm { embedding_dim, bottom, top } = &self.model {
+        if let Architecture::Dlrm { embedding_dim, bottom, top, .. } = &self.model {
             if *embedding_dim == 0 || *embedding_dim > 1024 {
                 problem("model.embedding_dim", format!("is {embedding_dim}; expected 1 to 1024"));
             }

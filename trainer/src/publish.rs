@@ -50,7 +50,7 @@ pub async fn publish(registry: &Registry, trained: &Trained, request: PublishReq
             since_ms: report.train_window.0,
             until_ms: report.validation_window.1,
             examples: report.train_examples + report.validation_examples,
-            clicks: report.train_clicks,
+            clicks: report.train_clicks + report.validation_clicks,
             architecture,
             report: serde_json::to_value(report).expect("reports serialise"),
         }),

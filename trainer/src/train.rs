@@ -48,6 +48,7 @@ pub struct TrainReport {
     pub train_examples: u64,
     pub train_clicks: u64,
     pub validation_examples: u64,
+    pub validation_clicks: u64,
     pub epochs: Vec<EpochReport>,
     /// The epoch whose model was kept (1-based).
     pub best_epoch: u32,
@@ -107,6 +108,7 @@ pub fn train(request: TrainRequest<'_>) -> Result<Trained> {
         train_examples: scan.examples,
         train_clicks: scan.clicks,
         validation_examples: 0,
+        validation_clicks: 0,
         epochs: Vec::new(),
         best_epoch: 0,
         threads,
@@ -142,9 +144,10 @@ pub fn train(request: TrainRequest<'_>) -> Result<Trained> {
         shuffler.drain(&mut pending);
         consume(&mut pending, true);
         bar.finish_and_clear();
-        let (validation_loss, validation_examples) =
+        let (validation_loss, validation_examples, validation_clicks) =
             validate(&model, request.data, validation_window, &transformer, threads)?;
         report.validation_examples = validation_examples;
+        report.validation_clicks = validation_clicks;
         let epoch_report = EpochReport {
             epoch,
             train_loss: loss / seen.max(1) as f64,
@@ -248,16 +251,16 @@ fn split(range: std::ops::Range<usize>, parts: usize) -> Vec<std::ops::Range<usi
     (0..parts).map(|p| range.start + p * n / parts..range.start + (p + 1) * n / parts).collect()
 }
 
-/// Mean log loss of a window and its example count.
+/// Mean log loss of a window, its examples and its clicks.
 fn validate(
     model: &Model,
     data: &LogWindow,
     window: Window,
     transformer: &Arc<Transformer>,
     threads: usize,
-) -> Result<(f64, u64)> {
+) -> Result<(f64, u64, u64)> {
     let shape = model.input_shape();
-    let (mut loss, mut n) = (0.0, 0u64);
+    let (mut loss, mut n, mut clicks) = (0.0, 0u64, 0u64);
     for chunk in rows(data, window, transformer) {
         let chunk = chunk?;
         let shards = split(0..chunk.rows(), threads);
@@ -267,8 +270,9 @@ fn validate(
             handles.into_iter().map(|h| h.join().expect("a validation thread panicked; this is a bug")).sum::<f64>()
         });
         n += chunk.rows() as u64;
+        clicks += chunk.labels.iter().filter(|&&y| y > 0.5).count() as u64;
     }
-    Ok((if n > 0 { loss / n as f64 } else { f64::NAN }, n))
+    Ok((if n > 0 { loss / n as f64 } else { f64::NAN }, n, clicks))
 }
 
 fn progress_bar(show: bool, total: u64, epoch: u32, epochs: u32) -> ProgressBar {

@@ -19,6 +19,17 @@ pub struct Situation {
     pub position: u32,
 }
 
+/// A situation's full logit and the parts of it that belong to single entities.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EntityTerms {
+    pub logit: f64,
+    pub user_bias: f64,
+    pub ad_bias: f64,
+    pub advertiser_bias: f64,
+    /// The latent user vector . ad vector.
+    pub dot: f64,
+}
+
 /// The parameters of the truth at one moment. Cloning it freezes a day's truth (to measure
 /// how much the world drifted since).
 #[derive(Debug, Clone)]
@@ -114,6 +125,21 @@ impl Truth {
             + self.hour_effect[s.hour as usize % 24]
             + self.affinity[s.segment as usize * self.categories + s.category as usize]
             - self.position_decay * (1.0 + f64::from(s.position)).ln()
+    }
+
+    /// The entity-specific terms of a situation's logit, for measuring how much of the truth
+    /// a model without them can reach ([`crate::oracle::ablations`]).
+    pub fn entity_terms(&self, s: &Situation) -> EntityTerms {
+        let (u, a) = (s.user as usize * self.dim, s.ad as usize * self.dim);
+        let dot: f32 =
+            self.user_vector[u..u + self.dim].iter().zip(&self.ad_vector[a..a + self.dim]).map(|(x, y)| x * y).sum();
+        EntityTerms {
+            logit: self.global_bias + self.relative_logit(s),
+            user_bias: f64::from(self.user_bias[s.user as usize]),
+            ad_bias: f64::from(self.ad_bias[s.ad as usize]),
+            advertiser_bias: f64::from(self.advertiser_bias[s.advertiser as usize]),
+            dot: f64::from(dot),
+        }
     }
 
     /// The true click probability.

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bootstrap;
+mod ceiling;
 mod history;
 mod oracle;
 pub(crate) mod publish;
@@ -29,6 +30,10 @@ enum Command {
     /// Generate simulated days of history served by the baseline policy and write the joined
     /// training examples straight to the training log (no Kafka): data for `adrank train`.
     History(history::Args),
+    /// What a predictor reaches that knows the truth except its entity-specific terms (user
+    /// and ad biases, the latent dot product), on the last simulated day: the limit of models
+    /// that cannot learn those terms from the history they have.
+    Ceiling(ceiling::Args),
     /// Print ranking requests as JSON, one per line (for curl and tests).
     Requests(requests::Args),
     /// Print the oracle metrics (what the true probabilities achieve) for a set of events.
@@ -41,6 +46,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     match args.command {
         Command::Bootstrap(args) => bootstrap::run(args, loaded).await,
         Command::History(args) => history::run(args, loaded).await,
+        Command::Ceiling(args) => ceiling::run(args, loaded).await,
         Command::Requests(args) => requests::run(args, loaded),
         Command::Oracle(args) => oracle::run(args, loaded).await,
         Command::Bench(args) => bench::run(args, loaded).await,

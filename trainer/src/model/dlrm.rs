@@ -1,6 +1,10 @@
 //! A DLRM-style network (Naumov et al., 2019): one embedding per id feature, a bottom MLP that
 //! maps the numbers to one more vector of the same width, the dot product of every pair of those
 //! vectors, and a top MLP over [bottom output, dot products] that gives the logit.
+//!
+//! With `wide`, each embedding row carries one more value, a first-order weight summed straight
+//! into the logit (the "wide" part of Wide & Deep): a per-id bias that DLRM's interactions can
+//! only approximate, learned as directly as logistic regression learns it.
 
 use ndarray::{Array2, ArrayView2, Axis, Slice};
 
@@ -15,6 +19,8 @@ pub struct Dlrm {
     pub bottom: Mlp,
     /// [bottom output, pairwise dots] -> logit.
     pub top: Mlp,
+    /// Whether the last value of each embedding row is a first-order weight.
+    pub wide: bool,
 }
 
 /// The forward pass's intermediate values.
@@ -30,13 +36,17 @@ pub(crate) struct Trace {
 impl Dlrm {
     pub(super) fn new(
         shape: &InputShape,
-        dim: usize,
-        bottom: &[usize],
-        top: &[usize],
+        sizes: (usize, &[usize], &[usize]),
+        wide: bool,
         bias: f32,
         rng: &mut Rng,
     ) -> Self {
-        let embeddings = Embeddings::new(&shape.id_cardinalities, dim, 1.0, rng);
+        let (dim, bottom, top) = sizes;
+        let mut embeddings = Embeddings::new(&shape.id_cardinalities, dim + usize::from(wide), 1.0, rng);
+        if wide {
+            // First-order weights start at zero: a new id starts without a bias.
+            embeddings.table.iter_mut().skip(dim).step_by(dim + 1).for_each(|w| *w = 0.0);
+        }
         let bottom_sizes: Vec<usize> =
             std::iter::once(shape.dense_width).chain(bottom.iter().copied()).chain(std::iter::once(dim)).collect();
         let vectors = shape.id_width() + 1;
@@ -45,12 +55,22 @@ impl Dlrm {
             std::iter::once(top_input).chain(top.iter().copied()).chain(std::iter::once(1)).collect();
         let mut top = Mlp::new(&top_sizes, false, rng);
         top.layers.last_mut().expect("the top MLP has an output layer").b[0] = bias;
-        Self { embeddings, bottom: Mlp::new(&bottom_sizes, true, rng), top }
+        Self { embeddings, bottom: Mlp::new(&bottom_sizes, true, rng), top, wide }
     }
 
     pub(super) fn architecture(&self) -> Architecture {
         let hidden = |m: &Mlp| m.layers.iter().skip(1).map(|l| l.w.nrows()).collect();
-        Architecture::Dlrm { embedding_dim: self.embeddings.dim, bottom: hidden(&self.bottom), top: hidden(&self.top) }
+        Architecture::Dlrm {
+            embedding_dim: self.dim(),
+            bottom: hidden(&self.bottom),
+            top: hidden(&self.top),
+            wide: self.wide,
+        }
+    }
+
+    /// The width of the vectors that interact (the table rows without the first-order weight).
+    pub fn dim(&self) -> usize {
+        self.embeddings.dim - usize::from(self.wide)
     }
 
     /// Vectors per row: the bottom output and one per id feature.
@@ -78,19 +98,24 @@ impl Dlrm {
 
     pub(crate) fn forward(&self, rows: BatchView<'_>) -> Trace {
         let n = rows.rows();
-        let (dim, f) = (self.embeddings.dim, self.embeddings.offsets.len());
+        let (dim, f) = (self.dim(), self.embeddings.offsets.len());
+        let mut first_order = vec![0.0f32; n];
         let (k, pairs) = (self.vectors(), self.pairs());
         let dense = ArrayView2::from_shape((n, self.bottom.input_width()), rows.dense)
             .expect("the batch holds dense_width numbers per row; this is a bug");
         let bottom = self.bottom.forward(dense.to_owned());
         let mut vectors = Array2::<f32>::zeros((n, k * dim));
         vectors.slice_axis_mut(Axis(1), Slice::from(..dim)).assign(&bottom.output);
-        for r in 0..n {
+        for (r, first_order) in first_order.iter_mut().enumerate() {
             let mut row = vectors.row_mut(r);
             let row = row.as_slice_mut().expect("rows of a fresh array are contiguous");
             for (i, &id) in rows.ids[r * f..(r + 1) * f].iter().enumerate() {
                 let start = (i + 1) * dim;
-                row[start..start + dim].copy_from_slice(self.embeddings.vector(self.embeddings.row(i, id)));
+                let vector = self.embeddings.vector(self.embeddings.row(i, id));
+                row[start..start + dim].copy_from_slice(&vector[..dim]);
+                if self.wide {
+                    *first_order += vector[dim];
+                }
             }
         }
         let mut top_input = Array2::<f32>::zeros((n, dim + pairs.len()));
@@ -104,20 +129,20 @@ impl Dlrm {
             }
         }
         let top = self.top.forward(top_input);
-        let logits = top.output.column(0).to_vec();
+        let logits = top.output.column(0).iter().zip(&first_order).map(|(t, w)| t + w).collect();
         Trace { bottom, vectors, top, logits }
     }
 
     pub(super) fn loss_and_grads(&self, rows: BatchView<'_>) -> (f64, Grads) {
         let n = rows.rows();
-        let (dim, f) = (self.embeddings.dim, self.embeddings.offsets.len());
+        let (dim, f) = (self.dim(), self.embeddings.offsets.len());
         let pairs = self.pairs();
         let trace = self.forward(rows);
         let (loss, d_logits) = loss_gradient(&trace.logits, rows.labels);
         let mut dense: Vec<Vec<f32>> = self.dense_params().iter().map(|p| vec![0.0; p.len()]).collect();
         let (bottom_grads, top_grads) = dense.split_at_mut(2 * self.bottom.layers.len());
 
-        let d_top_out = Array2::from_shape_vec((n, 1), d_logits).expect("one logit per row");
+        let d_top_out = Array2::from_shape_vec((n, 1), d_logits.clone()).expect("one logit per row");
         let d_top_in = self.top.backward(&trace.top, d_top_out, top_grads);
         let mut d_vectors = Array2::<f32>::zeros((n, self.vectors() * dim));
         for r in 0..n {
@@ -138,12 +163,16 @@ impl Dlrm {
         let d_bottom_out = &d_top_in.slice_axis(Axis(1), first) + &d_vectors.slice_axis(Axis(1), first);
         self.bottom.backward(&trace.bottom, d_bottom_out, bottom_grads);
 
-        let mut sparse = SparseGrad { rows: Vec::with_capacity(n * f), values: Vec::with_capacity(n * f * dim) };
-        for r in 0..n {
+        let width = self.embeddings.dim;
+        let mut sparse = SparseGrad { rows: Vec::with_capacity(n * f), values: Vec::with_capacity(n * f * width) };
+        for (r, &d_logit) in d_logits.iter().enumerate() {
             let dv = d_vectors.row(r);
             for (i, &id) in rows.ids[r * f..(r + 1) * f].iter().enumerate() {
                 sparse.rows.push(self.embeddings.row(i, id));
                 sparse.values.extend(dv.iter().skip((i + 1) * dim).take(dim));
+                if self.wide {
+                    sparse.values.push(d_logit);
+                }
             }
         }
         (loss, Grads { dense, sparse })

@@ -113,6 +113,9 @@ pub enum Architecture {
         bottom: Vec<usize>,
         /// Hidden widths of the top MLP (its output is the logit).
         top: Vec<usize>,
+        /// Add a first-order weight per id to the logit (the wide part of Wide & Deep).
+        #[serde(default = "yes")]
+        wide: bool,
     },
 }
 
@@ -149,8 +152,8 @@ impl Model {
         let bias = logit(base_rate.clamp(1e-6, 1.0 - 1e-6)) as f32;
         match architecture {
             Architecture::Logistic => Self::Logistic(Logistic::new(shape, bias)),
-            Architecture::Dlrm { embedding_dim, bottom, top } => {
-                Self::Dlrm(Dlrm::new(shape, *embedding_dim, bottom, top, bias, &mut rng))
+            Architecture::Dlrm { embedding_dim, bottom, top, wide } => {
+                Self::Dlrm(Dlrm::new(shape, (*embedding_dim, bottom, top), *wide, bias, &mut rng))
             }
         }
     }
@@ -225,6 +228,10 @@ impl Model {
     pub fn loss(&self, rows: BatchView<'_>) -> f64 {
         self.logits(rows).iter().zip(rows.labels).map(|(&z, &y)| log_loss(z, y)).sum()
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 pub(crate) fn sigmoid(z: f32) -> f32 {

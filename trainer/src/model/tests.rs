@@ -92,9 +92,15 @@ fn logistic_regression_gradients() {
 }
 
 #[test]
-fn dlrm_gradients() {
+fn dlrm_gradients_with_and_without_the_wide_part() {
+    for wide in [false, true] {
+        dlrm_gradients(wide);
+    }
+}
+
+fn dlrm_gradients(wide: bool) {
     let shape = shape();
-    let architecture = Architecture::Dlrm { embedding_dim: 3, bottom: vec![6], top: vec![8, 5] };
+    let architecture = Architecture::Dlrm { embedding_dim: 3, bottom: vec![6], top: vec![8, 5], wide };
     let mut model = Model::new(&architecture, &shape, 0.2, 3);
     // Non-zero biases: with zero ones, a row whose hidden units are all dead sits exactly on a
     // ReLU kink, where finite differences and the (one-sided) gradient legitimately differ.
@@ -147,7 +153,7 @@ fn sparse_gradients_merge_in_row_order() {
 #[test]
 fn predictions_of_a_batch_equal_predictions_row_by_row() {
     let shape = shape();
-    let architecture = Architecture::Dlrm { embedding_dim: 4, bottom: vec![8], top: vec![8] };
+    let architecture = Architecture::Dlrm { embedding_dim: 4, bottom: vec![8], top: vec![8], wide: true };
     let model = Model::new(&architecture, &shape, 0.1, 7);
     let batch = batch(&shape, 32, 8);
     let all = model.predict(batch.view(&shape, 0..32));

@@ -82,8 +82,23 @@ fn mlp(g: &mut Graph, m: &Mlp, prefix: &str, input: &str) -> String {
     h
 }
 
-fn dlrm(g: &mut Graph, m: &Dlrm, embedded: &str) -> String {
-    let k = m.vectors() as i64;
+fn dlrm(g: &mut Graph, m: &Dlrm, rows: &str) -> String {
+    let (k, dim) = (m.vectors() as i64, m.dim() as i64);
+    let (embedded, first_order) = if m.wide {
+        let last_axis = g.ints("axis_2", &[1], &[2]);
+        // [batch, F, dim + 1]: the vectors, then each id's first-order weight.
+        let (zero, dim_start, dim_end) =
+            (g.ints("zero", &[1], &[0]), g.ints("dim", &[1], &[dim]), g.ints("dim_1", &[1], &[dim + 1]));
+        let vectors = g.node("Slice", &[rows, &zero, &dim_start, &last_axis], "embedded_vectors", &[]);
+        let weights = g.node("Slice", &[rows, &dim_start, &dim_end, &last_axis], "first_order_weights", &[]);
+        // [batch, F, 1] -> [batch, 1].
+        let axes = g.ints("feature_axis", &[1], &[1]);
+        let sum = g.node("ReduceSum", &[&weights, &axes], "first_order", &[Attr::Int("keepdims", 0)]);
+        (vectors, Some(sum))
+    } else {
+        (rows.to_string(), None)
+    };
+    let embedded = embedded.as_str();
     let bottom = mlp(g, &m.bottom, "bottom", DENSE_INPUT);
     let one = g.ints("axis_1", &[1], &[1]);
     let bottom_3d = g.node("Unsqueeze", &[&bottom, &one], "bottom_vector", &[]);
@@ -97,5 +112,9 @@ fn dlrm(g: &mut Graph, m: &Dlrm, embedded: &str) -> String {
     let pair_index = g.ints("pair_index", &[pairs.len() as i64], &pairs);
     let dots = g.node("Gather", &[&flat, &pair_index], "dots", &[Attr::Int("axis", 1)]);
     let top_input = g.node("Concat", &[&bottom, &dots], "top_input", &[Attr::Int("axis", 1)]);
-    mlp(g, &m.top, "top", &top_input)
+    let deep = mlp(g, &m.top, "top", &top_input);
+    match first_order {
+        Some(wide) => g.node("Add", &[&deep, &wide], "logit", &[]),
+        None => deep,
+    }
 }
