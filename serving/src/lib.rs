@@ -7,7 +7,10 @@
 //! # Layout
 //!
 //! - [`config`]: the `[serving]` section of `adrank.toml`.
+//! - [`batcher`]: the dynamic batcher: concurrent requests' rows merged into ONNX Runtime runs,
+//!   with a bounded queue, deadlines, and the model on its own thread.
 
+pub mod batcher;
 pub mod config;
 
 pub use config::ServingConfig;

@@ -72,6 +72,12 @@ enum Command {
     History { name: String },
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ`.
+fn utc_time(ms: i64) -> String {
+    let seconds = ms.div_euclid(1000);
+    format!("{}:{:02}:{:02}Z", utc_hour(ms), seconds.rem_euclid(3600) / 60, seconds.rem_euclid(60))
+}
+
 pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
     let config = &loaded.config;
     let registry = Registry::open(&config.registry)?;
@@ -89,13 +95,13 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
         }
         Command::List { name: Some(name) } => {
             let state = registry.state(&name).await?;
-            let mut table = Table::new(["VERSION", "CREATED (UTC)", "BY", "PARENT", "TRAINED ON", "ALIASES", "REASON"]);
+            let mut table = Table::new(["VERSION", "CREATED", "BY", "PARENT", "TRAINED ON", "ALIASES", "REASON"]);
             for m in registry.versions(&name).await? {
                 let aliases: Vec<&str> =
                     state.aliases.iter().filter(|(_, v)| **v == m.version).map(|(a, _)| a.as_str()).collect();
                 table.row(vec![
                     m.version.to_string(),
-                    utc_hour(m.created_at_ms),
+                    utc_time(m.created_at_ms),
                     m.created_by.clone(),
                     m.parent.map_or("-".into(), |p| p.to_string()),
                     m.training.as_ref().map_or("(imported)".into(), |t| {
@@ -171,9 +177,9 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
                 events.push((s.changed_at_ms, s.seq.to_string(), s.changed_by, s.change, s.reason));
             }
             events.sort_by_key(|e| e.0);
-            let mut table = Table::new(["WHEN (UTC ms)", "STATE", "WHO", "WHAT", "WHY"]);
+            let mut table = Table::new(["WHEN", "STATE", "WHO", "WHAT", "WHY"]);
             for (when, seq, who, what, why) in events {
-                table.row(vec![when.to_string(), seq, who, what, why]);
+                table.row(vec![utc_time(when), seq, who, what, why]);
             }
             print!("{}", table.render());
         }

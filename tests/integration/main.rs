@@ -1,6 +1,7 @@
 //! Integration tests against the real dependencies: a tansu broker, Redis, ONNX Runtime, and the
 //! `adrank` binary itself. One test binary (modules below) so the suite links once.
 
+mod batcher;
 mod cli_config;
 mod ingest;
 mod ingest_crash;

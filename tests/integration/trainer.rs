@@ -87,17 +87,22 @@ async fn trained_models_export_to_onnx_with_parity_and_beat_a_constant() {
         Architecture::Logistic,
         Architecture::Dlrm { embedding_dim: 8, bottom: vec![16], top: vec![32, 16], wide: true },
     ] {
-        let (data, spec2, config) = (data.clone(), spec.clone(), small(architecture.clone()));
-        let trained = tokio::task::spawn_blocking(move || fit(&data, &spec2, &config)).await.unwrap();
+        let (window, spec2, config) = (data.clone(), spec.clone(), small(architecture.clone()));
+        let trained = tokio::task::spawn_blocking(move || fit(&window, &spec2, &config)).await.unwrap();
         let report = &trained.report;
         assert!(report.train_examples > 15_000 && report.validation_examples > 1_000, "{report:?}");
         assert!(report.epochs.iter().all(|e| e.validation_loss.is_finite()), "{report:?}");
 
-        // Parity: ONNX Runtime scores the exported graph as the trainer's forward pass does.
+        // Parity: ONNX Runtime scores the exported graph as the trainer's forward pass does, on
+        // 10k logged rows (the held-out hours first).
         let transformer = adrank_featurestore::spec::Transformer::new(&spec, &trained.stats).unwrap();
-        let batch = rows(&test, &transformer);
-        let n = batch.rows().min(10_000);
-        assert!(n >= 5_000, "the held-out window has {n} rows");
+        let mut batch = rows(&test, &transformer);
+        let more = rows(&data, &transformer);
+        batch.ids.extend(more.ids);
+        batch.dense.extend(more.dense);
+        batch.labels.extend(more.labels);
+        let n = 10_000;
+        assert!(batch.rows() >= n, "the log has {} rows", batch.rows());
         let shape = trained.model.input_shape();
         let mine = trained.model.predict(batch.view(&shape, 0..n));
         let onnx = adrank_trainer::onnx::export(&trained.model, &[]);

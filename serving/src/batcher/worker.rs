@@ -1,0 +1,59 @@
+//! The model thread: runs formed batches through ONNX Runtime and answers their jobs.
+
+use std::time::Instant;
+
+use adrank_registry::scoring::ScoringSession;
+use tokio::sync::mpsc::Receiver;
+
+use super::{Batch, BatchError, Scored, admit};
+
+pub(super) fn spawn_model_thread(mut session: ScoringSession, mut batches: Receiver<Batch>) {
+    std::thread::Builder::new()
+        .name("adrank-model".into())
+        .spawn(move || {
+            // Ends when the batching task ends (every handle dropped).
+            while let Some(batch) = batches.blocking_recv() {
+                run(&mut session, batch);
+            }
+        })
+        .expect("spawning a thread only fails when the OS is out of resources");
+}
+
+fn run(session: &mut ScoringSession, batch: Batch) {
+    // The batch may have waited for the previous run: check again before spending inference.
+    let jobs: Vec<_> = batch.jobs.into_iter().filter_map(admit).collect();
+    if jobs.is_empty() {
+        return;
+    }
+    let rows: usize = jobs.iter().map(|j| j.rows.rows).sum();
+    let (mut ids, mut dense) = (Vec::new(), Vec::new());
+    for job in &jobs {
+        ids.extend_from_slice(&job.rows.ids);
+        dense.extend_from_slice(&job.rows.dense);
+    }
+    let started = Instant::now();
+    let result = session.score(rows, &ids, &dense);
+    let inference = started.elapsed();
+    match result {
+        Ok(scores) => {
+            let mut offset = 0;
+            for job in jobs {
+                let n = job.rows.rows;
+                let scored = Scored {
+                    scores: scores[offset..offset + n].to_vec(),
+                    queue: started.saturating_duration_since(job.enqueued),
+                    inference,
+                    batch_rows: rows,
+                };
+                offset += n;
+                let _ = job.reply.send(Ok(scored));
+            }
+        }
+        Err(e) => {
+            let error = BatchError::Inference(e.to_string());
+            for job in jobs {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
