@@ -44,6 +44,24 @@ pub struct OrtConfig {
     /// The `libonnxruntime.so` to load. Empty: `ORT_DYLIB_PATH`, then the copy the setup
     /// script installs under `.adrank/onnxruntime/`. Must be ONNX Runtime 1.31 or newer.
     pub library_path: String,
+    /// Threads one model run may use (ONNX Runtime's intra-op pool). 0: ONNX Runtime's default
+    /// (one per core). Serving runs one model thread per loaded version, so more versions or
+    /// replicas on one machine want fewer threads each.
+    pub intra_threads: usize,
+    /// Graph optimisations applied when a model loads: disable, basic, extended or all. More
+    /// optimisation loads slower and usually runs faster.
+    pub graph_optimization: GraphOptimization,
+}
+
+/// ONNX Runtime's graph optimisation levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphOptimization {
+    Disable,
+    Basic,
+    Extended,
+    #[default]
+    All,
 }
 
 impl OrtConfig {

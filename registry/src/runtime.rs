@@ -123,10 +123,12 @@ mod tests {
 
     #[test]
     fn configured_path_is_the_only_candidate() {
-        let config = OrtConfig { library_path: "/opt/ort/libonnxruntime.so".into() };
+        let config = OrtConfig { library_path: "/opt/ort/libonnxruntime.so".into(), ..OrtConfig::default() };
         assert_eq!(candidates(&config), vec![PathBuf::from("/opt/ort/libonnxruntime.so")]);
         let error =
-            locate(&OrtConfig { library_path: "/nonexistent/libonnxruntime.so".into() }).unwrap_err().to_string();
+            locate(&OrtConfig { library_path: "/nonexistent/libonnxruntime.so".into(), ..OrtConfig::default() })
+                .unwrap_err()
+                .to_string();
         assert!(error.contains("/nonexistent/libonnxruntime.so"), "{error}");
     }
 }

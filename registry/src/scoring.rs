@@ -8,13 +8,26 @@ use ort::{
     value::{TensorElementType, TensorRef, ValueType},
 };
 
-use crate::{Error, OrtConfig, Result, Signature, TensorSignature, runtime};
+use crate::{Error, OrtConfig, Result, Signature, TensorSignature, config::GraphOptimization, runtime};
 
 /// Session settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionOptions {
     /// Threads one run may use (ONNX Runtime's intra-op pool); 0 lets ONNX Runtime choose.
     pub intra_threads: usize,
+    pub graph_optimization: GraphOptimization,
+}
+
+impl SessionOptions {
+    /// The `[onnxruntime]` section's settings.
+    pub fn of(config: &OrtConfig) -> Self {
+        Self { intra_threads: config.intra_threads, graph_optimization: config.graph_optimization }
+    }
+
+    /// One thread, every optimisation: for tests and small models.
+    pub fn single_thread() -> Self {
+        Self { intra_threads: 1, graph_optimization: GraphOptimization::All }
+    }
 }
 
 /// A loaded model.
@@ -31,7 +44,12 @@ impl ScoringSession {
         let model_error = |e: ort::Error| Error::Model(e.to_string());
         let mut builder = Session::builder(&environment)
             .map_err(model_error)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .with_optimization_level(match options.graph_optimization {
+                GraphOptimization::Disable => GraphOptimizationLevel::Disable,
+                GraphOptimization::Basic => GraphOptimizationLevel::Level1,
+                GraphOptimization::Extended => GraphOptimizationLevel::Level2,
+                GraphOptimization::All => GraphOptimizationLevel::All,
+            })
             .map_err(|e| Error::Model(e.to_string()))?;
         if options.intra_threads > 0 {
             builder = builder.with_intra_threads(options.intra_threads).map_err(|e| Error::Model(e.to_string()))?;

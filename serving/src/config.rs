@@ -1,9 +1,11 @@
 //! The `[serving]` config section.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use adrank_featurestore::ConfigProblem;
 use serde::{Deserialize, Serialize};
+
+use crate::batcher::BatcherConfig;
 
 /// The ranking API server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,17 +14,56 @@ pub struct ServingConfig {
     /// The address the HTTP API listens on, `ip:port`. Loopback by default; `0.0.0.0:8080`
     /// serves other machines.
     pub listen: SocketAddr,
+    /// The most candidate rows in one model run. Larger runs use the CPU better and wait
+    /// longer to fill; one request bigger than this still runs, alone.
+    pub max_batch_rows: usize,
+    /// The longest a request waits for others to share its model run (milliseconds): the
+    /// latency spent to gain throughput.
+    pub max_queue_delay_ms: u64,
+    /// Requests waiting for the model before new ones are refused with 429: bounds the queueing
+    /// delay under overload.
+    pub queue_jobs: usize,
 }
 
 impl Default for ServingConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_batch_rows: 1024,
+            max_queue_delay_ms: 2,
+            queue_jobs: 256,
+        }
     }
 }
 
 impl ServingConfig {
     /// Every problem in this section; empty when it is usable.
     pub fn problems(&self) -> Vec<ConfigProblem> {
-        vec![]
+        let mut problems = Vec::new();
+        if !(1..=1_000_000).contains(&self.max_batch_rows) {
+            problems.push(ConfigProblem::new(
+                "max_batch_rows",
+                format!("is {}; expected 1 to 1000000", self.max_batch_rows),
+            ));
+        }
+        if self.max_queue_delay_ms > 10_000 {
+            problems.push(ConfigProblem::new(
+                "max_queue_delay_ms",
+                format!("is {}; expected at most 10000 (ten seconds)", self.max_queue_delay_ms),
+            ));
+        }
+        if self.queue_jobs == 0 {
+            problems.push(ConfigProblem::new("queue_jobs", "is 0; expected at least 1"));
+        }
+        problems
+    }
+
+    /// The batcher settings.
+    pub fn batcher(&self) -> BatcherConfig {
+        BatcherConfig {
+            max_batch_rows: self.max_batch_rows,
+            max_queue_delay: Duration::from_millis(self.max_queue_delay_ms),
+            queue_jobs: self.queue_jobs,
+        }
     }
 }

@@ -9,8 +9,13 @@
 //! - [`config`]: the `[serving]` section of `adrank.toml`.
 //! - [`batcher`]: the dynamic batcher: concurrent requests' rows merged into ONNX Runtime runs,
 //!   with a bounded queue, deadlines, and the model on its own thread.
+//! - [`model`]: loading a version from the registry: verified (SHA-256, spec, signature),
+//!   warmed at the batch sizes the batcher forms, with its batcher started.
 
 pub mod batcher;
 pub mod config;
+mod error;
+pub mod model;
 
 pub use config::ServingConfig;
+pub use error::{Error, Result};

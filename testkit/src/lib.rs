@@ -42,7 +42,7 @@ pub fn onnxruntime() -> OrtConfig {
         "ONNX Runtime library not found at {}: run ./dev.sh setup (or set ORT_DYLIB_PATH)",
         path.display()
     );
-    OrtConfig { library_path: path.display().to_string() }
+    OrtConfig { library_path: path.display().to_string(), ..OrtConfig::default() }
 }
 
 /// A TCP port that was free a moment ago on 127.0.0.1.

@@ -19,7 +19,7 @@ fn shape() -> InputShape {
 fn session() -> ScoringSession {
     let architecture = Architecture::Dlrm { embedding_dim: 8, bottom: vec![16], top: vec![32], wide: true };
     let onnx = adrank_trainer::onnx::export(&Model::new(&architecture, &shape(), 0.02, 5), &[]);
-    ScoringSession::load(&onnx, &adrank_testkit::onnxruntime(), SessionOptions { intra_threads: 1 }).unwrap()
+    ScoringSession::load(&onnx, &adrank_testkit::onnxruntime(), SessionOptions::single_thread()).unwrap()
 }
 
 /// `n` rows of valid inputs, different for each `seed`.

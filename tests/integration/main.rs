@@ -11,5 +11,6 @@ mod online_store;
 mod onnxruntime;
 mod redis_round_trip;
 mod registry;
+mod serving_model;
 mod sim;
 mod trainer;

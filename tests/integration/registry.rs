@@ -18,18 +18,18 @@ fn spec() -> FeatureSpec {
     FeatureSpec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/features.toml")).unwrap()
 }
 
-fn registry(dir: &Path) -> Registry {
+pub(crate) fn registry(dir: &Path) -> Registry {
     Registry::open(&RegistryConfig { location: dir.join("registry").display().to_string() }).unwrap()
 }
 
 /// An untrained model of the shipped spec, exported, with usable statistics.
-fn model_file(architecture: &Architecture) -> (Vec<u8>, TransformStats) {
+pub(crate) fn model_file(architecture: &Architecture) -> (Vec<u8>, TransformStats) {
     let spec = spec();
     let model = Model::new(architecture, &InputShape::of(&spec), 0.02, 1);
     (export(&model, &[]), TransformStats::fit(&spec, std::iter::empty()))
 }
 
-fn draft(onnx: &[u8], stats: &TransformStats, reason: &str) -> Draft {
+pub(crate) fn draft(onnx: &[u8], stats: &TransformStats, reason: &str) -> Draft {
     let spec = spec();
     let transformer = Transformer::new(&spec, stats).unwrap();
     Draft {

@@ -106,7 +106,7 @@ async fn trained_models_export_to_onnx_with_parity_and_beat_a_constant() {
         let shape = trained.model.input_shape();
         let mine = trained.model.predict(batch.view(&shape, 0..n));
         let onnx = adrank_trainer::onnx::export(&trained.model, &[]);
-        let mut session = ScoringSession::load(&onnx, &ort, SessionOptions { intra_threads: 1 }).unwrap();
+        let mut session = ScoringSession::load(&onnx, &ort, SessionOptions::single_thread()).unwrap();
         let (f, d) = (shape.id_width(), shape.dense_width);
         let theirs = session.score(n, &batch.ids[..n * f], &batch.dense[..n * d]).unwrap();
         let worst = mine.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);

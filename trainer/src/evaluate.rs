@@ -107,7 +107,7 @@ async fn load(registry: &Registry, manifest: &Manifest, spec: &FeatureSpec, ort:
     }
     let onnx = registry.artifact(&manifest.onnx).await?;
     let transformer = Transformer::new(spec, &manifest.transform_stats)?;
-    let session = ScoringSession::load(&onnx, ort, SessionOptions { intra_threads: 0 })?;
+    let session = ScoringSession::load(&onnx, ort, SessionOptions::of(ort))?;
     Ok(Loaded { transformer, session })
 }
 

@@ -62,7 +62,7 @@ pub async fn publish(registry: &Registry, trained: &Trained, request: PublishReq
 
 /// Loads `onnx` in ONNX Runtime and checks its inputs and outputs against the spec's.
 pub fn checked_signature(onnx: &[u8], ort: &OrtConfig, transformer: &Transformer) -> Result<Signature> {
-    let session = ScoringSession::load(onnx, ort, SessionOptions { intra_threads: 1 })?;
+    let session = ScoringSession::load(onnx, ort, SessionOptions::single_thread())?;
     let expected = Signature::expected(transformer.id_width(), transformer.dense_width());
     let problems = session.signature().mismatches(&expected);
     if !problems.is_empty() {

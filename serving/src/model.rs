@@ -1,0 +1,114 @@
+//! Loading a model version for serving: verify it, warm it, start its batcher.
+//!
+//! A version is refused — and whatever serves now keeps serving — when its files fail their
+//! SHA-256, when it reads another feature spec, when its graph's signature is not adrank's, or
+//! when it fails a warm-up run. Warm-up runs the batch sizes the batcher forms, so the first
+//! requests after a swap do not pay for ONNX Runtime's first-run allocations.
+
+use std::{sync::Arc, time::Instant};
+
+use adrank_featurestore::spec::{FeatureSpec, Transformer};
+use adrank_registry::{
+    Manifest, OrtConfig, Registry, Signature,
+    scoring::{ScoringSession, SessionOptions},
+};
+
+use crate::{
+    Error, Result, ServingConfig,
+    batcher::{Batcher, Rows},
+};
+
+/// A version ready to take traffic.
+#[derive(Debug, Clone)]
+pub struct LoadedVersion {
+    pub manifest: Arc<Manifest>,
+    /// The spec compiled with this version's statistics.
+    pub transformer: Arc<Transformer>,
+    pub batcher: Batcher,
+    /// How long loading and warming took.
+    pub load_seconds: f64,
+}
+
+/// What [`LoadedVersion::load`] needs.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadRequest<'a> {
+    pub registry: &'a Registry,
+    pub name: &'a str,
+    pub version: u64,
+    pub spec: &'a FeatureSpec,
+    pub ort: &'a OrtConfig,
+    pub serving: &'a ServingConfig,
+}
+
+impl LoadedVersion {
+    /// Loads, verifies and warms one version. Must run inside a tokio runtime (the batcher's
+    /// task is spawned on it).
+    pub async fn load(request: LoadRequest<'_>) -> Result<Self> {
+        let started = Instant::now();
+        let (name, version) = (request.name, request.version);
+        let incompatible = |reason: String| Error::Incompatible { name: name.into(), version, reason };
+        let manifest = request.registry.version(name, version).await?;
+        if manifest.spec_version != request.spec.version() {
+            return Err(incompatible(format!(
+                "it reads feature spec {}, this server serves spec {}",
+                short(&manifest.spec_version),
+                short(&request.spec.version())
+            )));
+        }
+        let transformer = Transformer::new(request.spec, &manifest.transform_stats)?;
+        let onnx = request.registry.artifact(&manifest.onnx).await?;
+        let options = SessionOptions::of(request.ort);
+        let ort = request.ort.clone();
+        let session = tokio::task::spawn_blocking(move || ScoringSession::load(&onnx, &ort, options))
+            .await
+            .map_err(|e| incompatible(format!("loading panicked: {e}")))??;
+        let expected = Signature::expected(transformer.id_width(), transformer.dense_width());
+        let problems = session.signature().mismatches(&expected);
+        if !problems.is_empty() {
+            return Err(incompatible(problems.join("; ")));
+        }
+        let mut session = session;
+        let sizes = warm_up_sizes(request.serving.max_batch_rows);
+        let (ids, dense) = (transformer.id_width(), transformer.dense_width());
+        let session = tokio::task::spawn_blocking(move || {
+            for &rows in &sizes {
+                // Id 0 is every feature's "missing" bucket: always a valid input.
+                session
+                    .score(rows, &vec![0; rows * ids], &vec![0.0; rows * dense])
+                    .map_err(|e| (rows, e.to_string()))?;
+            }
+            Ok::<_, (usize, String)>(session)
+        })
+        .await
+        .map_err(|e| incompatible(format!("warm-up panicked: {e}")))?
+        .map_err(|(rows, reason)| Error::WarmUp { name: name.into(), version, rows, reason })?;
+        let batcher = Batcher::spawn(session, request.serving.batcher());
+        tracing::info!(name, version, seconds = started.elapsed().as_secs_f64(), "model version loaded and warmed");
+        Ok(Self {
+            manifest: Arc::new(manifest),
+            transformer: Arc::new(transformer),
+            batcher,
+            load_seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Rows of zeros (every feature missing) in this version's shape, for warm-ups and tests.
+    pub fn empty_rows(&self, rows: usize) -> Rows {
+        Rows {
+            rows,
+            ids: vec![0; rows * self.transformer.id_width()],
+            dense: vec![0.0; rows * self.transformer.dense_width()],
+        }
+    }
+}
+
+/// The batch sizes the batcher forms most: one request alone, a few merged, a full batch.
+fn warm_up_sizes(max_batch_rows: usize) -> Vec<usize> {
+    let mut sizes = vec![1, 200.min(max_batch_rows), max_batch_rows];
+    sizes.dedup();
+    sizes
+}
+
+fn short(version: &str) -> &str {
+    &version[..12.min(version.len())]
+}
