@@ -23,6 +23,12 @@ pub struct ServingConfig {
     /// Requests waiting for the model before new ones are refused with 429: bounds the queueing
     /// delay under overload.
     pub queue_jobs: usize,
+    /// How long a request may take when it names no deadline (milliseconds).
+    pub default_deadline_ms: u64,
+    /// The most candidates one request may rank.
+    pub max_candidates: usize,
+    /// The largest request body accepted (bytes); larger ones get 413.
+    pub max_body_bytes: usize,
 }
 
 impl Default for ServingConfig {
@@ -32,6 +38,9 @@ impl Default for ServingConfig {
             max_batch_rows: 1024,
             max_queue_delay_ms: 2,
             queue_jobs: 256,
+            default_deadline_ms: 100,
+            max_candidates: 1000,
+            max_body_bytes: 1 << 20,
         }
     }
 }
@@ -54,6 +63,24 @@ impl ServingConfig {
         }
         if self.queue_jobs == 0 {
             problems.push(ConfigProblem::new("queue_jobs", "is 0; expected at least 1"));
+        }
+        if !(1..=60_000).contains(&self.default_deadline_ms) {
+            problems.push(ConfigProblem::new(
+                "default_deadline_ms",
+                format!("is {}; expected 1 to 60000", self.default_deadline_ms),
+            ));
+        }
+        if !(1..=adrank_featurestore::online::reader::MAX_ADS).contains(&self.max_candidates) {
+            problems.push(ConfigProblem::new(
+                "max_candidates",
+                format!("is {}; expected 1 to {}", self.max_candidates, adrank_featurestore::online::reader::MAX_ADS),
+            ));
+        }
+        if self.max_body_bytes < 1024 {
+            problems.push(ConfigProblem::new(
+                "max_body_bytes",
+                format!("is {}; expected at least 1024", self.max_body_bytes),
+            ));
         }
         problems
     }

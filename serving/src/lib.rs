@@ -7,15 +7,19 @@
 //! # Layout
 //!
 //! - [`config`]: the `[serving]` section of `adrank.toml`.
+//! - [`api`]: the HTTP API (axum): validation to 4xx naming the field, overload to 429.
+//! - [`rank`]: one request: features from the online store, transforms, batcher, ranking.
 //! - [`batcher`]: the dynamic batcher: concurrent requests' rows merged into ONNX Runtime runs,
 //!   with a bounded queue, deadlines, and the model on its own thread.
 //! - [`model`]: loading a version from the registry: verified (SHA-256, spec, signature),
 //!   warmed at the batch sizes the batcher forms, with its batcher started.
 
+pub mod api;
 pub mod batcher;
 pub mod config;
 mod error;
 pub mod model;
+pub mod rank;
 
 pub use config::ServingConfig;
 pub use error::{Error, Result};

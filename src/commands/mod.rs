@@ -8,6 +8,7 @@ mod down;
 mod eval;
 mod ingest;
 mod registry;
+mod serve;
 mod sim;
 mod train;
 mod up;
@@ -43,6 +44,8 @@ pub(crate) enum Command {
     Eval(eval::Args),
     /// The model registry: list, show, import, alias, history.
     Registry(registry::Args),
+    /// Serve the ranking API (`POST /v1/rank`) with a version from the registry.
+    Serve(serve::Args),
     /// Benchmarks, each beside its physical limit in the same run.
     Bench(bench::Args),
     /// The synthetic ads world: bootstrap history to Kafka, sample requests, oracle metrics,
@@ -63,6 +66,7 @@ impl Command {
             Self::Train(args) => train::run(args, loaded).await,
             Self::Eval(args) => eval::run(args, loaded).await,
             Self::Registry(args) => registry::run(args, loaded).await,
+            Self::Serve(args) => serve::run_command(args, loaded).await,
         }
     }
 }

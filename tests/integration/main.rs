@@ -11,6 +11,7 @@ mod online_store;
 mod onnxruntime;
 mod redis_round_trip;
 mod registry;
+mod serving_api;
 mod serving_model;
 mod sim;
 mod trainer;

@@ -1,0 +1,121 @@
+//! The HTTP API: `POST /v1/rank`, `GET /healthz`, `GET /readyz`.
+//!
+//! Every client mistake is a 4xx whose JSON body names the field and the rule; overload is 429
+//! with `Retry-After`; a deadline that passed is 504; nothing a client sends can cause a 5xx.
+
+use std::{future::Future, sync::Arc};
+
+use adrank_featurestore::{online::Reader, request::RankRequest};
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::{
+    ServingConfig,
+    batcher::BatchError,
+    model::LoadedVersion,
+    rank::{RankError, rank},
+};
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub version: LoadedVersion,
+    /// `None` when the online store could not be reached at start: every request is degraded.
+    pub reader: Option<Reader>,
+    pub config: ServingConfig,
+}
+
+/// The JSON body of every error.
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorDetail {
+    /// `invalid_request`, `overloaded`, `deadline_exceeded`, `unavailable`, `internal`.
+    kind: &'static str,
+    /// The offending field (`candidates[3].bid`), when one is to blame.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    field: String,
+    message: String,
+}
+
+fn error(status: StatusCode, kind: &'static str, field: String, message: String) -> Response {
+    (status, Json(ErrorBody { error: ErrorDetail { kind, field, message } })).into_response()
+}
+
+/// The router over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/rank", post(rank_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` completes, then drains in-flight requests.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    // A state exists only once its version is loaded and warmed.
+    let m = &state.version.manifest;
+    Json(serde_json::json!({ "ready": true, "model": { "name": m.name, "version": m.version } })).into_response()
+}
+
+async fn rank_handler(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let request: RankRequest = match serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
+    {
+        Ok(request) => request,
+        Err(e) => {
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            let message = match e.inner().classify() {
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                    format!("the body is not valid JSON: {}", e.inner())
+                }
+                _ => format!("does not match the request schema: {}", e.inner()),
+            };
+            return error(StatusCode::BAD_REQUEST, "invalid_request", field, message);
+        }
+    };
+    if let Err(e) = request.validate(state.config.max_candidates) {
+        return error(StatusCode::BAD_REQUEST, "invalid_request", e.field.clone(), e.to_string());
+    }
+    match rank(&request, &state.version, state.reader.as_ref(), &state.config).await {
+        Ok(response) => Json(response).into_response(),
+        Err(RankError::Batch(e)) => {
+            let message = e.to_string();
+            match e {
+                BatchError::Overloaded(_) => {
+                    let mut response = error(StatusCode::TOO_MANY_REQUESTS, "overloaded", String::new(), message);
+                    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    response
+                }
+                BatchError::DeadlineExceeded => {
+                    error(StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded", String::new(), message)
+                }
+                BatchError::Closed => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", String::new(), message),
+                BatchError::Inference(_) => {
+                    error(StatusCode::INTERNAL_SERVER_ERROR, "internal", String::new(), message)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! `adrank serve`: the ranking API.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+
+use adrank_featurestore::{
+    online::{Reader, Wanted},
+    spec::FeatureSpec,
+};
+use adrank_registry::Registry;
+use adrank_serving::{
+    api::{AppState, run},
+    model::{LoadRequest, LoadedVersion},
+};
+use anyhow::Context as _;
+
+use crate::config::Loaded;
+
+/// Serve the ranking API.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The model name in the registry.
+    #[arg(long, default_value = "ctr")]
+    name: String,
+    /// The version to serve: a number, an alias or `latest`.
+    #[arg(long, default_value = "production")]
+    version: String,
+    /// The feature spec.
+    #[arg(long, default_value = "config/features.toml")]
+    spec: PathBuf,
+    /// Listen here instead of `serving.listen`.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
+    let config = &loaded.config;
+    let spec = FeatureSpec::load(&args.spec)?;
+    let registry = Registry::open(&config.registry)?;
+    let version = registry.resolve(&args.name, &args.version).await?;
+    let request = LoadRequest {
+        registry: &registry,
+        name: &args.name,
+        version,
+        spec: &spec,
+        ort: &config.onnxruntime,
+        serving: &config.serving,
+    };
+    let loaded_version = LoadedVersion::load(request).await?;
+    let reader = match Reader::connect(&config.redis).await {
+        Ok(reader) => Some(reader.with_wanted(Wanted::from_spec(&spec))),
+        Err(e) => {
+            tracing::warn!(error = %e, "the online store is unreachable: every request uses the spec's defaults (degraded)");
+            None
+        }
+    };
+    let listen = args.listen.unwrap_or(config.serving.listen);
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!(
+        "serving {} version {} on http://{} (loaded and warmed in {:.1} s)",
+        args.name,
+        version,
+        listener.local_addr()?,
+        loaded_version.load_seconds
+    );
+    let state = Arc::new(AppState { version: loaded_version, reader, config: config.serving.clone() });
+    run(listener, state, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
