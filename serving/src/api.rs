@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use crate::{
     ServingConfig,
     batcher::BatchError,
+    impressions::ImpressionLog,
     model::LoadedVersion,
     rank::{RankError, rank},
 };
@@ -30,6 +31,8 @@ pub struct AppState {
     pub version: LoadedVersion,
     /// `None` when the online store could not be reached at start: every request is degraded.
     pub reader: Option<Reader>,
+    /// Where served impressions go (`None`: not logged).
+    pub impressions: Option<ImpressionLog>,
     pub config: ServingConfig,
 }
 
@@ -99,7 +102,12 @@ async fn rank_handler(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
         return error(StatusCode::BAD_REQUEST, "invalid_request", e.field.clone(), e.to_string());
     }
     match rank(&request, &state.version, state.reader.as_ref(), &state.config).await {
-        Ok(response) => Json(response).into_response(),
+        Ok((response, impressions)) => {
+            if let Some(log) = &state.impressions {
+                log.log(impressions);
+            }
+            Json(response).into_response()
+        }
         Err(RankError::Batch(e)) => {
             let message = e.to_string();
             match e {

@@ -29,6 +29,9 @@ pub struct ServingConfig {
     pub max_candidates: usize,
     /// The largest request body accepted (bytes); larger ones get 413.
     pub max_body_bytes: usize,
+    /// Impressions buffered for Kafka beyond the producer's own queue; when Kafka is down and
+    /// it is full, the oldest are dropped (and counted) so serving never waits on logging.
+    pub impression_buffer: usize,
 }
 
 impl Default for ServingConfig {
@@ -41,6 +44,7 @@ impl Default for ServingConfig {
             default_deadline_ms: 100,
             max_candidates: 1000,
             max_body_bytes: 1 << 20,
+            impression_buffer: 100_000,
         }
     }
 }

@@ -8,6 +8,7 @@
 //!
 //! - [`config`]: the `[serving]` section of `adrank.toml`.
 //! - [`api`]: the HTTP API (axum): validation to 4xx naming the field, overload to 429.
+//! - [`impressions`]: the served top-k to Kafka with the exact features used, never blocking.
 //! - [`rank`]: one request: features from the online store, transforms, batcher, ranking.
 //! - [`batcher`]: the dynamic batcher: concurrent requests' rows merged into ONNX Runtime runs,
 //!   with a bounded queue, deadlines, and the model on its own thread.
@@ -18,6 +19,7 @@ pub mod api;
 pub mod batcher;
 pub mod config;
 mod error;
+pub mod impressions;
 pub mod model;
 pub mod rank;
 

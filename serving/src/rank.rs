@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use adrank_featurestore::{
-    events::RawValue,
+    events::{Impression, RawFeatures, RawValue},
     online::{AdRef, Fetched, Reader},
     request::RankRequest,
     spec::POSITION_FIELD,
@@ -69,13 +69,14 @@ pub enum RankError {
     Batch(#[from] BatchError),
 }
 
-/// Ranks one valid request with `version`.
+/// Ranks one valid request with `version`; also returns the served impressions (the ranked
+/// top-k with the raw features each was scored from), for the impression log.
 pub async fn rank(
     request: &RankRequest,
     version: &LoadedVersion,
     reader: Option<&Reader>,
     config: &ServingConfig,
-) -> Result<RankResponse, RankError> {
+) -> Result<(RankResponse, Vec<Impression>), RankError> {
     let started = Instant::now();
     let budget = Duration::from_millis(request.deadline_ms.map_or(config.default_deadline_ms, u64::from));
     let deadline = started + budget;
@@ -97,6 +98,7 @@ pub async fn rank(
 
     let transformer = &version.transformer;
     let mut rows = Rows { rows: request.candidates.len(), ..Rows::default() };
+    let mut raws: Vec<RawFeatures> = Vec::with_capacity(request.candidates.len());
     for (candidate, ad) in request.candidates.iter().zip(&fetched.ads) {
         // One flat record per candidate, later sources winning: the online store's hashes, the
         // context, the candidate's own fields. Every candidate is scored for the top slot.
@@ -112,14 +114,41 @@ pub async fn rank(
             raw.insert(name.to_string(), value.clone());
         }
         raw.insert("bid", RawValue::Num(candidate.bid));
+        // The log keeps the record without the slot: the trainer takes the served one.
+        let logged = raw.clone();
         raw.insert(POSITION_FIELD, RawValue::Num(0.0));
         transformer.transform(&raw, &mut rows.ids, &mut rows.dense);
+        raws.push(logged);
     }
     let scored = version.batcher.score(rows, deadline).await?;
     let mut order: Vec<usize> = (0..request.candidates.len()).collect();
     let value = |i: usize| f64::from(scored.scores[i]) * request.candidates[i].bid;
     order.sort_by(|&a, &b| value(b).total_cmp(&value(a)).then(a.cmp(&b)));
     order.truncate(request.top_k.map_or(order.len(), |k| k as usize));
+    let manifest = &version.manifest;
+    let impressions = order
+        .iter()
+        .enumerate()
+        .map(|(position, &i)| {
+            let c = &request.candidates[i];
+            Impression {
+                impression_id: format!("{}:{position}", request.request_id),
+                request_id: request.request_id.clone(),
+                event_time_ms: request.context.event_time_ms,
+                user_id: request.user_id.clone(),
+                ad_id: c.ad_id.clone(),
+                advertiser_id: c.advertiser_id.clone(),
+                position: position.min(usize::from(u16::MAX)) as u16,
+                surface: request.context.surface.clone(),
+                model_name: manifest.name.clone(),
+                model_version: manifest.version.to_string(),
+                score: f64::from(scored.scores[i]),
+                bid: c.bid,
+                features: std::mem::take(&mut raws[i]),
+                oracle_p: None,
+            }
+        })
+        .collect();
     let ranked = order
         .into_iter()
         .enumerate()
@@ -136,7 +165,7 @@ pub async fn rank(
             }
         })
         .collect();
-    Ok(RankResponse {
+    let response = RankResponse {
         request_id: request.request_id.clone(),
         model: ModelRef { name: version.manifest.name.clone(), version: version.manifest.version },
         ranked,
@@ -148,7 +177,8 @@ pub async fn rank(
             total_ms: ms(started.elapsed()),
             batch_rows: scored.batch_rows,
         },
-    })
+    };
+    Ok((response, impressions))
 }
 
 fn ms(d: Duration) -> f64 {

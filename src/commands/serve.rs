@@ -9,6 +9,7 @@ use adrank_featurestore::{
 use adrank_registry::Registry;
 use adrank_serving::{
     api::{AppState, run},
+    impressions::ImpressionLog,
     model::{LoadRequest, LoadedVersion},
 };
 use anyhow::Context as _;
@@ -53,6 +54,9 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
             None
         }
     };
+    let topic = &config.kafka.topics.impressions.name;
+    let impressions = ImpressionLog::start(&config.kafka, topic, config.serving.impression_buffer)
+        .with_context(|| format!("cannot create the Kafka producer for {topic}"))?;
     let listen = args.listen.unwrap_or(config.serving.listen);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!(
@@ -62,7 +66,12 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         listener.local_addr()?,
         loaded_version.load_seconds
     );
-    let state = Arc::new(AppState { version: loaded_version, reader, config: config.serving.clone() });
+    let state = Arc::new(AppState {
+        version: loaded_version,
+        reader,
+        impressions: Some(impressions),
+        config: config.serving.clone(),
+    });
     run(listener, state, async {
         let _ = tokio::signal::ctrl_c().await;
     })

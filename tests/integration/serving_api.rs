@@ -5,6 +5,9 @@
 use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use adrank_featurestore::{
+    KafkaConfig,
+    events::{Event as _, Impression},
+    kafka::{self, admin},
     online::{Reader, Wanted},
     spec::FeatureSpec,
 };
@@ -12,13 +15,60 @@ use adrank_loadtest::world::{World, WorldConfig};
 use adrank_serving::{
     ServingConfig,
     api::{AppState, run},
+    impressions::ImpressionLog,
     model::{LoadRequest, LoadedVersion},
     rank::RankResponse,
 };
 use adrank_trainer::model::Architecture;
+use rdkafka::{
+    Message as _, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer as _},
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::registry::{draft, model_file, registry};
+
+/// The impressions of `request_id` on `topic`, in position order (waits up to 30 s for `n`).
+async fn read_impressions(config: &KafkaConfig, topic: &str, request_id: &str, n: usize) -> Vec<Impression> {
+    let consumer: BaseConsumer = kafka::client_config(config).set("group.id", "serving-api-test").create().unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(10)).unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        assignment.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let started = std::time::Instant::now();
+    let mut found = Vec::new();
+    while found.len() < n && started.elapsed() < std::time::Duration::from_secs(30) {
+        if let Some(Ok(message)) = consumer.poll(std::time::Duration::from_millis(200)) {
+            let impression = Impression::decode(message.payload().unwrap()).unwrap();
+            if impression.request_id == request_id {
+                found.push(impression);
+            }
+        }
+    }
+    found.sort_by_key(|i| i.position);
+    assert_eq!(found.len(), n, "impressions of {request_id} on {topic}");
+    found
+}
+
+#[tokio::test]
+async fn a_dead_broker_costs_the_oldest_impressions_never_a_wait() {
+    // Nothing listens on port 1: the producer's queue and then the buffer fill.
+    let config = KafkaConfig { brokers: "127.0.0.1:1".into(), ..KafkaConfig::default() };
+    let log = ImpressionLog::start(&config, "adrank-impressions", 10).unwrap();
+    let started = std::time::Instant::now();
+    let impression = Impression::example("i", Default::default());
+    for i in 0..200_000 {
+        log.log([Impression { impression_id: format!("i-{i}"), ..impression.clone() }]);
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "logging never waits on Kafka");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let stats = log.stats();
+    assert!(stats.buffered <= 10, "{stats:?}");
+    assert!(stats.dropped > 0, "{stats:?}");
+    assert_eq!(stats.delivered, 0, "{stats:?}");
+}
 
 /// One HTTP/1.1 exchange on a fresh connection: (status, head, body).
 async fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
@@ -59,7 +109,12 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     let version = LoadedVersion::load(request).await.unwrap();
     let redis = adrank_testkit::redis::TestRedis::new().await;
     let reader = Reader::connect(&redis.config).await.unwrap().with_wanted(Wanted::from_spec(&spec));
-    let state = Arc::new(AppState { version, reader: Some(reader), config: config.clone() });
+    let broker = adrank_testkit::broker::TestBroker::start().await;
+    admin::ensure_topics(&broker.config).await.unwrap();
+    let topic = broker.config.topics.impressions.name.clone();
+    let log = ImpressionLog::start(&broker.config, &topic, 1000).unwrap();
+    let state =
+        Arc::new(AppState { version, reader: Some(reader), impressions: Some(log.clone()), config: config.clone() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -87,9 +142,24 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     assert!(response.timing.total_ms >= response.timing.inference_ms, "{:?}", response.timing);
 
     body["top_k"] = 5.into();
+    body["request_id"] = "top-five".into();
     let (status, _, text) = http(addr, "POST", "/v1/rank", body.to_string().as_bytes()).await;
     assert_eq!(status, 200, "{text}");
-    assert_eq!(serde_json::from_str::<RankResponse>(&text).unwrap().ranked.len(), 5);
+    let top = serde_json::from_str::<RankResponse>(&text).unwrap();
+    assert_eq!(top.ranked.len(), 5);
+
+    // The served top five reach the impressions topic with the features they were scored from.
+    let logged = read_impressions(&broker.config, &topic, "top-five", 5).await;
+    for (served, logged) in top.ranked.iter().zip(&logged) {
+        assert_eq!((&logged.ad_id, logged.position as u32), (&served.ad_id, served.position));
+        assert_eq!(logged.impression_id, served.impression_id);
+        assert_eq!(logged.model_version, "1");
+        assert!((logged.score - served.pctr).abs() < 1e-9);
+        assert_eq!(logged.features.get("bid"), Some(&adrank_featurestore::events::RawValue::Num(served.bid)));
+        assert!(logged.features.contains_key("surface") && logged.features.contains_key("user_id"));
+        assert!(!logged.features.contains_key("position"), "the slot is the impression's, not a logged feature");
+    }
+    assert_eq!(log.stats().dropped, 0);
 
     // Bad requests: 400 with the field named, never a 5xx.
     let bad = |mutate: &dyn Fn(&mut serde_json::Value)| {
