@@ -146,12 +146,14 @@ pub async fn evaluate(registry: &Registry, request: EvalRequest<'_>) -> Result<E
     if labels.is_empty() {
         return Err(Error::NoData { location: request.data.location().into(), window });
     }
-    let constant = request
-        .candidate
-        .training
-        .as_ref()
-        .filter(|t| t.examples > 0)
-        .map_or(0.5, |t| t.clicks as f64 / t.examples as f64);
+    // The constant predictor: the candidate's (else the baseline's) training click rate; for
+    // imported models without one, the window's own rate (NE 1 by definition).
+    let window_ctr = labels.iter().filter(|&&l| l).count() as f64 / labels.len() as f64;
+    let constant = [Some(request.candidate), request.baseline]
+        .into_iter()
+        .flatten()
+        .find_map(|m| m.training.as_ref().filter(|t| t.examples > 0))
+        .map_or(window_ctr, |t| t.clicks as f64 / t.examples as f64);
     let mut rows: Vec<(String, Option<u64>, Vec<f64>)> = models
         .iter()
         .zip(predictions)

@@ -146,6 +146,19 @@ fn unknown_keys_and_ops_are_refused() {
 }
 
 #[test]
+fn a_position_feature_is_numeric_and_reads_the_slot() {
+    let bucketised = "transform = [{ op = \"bucketise\", boundaries = [1.0, 2.0] }]\n";
+    let ok = format!("[[feature]]\nname = \"position\"\nsource = \"position\"\ntype = \"numeric\"\n{bucketised}");
+    assert!(parse(&ok).is_ok(), "{:?}", parse(&ok));
+    let other_input = format!(
+        "[[feature]]\nname = \"slot\"\nsource = \"position\"\ntype = \"numeric\"\ninput = \"rank\"\n{bucketised}"
+    );
+    assert!(parse(&other_input).unwrap_err().to_string().contains("must be numeric and read `position`"));
+    let categorical = "[[feature]]\nname = \"position\"\nsource = \"position\"\ntype = \"categorical\"\ntransform = [{ op = \"hash\", buckets = 8 }]\n";
+    assert!(parse(categorical).unwrap_err().to_string().contains("must be numeric"));
+}
+
+#[test]
 fn standardise_needs_the_models_statistics() {
     let spec = shipped();
     let error = Transformer::new(&spec, &TransformStats::default()).unwrap_err().to_string();
