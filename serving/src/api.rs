@@ -10,7 +10,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{DefaultBodyLimit, State},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -21,14 +21,17 @@ use crate::{
     ServingConfig,
     batcher::BatchError,
     impressions::ImpressionLog,
-    model::LoadedVersion,
+    manager::ModelManager,
     rank::{RankError, rank},
 };
+
+/// The request header that pins a loaded model version (for debugging).
+pub const PIN_HEADER: &str = "x-adrank-model-version";
 
 /// What the handlers share.
 #[derive(Debug)]
 pub struct AppState {
-    pub version: LoadedVersion,
+    pub models: Arc<ModelManager>,
     /// `None` when the online store could not be reached at start: every request is degraded.
     pub reader: Option<Reader>,
     /// Where served impressions go (`None`: not logged).
@@ -77,12 +80,34 @@ pub async fn run(
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    // A state exists only once its version is loaded and warmed.
-    let m = &state.version.manifest;
-    Json(serde_json::json!({ "ready": true, "model": { "name": m.name, "version": m.version } })).into_response()
+    // A manager exists only once its first version is loaded and warmed.
+    let default = state.models.default_version();
+    let m = &default.manifest;
+    let body = serde_json::json!({
+        "ready": true,
+        "model": { "name": m.name, "version": m.version },
+        "loaded_versions": state.models.loaded(),
+    });
+    Json(body).into_response()
 }
 
-async fn rank_handler(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let version = match headers.get(PIN_HEADER) {
+        None => state.models.default_version(),
+        Some(value) => {
+            let Some(number) = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) else {
+                let message = format!("the {PIN_HEADER} header must be a version number");
+                return error(StatusCode::BAD_REQUEST, "invalid_request", PIN_HEADER.into(), message);
+            };
+            match state.models.version(number) {
+                Some(version) => version,
+                None => {
+                    let message = format!("version {number} is not loaded here; loaded: {:?}", state.models.loaded());
+                    return error(StatusCode::NOT_FOUND, "unknown_model_version", PIN_HEADER.into(), message);
+                }
+            }
+        }
+    };
     let request: RankRequest = match serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
     {
         Ok(request) => request,
@@ -101,7 +126,7 @@ async fn rank_handler(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
     if let Err(e) = request.validate(state.config.max_candidates) {
         return error(StatusCode::BAD_REQUEST, "invalid_request", e.field.clone(), e.to_string());
     }
-    match rank(&request, &state.version, state.reader.as_ref(), &state.config).await {
+    match rank(&request, &version, state.reader.as_ref(), &state.config).await {
         Ok((response, impressions)) => {
             if let Some(log) = &state.impressions {
                 log.log(impressions);

@@ -32,6 +32,9 @@ pub struct ServingConfig {
     /// Impressions buffered for Kafka beyond the producer's own queue; when Kafka is down and
     /// it is full, the oldest are dropped (and counted) so serving never waits on logging.
     pub impression_buffer: usize,
+    /// How often the registry is checked for a new version of the followed alias
+    /// (milliseconds). A new version is loaded and warmed beside the serving one, then swapped in.
+    pub registry_poll_ms: u64,
 }
 
 impl Default for ServingConfig {
@@ -45,6 +48,7 @@ impl Default for ServingConfig {
             max_candidates: 1000,
             max_body_bytes: 1 << 20,
             impression_buffer: 100_000,
+            registry_poll_ms: 5_000,
         }
     }
 }
@@ -78,6 +82,12 @@ impl ServingConfig {
             problems.push(ConfigProblem::new(
                 "max_candidates",
                 format!("is {}; expected 1 to {}", self.max_candidates, adrank_featurestore::online::reader::MAX_ADS),
+            ));
+        }
+        if self.registry_poll_ms < 100 {
+            problems.push(ConfigProblem::new(
+                "registry_poll_ms",
+                format!("is {}; expected at least 100", self.registry_poll_ms),
             ));
         }
         if self.max_body_bytes < 1024 {

@@ -9,6 +9,7 @@
 //! - [`config`]: the `[serving]` section of `adrank.toml`.
 //! - [`api`]: the HTTP API (axum): validation to 4xx naming the field, overload to 429.
 //! - [`impressions`]: the served top-k to Kafka with the exact features used, never blocking.
+//! - [`manager`]: the loaded versions, the default one, hot swaps when the followed alias moves.
 //! - [`rank`]: one request: features from the online store, transforms, batcher, ranking.
 //! - [`batcher`]: the dynamic batcher: concurrent requests' rows merged into ONNX Runtime runs,
 //!   with a bounded queue, deadlines, and the model on its own thread.
@@ -20,6 +21,7 @@ pub mod batcher;
 pub mod config;
 mod error;
 pub mod impressions;
+pub mod manager;
 pub mod model;
 pub mod rank;
 

@@ -10,7 +10,7 @@ use adrank_registry::Registry;
 use adrank_serving::{
     api::{AppState, run},
     impressions::ImpressionLog,
-    model::{LoadRequest, LoadedVersion},
+    manager::{ManagerConfig, ModelManager},
 };
 use anyhow::Context as _;
 
@@ -37,16 +37,18 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     let config = &loaded.config;
     let spec = FeatureSpec::load(&args.spec)?;
     let registry = Registry::open(&config.registry)?;
-    let version = registry.resolve(&args.name, &args.version).await?;
-    let request = LoadRequest {
-        registry: &registry,
-        name: &args.name,
-        version,
-        spec: &spec,
-        ort: &config.onnxruntime,
-        serving: &config.serving,
-    };
-    let loaded_version = LoadedVersion::load(request).await?;
+    let models = Arc::new(
+        ModelManager::start(ManagerConfig {
+            registry,
+            name: args.name.clone(),
+            follow: args.version.clone(),
+            spec: spec.clone(),
+            ort: config.onnxruntime.clone(),
+            serving: config.serving.clone(),
+        })
+        .await?,
+    );
+    let default = models.default_version();
     let reader = match Reader::connect(&config.redis).await {
         Ok(reader) => Some(reader.with_wanted(Wanted::from_spec(&spec))),
         Err(e) => {
@@ -60,18 +62,17 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     let listen = args.listen.unwrap_or(config.serving.listen);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!(
-        "serving {} version {} on http://{} (loaded and warmed in {:.1} s)",
+        "serving {} version {} ({} follows it) on http://{} (loaded and warmed in {:.1} s)",
         args.name,
-        version,
+        default.manifest.version,
+        args.version,
         listener.local_addr()?,
-        loaded_version.load_seconds
+        default.load_seconds
     );
-    let state = Arc::new(AppState {
-        version: loaded_version,
-        reader,
-        impressions: Some(impressions),
-        config: config.serving.clone(),
-    });
+    let watcher = Arc::clone(&models);
+    let poll = std::time::Duration::from_millis(config.serving.registry_poll_ms);
+    tokio::spawn(async move { watcher.watch(poll, std::future::pending()).await });
+    let state = Arc::new(AppState { models, reader, impressions: Some(impressions), config: config.serving.clone() });
     run(listener, state, async {
         let _ = tokio::signal::ctrl_c().await;
     })

@@ -23,6 +23,12 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().expect("the test kit lives inside the workspace").to_path_buf()
 }
 
+/// The shipped feature spec, `config/features.toml`.
+pub fn spec() -> adrank_featurestore::spec::FeatureSpec {
+    let path = workspace_root().join("config").join("features.toml");
+    adrank_featurestore::spec::FeatureSpec::load(&path).unwrap_or_else(|e| panic!("the shipped spec loads: {e}"))
+}
+
 /// A registry in a temporary folder, removed when the returned guard drops.
 pub fn registry() -> (tempfile::TempDir, RegistryConfig) {
     let dir = tempfile::tempdir().expect("cannot create a temporary folder");

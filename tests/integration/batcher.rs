@@ -2,18 +2,16 @@
 //! equal scoring each job alone; expired work is refused before inference; a full queue sheds.
 
 use std::{
-    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use adrank_featurestore::spec::FeatureSpec;
 use adrank_registry::scoring::{ScoringSession, SessionOptions};
 use adrank_serving::batcher::{BatchError, Batcher, BatcherConfig, Rows};
 use adrank_trainer::model::{Architecture, InputShape, Model};
 
 fn shape() -> InputShape {
-    InputShape::of(&FeatureSpec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/features.toml")).unwrap())
+    InputShape::of(&adrank_testkit::spec())
 }
 
 fn session() -> ScoringSession {

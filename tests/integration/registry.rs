@@ -6,7 +6,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use adrank_featurestore::spec::{FeatureSpec, TransformStats, Transformer};
+use adrank_featurestore::spec::{TransformStats, Transformer};
 use adrank_registry::{Change, Draft, Error, Registry, RegistryConfig};
 use adrank_trainer::{
     model::{Architecture, InputShape, Model},
@@ -14,23 +14,19 @@ use adrank_trainer::{
     publish::checked_signature,
 };
 
-fn spec() -> FeatureSpec {
-    FeatureSpec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/features.toml")).unwrap()
-}
-
 pub(crate) fn registry(dir: &Path) -> Registry {
     Registry::open(&RegistryConfig { location: dir.join("registry").display().to_string() }).unwrap()
 }
 
 /// An untrained model of the shipped spec, exported, with usable statistics.
 pub(crate) fn model_file(architecture: &Architecture) -> (Vec<u8>, TransformStats) {
-    let spec = spec();
+    let spec = adrank_testkit::spec();
     let model = Model::new(architecture, &InputShape::of(&spec), 0.02, 1);
     (export(&model, &[]), TransformStats::fit(&spec, std::iter::empty()))
 }
 
 pub(crate) fn draft(onnx: &[u8], stats: &TransformStats, reason: &str) -> Draft {
-    let spec = spec();
+    let spec = adrank_testkit::spec();
     let transformer = Transformer::new(&spec, stats).unwrap();
     Draft {
         name: "ctr".into(),
@@ -109,7 +105,7 @@ async fn a_damaged_model_file_is_refused_by_its_checksum() {
 
 #[test]
 fn an_import_must_match_the_spec_signature() {
-    let spec = spec();
+    let spec = adrank_testkit::spec();
     let stats = TransformStats::fit(&spec, std::iter::empty());
     let transformer = Transformer::new(&spec, &stats).unwrap();
     let shape = InputShape::of(&spec);

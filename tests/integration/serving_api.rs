@@ -2,21 +2,20 @@
 //! the machine's Redis: requests from the synthetic world are ranked by expected value; every
 //! kind of bad request gets a 4xx naming the field.
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use adrank_featurestore::{
     KafkaConfig,
     events::{Event as _, Impression},
     kafka::{self, admin},
     online::{Reader, Wanted},
-    spec::FeatureSpec,
 };
 use adrank_loadtest::world::{World, WorldConfig};
 use adrank_serving::{
     ServingConfig,
     api::{AppState, run},
     impressions::ImpressionLog,
-    model::{LoadRequest, LoadedVersion},
+    manager::{ManagerConfig, ModelManager, Refresh},
     rank::RankResponse,
 };
 use adrank_trainer::model::Architecture;
@@ -72,9 +71,14 @@ async fn a_dead_broker_costs_the_oldest_impressions_never_a_wait() {
 
 /// One HTTP/1.1 exchange on a fresh connection: (status, head, body).
 async fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
+    http_with(addr, method, path, "", body).await
+}
+
+/// [`http`] with extra header lines (`"name: value\r\n"` each).
+async fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> (u16, String, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{headers}connection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -94,19 +98,11 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     let registry = registry(dir.path());
     let (onnx, stats) =
         model_file(&Architecture::Dlrm { embedding_dim: 8, bottom: vec![16], top: vec![32], wide: true });
-    let manifest = registry.publish(draft(&onnx, &stats, "api test")).await.unwrap();
-    let spec = FeatureSpec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/features.toml")).unwrap();
-    let (ort, config) =
-        (adrank_testkit::onnxruntime(), ServingConfig { max_body_bytes: 200_000, ..ServingConfig::default() });
-    let request = LoadRequest {
-        registry: &registry,
-        name: "ctr",
-        version: manifest.version,
-        spec: &spec,
-        ort: &ort,
-        serving: &config,
-    };
-    let version = LoadedVersion::load(request).await.unwrap();
+    registry.publish(draft(&onnx, &stats, "api test")).await.unwrap();
+    registry.change("ctr", alias(1, 0)).await.unwrap();
+    let spec = adrank_testkit::spec();
+    let config = ServingConfig { max_body_bytes: 200_000, ..ServingConfig::default() };
+    let models = Arc::new(ModelManager::start(manager_config(&registry, &config)).await.unwrap());
     let redis = adrank_testkit::redis::TestRedis::new().await;
     let reader = Reader::connect(&redis.config).await.unwrap().with_wanted(Wanted::from_spec(&spec));
     let broker = adrank_testkit::broker::TestBroker::start().await;
@@ -114,7 +110,7 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     let topic = broker.config.topics.impressions.name.clone();
     let log = ImpressionLog::start(&broker.config, &topic, 1000).unwrap();
     let state =
-        Arc::new(AppState { version, reader: Some(reader), impressions: Some(log.clone()), config: config.clone() });
+        Arc::new(AppState { models, reader: Some(reader), impressions: Some(log.clone()), config: config.clone() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -192,4 +188,93 @@ async fn ranks_world_requests_and_names_every_bad_field() {
 
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
+}
+
+fn manager_config(registry: &adrank_registry::Registry, serving: &ServingConfig) -> ManagerConfig {
+    ManagerConfig {
+        registry: registry.clone(),
+        name: "ctr".into(),
+        follow: "production".into(),
+        spec: adrank_testkit::spec(),
+        ort: adrank_testkit::onnxruntime(),
+        serving: serving.clone(),
+    }
+}
+
+fn alias(version: u64, seq: u64) -> adrank_registry::Change {
+    adrank_registry::Change {
+        expected_seq: seq,
+        set: vec![("production".into(), Some(version))],
+        by: "test".into(),
+        reason: "test".into(),
+    }
+}
+
+fn body(world: &mut World) -> String {
+    let next = world.next_request();
+    serde_json::to_string(&world.rank_request(&next)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_swaps_in_under_traffic_and_a_broken_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path());
+    let architecture = Architecture::Dlrm { embedding_dim: 8, bottom: vec![16], top: vec![32], wide: true };
+    let (onnx, stats) = model_file(&architecture);
+    registry.publish(draft(&onnx, &stats, "v1")).await.unwrap();
+    registry.change("ctr", alias(1, 0)).await.unwrap();
+    let config = ServingConfig::default();
+    let models = Arc::new(ModelManager::start(manager_config(&registry, &config)).await.unwrap());
+    let state = Arc::new(AppState { models: Arc::clone(&models), reader: None, impressions: None, config });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(run(listener, state, std::future::pending()));
+
+    let mut world = World::new(WorldConfig { users: 500, advertisers: 50, ads: 400, ..WorldConfig::default() });
+    let bodies: Vec<String> = (0..120).map(|_| body(&mut world)).collect();
+    // Traffic before, during and after the swap.
+    let traffic = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        for body in bodies {
+            let (status, _, text) = http(addr, "POST", "/v1/rank", body.as_bytes()).await;
+            let version = serde_json::from_str::<RankResponse>(&text).map(|r| r.model.version).ok();
+            answers.push((status, version, text));
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        answers
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Another model (another seed) as version 2, promoted: the manager loads, warms, swaps.
+    let shape = adrank_trainer::model::InputShape::of(&adrank_testkit::spec());
+    let other = adrank_trainer::onnx::export(&adrank_trainer::model::Model::new(&architecture, &shape, 0.02, 9), &[]);
+    registry.publish(draft(&other, &stats, "v2")).await.unwrap();
+    registry.change("ctr", alias(2, 1)).await.unwrap();
+    assert_eq!(models.refresh().await.unwrap(), Refresh::Swapped { from: 1, to: 2 });
+    let answers = traffic.await.unwrap();
+    for (status, _, text) in &answers {
+        assert_eq!(*status, 200, "no request fails during a swap: {text}");
+    }
+    let versions: Vec<u64> = answers.iter().filter_map(|a| a.1).collect();
+    assert_eq!(versions.len(), 120);
+    assert!(versions.windows(2).all(|w| w[0] <= w[1]), "1s then 2s: {versions:?}");
+    assert_eq!((versions[0], versions[119]), (1, 2), "{versions:?}");
+    assert_eq!(models.loaded(), vec![2], "the old version is unloaded");
+
+    // Pinning: a loaded version answers, an unloaded one is 404, a bad header 400.
+    let request = body(&mut world);
+    let pinned = |v: &'static str| format!("x-adrank-model-version: {v}\r\n");
+    assert_eq!(http_with(addr, "POST", "/v1/rank", &pinned("2"), request.as_bytes()).await.0, 200);
+    let (status, _, text) = http_with(addr, "POST", "/v1/rank", &pinned("1"), request.as_bytes()).await;
+    assert_eq!(status, 404, "{text}");
+    assert_eq!(http_with(addr, "POST", "/v1/rank", &pinned("two"), request.as_bytes()).await.0, 400);
+
+    // A version for another feature spec is refused once, remembered, and 2 serves on.
+    let mut broken = draft(&other, &stats, "v3, another spec");
+    broken.spec_version = "f".repeat(64);
+    registry.publish(broken).await.unwrap();
+    registry.change("ctr", alias(3, 2)).await.unwrap();
+    assert!(matches!(models.refresh().await.unwrap(), Refresh::Refused { version: 3, current: 2, .. }));
+    assert_eq!(models.refresh().await.unwrap(), Refresh::Unchanged);
+    let (status, _, text) = http(addr, "POST", "/v1/rank", request.as_bytes()).await;
+    assert_eq!((status, serde_json::from_str::<RankResponse>(&text).unwrap().model.version), (200, 2));
 }

@@ -1,12 +1,8 @@
 //! Loading versions for serving from a real registry with the real ONNX Runtime: a good version
 //! is verified, warmed and scores; a version for another spec or with a damaged file is refused.
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use adrank_featurestore::spec::FeatureSpec;
 use adrank_registry::Error as RegistryError;
 use adrank_serving::{
     Error, ServingConfig,
@@ -15,10 +11,6 @@ use adrank_serving::{
 use adrank_trainer::model::Architecture;
 
 use crate::registry::{draft, model_file, registry};
-
-fn spec() -> FeatureSpec {
-    FeatureSpec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/features.toml")).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_is_verified_warmed_and_scores_and_bad_ones_are_refused() {
@@ -31,7 +23,7 @@ async fn a_version_is_verified_warmed_and_scores_and_bad_ones_are_refused() {
     other_spec.spec_version = "0".repeat(64);
     let other = registry.publish(other_spec).await.unwrap();
 
-    let (spec, ort, serving) = (spec(), adrank_testkit::onnxruntime(), ServingConfig::default());
+    let (spec, ort, serving) = (adrank_testkit::spec(), adrank_testkit::onnxruntime(), ServingConfig::default());
     let request =
         |version| LoadRequest { registry: &registry, name: "ctr", version, spec: &spec, ort: &ort, serving: &serving };
     let loaded = LoadedVersion::load(request(good.version)).await.unwrap();

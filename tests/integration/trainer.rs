@@ -24,10 +24,6 @@ use adrank_trainer::{
 
 const HOUR_MS: i64 = 3_600_000;
 
-fn spec() -> FeatureSpec {
-    FeatureSpec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/features.toml")).unwrap()
-}
-
 /// Twelve simulated hours of a small world: about 30k impressions.
 async fn history(dir: &Path) -> (String, Window) {
     let location = dir.join("log").display().to_string();
@@ -73,7 +69,7 @@ fn rows(data: &LogWindow, transformer: &adrank_featurestore::spec::Transformer) 
 async fn trained_models_export_to_onnx_with_parity_and_beat_a_constant() {
     let dir = tempfile::tempdir().unwrap();
     let (location, span) = history(dir.path()).await;
-    let spec = spec();
+    let spec = adrank_testkit::spec();
     let ort = adrank_testkit::onnxruntime();
     let registry =
         Registry::open(&RegistryConfig { location: dir.path().join("registry").display().to_string() }).unwrap();
@@ -162,7 +158,7 @@ fn single_thread_training_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let (location, span) = runtime.block_on(history(dir.path()));
     let data = runtime.block_on(LogWindow::open(&location, span)).unwrap();
-    let spec = spec();
+    let spec = adrank_testkit::spec();
     let config = TrainingConfig {
         threads: 1,
         epochs: 1,

@@ -1,0 +1,149 @@
+//! The model manager: which versions are loaded, which one serves by default, and hot swaps.
+//!
+//! It follows one alias of one model (`production` by default). [`ModelManager::refresh`]
+//! resolves the alias; when it names another version, that version is loaded, verified and
+//! warmed while the current one keeps serving, then swapped in with one pointer store. Requests
+//! already holding the old version finish on it; its batcher and ONNX Runtime session are freed
+//! when the last of them is done. A version that fails to load is refused, remembered (not
+//! retried until the alias moves again) and the current one keeps serving. [`ModelManager::watch`]
+//! refreshes on an interval.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use adrank_featurestore::spec::FeatureSpec;
+use adrank_registry::{OrtConfig, Registry};
+
+use crate::{
+    Result, ServingConfig,
+    model::{LoadRequest, LoadedVersion},
+};
+
+/// What the manager follows and how it loads.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub registry: Registry,
+    pub name: String,
+    /// The alias (or `latest`, or a fixed number) whose version serves by default.
+    pub follow: String,
+    pub spec: FeatureSpec,
+    pub ort: OrtConfig,
+    pub serving: ServingConfig,
+}
+
+/// The loaded versions and the default one.
+#[derive(Debug)]
+pub struct ModelManager {
+    config: ManagerConfig,
+    state: RwLock<State>,
+}
+
+#[derive(Debug, Clone)]
+struct State {
+    default: Arc<LoadedVersion>,
+    loaded: BTreeMap<u64, Arc<LoadedVersion>>,
+    /// The last version refused, so a broken version is not reloaded every poll.
+    refused: Option<u64>,
+}
+
+/// What one refresh did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refresh {
+    Unchanged,
+    Swapped {
+        from: u64,
+        to: u64,
+    },
+    /// The followed version could not be loaded (the reason was logged); `current` serves on.
+    Refused {
+        version: u64,
+        current: u64,
+        reason: String,
+    },
+}
+
+impl ModelManager {
+    /// Loads the version the alias names now. Fails when it cannot be served: a server must not
+    /// start without a model.
+    pub async fn start(config: ManagerConfig) -> Result<Self> {
+        let version = config.registry.resolve(&config.name, &config.follow).await?;
+        let loaded = Arc::new(LoadedVersion::load(request(&config, version)).await?);
+        let state = State { default: Arc::clone(&loaded), loaded: BTreeMap::from([(version, loaded)]), refused: None };
+        Ok(Self { config, state: RwLock::new(state) })
+    }
+
+    /// The version that serves requests that pin none.
+    pub fn default_version(&self) -> Arc<LoadedVersion> {
+        Arc::clone(&self.state.read().expect("the state lock is never poisoned").default)
+    }
+
+    /// A loaded version, by number.
+    pub fn version(&self, version: u64) -> Option<Arc<LoadedVersion>> {
+        self.state.read().expect("the state lock is never poisoned").loaded.get(&version).cloned()
+    }
+
+    /// The versions loaded now.
+    pub fn loaded(&self) -> Vec<u64> {
+        self.state.read().expect("the state lock is never poisoned").loaded.keys().copied().collect()
+    }
+
+    /// Resolves the followed alias once and swaps to its version if it changed.
+    pub async fn refresh(&self) -> Result<Refresh> {
+        let target = self.config.registry.resolve(&self.config.name, &self.config.follow).await?;
+        let (current, refused) = {
+            let state = self.state.read().expect("the state lock is never poisoned");
+            (state.default.manifest.version, state.refused)
+        };
+        if target == current || refused == Some(target) {
+            return Ok(Refresh::Unchanged);
+        }
+        let loaded = match LoadedVersion::load(request(&self.config, target)).await {
+            Ok(loaded) => Arc::new(loaded),
+            Err(e) => {
+                tracing::warn!(name = %self.config.name, version = target, error = %e, "refused a model version; the current one keeps serving");
+                self.state.write().expect("the state lock is never poisoned").refused = Some(target);
+                return Ok(Refresh::Refused { version: target, current, reason: e.to_string() });
+            }
+        };
+        let mut state = self.state.write().expect("the state lock is never poisoned");
+        let old = std::mem::replace(&mut state.default, Arc::clone(&loaded)).manifest.version;
+        state.loaded.insert(target, loaded);
+        // The old version leaves the map; requests holding it finish, then it is freed.
+        state.loaded.remove(&old);
+        state.refused = None;
+        tracing::info!(name = %self.config.name, from = old, to = target, "swapped the serving model version");
+        Ok(Refresh::Swapped { from: old, to: target })
+    }
+
+    /// Refreshes every `interval` until `shutdown` completes. Registry errors are logged and
+    /// retried at the next tick.
+    pub async fn watch(&self, interval: Duration, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = ticks.tick() => {
+                    if let Err(e) = self.refresh().await {
+                        tracing::warn!(error = %e, "cannot check the registry for a new model version");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn request(config: &ManagerConfig, version: u64) -> LoadRequest<'_> {
+    LoadRequest {
+        registry: &config.registry,
+        name: &config.name,
+        version,
+        spec: &config.spec,
+        ort: &config.ort,
+        serving: &config.serving,
+    }
+}
