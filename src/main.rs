@@ -69,3 +69,15 @@ fn init_logging() {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn every_subcommand_has_valid_arguments() {
+        // clap checks its own invariants (unique names, valid defaults) only when a command is
+        // built: build them all here, not on a user's first run.
+        super::Cli::command().debug_assert();
+    }
+}

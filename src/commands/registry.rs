@@ -30,7 +30,8 @@ enum Command {
     Show {
         name: String,
         /// A number, an alias or `latest`.
-        version: String,
+        #[arg(value_name = "VERSION")]
+        reference: String,
     },
     /// Register an ONNX file made elsewhere (for example exported from PyTorch). Its inputs must
     /// be `ids` int64 [batch, id features] and `dense` float32 [batch, numbers], its output
@@ -56,9 +57,10 @@ enum Command {
         name: String,
         alias: String,
         /// A number, another alias or `latest`; leave out with --remove.
-        version: Option<String>,
+        #[arg(value_name = "VERSION")]
+        target: Option<String>,
         /// Remove the alias.
-        #[arg(long, conflicts_with = "version")]
+        #[arg(long, conflicts_with = "target")]
         remove: bool,
         /// The state sequence number this change is based on (see `registry history`);
         /// default: the current one.
@@ -113,8 +115,8 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
             }
             print!("{}", table.render());
         }
-        Command::Show { name, version } => {
-            let manifest = registry.version(&name, registry.resolve(&name, &version).await?).await?;
+        Command::Show { name, reference } => {
+            let manifest = registry.version(&name, registry.resolve(&name, &reference).await?).await?;
             println!("{}", serde_json::to_string_pretty(&manifest)?);
         }
         Command::Import { name, file, stats, spec, reason } => {
@@ -148,8 +150,8 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
             let manifest = registry.publish(draft).await?;
             println!("imported {} as {} version {}", file.display(), manifest.name, manifest.version);
         }
-        Command::Alias { name, alias, version, remove, expect, reason } => {
-            let target = match (version, remove) {
+        Command::Alias { name, alias, target, remove, expect, reason } => {
+            let target = match (target, remove) {
                 (Some(reference), false) => Some(registry.resolve(&name, &reference).await?),
                 (None, true) => None,
                 _ => bail!("give a version to point `{alias}` at, or --remove"),

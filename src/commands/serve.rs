@@ -22,9 +22,10 @@ pub(crate) struct Args {
     /// The model name in the registry.
     #[arg(long, default_value = "ctr")]
     name: String,
-    /// The version to serve: a number, an alias or `latest`.
-    #[arg(long, default_value = "production")]
-    version: String,
+    /// What to serve: an alias (followed: when it moves, the new version is swapped in), `latest`
+    /// (likewise) or a version number.
+    #[arg(long, default_value = "production", value_name = "ALIAS")]
+    follow: String,
     /// The feature spec.
     #[arg(long, default_value = "config/features.toml")]
     spec: PathBuf,
@@ -41,7 +42,7 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         ModelManager::start(ManagerConfig {
             registry,
             name: args.name.clone(),
-            follow: args.version.clone(),
+            follow: args.follow.clone(),
             spec: spec.clone(),
             ort: config.onnxruntime.clone(),
             serving: config.serving.clone(),
@@ -65,7 +66,7 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         "serving {} version {} ({} follows it) on http://{} (loaded and warmed in {:.1} s)",
         args.name,
         default.manifest.version,
-        args.version,
+        args.follow,
         listener.local_addr()?,
         default.load_seconds
     );
