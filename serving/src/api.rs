@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use crate::{
     ServingConfig,
     batcher::BatchError,
+    clicks::{ClickError, ClickSink},
     impressions::ImpressionLog,
     manager::ModelManager,
     rank::{RankError, rank},
@@ -36,6 +37,8 @@ pub struct AppState {
     pub reader: Option<Reader>,
     /// Where served impressions go (`None`: not logged).
     pub impressions: Option<ImpressionLog>,
+    /// Where `POST /v1/events/click` publishes (`None`: the route answers 503).
+    pub clicks: Option<ClickSink>,
     pub config: ServingConfig,
 }
 
@@ -64,6 +67,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
         .route("/v1/rank", post(rank_handler))
+        .route("/v1/events/click", post(click_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .layer(DefaultBodyLimit::max(limit))
@@ -89,6 +93,27 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         "loaded_versions": state.models.loaded(),
     });
     Json(body).into_response()
+}
+
+async fn click_handler(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let Some(sink) = &state.clicks else {
+        let message = "this server does not publish clicks (no Kafka producer)".to_string();
+        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", String::new(), message);
+    };
+    match sink.accept(&body).await {
+        Ok(click) => {
+            let body = serde_json::json!({ "accepted": click.click_id, "impression_id": click.impression_id });
+            (StatusCode::ACCEPTED, Json(body)).into_response()
+        }
+        Err(ClickError::Invalid(e)) => {
+            error(StatusCode::BAD_REQUEST, "invalid_request", e.field.clone(), e.to_string())
+        }
+        Err(e @ ClickError::Unavailable(_)) => {
+            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", String::new(), e.to_string());
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+    }
 }
 
 async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {

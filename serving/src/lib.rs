@@ -8,6 +8,7 @@
 //!
 //! - [`config`]: the `[serving]` section of `adrank.toml`.
 //! - [`api`]: the HTTP API (axum): validation to 4xx naming the field, overload to 429.
+//! - [`clicks`]: `POST /v1/events/click`, published to Kafka and acknowledged before 202.
 //! - [`impressions`]: the served top-k to Kafka with the exact features used, never blocking.
 //! - [`manager`]: the loaded versions, the default one, hot swaps when the followed alias moves.
 //! - [`rank`]: one request: features from the online store, transforms, batcher, ranking.
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod batcher;
+pub mod clicks;
 pub mod config;
 mod error;
 pub mod impressions;

@@ -9,6 +9,7 @@ use adrank_featurestore::{
 use adrank_registry::Registry;
 use adrank_serving::{
     api::{AppState, run},
+    clicks::ClickSink,
     impressions::ImpressionLog,
     manager::{ManagerConfig, ModelManager},
 };
@@ -60,6 +61,9 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     let topic = &config.kafka.topics.impressions.name;
     let impressions = ImpressionLog::start(&config.kafka, topic, config.serving.impression_buffer)
         .with_context(|| format!("cannot create the Kafka producer for {topic}"))?;
+    let clicks_topic = &config.kafka.topics.clicks.name;
+    let clicks = ClickSink::new(&config.kafka, clicks_topic, std::time::Duration::from_secs(5))
+        .with_context(|| format!("cannot create the Kafka producer for {clicks_topic}"))?;
     let listen = args.listen.unwrap_or(config.serving.listen);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!(
@@ -73,7 +77,13 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     let watcher = Arc::clone(&models);
     let poll = std::time::Duration::from_millis(config.serving.registry_poll_ms);
     tokio::spawn(async move { watcher.watch(poll, std::future::pending()).await });
-    let state = Arc::new(AppState { models, reader, impressions: Some(impressions), config: config.serving.clone() });
+    let state = Arc::new(AppState {
+        models,
+        reader,
+        impressions: Some(impressions),
+        clicks: Some(clicks),
+        config: config.serving.clone(),
+    });
     run(listener, state, async {
         let _ = tokio::signal::ctrl_c().await;
     })

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use adrank_featurestore::{
     KafkaConfig,
-    events::{Event as _, Impression},
+    events::{Click, Event as _, Impression},
     kafka::{self, admin},
     online::{Reader, Wanted},
 };
@@ -14,6 +14,7 @@ use adrank_loadtest::world::{World, WorldConfig};
 use adrank_serving::{
     ServingConfig,
     api::{AppState, run},
+    clicks::ClickSink,
     impressions::ImpressionLog,
     manager::{ManagerConfig, ModelManager, Refresh},
     rank::RankResponse,
@@ -109,8 +110,15 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     admin::ensure_topics(&broker.config).await.unwrap();
     let topic = broker.config.topics.impressions.name.clone();
     let log = ImpressionLog::start(&broker.config, &topic, 1000).unwrap();
-    let state =
-        Arc::new(AppState { models, reader: Some(reader), impressions: Some(log.clone()), config: config.clone() });
+    let clicks_topic = broker.config.topics.clicks.name.clone();
+    let clicks = ClickSink::new(&broker.config, &clicks_topic, std::time::Duration::from_secs(10)).unwrap();
+    let state = Arc::new(AppState {
+        models,
+        reader: Some(reader),
+        impressions: Some(log.clone()),
+        clicks: Some(clicks),
+        config: config.clone(),
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -156,6 +164,32 @@ async fn ranks_world_requests_and_names_every_bad_field() {
         assert!(!logged.features.contains_key("position"), "the slot is the impression's, not a logged feature");
     }
     assert_eq!(log.stats().dropped, 0);
+
+    // A click on the top impression, over HTTP, reaches the clicks topic under its key.
+    let click = Click::on(&logged[0], "c-1".into(), logged[0].event_time_ms + 1000);
+    let (status, _, text) = http(addr, "POST", "/v1/events/click", &click.encode()).await;
+    assert_eq!(status, 202, "{text}");
+    let consumer: BaseConsumer = kafka::client_config(&broker.config).set("group.id", "clicks-test").create().unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..broker.config.topics.clicks.partitions.get() as i32 {
+        assignment.add_partition_offset(&clicks_topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let started = std::time::Instant::now();
+    let mut received = None;
+    while received.is_none() && started.elapsed() < std::time::Duration::from_secs(30) {
+        if let Some(Ok(message)) = consumer.poll(std::time::Duration::from_millis(200)) {
+            received = Some((Click::decode(message.payload().unwrap()).unwrap(), message.key().map(<[u8]>::to_vec)));
+        }
+    }
+    let (received, key) = received.expect("the click reached Kafka");
+    assert_eq!(received, click);
+    assert_eq!(key.as_deref(), Some(click.impression_id.as_bytes()), "keyed by its impression");
+    let mut bad = serde_json::to_value(&click).unwrap();
+    bad["event_time_ms"] = (-5).into();
+    let (status, _, text) = http(addr, "POST", "/v1/events/click", bad.to_string().as_bytes()).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("event_time_ms"), "{text}");
 
     // Bad requests: 400 with the field named, never a 5xx.
     let bad = |mutate: &dyn Fn(&mut serde_json::Value)| {
@@ -225,7 +259,8 @@ async fn a_new_version_swaps_in_under_traffic_and_a_broken_one_is_refused() {
     registry.change("ctr", alias(1, 0)).await.unwrap();
     let config = ServingConfig::default();
     let models = Arc::new(ModelManager::start(manager_config(&registry, &config)).await.unwrap());
-    let state = Arc::new(AppState { models: Arc::clone(&models), reader: None, impressions: None, config });
+    let state =
+        Arc::new(AppState { models: Arc::clone(&models), reader: None, impressions: None, clicks: None, config });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(run(listener, state, std::future::pending()));
