@@ -3,7 +3,7 @@
 //! Every client mistake is a 4xx whose JSON body names the field and the rule; overload is 429
 //! with `Retry-After`; a deadline that passed is 504; nothing a client sends can cause a 5xx.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Instant};
 
 use adrank_featurestore::{online::Reader, request::RankRequest};
 use axum::{
@@ -23,6 +23,7 @@ use crate::{
     clicks::{ClickError, ClickSink},
     impressions::ImpressionLog,
     manager::ModelManager,
+    metrics,
     rank::{RankError, rank},
 };
 
@@ -39,7 +40,19 @@ pub struct AppState {
     pub impressions: Option<ImpressionLog>,
     /// Where `POST /v1/events/click` publishes (`None`: the route answers 503).
     pub clicks: Option<ClickSink>,
+    /// Renders the process's metrics for `/metrics` (`None`: the route answers 404).
+    pub metrics: Option<MetricsRender>,
     pub config: ServingConfig,
+}
+
+/// A function that renders the installed metrics recorder in Prometheus's text format.
+#[derive(Clone)]
+pub struct MetricsRender(pub Arc<dyn Fn() -> String + Send + Sync>);
+
+impl std::fmt::Debug for MetricsRender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsRender")
+    }
 }
 
 /// The JSON body of every error.
@@ -66,8 +79,9 @@ fn error(status: StatusCode, kind: &'static str, field: String, message: String)
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
-        .route("/v1/rank", post(rank_handler))
-        .route("/v1/events/click", post(click_handler))
+        .route("/v1/rank", post(timed_rank))
+        .route("/v1/events/click", post(timed_click))
+        .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .layer(DefaultBodyLimit::max(limit))
@@ -93,6 +107,51 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         "loaded_versions": state.models.loaded(),
     });
     Json(body).into_response()
+}
+
+async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
+    match &state.metrics {
+        Some(render) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], (render.0)()).into_response(),
+        None => error(StatusCode::NOT_FOUND, "not_found", String::new(), "metrics are not recorded here".into()),
+    }
+}
+
+/// Counts a request by route and status, with its duration.
+fn observed(route: &'static str, started: Instant, response: Response) -> Response {
+    let status = response.status();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        metrics::shed();
+    }
+    metrics::request(route, status.as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+/// Counts a ranking request in flight until it is dropped (answered, or abandoned by a caller
+/// who hung up).
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::in_flight(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::in_flight(-1.0);
+    }
+}
+
+async fn timed_rank(state: State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let _in_flight = InFlight::start();
+    observed("rank", started, rank_handler(state, headers, body).await)
+}
+
+async fn timed_click(state: State<Arc<AppState>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    observed("click", started, click_handler(state, body).await)
 }
 
 async fn click_handler(State(state): State<Arc<AppState>>, body: Bytes) -> Response {

@@ -82,6 +82,7 @@ impl ImpressionLog {
             if buffer.len() > self.shared.capacity {
                 buffer.pop_front();
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::impressions_dropped(1);
             }
         }
         drop(buffer);
@@ -114,11 +115,13 @@ async fn send_loop(producer: FutureProducer, topic: String, shared: Arc<Shared>)
             Ok(delivery) => {
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
-                    let counter = match delivery.await {
-                        Ok(Ok(_)) => &shared.delivered,
-                        _ => &shared.dropped,
+                    match delivery.await {
+                        Ok(Ok(_)) => shared.delivered.fetch_add(1, Ordering::Relaxed),
+                        _ => {
+                            crate::metrics::impressions_dropped(1);
+                            shared.dropped.fetch_add(1, Ordering::Relaxed)
+                        }
                     };
-                    counter.fetch_add(1, Ordering::Relaxed);
                 });
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -130,6 +133,7 @@ async fn send_loop(producer: FutureProducer, topic: String, shared: Arc<Shared>)
             Err((e, _)) => {
                 tracing::warn!(error = %e, "an impression could not be queued for Kafka; dropped");
                 shared.dropped.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::impressions_dropped(1);
             }
         }
     }

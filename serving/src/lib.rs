@@ -11,6 +11,7 @@
 //! - [`clicks`]: `POST /v1/events/click`, published to Kafka and acknowledged before 202.
 //! - [`impressions`]: the served top-k to Kafka with the exact features used, never blocking.
 //! - [`manager`]: the loaded versions, the default one, hot swaps when the followed alias moves.
+//! - [`metrics`]: every metric serving emits (Prometheus, at `/metrics`).
 //! - [`rank`]: one request: features from the online store, transforms, batcher, ranking.
 //! - [`batcher`]: the dynamic batcher: concurrent requests' rows merged into ONNX Runtime runs,
 //!   with a bounded queue, deadlines, and the model on its own thread.
@@ -24,6 +25,7 @@ pub mod config;
 mod error;
 pub mod impressions;
 pub mod manager;
+pub mod metrics;
 pub mod model;
 pub mod rank;
 

@@ -104,7 +104,9 @@ impl ModelManager {
             Ok(loaded) => Arc::new(loaded),
             Err(e) => {
                 tracing::warn!(name = %self.config.name, version = target, error = %e, "refused a model version; the current one keeps serving");
-                self.state.write().expect("the state lock is never poisoned").refused = Some(target);
+                let mut state = self.state.write().expect("the state lock is never poisoned");
+                state.refused = Some(target);
+                crate::metrics::versions(state.loaded.len(), "refused");
                 return Ok(Refresh::Refused { version: target, current, reason: e.to_string() });
             }
         };
@@ -114,6 +116,7 @@ impl ModelManager {
         // The old version leaves the map; requests holding it finish, then it is freed.
         state.loaded.remove(&old);
         state.refused = None;
+        crate::metrics::versions(state.loaded.len(), "swapped");
         tracing::info!(name = %self.config.name, from = old, to = target, "swapped the serving model version");
         Ok(Refresh::Swapped { from: old, to: target })
     }

@@ -93,6 +93,9 @@ pub async fn rank(
         None => None,
     };
     let degraded = fetched.is_none();
+    if degraded {
+        crate::metrics::degraded();
+    }
     let fetched = fetched.unwrap_or_else(|| Fetched { ads: vec![Default::default(); ads.len()], ..Fetched::default() });
     let features_ms = ms(started.elapsed());
 
@@ -120,7 +123,9 @@ pub async fn rank(
         transformer.transform(&raw, &mut rows.ids, &mut rows.dense);
         raws.push(logged);
     }
+    crate::metrics::queue_depth(version.batcher.queued());
     let scored = version.batcher.score(rows, deadline).await?;
+    crate::metrics::stages(features_ms / 1000.0, scored.queue.as_secs_f64(), scored.inference.as_secs_f64());
     let mut order: Vec<usize> = (0..request.candidates.len()).collect();
     let value = |i: usize| f64::from(scored.scores[i]) * request.candidates[i].bid;
     order.sort_by(|&a, &b| value(b).total_cmp(&value(a)).then(a.cmp(&b)));

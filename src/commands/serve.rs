@@ -8,7 +8,7 @@ use adrank_featurestore::{
 };
 use adrank_registry::Registry;
 use adrank_serving::{
-    api::{AppState, run},
+    api::{AppState, MetricsRender, run},
     clicks::ClickSink,
     impressions::ImpressionLog,
     manager::{ManagerConfig, ModelManager},
@@ -37,6 +37,11 @@ pub(crate) struct Args {
 
 pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
     let config = &loaded.config;
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    adrank_serving::metrics::describe();
+    adrank_featurestore::metrics::describe();
     let spec = FeatureSpec::load(&args.spec)?;
     let registry = Registry::open(&config.registry)?;
     let models = Arc::new(
@@ -82,6 +87,7 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         reader,
         impressions: Some(impressions),
         clicks: Some(clicks),
+        metrics: Some(MetricsRender(Arc::new(move || recorder.render()))),
         config: config.serving.clone(),
     });
     run(listener, state, async {

@@ -13,7 +13,7 @@ use adrank_featurestore::{
 use adrank_loadtest::world::{World, WorldConfig};
 use adrank_serving::{
     ServingConfig,
-    api::{AppState, run},
+    api::{AppState, MetricsRender, run},
     clicks::ClickSink,
     impressions::ImpressionLog,
     manager::{ManagerConfig, ModelManager, Refresh},
@@ -110,6 +110,8 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     admin::ensure_topics(&broker.config).await.unwrap();
     let topic = broker.config.topics.impressions.name.clone();
     let log = ImpressionLog::start(&broker.config, &topic, 1000).unwrap();
+    // The only test in this binary that installs a metrics recorder (it is process-wide).
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().unwrap();
     let clicks_topic = broker.config.topics.clicks.name.clone();
     let clicks = ClickSink::new(&broker.config, &clicks_topic, std::time::Duration::from_secs(10)).unwrap();
     let state = Arc::new(AppState {
@@ -117,6 +119,7 @@ async fn ranks_world_requests_and_names_every_bad_field() {
         reader: Some(reader),
         impressions: Some(log.clone()),
         clicks: Some(clicks),
+        metrics: Some(MetricsRender(Arc::new(move || recorder.render()))),
         config: config.clone(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -220,6 +223,21 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     let huge = vec![b' '; 300_000];
     assert_eq!(http(addr, "POST", "/v1/rank", &huge).await.0, 413);
 
+    // Requests by route and status, stage times, batch sizes.
+    let (status, _, metrics) = http(addr, "GET", "/metrics", b"").await;
+    assert_eq!(status, 200);
+    // The recorder is process-wide and other tests run beside this one: at least these.
+    let value = |series: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("{series}:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("adrank_serving_requests_total{route=\"rank\",status=\"200\"}") >= 2.0);
+    assert!(value("adrank_serving_requests_total{route=\"rank\",status=\"400\"}") >= 8.0);
+    assert!(value("adrank_serving_requests_total{route=\"click\",status=\"202\"}") >= 1.0);
+    for name in ["adrank_serving_stage_seconds", "adrank_serving_batch_rows", "adrank_serving_in_flight_requests"] {
+        assert!(metrics.contains(name), "{name} not in:\n{metrics}");
+    }
+
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
@@ -259,8 +277,14 @@ async fn a_new_version_swaps_in_under_traffic_and_a_broken_one_is_refused() {
     registry.change("ctr", alias(1, 0)).await.unwrap();
     let config = ServingConfig::default();
     let models = Arc::new(ModelManager::start(manager_config(&registry, &config)).await.unwrap());
-    let state =
-        Arc::new(AppState { models: Arc::clone(&models), reader: None, impressions: None, clicks: None, config });
+    let state = Arc::new(AppState {
+        models: Arc::clone(&models),
+        reader: None,
+        impressions: None,
+        clicks: None,
+        metrics: None,
+        config,
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(run(listener, state, std::future::pending()));

@@ -34,6 +34,7 @@ fn run(session: &mut ScoringSession, batch: Batch) {
     let started = Instant::now();
     let result = session.score(rows, &ids, &dense);
     let inference = started.elapsed();
+    crate::metrics::batch(rows, result.is_err());
     match result {
         Ok(scores) => {
             let mut offset = 0;

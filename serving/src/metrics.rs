@@ -1,0 +1,77 @@
+//! Every metric serving emits, named once (Prometheus names, units in the name). Nothing is
+//! recorded until the binary installs a recorder (`adrank serve` does, and serves it at
+//! `/metrics`).
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+
+pub const REQUESTS: &str = "adrank_serving_requests_total";
+pub const REQUEST_SECONDS: &str = "adrank_serving_request_seconds";
+pub const STAGE_SECONDS: &str = "adrank_serving_stage_seconds";
+pub const BATCH_ROWS: &str = "adrank_serving_batch_rows";
+pub const QUEUE_DEPTH: &str = "adrank_serving_queue_jobs";
+pub const IN_FLIGHT: &str = "adrank_serving_in_flight_requests";
+pub const SHED: &str = "adrank_serving_shed_total";
+pub const DEGRADED: &str = "adrank_serving_degraded_total";
+pub const LOADED_VERSIONS: &str = "adrank_serving_loaded_versions";
+pub const VERSION_CHANGES: &str = "adrank_serving_version_changes_total";
+pub const IMPRESSIONS_DROPPED: &str = "adrank_serving_impressions_dropped_total";
+pub const ORT_ERRORS: &str = "adrank_serving_inference_errors_total";
+
+/// Registers every metric's help text.
+pub fn describe() {
+    describe_counter!(REQUESTS, "HTTP requests, by route and status code.");
+    describe_histogram!(REQUEST_SECONDS, "Time from a request's arrival to its answer, by route.");
+    describe_histogram!(STAGE_SECONDS, "Time of each ranking stage: features, queue, inference.");
+    describe_histogram!(BATCH_ROWS, "Rows in each model run.");
+    describe_gauge!(QUEUE_DEPTH, "Ranking jobs waiting for the model of the default version.");
+    describe_gauge!(IN_FLIGHT, "Ranking requests being handled.");
+    describe_counter!(SHED, "Ranking requests refused with 429 because the queue was full.");
+    describe_counter!(DEGRADED, "Ranking requests answered with default features (online store slow or down).");
+    describe_gauge!(LOADED_VERSIONS, "Model versions loaded.");
+    describe_counter!(VERSION_CHANGES, "Model version changes, by outcome (swapped, refused).");
+    describe_counter!(IMPRESSIONS_DROPPED, "Impressions not logged: buffer full or refused by Kafka.");
+    describe_counter!(ORT_ERRORS, "Model runs that failed in ONNX Runtime.");
+}
+
+pub(crate) fn request(route: &'static str, status: u16, seconds: f64) {
+    counter!(REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
+    histogram!(REQUEST_SECONDS, "route" => route).record(seconds);
+}
+
+pub(crate) fn stages(features: f64, queue: f64, inference: f64) {
+    histogram!(STAGE_SECONDS, "stage" => "features").record(features);
+    histogram!(STAGE_SECONDS, "stage" => "queue").record(queue);
+    histogram!(STAGE_SECONDS, "stage" => "inference").record(inference);
+}
+
+pub(crate) fn batch(rows: usize, failed: bool) {
+    histogram!(BATCH_ROWS).record(rows as f64);
+    if failed {
+        counter!(ORT_ERRORS).increment(1);
+    }
+}
+
+pub(crate) fn queue_depth(jobs: usize) {
+    gauge!(QUEUE_DEPTH).set(jobs as f64);
+}
+
+pub(crate) fn in_flight(delta: f64) {
+    gauge!(IN_FLIGHT).increment(delta);
+}
+
+pub(crate) fn shed() {
+    counter!(SHED).increment(1);
+}
+
+pub(crate) fn degraded() {
+    counter!(DEGRADED).increment(1);
+}
+
+pub(crate) fn versions(loaded: usize, outcome: &'static str) {
+    gauge!(LOADED_VERSIONS).set(loaded as f64);
+    counter!(VERSION_CHANGES, "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn impressions_dropped(n: u64) {
+    counter!(IMPRESSIONS_DROPPED).increment(n);
+}
