@@ -82,6 +82,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/rank", post(timed_rank))
         .route("/v1/events/click", post(timed_click))
         .route("/metrics", get(render_metrics))
+        .route("/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .layer(DefaultBodyLimit::max(limit))
@@ -107,6 +108,14 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         "loaded_versions": state.models.loaded(),
     });
     Json(body).into_response()
+}
+
+/// The API's OpenAPI 3.1 document (`serving/openapi.json`; a test keeps it in step with the
+/// request and response types).
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -234,5 +243,88 @@ async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use adrank_featurestore::{
+        events::{Click, Impression},
+        request::{Candidate, RankRequest, RequestContext},
+    };
+
+    use super::*;
+    use crate::rank::{ModelRef, RankResponse, Ranked, Timing};
+
+    /// The property names the document lists for the schema at `path`.
+    fn properties(doc: &serde_json::Value, path: &str) -> Vec<String> {
+        let mut names: Vec<String> =
+            doc.pointer(path).and_then(|p| p.as_object()).map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// The field names a value serialises with.
+    fn fields(value: impl Serialize) -> Vec<String> {
+        let mut names: Vec<String> =
+            serde_json::to_value(value).unwrap().as_object().unwrap().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_openapi_document_matches_the_types() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        for route in ["/v1/rank", "/v1/events/click", "/healthz", "/readyz", "/metrics", "/openapi.json"] {
+            assert!(doc["paths"].get(route).is_some(), "{route} is not documented");
+        }
+        let context = RequestContext { surface: "feed".into(), event_time_ms: 0, features: Default::default() };
+        let candidate =
+            Candidate { ad_id: "a".into(), advertiser_id: "v".into(), bid: 1.0, features: Default::default() };
+        let request = RankRequest {
+            request_id: "r".into(),
+            user_id: "u".into(),
+            context: context.clone(),
+            candidates: vec![candidate.clone()],
+            top_k: Some(1),
+            deadline_ms: Some(1),
+        };
+        let schemas = "/components/schemas";
+        assert_eq!(properties(&doc, &format!("{schemas}/RankRequest/properties")), fields(&request));
+        let context_path = format!("{schemas}/RankRequest/properties/context/properties");
+        let mut context_fields = fields(&context);
+        context_fields.push("features".into());
+        context_fields.sort();
+        assert_eq!(properties(&doc, &context_path), context_fields);
+        let candidate_path = format!("{schemas}/RankRequest/properties/candidates/items/properties");
+        let mut candidate_fields = fields(&candidate);
+        candidate_fields.push("features".into());
+        candidate_fields.sort();
+        assert_eq!(properties(&doc, &candidate_path), candidate_fields);
+        let ranked = Ranked {
+            ad_id: "a".into(),
+            advertiser_id: "v".into(),
+            bid: 1.0,
+            pctr: 0.1,
+            expected_value: 0.1,
+            impression_id: "r:0".into(),
+            position: 0,
+        };
+        let timing = Timing { features_ms: 0.0, queue_ms: 0.0, inference_ms: 0.0, total_ms: 0.0, batch_rows: 1 };
+        let response = RankResponse {
+            request_id: "r".into(),
+            model: ModelRef { name: "ctr".into(), version: 1 },
+            ranked: vec![ranked.clone()],
+            degraded: false,
+            timing,
+        };
+        assert_eq!(properties(&doc, &format!("{schemas}/RankResponse/properties")), fields(&response));
+        assert_eq!(
+            properties(&doc, &format!("{schemas}/RankResponse/properties/ranked/items/properties")),
+            fields(&ranked)
+        );
+        assert_eq!(properties(&doc, &format!("{schemas}/RankResponse/properties/timing/properties")), fields(timing));
+        let click = Click::on(&Impression::example("i", Default::default()), "c".into(), 1);
+        assert_eq!(properties(&doc, &format!("{schemas}/Click/properties")), fields(&click));
     }
 }

@@ -130,6 +130,9 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     }));
 
     assert_eq!(http(addr, "GET", "/healthz", b"").await.0, 200);
+    let (status, _, openapi) = http(addr, "GET", "/openapi.json", b"").await;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&openapi).unwrap()["openapi"], "3.1.0");
     let (status, _, body) = http(addr, "GET", "/readyz", b"").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"version\":1"), "{body}");
