@@ -197,6 +197,22 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("event_time_ms"), "{text}");
 
+    // Redis stalls (CLIENT PAUSE: the real server stops answering for 600 ms): the request
+    // still answers within its deadline, with the spec's defaults, marked degraded.
+    let client = redis::Client::open(redis.config.url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(600).arg("ALL").query_async(&mut connection).await.unwrap();
+    let mut slow = body.clone();
+    slow["deadline_ms"] = 200.into();
+    let started = std::time::Instant::now();
+    let (status, _, text) = http(addr, "POST", "/v1/rank", slow.to_string().as_bytes()).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{text}");
+    let degraded: RankResponse = serde_json::from_str(&text).unwrap();
+    assert!(degraded.degraded, "{text:.300}");
+    assert!(took < std::time::Duration::from_millis(400), "answered in {took:?} despite Redis stalling");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+
     // Bad requests: 400 with the field named, never a 5xx.
     let bad = |mutate: &dyn Fn(&mut serde_json::Value)| {
         let mut b = body.clone();
@@ -338,5 +354,7 @@ async fn a_new_version_swaps_in_under_traffic_and_a_broken_one_is_refused() {
     assert!(matches!(models.refresh().await.unwrap(), Refresh::Refused { version: 3, current: 2, .. }));
     assert_eq!(models.refresh().await.unwrap(), Refresh::Unchanged);
     let (status, _, text) = http(addr, "POST", "/v1/rank", request.as_bytes()).await;
-    assert_eq!((status, serde_json::from_str::<RankResponse>(&text).unwrap().model.version), (200, 2));
+    let answer: RankResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!((status, answer.model.version), (200, 2));
+    assert!(answer.degraded, "without an online store every answer is degraded, never an error");
 }
