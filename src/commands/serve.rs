@@ -90,9 +90,7 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         metrics: Some(MetricsRender(Arc::new(move || recorder.render()))),
         config: config.serving.clone(),
     });
-    run(listener, state, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    // On SIGINT or SIGTERM: stop accepting, answer what is in flight, then exit.
+    run(listener, state, super::ingest::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
