@@ -144,8 +144,19 @@ impl Registry {
         let sha256 = sha256_hex(&bytes);
         let path = format!("models/{name}/blobs/{sha256}.{extension}");
         let size = bytes.len() as u64;
-        // Content-addressed: an existing blob already holds exactly these bytes.
-        self.create(&path, bytes.to_vec()).await?;
+        // Content-addressed: an existing blob should hold exactly these bytes. On a store
+        // without atomic puts a killed publisher could have left a torn one: check, and replace
+        // it rather than publish a version that can never load.
+        if !self.create(&path, bytes.to_vec()).await? {
+            let existing = self.get(&path).await?;
+            if existing.as_deref().map(sha256_hex).as_deref() != Some(sha256.as_str()) {
+                tracing::warn!(path, "replacing a damaged blob");
+                self.store
+                    .put(&Path::from(path.as_str()), PutPayload::from(bytes))
+                    .await
+                    .map_err(|e| self.store_error("writing", e))?;
+            }
+        }
         Ok(Artifact { path, sha256, bytes: size })
     }
 

@@ -101,6 +101,11 @@ async fn a_damaged_model_file_is_refused_by_its_checksum() {
     std::fs::write(&file, &bytes).unwrap();
     let error = registry.artifact(&manifest.onnx).await.unwrap_err().to_string();
     assert!(error.contains("SHA-256") && error.contains(&manifest.onnx.sha256), "{error}");
+    // Publishing the same bytes again repairs the shared blob instead of trusting it.
+    let again = registry.publish(draft(&onnx, &stats, "v2, same model")).await.unwrap();
+    assert_eq!(again.onnx.path, manifest.onnx.path);
+    assert_eq!(registry.artifact(&again.onnx).await.unwrap().len(), onnx.len());
+    assert_eq!(registry.artifact(&manifest.onnx).await.unwrap().len(), onnx.len());
 }
 
 #[test]
