@@ -12,6 +12,7 @@ mod onnxruntime;
 mod redis_round_trip;
 mod registry;
 mod serving_api;
+mod serving_faults;
 mod serving_fuzz;
 mod serving_model;
 mod sim;

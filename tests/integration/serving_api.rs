@@ -71,7 +71,7 @@ async fn a_dead_broker_costs_the_oldest_impressions_never_a_wait() {
 }
 
 /// One HTTP/1.1 exchange on a fresh connection: (status, head, body).
-async fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
+pub(crate) async fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
     http_with(addr, method, path, "", body).await
 }
 
@@ -261,7 +261,7 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     server.await.unwrap().unwrap();
 }
 
-fn manager_config(registry: &adrank_registry::Registry, serving: &ServingConfig) -> ManagerConfig {
+pub(crate) fn manager_config(registry: &adrank_registry::Registry, serving: &ServingConfig) -> ManagerConfig {
     ManagerConfig {
         registry: registry.clone(),
         name: "ctr".into(),
@@ -272,7 +272,7 @@ fn manager_config(registry: &adrank_registry::Registry, serving: &ServingConfig)
     }
 }
 
-fn alias(version: u64, seq: u64) -> adrank_registry::Change {
+pub(crate) fn alias(version: u64, seq: u64) -> adrank_registry::Change {
     adrank_registry::Change {
         expected_seq: seq,
         set: vec![("production".into(), Some(version))],
@@ -281,7 +281,21 @@ fn alias(version: u64, seq: u64) -> adrank_registry::Change {
     }
 }
 
-fn body(world: &mut World) -> String {
+/// Serves `models` on a free loopback port until the test ends; no clicks, no metrics.
+pub(crate) async fn serve(
+    models: Arc<ModelManager>,
+    reader: Option<Reader>,
+    impressions: Option<ImpressionLog>,
+    config: ServingConfig,
+) -> SocketAddr {
+    let state = Arc::new(AppState { models, reader, impressions, clicks: None, metrics: None, config });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(run(listener, state, std::future::pending()));
+    addr
+}
+
+pub(crate) fn body(world: &mut World) -> String {
     let next = world.next_request();
     serde_json::to_string(&world.rank_request(&next)).unwrap()
 }
@@ -296,17 +310,7 @@ async fn a_new_version_swaps_in_under_traffic_and_a_broken_one_is_refused() {
     registry.change("ctr", alias(1, 0)).await.unwrap();
     let config = ServingConfig::default();
     let models = Arc::new(ModelManager::start(manager_config(&registry, &config)).await.unwrap());
-    let state = Arc::new(AppState {
-        models: Arc::clone(&models),
-        reader: None,
-        impressions: None,
-        clicks: None,
-        metrics: None,
-        config,
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(run(listener, state, std::future::pending()));
+    let addr = serve(Arc::clone(&models), None, None, config).await;
 
     let mut world = World::new(WorldConfig { users: 500, advertisers: 50, ads: 400, ..WorldConfig::default() });
     let bodies: Vec<String> = (0..120).map(|_| body(&mut world)).collect();

@@ -1,0 +1,158 @@
+//! Serving under faults: a graceful shutdown answers every accepted request; Kafka stopping
+//! mid-run and Redis stopping mid-run (a redis-server of the test's own) never fail a request.
+
+use std::{
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use adrank_featurestore::{
+    RedisConfig,
+    kafka::admin,
+    online::{Reader, Wanted},
+};
+use adrank_loadtest::world::{World, WorldConfig};
+use adrank_serving::{
+    ServingConfig,
+    api::{AppState, run},
+    impressions::ImpressionLog,
+    manager::ModelManager,
+    rank::RankResponse,
+};
+use adrank_trainer::model::Architecture;
+
+use crate::{
+    registry::{draft, model_file, registry},
+    serving_api::{alias, body, http, manager_config, serve},
+};
+
+/// A child process killed when the test ends, also when it panics.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A registry holding one small model as `production`, and a manager serving it.
+async fn models(dir: &std::path::Path, config: &ServingConfig) -> Arc<ModelManager> {
+    let registry = registry(dir);
+    let (onnx, stats) = model_file(&Architecture::Dlrm { embedding_dim: 4, bottom: vec![8], top: vec![8], wide: true });
+    registry.publish(draft(&onnx, &stats, "faults")).await.unwrap();
+    registry.change("ctr", alias(1, 0)).await.unwrap();
+    Arc::new(ModelManager::start(manager_config(&registry, config)).await.unwrap())
+}
+
+fn world() -> World {
+    World::new(WorldConfig { users: 300, advertisers: 30, ads: 300, ..WorldConfig::default() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_answers_every_accepted_request() {
+    let dir = tempfile::tempdir().unwrap();
+    // Requests wait up to 300 ms in the batcher, so they are accepted and in flight when the
+    // shutdown starts.
+    let config = ServingConfig { max_queue_delay_ms: 300, max_batch_rows: 100_000, ..ServingConfig::default() };
+    let state = Arc::new(AppState {
+        models: models(dir.path(), &config).await,
+        reader: None,
+        impressions: None,
+        clicks: None,
+        metrics: None,
+        config,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(run(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let mut world = world();
+    let requests: Vec<_> = (0..10)
+        .map(|_| {
+            let mut request: serde_json::Value = serde_json::from_str(&body(&mut world)).unwrap();
+            request["deadline_ms"] = 5_000.into();
+            tokio::spawn(async move { http(addr, "POST", "/v1/rank", request.to_string().as_bytes()).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+    for request in requests {
+        let (status, _, text) = request.await.unwrap();
+        assert_eq!(status, 200, "an accepted request is answered through the shutdown: {text}");
+    }
+    tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server stops").unwrap().unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "nothing listens after the shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_stopping_mid_run_fails_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = adrank_testkit::broker::TestBroker::start().await;
+    admin::ensure_topics(&broker.config).await.unwrap();
+    let log = ImpressionLog::start(&broker.config, &broker.config.topics.impressions.name, 1_000).unwrap();
+    let config = ServingConfig::default();
+    let addr = serve(models(dir.path(), &config).await, None, Some(log.clone()), config).await;
+    let mut world = world();
+    for _ in 0..5 {
+        assert_eq!(http(addr, "POST", "/v1/rank", body(&mut world).as_bytes()).await.0, 200);
+    }
+    let started = Instant::now();
+    while log.stats().delivered == 0 && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(log.stats().delivered > 0, "impressions reached the broker while it ran: {:?}", log.stats());
+    drop(broker); // Kills the broker process.
+    for _ in 0..30 {
+        let started = Instant::now();
+        let (status, _, text) = http(addr, "POST", "/v1/rank", body(&mut world).as_bytes()).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(started.elapsed() < Duration::from_secs(1), "serving does not wait on Kafka");
+    }
+    let stats = log.stats();
+    assert!(stats.buffered + stats.dropped > 0 || stats.delivered > 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopping_mid_run_degrades_requests_instead_of_failing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // A redis-server of this test's own, so it can be stopped (the machine's is shared).
+    let port = adrank_testkit::free_port();
+    let redis = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server runs (Debian's redis-server package)");
+    let mut redis = KillOnDrop(redis);
+    let redis_config = RedisConfig { url: format!("redis://127.0.0.1:{port}/0"), ..RedisConfig::default() };
+    let started = Instant::now();
+    let reader = loop {
+        match Reader::connect(&redis_config).await {
+            Ok(reader) => break reader,
+            Err(e) if started.elapsed() > Duration::from_secs(10) => {
+                panic!("the test's redis-server did not start: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let config = ServingConfig::default();
+    let reader = reader.with_wanted(Wanted::from_spec(&adrank_testkit::spec()));
+    let addr = serve(models(dir.path(), &config).await, Some(reader), None, config).await;
+    let mut world = world();
+    let (status, _, text) = http(addr, "POST", "/v1/rank", body(&mut world).as_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(!serde_json::from_str::<RankResponse>(&text).unwrap().degraded);
+
+    redis.0.kill().unwrap();
+    redis.0.wait().unwrap();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let (status, _, text) = http(addr, "POST", "/v1/rank", body(&mut world).as_bytes()).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(serde_json::from_str::<RankResponse>(&text).unwrap().degraded, "{text:.200}");
+        assert!(started.elapsed() < Duration::from_millis(500), "answered within the deadline");
+    }
+}
