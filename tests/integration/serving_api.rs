@@ -313,18 +313,30 @@ async fn a_new_version_swaps_in_under_traffic_and_a_broken_one_is_refused() {
     let addr = serve(Arc::clone(&models), None, None, config).await;
 
     let mut world = World::new(WorldConfig { users: 500, advertisers: 50, ads: 400, ..WorldConfig::default() });
-    let bodies: Vec<String> = (0..120).map(|_| body(&mut world)).collect();
-    // Traffic before, during and after the swap.
-    let traffic = tokio::spawn(async move {
-        let mut answers = Vec::new();
-        for body in bodies {
-            let (status, _, text) = http(addr, "POST", "/v1/rank", body.as_bytes()).await;
-            let version = serde_json::from_str::<RankResponse>(&text).map(|r| r.model.version).ok();
-            answers.push((status, version, text));
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        answers
-    });
+    let bodies: Arc<Vec<String>> = Arc::new((0..50).map(|_| body(&mut world)).collect());
+    // Traffic before, during and after the swap, from four concurrent clients, each until it
+    // has seen a few answers from the new version.
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let bodies = Arc::clone(&bodies);
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                let mut after = 0;
+                for i in 0..2_000 {
+                    let body = &bodies[(c * 13 + i) % bodies.len()];
+                    let (status, _, text) = http(addr, "POST", "/v1/rank", body.as_bytes()).await;
+                    let version = serde_json::from_str::<RankResponse>(&text).map(|r| r.model.version).ok();
+                    after += usize::from(version == Some(2));
+                    answers.push((status, version, text));
+                    if after >= 5 {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                answers
+            })
+        })
+        .collect();
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     // Another model (another seed) as version 2, promoted: the manager loads, warms, swaps.
     let shape = adrank_trainer::model::InputShape::of(&adrank_testkit::spec());
@@ -332,14 +344,17 @@ async fn a_new_version_swaps_in_under_traffic_and_a_broken_one_is_refused() {
     registry.publish(draft(&other, &stats, "v2")).await.unwrap();
     registry.change("ctr", alias(2, 1)).await.unwrap();
     assert_eq!(models.refresh().await.unwrap(), Refresh::Swapped { from: 1, to: 2 });
-    let answers = traffic.await.unwrap();
-    for (status, _, text) in &answers {
-        assert_eq!(*status, 200, "no request fails during a swap: {text}");
+    for client in clients {
+        let answers = client.await.unwrap();
+        for (status, _, text) in &answers {
+            assert_eq!(*status, 200, "no request fails during a swap: {text}");
+        }
+        // Each client sees version 1, then 2, never back.
+        let versions: Vec<u64> = answers.iter().filter_map(|a| a.1).collect();
+        assert_eq!(versions.len(), answers.len());
+        assert!(versions.windows(2).all(|w| w[0] <= w[1]), "1s then 2s: {versions:?}");
+        assert_eq!((versions[0], versions[versions.len() - 1]), (1, 2), "{versions:?}");
     }
-    let versions: Vec<u64> = answers.iter().filter_map(|a| a.1).collect();
-    assert_eq!(versions.len(), 120);
-    assert!(versions.windows(2).all(|w| w[0] <= w[1]), "1s then 2s: {versions:?}");
-    assert_eq!((versions[0], versions[119]), (1, 2), "{versions:?}");
     assert_eq!(models.loaded(), vec![2], "the old version is unloaded");
 
     // Pinning: a loaded version answers, an unloaded one is 404, a bad header 400.
