@@ -3,6 +3,7 @@
 
 mod batcher;
 mod cli_config;
+mod generator;
 mod ingest;
 mod ingest_crash;
 mod kafka_round_trip;
