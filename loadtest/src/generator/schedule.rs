@@ -21,16 +21,18 @@ pub fn intended_offsets(rate: f64, duration: Duration, arrivals: Arrivals, seed:
     let end = duration.as_secs_f64();
     let mut offsets = Vec::with_capacity((rate * end) as usize + 1);
     let mut t = 0.0;
-    loop {
-        t += match arrivals {
-            Arrivals::Constant => 1.0 / rate,
-            Arrivals::Poisson => rng.exponential(1.0 / rate),
+    for i in 1u64.. {
+        t = match arrivals {
+            // Computed, not accumulated: a long run does not drift by rounding.
+            Arrivals::Constant => i as f64 / rate,
+            Arrivals::Poisson => t + rng.exponential(1.0 / rate),
         };
         if t >= end {
-            return offsets;
+            break;
         }
         offsets.push(Duration::from_secs_f64(t));
     }
+    offsets
 }
 
 #[cfg(test)]
