@@ -7,6 +7,7 @@ mod doctor;
 mod down;
 mod eval;
 mod ingest;
+mod loadtest;
 mod registry;
 mod serve;
 mod sim;
@@ -44,6 +45,9 @@ pub(crate) enum Command {
     Eval(eval::Args),
     /// The model registry: list, show, import, alias, history.
     Registry(registry::Args),
+    /// Open-loop load on the ranking API (wrk2's model: a fixed schedule, latency from each
+    /// intended send time) with requests from the synthetic world.
+    Loadtest(loadtest::Args),
     /// Serve the ranking API (`POST /v1/rank`) with a version from the registry.
     Serve(serve::Args),
     /// Benchmarks, each beside its physical limit in the same run.
@@ -67,6 +71,7 @@ impl Command {
             Self::Eval(args) => eval::run(args, loaded).await,
             Self::Registry(args) => registry::run(args, loaded).await,
             Self::Serve(args) => serve::run_command(args, loaded).await,
+            Self::Loadtest(args) => loadtest::run_command(args, loaded).await,
         }
     }
 }

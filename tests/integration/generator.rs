@@ -103,3 +103,43 @@ async fn a_one_second_stall_shows_in_the_percentiles() {
     assert!(p99 > 850_000 && max > 900_000, "p99 {p99} us, max {max} us");
     assert!(report.late > 100, "requests held behind the stall are counted late: {}", report.late);
 }
+
+/// The `adrank` binary with a small world (fast to build), in the repository root.
+fn adrank(args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_adrank"));
+    command
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("ADRANK_WORLD__USERS", "500")
+        .env("ADRANK_WORLD__ADS", "300")
+        .env("ADRANK_WORLD__ADVERTISERS", "30");
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loadtest_command_reports_what_it_measured() {
+    let addr = server(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let target = addr.to_string();
+    let output = adrank(&["loadtest", "--target", &target, "--rate", "200", "--duration", "2", "--warmup", "0.5"])
+        .args(["--connections", "4", "--bodies", "20", "--json"])
+        .arg(&json)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("latency p99"), "{text}");
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(summary["statuses"]["200"], summary["scheduled"], "{summary}");
+    assert!((summary["achieved_rate"].as_f64().unwrap() / 200.0 - 1.0).abs() < 0.02, "{summary}");
+    for q in ["p50", "p99", "p99.9", "max"] {
+        assert!(summary["latency_ms"][q].as_f64().unwrap() > 0.0, "{summary}");
+    }
+    // Only loopback targets.
+    let refused =
+        adrank(&["loadtest", "--target", "10.1.2.3:80", "--duration", "1", "--warmup", "0"]).output().await.unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("loopback"), "{refused:?}");
+}

@@ -54,6 +54,6 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
 }
 
 /// The world of the loaded config (building it takes about a second at the default size).
-fn world(loaded: &Loaded) -> World {
+pub(crate) fn world(loaded: &Loaded) -> World {
     World::new(loaded.config.world.clone())
 }
