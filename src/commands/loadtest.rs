@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
-use adrank_loadtest::generator::{Arrivals, RunConfig, RunReport, run};
+use adrank_loadtest::generator::{Arrivals, LATE, RunConfig, RunReport, run};
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
@@ -103,7 +103,7 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     table.row(vec!["measured requests".into(), summary.scheduled.to_string()]);
     table.row(vec!["statuses".into(), format!("{:?}", summary.statuses)]);
     table.row(vec!["failures".into(), format!("{:?}", summary.failures)]);
-    table.row(vec!["sent late (> 1 ms)".into(), summary.late.to_string()]);
+    table.row(vec![format!("sent late (> {} ms)", LATE.as_millis()), summary.late.to_string()]);
     for (name, ms) in &summary.latency_ms {
         table.row(vec![format!("latency {name}"), format!("{ms:.2} ms")]);
     }
