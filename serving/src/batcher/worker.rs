@@ -34,6 +34,11 @@ fn run(session: &mut ScoringSession, batch: Batch) {
     let started = Instant::now();
     let result = session.score(rows, &ids, &dense);
     let inference = started.elapsed();
+    // A model whose output does not hold one score per row (its signature was checked at load;
+    // this guards the slicing below) fails the run instead of the thread.
+    let result = result.map_err(|e| e.to_string()).and_then(|scores| {
+        if scores.len() == rows { Ok(scores) } else { Err(format!("{} scores for {rows} rows", scores.len())) }
+    });
     crate::metrics::batch(rows, result.is_err());
     match result {
         Ok(scores) => {
@@ -51,7 +56,7 @@ fn run(session: &mut ScoringSession, batch: Batch) {
             }
         }
         Err(e) => {
-            let error = BatchError::Inference(e.to_string());
+            let error = BatchError::Inference(e);
             for job in jobs {
                 let _ = job.reply.send(Err(error.clone()));
             }
