@@ -7,7 +7,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use adrank_featurestore::spec::{FeatureSpec, Transformer};
+use adrank_featurestore::spec::{FeatureSpec, Transformer, short_version};
 use adrank_registry::{
     Manifest, OrtConfig, Registry, Signature,
     scoring::{ScoringSession, SessionOptions},
@@ -51,8 +51,8 @@ impl LoadedVersion {
         if manifest.spec_version != request.spec.version() {
             return Err(incompatible(format!(
                 "it reads feature spec {}, this server serves spec {}",
-                short(&manifest.spec_version),
-                short(&request.spec.version())
+                short_version(&manifest.spec_version),
+                short_version(&request.spec.version())
             )));
         }
         let transformer = Transformer::new(request.spec, &manifest.transform_stats)?;
@@ -107,8 +107,4 @@ fn warm_up_sizes(max_batch_rows: usize) -> Vec<usize> {
     let mut sizes = vec![1, 200.min(max_batch_rows), max_batch_rows];
     sizes.dedup();
     sizes
-}
-
-fn short(version: &str) -> &str {
-    &version[..12.min(version.len())]
 }

@@ -106,22 +106,16 @@ pub async fn rank(
         // One flat record per candidate, later sources winning: the online store's hashes, the
         // context, the candidate's own fields. Every candidate is scored for the top slot.
         let mut raw = fetched.user.clone();
-        for (name, value) in ad.iter() {
-            raw.insert(name.to_string(), value.clone());
-        }
-        for (name, value) in request.context.features.iter() {
-            raw.insert(name.to_string(), value.clone());
-        }
+        raw.merge(ad);
+        raw.merge(&request.context.features);
         raw.insert("surface", RawValue::from(request.context.surface.as_str()));
-        for (name, value) in candidate.features.iter() {
-            raw.insert(name.to_string(), value.clone());
-        }
+        raw.merge(&candidate.features);
         raw.insert("bid", RawValue::Num(candidate.bid));
-        // The log keeps the record without the slot: the trainer takes the served one.
-        let logged = raw.clone();
         raw.insert(POSITION_FIELD, RawValue::Num(0.0));
         transformer.transform(&raw, &mut rows.ids, &mut rows.dense);
-        raws.push(logged);
+        // The log keeps the record without the slot: the trainer takes the served one.
+        raw.remove(POSITION_FIELD);
+        raws.push(raw);
     }
     crate::metrics::queue_depth(version.batcher.queued());
     let scored = version.batcher.score(rows, deadline).await?;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use adrank_featurestore::{
     eval::{Quality, quality},
     events::RawValue,
-    spec::{FeatureSpec, Transformer},
+    spec::{FeatureSpec, Transformer, short_version},
     training_log::Example,
 };
 use adrank_registry::{
@@ -101,18 +101,14 @@ async fn load(registry: &Registry, manifest: &Manifest, spec: &FeatureSpec, ort:
             "version {} of `{}` reads feature spec {}, not the current spec {}; evaluate it with the spec it was trained on",
             manifest.version,
             manifest.name,
-            short(&manifest.spec_version),
-            short(&spec.version())
+            short_version(&manifest.spec_version),
+            short_version(&spec.version())
         )));
     }
     let onnx = registry.artifact(&manifest.onnx).await?;
     let transformer = Transformer::new(spec, &manifest.transform_stats)?;
     let session = ScoringSession::load(&onnx, ort, SessionOptions::of(ort))?;
     Ok(Loaded { transformer, session })
-}
-
-fn short(version: &str) -> &str {
-    &version[..12.min(version.len())]
 }
 
 /// Scores the window with each model and measures everything.

@@ -80,6 +80,19 @@ impl RawFeatures {
         }
     }
 
+    /// Removes `name`, returning its value.
+    pub fn remove(&mut self, name: &str) -> Option<RawValue> {
+        self.position(name).ok().map(|i| self.entries.remove(i).1)
+    }
+
+    /// Sets every entry of `other` (replacing equal names); names stay borrowed where they were,
+    /// so merging records of fixed names allocates no strings.
+    pub fn merge(&mut self, other: &RawFeatures) {
+        for (name, value) in &other.entries {
+            self.insert(name.clone(), value.clone());
+        }
+    }
+
     /// Names in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|(k, _)| k.as_ref())

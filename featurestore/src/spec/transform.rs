@@ -66,7 +66,7 @@ impl Transformer {
             }
         }
         if !problems.is_empty() {
-            return Err(SpecError { origin: format!("version {}", short(&spec.version())), problems });
+            return Err(SpecError { origin: format!("version {}", short_version(&spec.version())), problems });
         }
         let features: Vec<Compiled> = features.into_iter().map(|f| f.expect("errors were returned above")).collect();
         Ok(Self {
@@ -307,6 +307,7 @@ fn bucket(bytes: &[u8], seed: u64, buckets: u64) -> i64 {
     (1 + xxh3_64_with_seed(bytes, seed) % buckets) as i64
 }
 
-fn short(version: &str) -> &str {
+/// The first 12 characters of a spec version, for messages.
+pub fn short_version(version: &str) -> &str {
     &version[..12.min(version.len())]
 }
