@@ -14,4 +14,6 @@
 pub mod generator;
 pub mod history;
 pub mod oracle;
+pub mod ranking;
+pub mod report;
 pub mod world;

@@ -3,6 +3,7 @@
 
 mod batcher;
 mod cli_config;
+mod closed_loop;
 mod generator;
 mod ingest;
 mod ingest_crash;

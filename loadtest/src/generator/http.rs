@@ -19,22 +19,24 @@ pub enum Failure {
 
 /// One connection.
 #[derive(Debug)]
-pub(super) struct Connection {
+pub(crate) struct Connection {
     addr: std::net::SocketAddr,
     host: String,
     stream: Option<TcpStream>,
     buffer: Vec<u8>,
+    out: Vec<u8>,
 }
 
 impl Connection {
-    pub(super) fn new(addr: std::net::SocketAddr) -> Self {
-        Self { addr, host: addr.to_string(), stream: None, buffer: Vec::with_capacity(16 * 1024) }
+    pub(crate) fn new(addr: std::net::SocketAddr) -> Self {
+        Self { addr, host: addr.to_string(), stream: None, buffer: Vec::with_capacity(16 * 1024), out: Vec::new() }
     }
 
-    /// Sends one POST and reads its response; returns the status. Reconnects when needed.
-    pub(super) async fn post(&mut self, path: &str, body: &[u8], timeout: Duration) -> Result<u16, Failure> {
+    /// Sends one POST and reads its response; returns the status and the body. Reconnects
+    /// when needed.
+    pub(crate) async fn post(&mut self, path: &str, body: &[u8], timeout: Duration) -> Result<(u16, &[u8]), Failure> {
         match tokio::time::timeout(timeout, self.exchange(path, body)).await {
-            Ok(Ok(status)) => Ok(status),
+            Ok(Ok((status, content))) => Ok((status, &self.buffer[content])),
             Ok(Err(failure)) => {
                 self.stream = None;
                 Err(failure)
@@ -47,20 +49,25 @@ impl Connection {
         }
     }
 
-    async fn exchange(&mut self, path: &str, body: &[u8]) -> Result<u16, Failure> {
+    /// The status and where the body lies in the buffer.
+    async fn exchange(&mut self, path: &str, body: &[u8]) -> Result<(u16, std::ops::Range<usize>), Failure> {
         if self.stream.is_none() {
             let stream = TcpStream::connect(self.addr).await.map_err(|_| Failure::Connect)?;
             let _ = stream.set_nodelay(true);
             self.stream = Some(stream);
         }
         let stream = self.stream.as_mut().expect("connected above");
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            self.host,
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.map_err(|_| Failure::Protocol)?;
-        stream.write_all(body).await.map_err(|_| Failure::Protocol)?;
+        // Head and body in one write: one syscall, one segment on the wire.
+        self.out.clear();
+        self.out.extend_from_slice(b"POST ");
+        self.out.extend_from_slice(path.as_bytes());
+        self.out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        self.out.extend_from_slice(self.host.as_bytes());
+        self.out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+        self.out.extend_from_slice(body.len().to_string().as_bytes());
+        self.out.extend_from_slice(b"\r\n\r\n");
+        self.out.extend_from_slice(body);
+        stream.write_all(&self.out).await.map_err(|_| Failure::Protocol)?;
         self.buffer.clear();
         loop {
             if let Some((status, head_len, content_length)) = parse_head(&self.buffer)? {
@@ -68,7 +75,7 @@ impl Connection {
                 while self.buffer.len() < total {
                     read_more(stream, &mut self.buffer).await?;
                 }
-                return Ok(status);
+                return Ok((status, head_len..total));
             }
             read_more(stream, &mut self.buffer).await?;
         }

@@ -8,8 +8,12 @@
 //! its previous reply is late, the next request goes out late and its latency still counts
 //! from the intended time; the lateness itself is counted, never hidden.
 
-mod http;
+pub(crate) mod http;
+mod progress;
 mod schedule;
+mod series;
+mod source;
+mod sweep;
 
 use std::{
     collections::BTreeMap,
@@ -21,7 +25,11 @@ use std::{
 use hdrhistogram::Histogram;
 
 pub use http::Failure;
+pub use progress::Progress;
 pub use schedule::{Arrivals, intended_offsets};
+pub use series::{Second, per_second};
+pub use source::{Cycle, Source};
+pub use sweep::{Slo, Step, SweepPlan, knee};
 
 /// How late a send may be before it counts as late. tokio's timer wakes on whole
 /// milliseconds, so on-time sends are routinely up to ~2 ms after their instant (their latency
@@ -46,9 +54,43 @@ pub struct RunConfig {
     pub seed: u64,
 }
 
+/// How one measured request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    Status(u16),
+    Failed(Failure),
+}
+
+impl Outcome {
+    /// A reply with a 2xx status.
+    pub fn is_success(self) -> bool {
+        matches!(self, Self::Status(200..=299))
+    }
+}
+
+/// One measured request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// Its intended send time, from the start of the schedule.
+    pub intended_us: u64,
+    /// From the intended send time to the end of the reply (or of the failure).
+    pub latency_us: u64,
+    /// When it was actually sent, from the start of the schedule.
+    pub sent_us: u64,
+    pub outcome: Outcome,
+}
+
+impl Sample {
+    /// Sent more than [`LATE`] after its intended time.
+    pub fn late(&self) -> bool {
+        self.sent_us.saturating_sub(self.intended_us) > LATE.as_micros() as u64
+    }
+}
+
 /// What a run measured (after the warm-up).
 #[derive(Debug, Clone)]
 pub struct RunReport {
+    pub rate: f64,
     pub scheduled: u64,
     /// Replies by status code.
     pub statuses: BTreeMap<u16, u64>,
@@ -60,6 +102,28 @@ pub struct RunReport {
     pub achieved_rate: f64,
     /// Microseconds from intended send time to the end of the reply, replies only.
     pub latency_us: Histogram<u64>,
+    /// Every measured request, by intended send time.
+    pub samples: Vec<Sample>,
+}
+
+impl RunReport {
+    /// Measured requests that did not end in a 2xx reply.
+    pub fn errors(&self) -> u64 {
+        self.samples.iter().filter(|s| !s.outcome.is_success()).count() as u64
+    }
+
+    /// Latency at quantile `q` of the replies, in milliseconds.
+    pub fn latency_ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// Latency at quantile `q` of the 2xx replies only, in milliseconds (what admitted
+    /// requests saw when the server sheds the rest).
+    pub fn admitted_latency_ms(&self, q: f64) -> f64 {
+        let mut h = histogram();
+        self.samples.iter().filter(|s| s.outcome.is_success()).for_each(|s| h.saturating_record(s.latency_us.max(1)));
+        h.value_at_quantile(q) as f64 / 1000.0
+    }
 }
 
 /// Why a run did not start.
@@ -71,88 +135,92 @@ pub enum GeneratorError {
     Settings(&'static str),
 }
 
-struct Connection {
-    statuses: BTreeMap<u16, u64>,
-    failures: BTreeMap<Failure, u64>,
-    late: u64,
-    sends: Vec<Instant>,
-    latency: Histogram<u64>,
-}
-
-fn histogram() -> Histogram<u64> {
+/// A histogram of microseconds, 1 µs to 10 minutes, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds; this is a bug")
 }
 
-/// Runs the schedule against the target, cycling through `bodies`.
-pub async fn run(config: &RunConfig, bodies: Arc<Vec<Vec<u8>>>) -> Result<RunReport, GeneratorError> {
+/// Runs the schedule against the target with bodies from `source`, reporting to `progress`.
+pub async fn run<S: Source>(
+    config: &RunConfig,
+    source: Arc<S>,
+    progress: Arc<Progress>,
+) -> Result<RunReport, GeneratorError> {
     if !config.target.ip().is_loopback() {
         return Err(GeneratorError::NotLoopback(config.target));
     }
-    if !(config.rate.is_finite() && config.rate > 0.0) || bodies.is_empty() || config.connections == 0 {
-        return Err(GeneratorError::Settings("a positive rate, at least one body and one connection"));
+    if !(config.rate.is_finite() && config.rate > 0.0) || config.connections == 0 {
+        return Err(GeneratorError::Settings("a positive rate and at least one connection"));
     }
     let offsets = Arc::new(intended_offsets(config.rate, config.duration, config.arrivals, config.seed));
     let start = Instant::now() + Duration::from_millis(50);
     let tasks: Vec<_> = (0..config.connections)
         .map(|c| {
-            let (offsets, bodies, config) = (Arc::clone(&offsets), Arc::clone(&bodies), config.clone());
+            let (offsets, source, progress, config) =
+                (Arc::clone(&offsets), Arc::clone(&source), Arc::clone(&progress), config.clone());
             tokio::spawn(async move {
                 let mut connection = http::Connection::new(config.target);
-                let mut own = Connection {
-                    statuses: BTreeMap::new(),
-                    failures: BTreeMap::new(),
-                    late: 0,
-                    sends: Vec::new(),
-                    latency: histogram(),
-                };
+                let mut samples = Vec::with_capacity(offsets.len() / config.connections + 1);
                 for i in (c..offsets.len()).step_by(config.connections) {
                     let intended = start + offsets[i];
                     tokio::time::sleep_until(intended.into()).await;
+                    let Some((body, tag)) = source.next(i).await else { break };
                     let sent = Instant::now();
-                    let result = connection.post(&config.path, &bodies[i % bodies.len()], config.timeout).await;
+                    let result = connection.post(&config.path, &body, config.timeout).await;
                     let done = Instant::now();
-                    if offsets[i] < config.warmup {
+                    let measured = offsets[i] >= config.warmup;
+                    let outcome = match result {
+                        Ok((status, reply)) => {
+                            source.reply(tag, status, reply, measured);
+                            Outcome::Status(status)
+                        }
+                        Err(failure) => Outcome::Failed(failure),
+                    };
+                    if !measured {
                         continue;
                     }
-                    own.sends.push(sent);
-                    if sent.duration_since(intended) > LATE {
-                        own.late += 1;
-                    }
-                    match result {
-                        Ok(status) => {
-                            *own.statuses.entry(status).or_default() += 1;
-                            let micros = done.duration_since(intended).as_micros().max(1) as u64;
-                            own.latency.saturating_record(micros);
-                        }
-                        Err(failure) => *own.failures.entry(failure).or_default() += 1,
-                    }
+                    let sample = Sample {
+                        intended_us: offsets[i].as_micros() as u64,
+                        latency_us: done.duration_since(intended).as_micros().max(1) as u64,
+                        sent_us: sent.saturating_duration_since(start).as_micros() as u64,
+                        outcome,
+                    };
+                    progress.record(&sample);
+                    samples.push(sample);
                 }
-                own
+                samples
             })
         })
         .collect();
+    let mut samples = Vec::with_capacity(offsets.len());
+    for task in tasks {
+        samples.extend(task.await.expect("a connection task panicked; this is a bug"));
+    }
+    samples.sort_by_key(|s| s.intended_us);
     let mut report = RunReport {
+        rate: config.rate,
         scheduled: offsets.iter().filter(|o| **o >= config.warmup).count() as u64,
         statuses: BTreeMap::new(),
         failures: BTreeMap::new(),
-        late: 0,
+        late: samples.iter().filter(|s| s.late()).count() as u64,
         achieved_rate: 0.0,
         latency_us: histogram(),
+        samples: Vec::new(),
     };
-    let mut sends = Vec::new();
-    for task in tasks {
-        let own = task.await.expect("a connection task panicked; this is a bug");
-        own.statuses.into_iter().for_each(|(s, n)| *report.statuses.entry(s).or_default() += n);
-        own.failures.into_iter().for_each(|(f, n)| *report.failures.entry(f).or_default() += n);
-        report.late += own.late;
-        report.latency_us.add(&own.latency).expect("histograms share bounds; this is a bug");
-        sends.extend(own.sends);
+    for s in &samples {
+        match s.outcome {
+            Outcome::Status(status) => {
+                *report.statuses.entry(status).or_default() += 1;
+                report.latency_us.saturating_record(s.latency_us);
+            }
+            Outcome::Failed(failure) => *report.failures.entry(failure).or_default() += 1,
+        }
     }
-    sends.sort();
-    if let (Some(first), Some(last)) = (sends.first(), sends.last())
-        && sends.len() > 1
-    {
-        report.achieved_rate = (sends.len() - 1) as f64 / last.duration_since(*first).as_secs_f64();
+    // From the actual send times: a generator that fell behind shows a lower rate.
+    let (first, last) = samples.iter().fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s.sent_us), hi.max(s.sent_us)));
+    if samples.len() > 1 && last > first {
+        report.achieved_rate = (samples.len() - 1) as f64 / ((last - first) as f64 / 1e6);
     }
+    report.samples = samples;
     Ok(report)
 }

@@ -241,6 +241,36 @@ impl World {
         self.serve(&request, &slate, None, ("baseline", "bid"))
     }
 
+    /// The ad indices of `ad_ids` among the request's candidates, in order; `None` when one
+    /// is not a candidate of this request.
+    pub fn slate_of(&self, request: &Request, ad_ids: &[&str]) -> Option<Vec<u32>> {
+        ad_ids.iter().map(|id| request.candidates.iter().copied().find(|&ad| self.names.ad(ad) == *id)).collect()
+    }
+
+    /// The expected revenue (true click probability x bid, summed over the shown slots) of
+    /// showing `slate` (ranked ad indices) for `request`.
+    pub fn expected_revenue(&self, request: &Request, slate: &[u32]) -> f64 {
+        let shown = &slate[..slate.len().min(self.config.shown_slots as usize)];
+        shown
+            .iter()
+            .enumerate()
+            .map(|(position, &ad)| self.truth.p(&self.situation(request, ad, position as u32)) * self.catalog.bid(ad))
+            .sum()
+    }
+
+    /// The oracle ranking: the candidates by true click probability at the top slot x bid, the
+    /// rule serving applies to its predictions, applied to the truth.
+    pub fn rank_by_truth(&self, request: &Request) -> Vec<u32> {
+        let mut ranked: Vec<(f64, u32)> = request
+            .candidates
+            .iter()
+            .map(|&ad| (self.truth.p(&self.situation(request, ad, 0)) * self.catalog.bid(ad), ad))
+            .collect();
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        ranked.truncate(self.config.shown_slots as usize);
+        ranked.into_iter().map(|(_, ad)| ad).collect()
+    }
+
     /// The situation of showing `ad` at `position` for `request`.
     pub fn situation(&self, request: &Request, ad: u32, position: u32) -> Situation {
         let a = self.catalog.ad(ad);
@@ -359,7 +389,8 @@ impl World {
                     }
                 })
                 .collect(),
-            top_k: None,
+            // The product shows this many slots: the rest is neither shown nor logged.
+            top_k: Some(self.config.shown_slots),
             deadline_ms: None,
         }
     }

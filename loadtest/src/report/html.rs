@@ -1,0 +1,313 @@
+//! The report as one self-contained HTML page: tables, and plots drawn as inline SVG with
+//! plotters (no scripts, no files beside it, nothing fetched when it is opened).
+
+use std::fmt::Write as _;
+
+use plotters::prelude::*;
+
+use super::Report;
+
+const WIDTH: u32 = 760;
+const HEIGHT: u32 = 340;
+
+/// Escapes text for HTML.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// One line of a plot.
+struct Line<'a> {
+    name: &'a str,
+    color: RGBColor,
+    points: Vec<(f64, f64)>,
+}
+
+/// The upper end of an axis: a little above the largest value, never an empty range.
+fn top(values: impl Iterator<Item = f64>) -> f64 {
+    let max = values.fold(0.0f64, f64::max);
+    if max > 0.0 { max * 1.1 } else { 1.0 }
+}
+
+/// A line plot as SVG; `log_x` puts the x axis on a logarithmic scale (x > 0).
+fn plot(title: &str, x_label: &str, y_label: &str, lines: &[Line<'_>], log_x: bool) -> String {
+    let mut svg = String::new();
+    let xs = || lines.iter().flat_map(|l| l.points.iter().map(|p| p.0));
+    let x_min = xs().fold(f64::INFINITY, f64::min);
+    let x_max = xs().fold(f64::NEG_INFINITY, f64::max);
+    if !x_min.is_finite() {
+        return String::from("<p>(no data)</p>");
+    }
+    let x_max = if x_max > x_min { x_max } else { x_min + 1.0 };
+    let y_max = top(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)));
+    let drawn = {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        draw(&root, title, x_label, y_label, lines, (x_min, x_max, y_max), log_x)
+    };
+    match drawn {
+        Ok(()) => svg,
+        Err(e) => format!("<p>(plot failed: {})</p>", escape(&e.to_string())),
+    }
+}
+
+type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    lines: &[Line<'_>],
+    (x_min, x_max, y_max): (f64, f64, f64),
+    log_x: bool,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let mut builder = ChartBuilder::on(root);
+    builder.caption(title, ("sans-serif", 18)).margin(12).x_label_area_size(40).y_label_area_size(60);
+    if log_x {
+        let chart = builder.build_cartesian_2d((x_min.max(1e-9)..x_max).log_scale(), 0.0..y_max)?;
+        draw_lines(chart, x_label, y_label, lines, false)?;
+    } else {
+        let chart = builder.build_cartesian_2d(x_min..x_max, 0.0..y_max)?;
+        draw_lines(chart, x_label, y_label, lines, true)?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// The mesh, the lines (with a dot on each point when `dots`) and their legend.
+fn draw_lines<'a, DB, X>(
+    mut chart: ChartContext<'a, DB, Cartesian2d<X, plotters::coord::types::RangedCoordf64>>,
+    x_label: &str,
+    y_label: &str,
+    lines: &[Line<'_>],
+    dots: bool,
+) -> DrawResult
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    X: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
+{
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw()?;
+    for line in lines {
+        let color = line.color;
+        chart
+            .draw_series(LineSeries::new(line.points.iter().copied(), color.stroke_width(2)))?
+            .label(line.name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        if dots {
+            chart.draw_series(line.points.iter().map(|&p| Circle::new(p, 2, color.filled())))?;
+        }
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    Ok(())
+}
+
+const P50: RGBColor = RGBColor(31, 119, 180);
+const P99: RGBColor = RGBColor(214, 39, 40);
+const MAX: RGBColor = RGBColor(127, 127, 127);
+const THROUGHPUT: RGBColor = RGBColor(44, 160, 44);
+
+fn table(out: &mut String, head: &[&str], rows: &[Vec<String>]) {
+    out.push_str("<table><tr>");
+    for h in head {
+        let _ = write!(out, "<th>{}</th>", escape(h));
+    }
+    out.push_str("</tr>");
+    for row in rows {
+        out.push_str("<tr>");
+        for cell in row {
+            let _ = write!(out, "<td>{}</td>", escape(cell));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</table>");
+}
+
+/// The whole page.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title><style>\
+         body{{font-family:sans-serif;max-width:820px;margin:2em auto;color:#222}}\
+         table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}\
+         th{{background:#f4f4f4}}td:first-child{{text-align:left}}.note{{color:#666;font-size:90%}}\
+         </style></head><body><h1>{title}</h1>",
+        title = escape(&report.title)
+    );
+    let run = &report.run;
+    let _ = write!(
+        out,
+        "<p>{mode} load on <code>{target}</code>, {arrivals} arrivals over {connections} connections. \
+         Latency is measured from each request's intended send time (coordinated omission corrected).</p>",
+        mode = escape(&report.mode),
+        target = escape(&report.target),
+        arrivals = escape(&report.arrivals),
+        connections = report.connections
+    );
+    out.push_str("<h2>Run</h2>");
+    let mut rows = vec![
+        vec!["offered / achieved rate".into(), format!("{:.0} / {:.1} req/s", run.rate, run.achieved_rate)],
+        vec!["measured requests".into(), format!("{} of {} scheduled", run.measured, run.scheduled)],
+        vec!["replies by status".into(), format!("{:?}", run.statuses)],
+        vec!["failures".into(), format!("{:?}", run.failures)],
+        vec![format!("sent late (> {} ms)", run.late_threshold_ms), run.late.to_string()],
+    ];
+    rows.extend(run.latency_ms.iter().map(|(q, ms)| vec![format!("latency {q}"), format!("{ms:.2} ms")]));
+    table(&mut out, &["what", "value"], &rows);
+
+    let series = |f: fn(&crate::generator::Second) -> f64| -> Vec<(f64, f64)> {
+        report.series.iter().map(|s| (s.second as f64, f(s))).collect()
+    };
+    out.push_str(&plot(
+        "Latency over time",
+        "seconds since start",
+        "ms",
+        &[
+            Line { name: "p50", color: P50, points: series(|s| s.p50_ms) },
+            Line { name: "p99", color: P99, points: series(|s| s.p99_ms) },
+            Line { name: "max", color: MAX, points: series(|s| s.max_ms) },
+        ],
+        false,
+    ));
+    // x = 1/(1-q): 10 is p90, 100 is p99 …
+    let curve: Vec<(f64, f64)> =
+        report.percentiles.iter().map(|p| (1.0 / (1.0 - p.percentile / 100.0).max(1e-9), p.ms)).collect();
+    out.push_str(&plot(
+        "Latency by percentile",
+        "1/(1-q): 10 = p90, 100 = p99, 1000 = p99.9",
+        "ms",
+        &[Line { name: "latency", color: P99, points: curve }],
+        true,
+    ));
+
+    if let Some(sweep) = &report.sweep {
+        out.push_str("<h2>Rate sweep</h2>");
+        let _ = write!(
+            out,
+            "<p>SLO: p99 at most {} ms, no errors, rate held within 1%. Knee: <b>{}</b>.</p>",
+            sweep.slo.p99_ms,
+            sweep.knee.map_or("none (the first step already failed)".into(), |k| format!("{k:.0} req/s"))
+        );
+        let mut steps = sweep.steps.clone();
+        steps.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        let rows: Vec<Vec<String>> = steps
+            .iter()
+            .map(|s| {
+                vec![
+                    format!("{:.0}", s.rate),
+                    format!("{:.1}", s.achieved_rate),
+                    format!("{:.1}", s.throughput),
+                    format!("{:.2}", s.p50_ms),
+                    format!("{:.2}", s.p99_ms),
+                    format!("{:.2}", s.p999_ms),
+                    s.errors.to_string(),
+                    s.late.to_string(),
+                    if s.held { "yes".into() } else { "no".into() },
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &["offered req/s", "achieved", "ok/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "late", "held"],
+            &rows,
+        );
+        let points = |f: fn(&crate::generator::Step) -> f64| steps.iter().map(|s| (s.rate, f(s))).collect::<Vec<_>>();
+        out.push_str(&plot(
+            "Throughput against offered rate",
+            "offered req/s",
+            "successful replies/s",
+            &[Line { name: "throughput", color: THROUGHPUT, points: points(|s| s.throughput) }],
+            false,
+        ));
+        out.push_str(&plot(
+            "Latency against offered rate",
+            "offered req/s",
+            "ms",
+            &[
+                Line { name: "p50", color: P50, points: points(|s| s.p50_ms) },
+                Line { name: "p99", color: P99, points: points(|s| s.p99_ms) },
+            ],
+            false,
+        ));
+    }
+
+    if let Some(server) = &report.server {
+        out.push_str("<h2>Where the time went (the server's own timings)</h2>");
+        let rows: Vec<Vec<String>> = ["features", "queue", "inference", "total", "outside"]
+            .iter()
+            .filter_map(|name| server.stages.get(*name).map(|s| (name, s)))
+            .map(|(name, s)| {
+                vec![
+                    name.to_string(),
+                    format!("{:.3}", s.mean),
+                    format!("{:.3}", s.p50),
+                    format!("{:.3}", s.p99),
+                    format!("{:.3}", s.p999),
+                ]
+            })
+            .collect();
+        table(&mut out, &["stage", "mean ms", "p50 ms", "p99 ms", "p99.9 ms"], &rows);
+        let _ = write!(
+            out,
+            "<p class=\"note\">{} replies; rows per model run: mean {:.0}, median {}; degraded (features from defaults): {}; \
+             unparsable replies: {}. <i>outside</i> is the client's latency minus the server's total at the same percentile.</p>",
+            server.replies, server.batch_rows_mean, server.batch_rows_p50, server.degraded, server.unparsable
+        );
+    }
+
+    if !report.versions.is_empty() {
+        out.push_str("<h2>Business figures by model version (closed loop)</h2>");
+        let rows: Vec<Vec<String>> = report
+            .versions
+            .iter()
+            .map(|v| {
+                vec![
+                    v.version.clone(),
+                    v.requests.to_string(),
+                    v.clicks.to_string(),
+                    format!("{:.4}", v.ctr),
+                    format!("{:.4} / {:.4}", v.predicted_ctr, v.true_ctr),
+                    format!("{:.2}", v.rpm),
+                    format!("{:.2}", v.expected_rpm),
+                    format!("{:.2}", v.oracle_rpm),
+                    format!("{:.2}", v.regret_rpm),
+                    format!("{:.1}%", 100.0 * v.oracle_share),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &[
+                "version",
+                "requests",
+                "clicks",
+                "CTR",
+                "pCTR / true CTR",
+                "RPM",
+                "expected RPM",
+                "oracle RPM",
+                "regret RPM",
+                "of oracle",
+            ],
+            &rows,
+        );
+        out.push_str(
+            "<p class=\"note\">RPM: revenue (bids of clicked ads) per thousand requests. Expected figures use the world's true \
+             click probabilities of the shown slots; the oracle ranks the same candidates by true probability x bid. \
+             Regret is what the version lost against the oracle.</p>",
+        );
+        if let Some(clicks) = &report.clicks {
+            let _ = write!(
+                out,
+                "<p class=\"note\">Clicks sent to the server: {} accepted, refused {:?}, replies naming foreign ads: {}.</p>",
+                clicks.accepted, clicks.refused, clicks.foreign_ads
+            );
+        }
+    }
+    out.push_str("</body></html>\n");
+    out
+}

@@ -1,0 +1,254 @@
+//! What a load test leaves behind: a JSON document with every figure, and one self-contained
+//! HTML page that draws them ([`html`]).
+
+pub mod html;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::{
+    generator::{LATE, RunReport, Second, Slo, Step, SweepPlan, knee, per_second},
+    ranking::{Business, ClickDelivery, ServerTimings},
+};
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub title: String,
+    pub target: String,
+    /// `open loop`, `closed loop`; with `sweep` when the rate was swept.
+    pub mode: String,
+    pub arrivals: String,
+    pub connections: usize,
+    /// The run the latency figures describe: the only run, or a sweep's knee.
+    pub run: RunSummary,
+    pub series: Vec<Second>,
+    /// The latency percentile curve of `run` (HdrHistogram's plot).
+    pub percentiles: Vec<Percentile>,
+    pub sweep: Option<SweepSummary>,
+    pub server: Option<ServerSummary>,
+    /// Closed loop: business figures by model version (`name/version`).
+    pub versions: Vec<VersionFigures>,
+    pub clicks: Option<ClickDelivery>,
+}
+
+/// One run's client-side figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub rate: f64,
+    pub achieved_rate: f64,
+    pub scheduled: u64,
+    pub measured: u64,
+    pub statuses: BTreeMap<u16, u64>,
+    /// Requests without a reply, by kind (`connect`, `timeout`, `protocol`).
+    pub failures: BTreeMap<String, u64>,
+    /// Sent more than `late_threshold_ms` after their intended time: the generator fell behind.
+    pub late: u64,
+    pub late_threshold_ms: f64,
+    /// From the intended send time: `p50`, `p90`, `p99`, `p99.9`, `max`.
+    pub latency_ms: BTreeMap<String, f64>,
+}
+
+impl RunSummary {
+    pub fn of(report: &RunReport) -> Self {
+        let h = &report.latency_us;
+        let latency_ms = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)]
+            .into_iter()
+            .map(|(name, q)| (name.to_string(), report.latency_ms(q)))
+            .chain(std::iter::once(("max".to_string(), h.max() as f64 / 1000.0)))
+            .collect();
+        Self {
+            rate: report.rate,
+            achieved_rate: report.achieved_rate,
+            scheduled: report.scheduled,
+            measured: report.samples.len() as u64,
+            statuses: report.statuses.clone(),
+            failures: report.failures.iter().map(|(f, n)| (format!("{f:?}").to_lowercase(), *n)).collect(),
+            late: report.late,
+            late_threshold_ms: LATE.as_secs_f64() * 1000.0,
+            latency_ms,
+        }
+    }
+}
+
+/// A point of the percentile curve.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Percentile {
+    pub percentile: f64,
+    pub ms: f64,
+}
+
+/// Points at 0, 90, 99, 99.9 … percent and a few between, up to what the run can resolve.
+pub fn percentiles(report: &RunReport) -> Vec<Percentile> {
+    let h = &report.latency_us;
+    if h.is_empty() {
+        return Vec::new();
+    }
+    // Tenths of a decade of 1/(1-q): evenly spaced on the plot's logarithmic axis.
+    let resolvable = (h.len() as f64).log10();
+    (0..=60)
+        .map(|k| f64::from(k) / 10.0)
+        .take_while(|decades| *decades <= resolvable)
+        .map(|decades| {
+            let q = 1.0 - 10f64.powf(-decades);
+            Percentile { percentile: 100.0 * q, ms: h.value_at_quantile(q) as f64 / 1000.0 }
+        })
+        .collect()
+}
+
+/// A rate sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepSummary {
+    pub slo: Slo,
+    pub plan: SweepPlan,
+    pub steps: Vec<Step>,
+    /// The highest offered rate that held the SLO with no errors.
+    pub knee: Option<f64>,
+}
+
+impl SweepSummary {
+    pub fn new(slo: Slo, plan: SweepPlan, steps: Vec<Step>) -> Self {
+        let knee = knee(&steps).map(|s| s.rate);
+        Self { slo, plan, steps, knee }
+    }
+}
+
+/// Percentiles of one stage, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StageSummary {
+    pub mean: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+/// The server's timing breakdown over the measured replies.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerSummary {
+    pub replies: u64,
+    /// `features`, `queue`, `inference`, `total` (inside the server), and `outside`: the
+    /// client's latency minus the server's total at the same percentile (network, HTTP, the
+    /// generator's own scheduling).
+    pub stages: BTreeMap<String, StageSummary>,
+    pub batch_rows_mean: f64,
+    pub batch_rows_p50: u64,
+    pub degraded: u64,
+    pub unparsable: u64,
+}
+
+impl ServerSummary {
+    /// `None` when no reply carried timings (not the ranking API).
+    pub fn of(timings: &ServerTimings, client: &RunReport) -> Option<Self> {
+        let total = timings.stages.get("total")?;
+        if total.is_empty() {
+            return None;
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        let mut stages: BTreeMap<String, StageSummary> = timings
+            .stages
+            .iter()
+            .map(|(name, h)| {
+                let s = StageSummary {
+                    mean: h.mean() / 1000.0,
+                    p50: ms(h.value_at_quantile(0.5)),
+                    p99: ms(h.value_at_quantile(0.99)),
+                    p999: ms(h.value_at_quantile(0.999)),
+                };
+                (name.to_string(), s)
+            })
+            .collect();
+        let server = stages["total"];
+        let c = &client.latency_us;
+        stages.insert(
+            "outside".into(),
+            StageSummary {
+                mean: (c.mean() / 1000.0 - server.mean).max(0.0),
+                p50: (client.latency_ms(0.5) - server.p50).max(0.0),
+                p99: (client.latency_ms(0.99) - server.p99).max(0.0),
+                p999: (client.latency_ms(0.999) - server.p999).max(0.0),
+            },
+        );
+        Some(Self {
+            replies: total.len(),
+            stages,
+            batch_rows_mean: timings.batch_rows.mean(),
+            batch_rows_p50: timings.batch_rows.value_at_quantile(0.5),
+            degraded: timings.degraded,
+            unparsable: timings.unparsable,
+        })
+    }
+}
+
+/// One model version's business figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionFigures {
+    pub version: String,
+    pub requests: u64,
+    pub impressions: u64,
+    pub clicks: u64,
+    pub ctr: f64,
+    /// Mean predicted CTR of the shown slots, and the true one.
+    pub predicted_ctr: f64,
+    pub true_ctr: f64,
+    /// Revenue (clicked bids) per thousand requests.
+    pub rpm: f64,
+    /// The same in expectation (true click probability x bid), and the oracle ranking's.
+    pub expected_rpm: f64,
+    pub oracle_rpm: f64,
+    /// oracle_rpm - expected_rpm.
+    pub regret_rpm: f64,
+    pub oracle_share: f64,
+}
+
+/// The figures of every version that served.
+pub fn versions(business: &BTreeMap<String, Business>) -> Vec<VersionFigures> {
+    business
+        .iter()
+        .map(|(version, b)| {
+            let per_mille = 1000.0 / b.requests.max(1) as f64;
+            let slots = b.impressions.max(1) as f64;
+            VersionFigures {
+                version: version.clone(),
+                requests: b.requests,
+                impressions: b.impressions,
+                clicks: b.clicks,
+                ctr: b.ctr(),
+                predicted_ctr: b.predicted_ctr_sum / slots,
+                true_ctr: b.true_ctr_sum / slots,
+                rpm: b.rpm(),
+                expected_rpm: b.expected_revenue * per_mille,
+                oracle_rpm: b.oracle_revenue * per_mille,
+                regret_rpm: b.regret_per_mille(),
+                oracle_share: b.oracle_share(),
+            }
+        })
+        .collect()
+}
+
+impl Report {
+    /// The latency parts of a report for `run`; the caller fills in the rest.
+    pub fn for_run(
+        title: String,
+        target: String,
+        mode: String,
+        arrivals: String,
+        connections: usize,
+        run: &RunReport,
+    ) -> Self {
+        Self {
+            title,
+            target,
+            mode,
+            arrivals,
+            connections,
+            run: RunSummary::of(run),
+            series: per_second(&run.samples),
+            percentiles: percentiles(run),
+            sweep: None,
+            server: None,
+            versions: Vec::new(),
+            clicks: None,
+        }
+    }
+}
