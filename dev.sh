@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # adrank's one entry point for people and CI.
 #
-#   ./dev.sh demo    set up this machine, start the local stack, run `adrank doctor`
+#   ./dev.sh demo    set up this machine, start the local stack, run the whole chain once
+#                    (`adrank demo`; add --quick for the few-minute version)
 #   ./dev.sh test    set up this machine, run clippy and every test (what .ci/run calls)
 #   ./dev.sh setup   only install what is missing (idempotent; skips what is present)
 #
@@ -88,13 +89,15 @@ redis_answers() {
 
 demo() {
     setup
-    say "building adrank"
-    cargo build --bin adrank
+    say "building adrank (release: the demo trains a model)"
+    cargo build --release --locked --bin adrank
     say "starting the local stack"
-    target/debug/adrank up
+    target/release/adrank up
     say "checking every dependency"
-    target/debug/adrank doctor
-    say "the stack is up; stop it with: target/debug/adrank down"
+    target/release/adrank doctor
+    say "the whole chain: history, ingest, train, serve, closed-loop load, report"
+    target/release/adrank demo "$@"
+    say "the stack is still up; stop it with: target/release/adrank down"
 }
 
 test() {
@@ -110,7 +113,7 @@ redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly
 }
 
 case "${1:-}" in
-    demo) demo ;;
+    demo) shift; demo "$@" ;;
     test) test ;;
     setup) setup ;;
     *) echo "usage: $0 demo|test|setup" >&2; exit 2 ;;

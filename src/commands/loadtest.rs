@@ -50,6 +50,10 @@ pub(crate) struct Args {
     /// CTR, revenue and regret against the oracle ranking per model version.
     #[arg(long)]
     closed_loop: bool,
+    /// Start the world where `sim bootstrap --days` (or `sim history --days`) left it: that
+    /// history is replayed (not sent) first, so the load continues it in simulated time.
+    #[arg(long, default_value_t = 0.0, value_name = "DAYS")]
+    after_days: f64,
     /// Step the rate up from --rate until the SLO breaks, then bisect: reports the knee.
     #[arg(long)]
     sweep: bool,
@@ -130,7 +134,14 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         timeout: Duration::from_secs(10),
         seed: loaded.config.world.seed,
     };
+    if !(args.after_days.is_finite() && args.after_days >= 0.0) {
+        bail!("--after-days {} must be zero or more", args.after_days);
+    }
     let mut world = super::sim::world(loaded);
+    if args.after_days > 0.0 {
+        eprintln!("replaying {} simulated days of history in the world …", args.after_days);
+        world.replay_baseline_days(args.after_days);
+    }
     let ranking = if args.closed_loop {
         // Two seconds of requests ahead of the schedule at the highest rate offered.
         let ahead = (2.0 * if args.sweep { args.max_rate.min(20_000.0) } else { args.rate }) as usize;

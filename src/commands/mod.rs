@@ -3,6 +3,7 @@
 
 mod bench;
 mod config;
+mod demo;
 mod doctor;
 mod down;
 mod eval;
@@ -24,6 +25,9 @@ use crate::config::Loaded;
 /// What adrank can do.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// The whole chain once on the local stack: simulated history to Kafka, ingest, train a
+    /// first model, serve it, closed-loop load with an HTML report (`--quick`: a few minutes).
+    Demo(demo::Args),
     /// Check every dependency (ONNX Runtime, Kafka, Redis, registry, MPI) and say how to fix
     /// what is missing. Exits non-zero when a required one fails.
     Doctor(doctor::Args),
@@ -45,8 +49,9 @@ pub(crate) enum Command {
     Eval(eval::Args),
     /// The model registry: list, show, import, alias, history.
     Registry(registry::Args),
-    /// Open-loop load on the ranking API (wrk2's model: a fixed schedule, latency from each
-    /// intended send time) with requests from the synthetic world.
+    /// Load on the ranking API (wrk2's open model: a fixed schedule, latency from each intended
+    /// send time) with requests from the synthetic world; rate sweeps; closed-loop runs where
+    /// the world clicks; JSON and HTML reports.
     Loadtest(loadtest::Args),
     /// Serve the ranking API (`POST /v1/rank`) with a version from the registry.
     Serve(serve::Args),
@@ -60,6 +65,7 @@ pub(crate) enum Command {
 impl Command {
     pub(crate) async fn run(self, loaded: &Loaded) -> anyhow::Result<ExitCode> {
         match self {
+            Self::Demo(args) => demo::run(args, loaded).await,
             Self::Doctor(args) => doctor::run(args, loaded).await,
             Self::Up(args) => up::run(args, loaded).await,
             Self::Down(args) => down::run(args, loaded).await,

@@ -4,6 +4,7 @@
 mod batcher;
 mod cli_config;
 mod closed_loop;
+mod demo;
 mod generator;
 mod ingest;
 mod ingest_crash;

@@ -140,6 +140,8 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     let mut world = World::new(WorldConfig { users: 500, advertisers: 50, ads: 400, ..WorldConfig::default() });
     let next = world.next_request();
     let mut body = serde_json::to_value(world.rank_request(&next)).unwrap();
+    assert_eq!(body["top_k"], 5, "the world asks for the slots it shows");
+    body["top_k"] = serde_json::Value::Null;
     let candidates = body["candidates"].as_array().unwrap().len();
     let (status, _, text) = http(addr, "POST", "/v1/rank", body.to_string().as_bytes()).await;
     assert_eq!(status, 200, "{text}");

@@ -78,6 +78,21 @@ async fn trained_models_export_to_onnx_with_parity_and_beat_a_constant() {
     let data = LogWindow::open(&location, train_window).await.unwrap();
     let test = LogWindow::open(&location, held_out).await.unwrap();
 
+    // A window whose newest tenth (the validation part) holds no examples is refused, never
+    // trained and published with a NaN validation loss.
+    let beyond = Window { since_ms: span.since_ms, until_ms: span.until_ms + 24 * HOUR_MS };
+    let beyond = LogWindow::open(&location, beyond).await.unwrap();
+    let (spec2, config) = (spec.clone(), TrainingConfig { epochs: 1, ..small(Architecture::Logistic) });
+    let refused = tokio::task::spawn_blocking(move || {
+        train(TrainRequest { data: &beyond, spec: &spec2, config: &config, warm_start: None, progress: false })
+    })
+    .await
+    .unwrap();
+    match refused {
+        Err(adrank_trainer::Error::NoData { window, .. }) => assert!(window.since_ms > span.until_ms),
+        other => panic!("expected NoData for the empty validation window, got {:?}", other.map(|t| t.report)),
+    }
+
     let (mut versions, mut models) = (Vec::new(), Vec::new());
     for architecture in [
         Architecture::Logistic,

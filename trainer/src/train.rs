@@ -146,6 +146,11 @@ pub fn train(request: TrainRequest<'_>) -> Result<Trained> {
         bar.finish_and_clear();
         let (validation_loss, validation_examples, validation_clicks) =
             validate(&model, request.data, validation_window, &transformer, threads)?;
+        if validation_examples == 0 {
+            // A loss over nothing would be NaN: no version may be judged, or published, on it.
+            // (The newest examples of a log wait for their attribution window to close.)
+            return Err(crate::Error::NoData { location: request.data.location().into(), window: validation_window });
+        }
         report.validation_examples = validation_examples;
         report.validation_clicks = validation_clicks;
         let epoch_report = EpochReport {

@@ -271,6 +271,16 @@ impl World {
         ranked.into_iter().map(|(_, ad)| ad).collect()
     }
 
+    /// Serves `days` of requests with the baseline policy and forgets them: the world then
+    /// stands exactly where `sim bootstrap --days` or `sim history --days` left it (same truth,
+    /// drift and catalog), so a load test can continue the history instead of repeating it.
+    pub fn replay_baseline_days(&mut self, days: f64) {
+        let requests = (days * 24.0 * f64::from(self.config.requests_per_hour)).round() as u64;
+        for _ in 0..requests {
+            self.serve_baseline();
+        }
+    }
+
     /// The situation of showing `ad` at `position` for `request`.
     pub fn situation(&self, request: &Request, ad: u32, position: u32) -> Situation {
         let a = self.catalog.ad(ad);
