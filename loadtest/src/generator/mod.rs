@@ -23,6 +23,7 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
+use tokio::sync::Semaphore;
 
 pub use http::Failure;
 pub use progress::Progress;
@@ -31,10 +32,58 @@ pub use series::{Second, per_second};
 pub use source::{Cycle, Source};
 pub use sweep::{Slo, Step, SweepPlan, knee};
 
-/// How late a send may be before it counts as late. tokio's timer wakes on whole
-/// milliseconds, so on-time sends are routinely up to ~2 ms after their instant (their latency
-/// still counts from the intended time); a 1 ms threshold counted most sends of an idle run.
-pub const LATE: Duration = Duration::from_millis(5);
+/// How late a send may be before it counts as late.
+pub const LATE: Duration = Duration::from_millis(1);
+
+/// Requests due this close together are released together (see [`pace`]).
+const RELEASE_GROUP: Duration = Duration::from_micros(100);
+
+/// CPU seconds the calling thread has used (utime + stime from /proc/thread-self/stat, in
+/// 10 ms ticks); NaN where /proc cannot tell.
+pub fn thread_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else { return f64::NAN };
+    // The fields after the command name (which may hold spaces) start after the last ')':
+    // utime and stime, fields 14 and 15 of the line, are the 12th and 13th of those.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Releases every request at its intended time, from a thread of its own: tokio's timer wakes
+/// on whole milliseconds (rounding up), which would send requests up to a millisecond late and
+/// add that to every latency; the operating system's timer, with the thread's timer slack
+/// lowered, wakes within microseconds. A connection waits on its gate and sends when a permit
+/// arrives; permits pile up when it is behind, so nothing is ever skipped.
+/// Returns the CPU seconds the pacer used.
+///
+/// Releases are grouped by [`RELEASE_GROUP`].
+fn pace(start: Instant, offsets: Arc<Vec<Duration>>, gates: Vec<Arc<Semaphore>>) -> std::thread::JoinHandle<f64> {
+    std::thread::Builder::new()
+        .name("loadgen-pacer".into())
+        .spawn(move || {
+            // 1 µs instead of the default 50 µs; without it sleeps merely end later.
+            let _ = nix::sys::prctl::set_timerslack(1_000);
+            let cpu = thread_cpu_seconds();
+            let mut i = 0;
+            while i < offsets.len() {
+                // Requests due within RELEASE_GROUP of this one go together, at the last one's
+                // time: at most 10,000 wake-ups a second whatever the rate, each request at
+                // most that much late.
+                let group = offsets[i..].iter().take_while(|o| **o < offsets[i] + RELEASE_GROUP).count();
+                let due = start + offsets[i + group - 1];
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                for k in i..i + group {
+                    gates[k % gates.len()].add_permits(1);
+                }
+                i += group;
+            }
+            thread_cpu_seconds() - cpu
+        })
+        .expect("cannot start the pacer thread")
+}
 
 /// One run.
 #[derive(Debug, Clone)]
@@ -104,6 +153,9 @@ pub struct RunReport {
     pub latency_us: Histogram<u64>,
     /// Every measured request, by intended send time.
     pub samples: Vec<Sample>,
+    /// CPU seconds of the pacer thread that released the requests (the rest of the
+    /// generator's CPU is the runtime's it ran on).
+    pub pacer_cpu_seconds: f64,
 }
 
 impl RunReport {
@@ -115,6 +167,17 @@ impl RunReport {
     /// Latency at quantile `q` of the replies, in milliseconds.
     pub fn latency_ms(&self, q: f64) -> f64 {
         self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// Latency at quantile `q` of the replies measured from when each request was actually sent
+    /// (wrk2's "uncorrected" latency, what closed-loop tools such as wrk report): beside the
+    /// corrected figure it shows how much of the latency was the wait to be sent.
+    pub fn service_latency_ms(&self, q: f64) -> f64 {
+        let mut h = histogram();
+        for s in self.samples.iter().filter(|s| matches!(s.outcome, Outcome::Status(_))) {
+            h.saturating_record(s.latency_us.saturating_sub(s.sent_us.saturating_sub(s.intended_us)).max(1));
+        }
+        h.value_at_quantile(q) as f64 / 1000.0
     }
 
     /// Latency at quantile `q` of the 2xx replies only, in milliseconds (what admitted
@@ -154,16 +217,18 @@ pub async fn run<S: Source>(
     }
     let offsets = Arc::new(intended_offsets(config.rate, config.duration, config.arrivals, config.seed));
     let start = Instant::now() + Duration::from_millis(50);
+    let gates: Vec<Arc<Semaphore>> = (0..config.connections).map(|_| Arc::new(Semaphore::new(0))).collect();
     let tasks: Vec<_> = (0..config.connections)
         .map(|c| {
             let (offsets, source, progress, config) =
                 (Arc::clone(&offsets), Arc::clone(&source), Arc::clone(&progress), config.clone());
+            let gate = Arc::clone(&gates[c]);
             tokio::spawn(async move {
                 let mut connection = http::Connection::new(config.target);
                 let mut samples = Vec::with_capacity(offsets.len() / config.connections + 1);
                 for i in (c..offsets.len()).step_by(config.connections) {
                     let intended = start + offsets[i];
-                    tokio::time::sleep_until(intended.into()).await;
+                    gate.acquire().await.expect("gates are never closed").forget();
                     let Some((body, tag)) = source.next(i).await else { break };
                     let sent = Instant::now();
                     let result = connection.post(&config.path, &body, config.timeout).await;
@@ -192,10 +257,12 @@ pub async fn run<S: Source>(
             })
         })
         .collect();
+    let pacer = pace(start, Arc::clone(&offsets), gates);
     let mut samples = Vec::with_capacity(offsets.len());
     for task in tasks {
         samples.extend(task.await.expect("a connection task panicked; this is a bug"));
     }
+    let pacer_cpu_seconds = pacer.join().expect("the pacer thread panicked; this is a bug");
     samples.sort_by_key(|s| s.intended_us);
     let mut report = RunReport {
         rate: config.rate,
@@ -206,6 +273,7 @@ pub async fn run<S: Source>(
         achieved_rate: 0.0,
         latency_us: histogram(),
         samples: Vec::new(),
+        pacer_cpu_seconds,
     };
     for s in &samples {
         match s.outcome {

@@ -2,6 +2,7 @@
 //! in the same run (these machines are shared and noisy: only ratios mean much).
 
 mod ingest;
+mod loadgen;
 mod reads;
 mod stack;
 
@@ -25,10 +26,14 @@ enum Command {
     /// one-read-per-entity loop; freshness at half the ingestion rate. Starts its own tansu
     /// broker (memory storage) and uses the configured Redis under a key prefix of its own.
     Ingest(ingest::Args),
+    /// The load generator itself: the highest rate one generator core holds within 1% against
+    /// a trivial endpoint, and its latency percentiles beside wrk's at the same rate.
+    Loadgen(loadgen::Args),
 }
 
 pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Ingest(args) => ingest::run(args, loaded).await,
+        Command::Loadgen(args) => loadgen::run_command(args).await,
     }
 }
