@@ -51,6 +51,11 @@ pub struct OrtConfig {
     /// Graph optimisations applied when a model loads: disable, basic, extended or all. More
     /// optimisation loads slower and usually runs faster.
     pub graph_optimization: GraphOptimization,
+    /// Whether the intra-op pool's threads spin-wait for work after a run (ONNX Runtime's
+    /// default). Spinning shaves microseconds off back-to-back runs but burns the CPU the rest
+    /// of the server (HTTP, features, the next batch) and the machine need, and counts as busy
+    /// when nothing runs; off by default.
+    pub intra_spinning: bool,
 }
 
 /// ONNX Runtime's graph optimisation levels.

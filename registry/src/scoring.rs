@@ -16,17 +16,23 @@ pub struct SessionOptions {
     /// Threads one run may use (ONNX Runtime's intra-op pool); 0 lets ONNX Runtime choose.
     pub intra_threads: usize,
     pub graph_optimization: GraphOptimization,
+    /// Pool threads spin-wait for work after a run.
+    pub intra_spinning: bool,
 }
 
 impl SessionOptions {
     /// The `[onnxruntime]` section's settings.
     pub fn of(config: &OrtConfig) -> Self {
-        Self { intra_threads: config.intra_threads, graph_optimization: config.graph_optimization }
+        Self {
+            intra_threads: config.intra_threads,
+            graph_optimization: config.graph_optimization,
+            intra_spinning: config.intra_spinning,
+        }
     }
 
     /// One thread, every optimisation: for tests and small models.
     pub fn single_thread() -> Self {
-        Self { intra_threads: 1, graph_optimization: GraphOptimization::All }
+        Self { intra_threads: 1, graph_optimization: GraphOptimization::All, intra_spinning: false }
     }
 }
 
@@ -50,6 +56,8 @@ impl ScoringSession {
                 GraphOptimization::Extended => GraphOptimizationLevel::Level2,
                 GraphOptimization::All => GraphOptimizationLevel::All,
             })
+            .map_err(|e| Error::Model(e.to_string()))?
+            .with_intra_op_spinning(options.intra_spinning)
             .map_err(|e| Error::Model(e.to_string()))?;
         if options.intra_threads > 0 {
             builder = builder.with_intra_threads(options.intra_threads).map_err(|e| Error::Model(e.to_string()))?;

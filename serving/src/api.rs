@@ -3,19 +3,23 @@
 //! Every client mistake is a 4xx whose JSON body names the field and the rule; overload is 429
 //! with `Retry-After`; a deadline that passed is 504; nothing a client sends can cause a 5xx.
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use adrank_featurestore::{online::Reader, request::RankRequest};
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, State},
+    extract::{DefaultBodyLimit, Extension, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use serde::Serialize;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::{
     ServingConfig,
@@ -75,11 +79,22 @@ fn error(status: StatusCode, kind: &'static str, field: String, message: String)
     (status, Json(ErrorBody { error: ErrorDetail { kind, field, message } })).into_response()
 }
 
+/// Admission control for ranking requests: `max_in_flight` places, a bounded wait for one.
+#[derive(Debug)]
+struct Admission {
+    places: Semaphore,
+    wait: Duration,
+}
+
 /// The router over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
+    let admission = Arc::new(Admission {
+        places: Semaphore::new(state.config.max_in_flight.max(1)),
+        wait: Duration::from_millis(state.config.admission_wait_ms),
+    });
     Router::new()
-        .route("/v1/rank", post(timed_rank))
+        .route("/v1/rank", post(timed_rank).layer(Extension(admission)))
         .route("/v1/events/click", post(timed_click))
         .route("/metrics", get(render_metrics))
         .route("/openapi.json", get(openapi))
@@ -152,8 +167,23 @@ impl Drop for InFlight {
     }
 }
 
-async fn timed_rank(state: State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn timed_rank(
+    state: State<Arc<AppState>>,
+    Extension(admission): Extension<Arc<Admission>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
+    // Before any parsing: a refused request costs next to nothing.
+    let Ok(Ok(_place)) = tokio::time::timeout(admission.wait, admission.places.acquire()).await else {
+        let message = format!(
+            "{} ranking requests are in progress and none finished within {} ms; retry later",
+            state.config.max_in_flight, state.config.admission_wait_ms
+        );
+        let mut response = error(StatusCode::TOO_MANY_REQUESTS, "overloaded", String::new(), message);
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return observed("rank", started, response);
+    };
     let _in_flight = InFlight::start();
     observed("rank", started, rank_handler(state, headers, body).await)
 }

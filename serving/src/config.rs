@@ -23,6 +23,13 @@ pub struct ServingConfig {
     /// Requests waiting for the model before new ones are refused with 429: bounds the queueing
     /// delay under overload.
     pub queue_jobs: usize,
+    /// Ranking requests worked on at once; more wait for a place. The work is mostly CPU, so
+    /// beyond a few per core more concurrency only lengthens every request (Little's law):
+    /// this bounds the latency of admitted requests under overload.
+    pub max_in_flight: usize,
+    /// How long a ranking request may wait for a place before it is refused with 429 and
+    /// `Retry-After` (milliseconds): overload sheds instead of queueing.
+    pub admission_wait_ms: u64,
     /// How long a request may take when it names no deadline (milliseconds).
     pub default_deadline_ms: u64,
     /// The most candidates one request may rank.
@@ -44,6 +51,8 @@ impl Default for ServingConfig {
             max_batch_rows: 1024,
             max_queue_delay_ms: 2,
             queue_jobs: 256,
+            max_in_flight: 16,
+            admission_wait_ms: 5,
             default_deadline_ms: 100,
             max_candidates: 1000,
             max_body_bytes: 1 << 20,
@@ -71,6 +80,15 @@ impl ServingConfig {
         }
         if self.queue_jobs == 0 {
             problems.push(ConfigProblem::new("queue_jobs", "is 0; expected at least 1"));
+        }
+        if self.max_in_flight == 0 {
+            problems.push(ConfigProblem::new("max_in_flight", "is 0; expected at least 1"));
+        }
+        if self.admission_wait_ms > 60_000 {
+            problems.push(ConfigProblem::new(
+                "admission_wait_ms",
+                format!("is {}; expected at most 60000", self.admission_wait_ms),
+            ));
         }
         if !(1..=60_000).contains(&self.default_deadline_ms) {
             problems.push(ConfigProblem::new(

@@ -4,19 +4,15 @@
 //! the HTML report.
 
 use std::{
-    net::SocketAddr,
     path::PathBuf,
-    process::{ExitCode, Stdio},
+    process::ExitCode,
     time::{Duration, Instant},
 };
 
 use adrank_featurestore::training_log::utc_hour;
-use anyhow::{Context as _, bail};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    process::{Child, Command},
-};
+use anyhow::bail;
 
+use super::child::{free_addr, run_step, start_server, stop};
 use crate::config::Loaded;
 
 /// Run the whole chain once: history, ingest, train, serve, closed-loop load, report.
@@ -47,57 +43,6 @@ fn step(n: u32, what: &str) {
     eprintln!("\n\x1b[1m==> [{n}/6] {what}\x1b[0m");
 }
 
-/// This executable with the same config file (the environment is inherited).
-fn adrank(loaded: &Loaded, args: &[&str]) -> anyhow::Result<Command> {
-    let exe = std::env::current_exe().context("cannot find this executable")?;
-    let mut command = Command::new(exe);
-    if let Some(file) = &loaded.file {
-        command.arg("--config").arg(file);
-    }
-    command.args(args).stdin(Stdio::null()).kill_on_drop(true);
-    Ok(command)
-}
-
-async fn run_step(loaded: &Loaded, args: &[&str]) -> anyhow::Result<()> {
-    let status = adrank(loaded, args)?.status().await.with_context(|| format!("cannot run adrank {}", args[0]))?;
-    if !status.success() {
-        bail!("`adrank {}` failed ({status}); the demo stops here", args.join(" "));
-    }
-    Ok(())
-}
-
-/// Whether `GET /readyz` answers 200.
-async fn ready(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { return false };
-    let request = format!("GET /readyz HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    matches!(stream.read_exact(&mut head).await, Ok(_) if head.ends_with(b"200"))
-}
-
-/// Stops the server with SIGTERM (it drains and flushes its impression log), SIGKILL after 30 s.
-async fn stop(mut server: Child) -> anyhow::Result<()> {
-    if let Some(pid) = server.id() {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).context("pid out of range")?);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    }
-    match tokio::time::timeout(Duration::from_secs(30), server.wait()).await {
-        Ok(status) => {
-            let status = status?;
-            if !status.success() {
-                bail!("the server exited with {status}");
-            }
-        }
-        Err(_) => {
-            server.kill().await?;
-            bail!("the server did not stop within 30 s of SIGTERM; killed");
-        }
-    }
-    Ok(())
-}
-
 pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
     let quick = args.quick;
     let days = args.days.unwrap_or(if quick { 0.5 } else { 2.0 });
@@ -115,10 +60,10 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     let days_text = days.to_string();
 
     step(1, &format!("publishing {days} simulated days of history to Kafka (adrank sim bootstrap)"));
-    run_step(loaded, &["sim", "bootstrap", "--days", &days_text]).await?;
+    run_step(loaded, &["sim", "bootstrap", "--days", &days_text], &[]).await?;
 
     step(2, "ingesting it into Redis and the Parquet training log (adrank ingest)");
-    run_step(loaded, &["ingest", "--exit-when-idle", "3"]).await?;
+    run_step(loaded, &["ingest", "--exit-when-idle", "3"], &[]).await?;
 
     step(3, "training a first model and making it production (adrank train)");
     let start = loaded.config.world.start_time_ms;
@@ -137,27 +82,13 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     if let Some(e) = &epochs_text {
         train.extend(["--epochs", e]);
     }
-    run_step(loaded, &train).await?;
+    run_step(loaded, &train, &[]).await?;
 
     step(4, "serving it (adrank serve --follow production)");
-    let addr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").context("no free loopback port")?;
-        probe.local_addr()?
-    };
+    let addr = free_addr()?;
     let listen = addr.to_string();
-    let mut server = adrank(loaded, &["serve", "--follow", "production", "--listen", &listen])?
-        .spawn()
-        .context("cannot start adrank serve")?;
     let waiting = Instant::now();
-    while !ready(addr).await {
-        if let Some(status) = server.try_wait()? {
-            bail!("the server exited before it was ready ({status})");
-        }
-        if waiting.elapsed() > Duration::from_secs(120) {
-            bail!("the server at {addr} was not ready within 120 s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let server = start_server(loaded, addr, &[], Duration::from_secs(120)).await?;
     eprintln!("serving on http://{addr} (ready after {:.1} s)", waiting.elapsed().as_secs_f64());
 
     step(
@@ -187,6 +118,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
             "--report",
             &report_text,
         ],
+        &[],
     )
     .await;
 

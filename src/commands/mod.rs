@@ -2,6 +2,7 @@
 //! function, and one line in [`Command`] and in [`Command::run`].
 
 mod bench;
+mod child;
 mod config;
 mod demo;
 mod doctor;

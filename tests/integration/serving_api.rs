@@ -379,3 +379,35 @@ async fn a_new_version_swaps_in_under_traffic_and_a_broken_one_is_refused() {
     assert_eq!((status, answer.model.version), (200, 2));
     assert!(answer.degraded, "without an online store every answer is degraded, never an error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_its_in_flight_places_the_server_sheds_with_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path());
+    let (onnx, stats) =
+        model_file(&Architecture::Dlrm { embedding_dim: 8, bottom: vec![16], top: vec![32], wide: true });
+    registry.publish(draft(&onnx, &stats, "admission")).await.unwrap();
+    registry.change("ctr", alias(1, 0)).await.unwrap();
+    // One place and no waiting: of many simultaneous requests, most must be refused at once.
+    let config = ServingConfig { max_in_flight: 1, admission_wait_ms: 0, ..ServingConfig::default() };
+    let models = Arc::new(ModelManager::start(manager_config(&registry, &config)).await.unwrap());
+    let addr = serve(models, None, None, config).await;
+    let mut world = World::new(WorldConfig { users: 500, advertisers: 50, ads: 400, ..WorldConfig::default() });
+    let sends: Vec<_> = (0..40)
+        .map(|_| {
+            let body = body(&mut world);
+            tokio::spawn(async move { http(addr, "POST", "/v1/rank", body.as_bytes()).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for send in sends {
+        answers.push(send.await.unwrap());
+    }
+    let refused: Vec<_> = answers.iter().filter(|(status, _, _)| *status == 429).collect();
+    assert!(answers.iter().all(|(status, _, _)| *status == 200 || *status == 429), "only 200 or 429");
+    assert!(answers.iter().any(|(status, _, _)| *status == 200), "the place served someone");
+    assert!(!refused.is_empty(), "40 at once through one place: some must be shed");
+    let (_, head, body) = refused[0];
+    assert!(head.to_lowercase().contains("retry-after: 1"), "{head}");
+    assert!(body.contains("\"overloaded\"") && body.contains("retry later"), "{body}");
+}

@@ -149,6 +149,9 @@ pub struct RunReport {
     pub late: u64,
     /// Requests per second actually sent, from the first to the last measured send.
     pub achieved_rate: f64,
+    /// Requests per second the schedule itself meant over the same requests (with Poisson
+    /// arrivals a short run's schedule differs from the nominal rate by chance).
+    pub intended_rate: f64,
     /// Microseconds from intended send time to the end of the reply, replies only.
     pub latency_us: Histogram<u64>,
     /// Every measured request, by intended send time.
@@ -271,6 +274,7 @@ pub async fn run<S: Source>(
         failures: BTreeMap::new(),
         late: samples.iter().filter(|s| s.late()).count() as u64,
         achieved_rate: 0.0,
+        intended_rate: 0.0,
         latency_us: histogram(),
         samples: Vec::new(),
         pacer_cpu_seconds,
@@ -288,6 +292,10 @@ pub async fn run<S: Source>(
     let (first, last) = samples.iter().fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s.sent_us), hi.max(s.sent_us)));
     if samples.len() > 1 && last > first {
         report.achieved_rate = (samples.len() - 1) as f64 / ((last - first) as f64 / 1e6);
+    }
+    let span = samples.last().map_or(0, |s| s.intended_us) - samples.first().map_or(0, |s| s.intended_us);
+    if samples.len() > 1 && span > 0 {
+        report.intended_rate = (samples.len() - 1) as f64 / (span as f64 / 1e6);
     }
     report.samples = samples;
     Ok(report)

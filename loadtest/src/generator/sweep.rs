@@ -43,9 +43,11 @@ pub struct Step {
 
 impl Step {
     /// Summarises a step's run against the SLO. A step holds when its p99 is within the SLO,
-    /// nothing failed, and the generator kept the schedule (the rate achieved within 1% of the
-    /// offered one, at most 1% of the requests sent late): a rate that was not really offered
-    /// proves nothing.
+    /// nothing failed, and the rate achieved is within 1% of the offered one: a rate that was
+    /// not really offered proves nothing. Requests sent late (the generator was starved of CPU
+    /// for a moment) do not fail a step by themselves: their wait counts in the latency, which
+    /// is measured from the intended send time. (With Poisson arrivals the achieved rate is compared with the rate the
+    /// schedule meant over the same requests, which differs from the nominal one by chance.)
     pub fn of(report: &RunReport, slo: Slo, seconds: f64) -> Self {
         let errors = report.errors();
         let p99 = report.latency_ms(0.99);
@@ -60,10 +62,7 @@ impl Step {
             p99_ms: p99,
             p999_ms: report.latency_ms(0.999),
             throughput: ok as f64 / seconds,
-            held: errors == 0
-                && p99 <= slo.p99_ms
-                && report.achieved_rate >= 0.99 * report.rate
-                && report.late as f64 <= (0.01 * report.samples.len() as f64).ceil(),
+            held: errors == 0 && p99 <= slo.p99_ms && report.achieved_rate >= 0.99 * report.intended_rate,
         }
     }
 }

@@ -105,6 +105,49 @@ where
     Ok(())
 }
 
+/// Grouped bars: for each label, one bar per series (name, colour, values by label).
+fn bars(title: &str, y_label: &str, labels: &[String], series: &[(&str, RGBColor, Vec<f64>)]) -> String {
+    let mut svg = String::new();
+    let y_max = top(series.iter().flat_map(|s| s.2.iter().copied()));
+    let drawn = (|| -> DrawResult {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let n = labels.len() as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..n, 0.0..y_max)?;
+        let name = |x: &f64| labels.get(x.floor() as usize).cloned().unwrap_or_default();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(labels.len() * 2 + 1)
+            .x_label_formatter(&|x| if (x.fract() - 0.5).abs() < 0.01 { name(x) } else { String::new() })
+            .y_desc(y_label)
+            .draw()?;
+        let width = 0.8 / series.len() as f64;
+        for (k, (series_name, color, values)) in series.iter().enumerate() {
+            let color = *color;
+            chart
+                .draw_series(values.iter().enumerate().map(|(i, &v)| {
+                    let x0 = i as f64 + 0.1 + k as f64 * width;
+                    Rectangle::new([(x0, 0.0), (x0 + width * 0.9, v)], color.filled())
+                }))?
+                .label(*series_name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        root.present()?;
+        Ok(())
+    })();
+    match drawn {
+        Ok(()) => svg,
+        Err(e) => format!("<p>(plot failed: {})</p>", escape(&e.to_string())),
+    }
+}
+
 const P50: RGBColor = RGBColor(31, 119, 180);
 const P99: RGBColor = RGBColor(214, 39, 40);
 const MAX: RGBColor = RGBColor(127, 127, 127);
@@ -295,6 +338,17 @@ pub fn render(report: &Report) -> String {
             ],
             &rows,
         );
+        let labels: Vec<String> = report.versions.iter().map(|v| v.version.clone()).collect();
+        out.push_str(&bars(
+            "Revenue per thousand requests, by version",
+            "RPM",
+            &labels,
+            &[
+                ("realised", P50, report.versions.iter().map(|v| v.rpm).collect()),
+                ("expected (true CTR x bid)", THROUGHPUT, report.versions.iter().map(|v| v.expected_rpm).collect()),
+                ("oracle ranking", MAX, report.versions.iter().map(|v| v.oracle_rpm).collect()),
+            ],
+        ));
         out.push_str(
             "<p class=\"note\">RPM: revenue (bids of clicked ads) per thousand requests. Expected figures use the world's true \
              click probabilities of the shown slots; the oracle ranks the same candidates by true probability x bid. \

@@ -3,7 +3,10 @@
 //! One batcher per loaded model version. A cloneable [`Batcher`] handle sends jobs over a
 //! bounded queue (admission: a full queue answers [`BatchError::Overloaded`] at once, never
 //! waits); one task owns the queue and forms batches, bounded by `max_batch_rows` and by
-//! `max_queue_delay` counted from the oldest job waiting; jobs whose deadline passed are answered
+//! `max_queue_delay` counted from the oldest job waiting. Batching is work-conserving: when the
+//! model is idle a batch goes at once with whatever is queued (waiting then would only add
+//! latency); while it runs, the next batch keeps filling until the model is free, the batch is
+//! full or the delay is spent, so batches grow with load by themselves. Jobs whose deadline passed are answered
 //! [`BatchError::DeadlineExceeded`] and jobs whose caller has gone are dropped, both before any
 //! inference is spent on them. One formed batch waits ahead of the model (a channel of one), so
 //! the next batch forms while the current one runs. The model runs on its own OS thread, never on
@@ -12,10 +15,16 @@
 
 mod worker;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use adrank_registry::scoring::ScoringSession;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// How batches are formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,8 +98,9 @@ impl Batcher {
         let capacity = config.queue_jobs.max(1);
         let (queue, jobs) = mpsc::channel(capacity);
         let (batches, ready) = mpsc::channel(1);
-        worker::spawn_model_thread(session, ready);
-        tokio::spawn(form_batches(jobs, batches, config));
+        let model = Arc::new(ModelState::default());
+        worker::spawn_model_thread(session, ready, Arc::clone(&model));
+        tokio::spawn(form_batches(jobs, batches, config, model));
         Self { queue, capacity }
     }
 
@@ -116,13 +126,40 @@ impl Batcher {
     }
 }
 
+/// Whether the model has work: batches handed over and not finished, and a signal when that
+/// falls to none.
+#[derive(Debug, Default)]
+struct ModelState {
+    pending: AtomicUsize,
+    idle: Notify,
+}
+
+impl ModelState {
+    fn busy(&self) -> bool {
+        self.pending.load(Ordering::Acquire) > 0
+    }
+
+    /// The model thread finished a batch. (`notify_waiters` stores no permit: a stale one would
+    /// cut a later batch short.)
+    fn finished(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
 /// A formed batch, on its way to the model thread.
 struct Batch {
     jobs: Vec<Job>,
 }
 
 /// Forms batches until every handle is dropped, then lets the model thread finish.
-async fn form_batches(mut jobs: mpsc::Receiver<Job>, batches: mpsc::Sender<Batch>, config: BatcherConfig) {
+async fn form_batches(
+    mut jobs: mpsc::Receiver<Job>,
+    batches: mpsc::Sender<Batch>,
+    config: BatcherConfig,
+    model: Arc<ModelState>,
+) {
     let mut carried: Option<Job> = None;
     loop {
         let first = match carried.take() {
@@ -136,23 +173,47 @@ async fn form_batches(mut jobs: mpsc::Receiver<Job>, batches: mpsc::Sender<Batch
         let window_end = first.enqueued + config.max_queue_delay;
         let mut rows = first.rows.rows;
         let mut batch = vec![first];
-        while rows < config.max_batch_rows {
-            let next = match tokio::time::timeout_at(window_end.into(), jobs.recv()).await {
-                Ok(Some(job)) => job,
-                Ok(None) | Err(_) => break,
-            };
-            let Some(next) = admit(next) else { continue };
-            if rows + next.rows.rows > config.max_batch_rows {
+        let mut take = |job: Job, rows: &mut usize, batch: &mut Vec<Job>| -> bool {
+            let Some(job) = admit(job) else { return true };
+            if *rows + job.rows.rows > config.max_batch_rows {
                 // It starts the next batch instead of overfilling this one.
-                carried = Some(next);
+                carried = Some(job);
+                return false;
+            }
+            *rows += job.rows.rows;
+            batch.push(job);
+            true
+        };
+        // Whatever is already queued joins at once.
+        let mut full = false;
+        while !full && rows < config.max_batch_rows {
+            let Ok(job) = jobs.try_recv() else { break };
+            full = !take(job, &mut rows, &mut batch);
+        }
+        // While the model is busy, more may join: until it is free, the batch is full or the
+        // oldest job has waited `max_queue_delay`.
+        while !full && rows < config.max_batch_rows {
+            // Registered before the check, so a run finishing in between is not missed.
+            let idle = model.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if !model.busy() {
                 break;
             }
-            rows += next.rows.rows;
-            batch.push(next);
+            let next = tokio::select! {
+                job = tokio::time::timeout_at(window_end.into(), jobs.recv()) => match job {
+                    Ok(Some(job)) => job,
+                    Ok(None) | Err(_) => break,
+                },
+                () = &mut idle => break,
+            };
+            full = !take(next, &mut rows, &mut batch);
         }
+        model.pending.fetch_add(1, Ordering::AcqRel);
         // Handing over waits while the model runs the previous batch: that is the back pressure
         // that lets the queue fill and admission refuse.
         if let Err(mpsc::error::SendError(batch)) = batches.send(Batch { jobs: batch }).await {
+            model.finished();
             for job in batch.jobs {
                 let _ = job.reply.send(Err(BatchError::Closed));
             }

@@ -1,19 +1,20 @@
 //! The model thread: runs formed batches through ONNX Runtime and answers their jobs.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use adrank_registry::scoring::ScoringSession;
 use tokio::sync::mpsc::Receiver;
 
-use super::{Batch, BatchError, Scored, admit};
+use super::{Batch, BatchError, ModelState, Scored, admit};
 
-pub(super) fn spawn_model_thread(mut session: ScoringSession, mut batches: Receiver<Batch>) {
+pub(super) fn spawn_model_thread(mut session: ScoringSession, mut batches: Receiver<Batch>, model: Arc<ModelState>) {
     std::thread::Builder::new()
         .name("adrank-model".into())
         .spawn(move || {
             // Ends when the batching task ends (every handle dropped).
             while let Some(batch) = batches.blocking_recv() {
                 run(&mut session, batch);
+                model.finished();
             }
         })
         .expect("spawning a thread only fails when the OS is out of resources");

@@ -4,6 +4,7 @@
 mod ingest;
 mod loadgen;
 mod reads;
+mod serve;
 mod stack;
 
 use std::process::ExitCode;
@@ -29,11 +30,16 @@ enum Command {
     /// The load generator itself: the highest rate one generator core holds within 1% against
     /// a trivial endpoint, and its latency percentiles beside wrk's at the same rate.
     Loadgen(loadgen::Args),
+    /// The ranking server beside the raw model: rows per CPU-second of the server process at
+    /// saturation vs raw ONNX Runtime; latency at half saturation with its breakdown; version
+    /// swaps under load; shedding at twice saturation; memory over load/unload cycles.
+    Serve(serve::Args),
 }
 
 pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Ingest(args) => ingest::run(args, loaded).await,
         Command::Loadgen(args) => loadgen::run_command(args).await,
+        Command::Serve(args) => serve::run_command(args, loaded).await,
     }
 }

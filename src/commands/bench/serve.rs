@@ -1,0 +1,525 @@
+//! `adrank bench serve`: the ranking server beside the raw model, in one run on one machine
+//! (Triton onnxruntime_backend #34's question: what does the server cost beyond the model?).
+//!
+//! 1. Setup, as a person would: simulated history published to a broker of the benchmark's own,
+//!    ingested into Redis (under a prefix of its own) and a training log; two versions of the
+//!    default DLRM trained from it (`adrank train`, one of them `production`).
+//! 2. The server is a child process (`adrank serve`), so its CPU time (from /proc) is its own,
+//!    not the load generator's, Redis's or the broker's that share the 2 cores.
+//! 3. Saturation: an open-loop rate sweep (`adrank loadtest`'s) finds the highest rate served
+//!    with no errors and p99 within the SLO; a run at that rate measures the server's rows per
+//!    CPU-second. The raw model's rows per CPU-second are measured in this process with the
+//!    same ONNX Runtime settings at the batch sizes the server formed.
+//! 4. Half of saturation: latency percentiles and the server's breakdown; the same load while
+//!    `production` moves between the two versions 10 times; twice saturation (it must shed with
+//!    429 and keep admitted requests fast); resident memory over 100 load/unload cycles.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use adrank_featurestore::{
+    spec::{FeatureSpec, Transformer},
+    training_log::utc_hour,
+};
+use adrank_loadtest::{
+    generator::{Arrivals, Progress, RunConfig, RunReport, Slo, Step, SweepPlan, knee, run},
+    ranking::{Ranking, ServerTimings},
+    report::ServerSummary,
+};
+use adrank_registry::{
+    Change, Manifest, OrtConfig, Registry, RegistryConfig,
+    scoring::{ScoringSession, SessionOptions},
+};
+use adrank_trainer::{
+    data::{LogWindow, RowStream, Window, push_row},
+    model::Batch,
+};
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+use super::stack::{BenchBroker, BenchRedis};
+use crate::{
+    commands::child::{free_addr, get, run_step, start_server, stop},
+    config::Loaded,
+    table::Table,
+};
+
+/// Measure the ranking server beside the raw model.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Simulated days of history to build features and train from.
+    #[arg(long, default_value_t = 0.25)]
+    days: f64,
+    /// Seconds per sweep step and per measured run (one of them warm-up).
+    #[arg(long, default_value_t = 8.0)]
+    duration: f64,
+    /// The p99 a sweep step must hold to count as served, in milliseconds.
+    #[arg(long, default_value_t = 100.0)]
+    slo_p99_ms: f64,
+    /// Version swaps under half-saturation load.
+    #[arg(long, default_value_t = 10)]
+    swaps: u32,
+    /// Load/unload cycles for the memory measurement.
+    #[arg(long, default_value_t = 100)]
+    cycles: u32,
+    /// Keep-alive connections of the load generator.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// The feature spec.
+    #[arg(long, value_name = "PATH", default_value = "config/features.toml")]
+    spec: PathBuf,
+    /// Also write the results as JSON here.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
+
+/// CPU seconds (user + system) of process `pid`, all threads, from /proc.
+fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("cannot read the server's /proc stat")?;
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        fields.get(i).and_then(|f| f.parse::<f64>().ok()).context("unexpected /proc stat format")
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Resident memory of process `pid` in bytes, from /proc.
+fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("no VmRSS in /proc status")?;
+    Ok(kb * 1024)
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Latency {
+    rate: f64,
+    achieved_rate: f64,
+    requests: u64,
+    errors: u64,
+    statuses: std::collections::BTreeMap<u16, u64>,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+    /// The same over 2xx replies only.
+    admitted_p99_ms: f64,
+}
+
+impl Latency {
+    fn of(report: &RunReport) -> Self {
+        Self {
+            rate: report.rate,
+            achieved_rate: report.achieved_rate,
+            requests: report.samples.len() as u64,
+            errors: report.errors(),
+            statuses: report.statuses.clone(),
+            p50_ms: report.latency_ms(0.5),
+            p99_ms: report.latency_ms(0.99),
+            p999_ms: report.latency_ms(0.999),
+            max_ms: report.latency_us.max() as f64 / 1000.0,
+            admitted_p99_ms: report.admitted_latency_ms(0.99),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Overhead {
+    candidates: usize,
+    /// The server at the saturation rate: rows scored per second, and per CPU-second of the
+    /// server process.
+    server_rows_per_second: f64,
+    server_cpu_cores: f64,
+    server_rows_per_cpu_second: f64,
+    /// The batch size the raw model was timed at (the server's median rows per model run).
+    raw_batch_rows: usize,
+    raw_rows_per_second: f64,
+    raw_cpu_cores: f64,
+    raw_rows_per_cpu_second: f64,
+    /// server rows per CPU-second / raw rows per CPU-second (target at least 0.85).
+    ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Results {
+    sweep: Vec<Step>,
+    saturation_rate: f64,
+    overhead: Overhead,
+    half_load: Latency,
+    breakdown: Option<ServerSummary>,
+    swaps: u32,
+    during_swaps: Latency,
+    overload: Latency,
+    memory_cycles: u32,
+    rss_start_bytes: u64,
+    rss_after_warm_cycles_bytes: u64,
+    rss_end_bytes: u64,
+    /// Growth from the warm reading to the end.
+    rss_growth: f64,
+    /// (cycle, bytes) every 10 cycles.
+    rss_series: Vec<(u32, u64)>,
+}
+
+/// What every child process shares: the benchmark's broker, Redis prefix, registry and log.
+fn environment(broker: &BenchBroker, redis: &BenchRedis, dir: &std::path::Path) -> Vec<(String, String)> {
+    [
+        ("ADRANK_KAFKA__BROKERS", broker.kafka.brokers.clone()),
+        ("ADRANK_KAFKA__CONSUMER_GROUP", broker.kafka.consumer_group.clone()),
+        ("ADRANK_REDIS__KEY_PREFIX", redis.config.key_prefix.clone()),
+        ("ADRANK_INGEST__TRAINING_LOG", dir.join("log").display().to_string()),
+        ("ADRANK_REGISTRY__LOCATION", dir.join("registry").display().to_string()),
+        ("ADRANK_SERVING__REGISTRY_POLL_MS", "200".into()),
+        ("ADRANK_LOG", "warn".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Raw ONNX Runtime: rows per second and per CPU-second of this process, scoring `batch`-row
+/// runs of logged rows for about `seconds`.
+fn raw_model(onnx: &[u8], ort: &OrtConfig, rows: &Batch, batch: usize, seconds: f64) -> anyhow::Result<(f64, f64)> {
+    let mut session = ScoringSession::load(onnx, ort, SessionOptions::of(ort))?;
+    let (id_width, dense_width) = (rows.ids.len() / rows.rows(), rows.dense.len() / rows.rows());
+    let batches = rows.rows() / batch;
+    if batches == 0 {
+        bail!("only {} logged rows for batches of {batch}", rows.rows());
+    }
+    let mut run = |i: usize| -> anyhow::Result<()> {
+        let at = i % batches * batch;
+        let ids = &rows.ids[at * id_width..(at + batch) * id_width];
+        let dense = &rows.dense[at * dense_width..(at + batch) * dense_width];
+        session.score(batch, ids, dense)?;
+        Ok(())
+    };
+    (0..20).try_for_each(&mut run)?; // warm-up
+    let (cpu, wall) = (process_cpu_seconds(std::process::id())?, Instant::now());
+    let mut scored = 0usize;
+    let mut i = 0;
+    while wall.elapsed().as_secs_f64() < seconds {
+        run(i)?;
+        scored += batch;
+        i += 1;
+    }
+    let (cpu, wall) = (process_cpu_seconds(std::process::id())? - cpu, wall.elapsed().as_secs_f64());
+    Ok((scored as f64 / wall, scored as f64 / cpu))
+}
+
+/// Up to `limit` rows of the training log, as the trainer (and the server) build them.
+fn logged_rows(data: &LogWindow, spec: &FeatureSpec, manifest: &Manifest, limit: usize) -> anyhow::Result<Batch> {
+    let transformer = Transformer::new(spec, &manifest.transform_stats)?;
+    let mut batch = Batch::default();
+    for chunk in RowStream::spawn(data, data.window, |examples| examples) {
+        for example in &chunk? {
+            push_row(&transformer, example, &mut batch);
+            if batch.rows() >= limit {
+                return Ok(batch);
+            }
+        }
+    }
+    Ok(batch)
+}
+
+struct Bench<'a> {
+    args: &'a Args,
+    /// Known once the sweep is done (infinite before).
+    saturation: f64,
+    addr: SocketAddr,
+    pid: u32,
+    ranking: Arc<Ranking>,
+}
+
+impl Bench<'_> {
+    fn config(&self, rate: f64, seconds: f64, warmup: f64) -> RunConfig {
+        // Open-loop overload needs more connections than requests in flight, or the excess
+        // waits in the generator instead of reaching the server's admission.
+        let connections = if rate > self.saturation { 512 } else { self.args.connections };
+        RunConfig {
+            target: self.addr,
+            path: "/v1/rank".into(),
+            rate,
+            duration: Duration::from_secs_f64(seconds),
+            warmup: Duration::from_secs_f64(warmup),
+            connections,
+            arrivals: Arrivals::Poisson,
+            timeout: Duration::from_secs(10),
+            seed: 7,
+        }
+    }
+
+    /// One run; returns its report, the server timings and the server's CPU seconds.
+    async fn run(&self, rate: f64, seconds: f64, warmup: f64) -> anyhow::Result<(RunReport, ServerTimings, f64)> {
+        self.ranking.take_timings();
+        let cpu = process_cpu_seconds(self.pid)?;
+        let report =
+            run(&self.config(rate, seconds, warmup), Arc::clone(&self.ranking), Arc::new(Progress::default())).await?;
+        let cpu = process_cpu_seconds(self.pid)? - cpu;
+        Ok((report, self.ranking.take_timings(), cpu))
+    }
+}
+
+/// The version `/readyz` reports.
+async fn serving_version(addr: SocketAddr) -> Option<u64> {
+    let (_, body) = get(addr, "/readyz").await?;
+    serde_json::from_str::<serde_json::Value>(&body).ok()?["model"]["version"].as_u64()
+}
+
+/// Points `production` at `version` (compare-and-swap on the current state).
+async fn promote(registry: &Registry, version: u64, why: &str) -> anyhow::Result<()> {
+    let state = registry.state("ctr").await?;
+    registry
+        .change(
+            "ctr",
+            Change {
+                expected_seq: state.seq,
+                set: vec![("production".into(), Some(version))],
+                by: "adrank bench serve".into(),
+                reason: why.into(),
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
+    if !(args.days > 0.0 && args.duration > 2.0 && args.slo_p99_ms > 0.0 && args.connections > 0) {
+        bail!("--days, --slo-p99-ms and --connections must be positive and --duration above 2 s");
+    }
+    let config = &loaded.config;
+    let spec = FeatureSpec::load(&args.spec)?;
+    let broker = BenchBroker::start(&config.kafka, None).await?;
+    let redis = BenchRedis::new(&config.redis).await?;
+    let dir = tempfile::tempdir()?;
+    let env = environment(&broker, &redis, dir.path());
+    let days = args.days.to_string();
+
+    eprintln!("setup: {days} days of history -> Kafka -> Redis and the training log; two DLRM versions");
+    run_step(loaded, &["sim", "bootstrap", "--days", &days], &env).await?;
+    run_step(loaded, &["ingest", "--exit-when-idle", "2"], &env).await?;
+    let start = config.world.start_time_ms;
+    let (since, until) = (utc_hour(start), utc_hour(start + (args.days * 86_400_000.0) as i64 - 3_600_000));
+    for (alias, reason) in [(Some("production"), "bench serve v1"), (None, "bench serve v2")] {
+        let epochs = if alias.is_some() { "1" } else { "2" };
+        let mut train = vec!["train", "--since", &since, "--until", &until, "--epochs", epochs, "--reason", reason];
+        if let Some(alias) = alias {
+            train.extend(["--alias", alias]);
+        }
+        run_step(loaded, &train, &env).await?;
+    }
+    let registry = Registry::open(&RegistryConfig { location: dir.path().join("registry").display().to_string() })?;
+
+    let addr = free_addr()?;
+    let server = start_server(loaded, addr, &env, Duration::from_secs(120)).await?;
+    let pid = server.id().context("the server has no pid")?;
+    let rss_start = resident_bytes(pid)?;
+    let mut world = super::super::sim::world(loaded);
+    let candidates = config.world.candidates as usize;
+    let ranking = Arc::new(Ranking::fixed(&mut world, 2_000));
+    let mut bench = Bench { args: &args, saturation: f64::INFINITY, addr, pid, ranking };
+    let measured = args.duration - 1.0;
+
+    // Saturation.
+    let slo = Slo { p99_ms: args.slo_p99_ms };
+    let plan = SweepPlan { start_rate: 100.0, factor: 1.5, max_rate: 100_000.0, refine: 3 };
+    let mut steps: Vec<Step> = Vec::new();
+    while let Some(rate) = plan.next_rate(&steps) {
+        let (report, _, _) = bench.run(rate, args.duration, 1.0).await?;
+        let step = Step::of(&report, slo, measured);
+        eprintln!(
+            "sweep {rate:>7.0} req/s: p99 {:>8.2} ms, errors {}, late {} -> {}",
+            step.p99_ms,
+            step.errors,
+            step.late,
+            if step.held { "held" } else { "not held" }
+        );
+        steps.push(step);
+    }
+    let saturation = knee(&steps).map(|s| s.rate).context("the server held no rate of the sweep")?;
+    bench.saturation = saturation;
+    let (report, timings, cpu) = bench.run(saturation, args.duration, 0.0).await?;
+    let rows = report.statuses.get(&200).copied().unwrap_or(0) as f64 * candidates as f64;
+    let wall = args.duration;
+    let raw_batch = timings.batch_rows.value_at_quantile(0.5).max(1) as usize;
+    eprintln!(
+        "saturation {saturation:.0} req/s: server {:.0} rows/s on {:.2} cores; median model run {raw_batch} rows",
+        rows / wall,
+        cpu / wall
+    );
+
+    // The raw model, same runtime settings, while the server idles.
+    let v1 = registry.version("ctr", 1).await?;
+    let onnx = registry.artifact(&v1.onnx).await?;
+    let location = dir.path().join("log").display().to_string();
+    let data = LogWindow::open(&location, Window { since_ms: start, until_ms: start + 30 * 86_400_000 }).await?;
+    let (raw_rows_per_second, raw_rows_per_cpu_second) = {
+        let (spec, ort) = (spec.clone(), config.onnxruntime.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
+            let rows = logged_rows(&data, &spec, &v1, 50_000)?;
+            raw_model(&onnx, &ort, &rows, raw_batch, 5.0)
+        })
+        .await??
+    };
+    let server_rows_per_cpu_second = rows / cpu;
+    let overhead = Overhead {
+        candidates,
+        server_rows_per_second: rows / wall,
+        server_cpu_cores: cpu / wall,
+        server_rows_per_cpu_second,
+        raw_batch_rows: raw_batch,
+        raw_rows_per_second,
+        raw_cpu_cores: raw_rows_per_second / raw_rows_per_cpu_second,
+        raw_rows_per_cpu_second,
+        ratio: server_rows_per_cpu_second / raw_rows_per_cpu_second,
+    };
+
+    // Half of saturation: steady state, then the same load through version swaps.
+    let half = saturation / 2.0;
+    let steady_seconds = 2.0 * args.duration;
+    let (report, timings, _) = bench.run(half, steady_seconds, 1.0).await?;
+    let half_load = Latency::of(&report);
+    let breakdown = ServerSummary::of(&timings, &report);
+    let swap_every = Duration::from_secs_f64(1.5);
+    let swap_seconds = 2.0 + swap_every.as_secs_f64() * f64::from(args.swaps) + 2.0;
+    let swapper = {
+        let registry = registry.clone();
+        let swaps = args.swaps;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            for i in 0..swaps {
+                let version = if i % 2 == 0 { 2 } else { 1 };
+                promote(&registry, version, "bench serve: swap under load").await?;
+                tokio::time::sleep(swap_every).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let (report, _, _) = bench.run(half, swap_seconds, 1.0).await?;
+    swapper.await??;
+    let during_swaps = Latency::of(&report);
+
+    // Twice saturation.
+    let (report, _, _) = bench.run(2.0 * saturation, args.duration, 1.0).await?;
+    let overload = Latency::of(&report);
+
+    // Load/unload cycles: each alias move loads the other version, warms it, swaps it in and
+    // unloads the old one.
+    let mut current = serving_version(addr).await.unwrap_or(1);
+    let mut rss_warm = 0;
+    let mut rss_series = Vec::new();
+    for cycle in 1..=args.cycles {
+        let next = if current == 1 { 2 } else { 1 };
+        promote(&registry, next, "bench serve: load/unload cycle").await?;
+        let waiting = Instant::now();
+        while serving_version(addr).await != Some(next) {
+            if waiting.elapsed() > Duration::from_secs(60) {
+                bail!("cycle {cycle}: the server did not swap to version {next} within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        current = next;
+        if cycle == 10.min(args.cycles) {
+            rss_warm = resident_bytes(pid)?;
+        }
+        if cycle % 10 == 0 {
+            rss_series.push((cycle, resident_bytes(pid)?));
+        }
+    }
+    // Unloading happens when the old version's last request is done: give it a moment.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_end = resident_bytes(pid)?;
+    stop(server).await?;
+
+    let results = Results {
+        sweep: steps,
+        saturation_rate: saturation,
+        overhead,
+        half_load,
+        breakdown,
+        swaps: args.swaps,
+        during_swaps,
+        overload,
+        memory_cycles: args.cycles,
+        rss_start_bytes: rss_start,
+        rss_after_warm_cycles_bytes: rss_warm,
+        rss_end_bytes: rss_end,
+        rss_growth: rss_end as f64 / rss_warm.max(1) as f64 - 1.0,
+        rss_series,
+    };
+    print!("{}", render(&results));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&results)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(r: &Results) -> String {
+    let o = &r.overhead;
+    let mut table = Table::new(["WHAT", "VALUE"]);
+    let mut row = |what: &str, value: String| table.row(vec![what.to_string(), value]);
+    row(
+        "saturation (p99 within SLO, no errors)",
+        format!("{:.0} req/s x {} candidates", r.saturation_rate, o.candidates),
+    );
+    row(
+        "server at saturation",
+        format!(
+            "{:.0} rows/s on {:.2} cores: {:.0} rows/CPU-s",
+            o.server_rows_per_second, o.server_cpu_cores, o.server_rows_per_cpu_second
+        ),
+    );
+    row(
+        "raw ONNX Runtime",
+        format!(
+            "{:.0} rows/s on {:.2} cores: {:.0} rows/CPU-s (batch {})",
+            o.raw_rows_per_second, o.raw_cpu_cores, o.raw_rows_per_cpu_second, o.raw_batch_rows
+        ),
+    );
+    row("server / raw rows per CPU-second", format!("{:.3} (target >= 0.85)", o.ratio));
+    let h = &r.half_load;
+    row(
+        "half saturation p50 / p99 / p99.9",
+        format!("{:.2} / {:.2} / {:.2} ms at {:.0} req/s, errors {}", h.p50_ms, h.p99_ms, h.p999_ms, h.rate, h.errors),
+    );
+    if let Some(b) = &r.breakdown {
+        for (stage, s) in &b.stages {
+            row(&format!("  {stage} p50 / p99"), format!("{:.3} / {:.3} ms", s.p50, s.p99));
+        }
+    }
+    let s = &r.during_swaps;
+    row(
+        &format!("during {} swaps p99", r.swaps),
+        format!("{:.2} ms ({:.2}x steady), errors {}", s.p99_ms, s.p99_ms / h.p99_ms, s.errors),
+    );
+    let v = &r.overload;
+    row(
+        "at 2x saturation",
+        format!(
+            "{:?}; admitted p99 {:.2} ms ({:.2}x half-load p99)",
+            v.statuses,
+            v.admitted_p99_ms,
+            v.admitted_p99_ms / h.p99_ms
+        ),
+    );
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    row(
+        &format!("RSS over {} load/unload cycles", r.memory_cycles),
+        format!(
+            "{:.1} MiB at start, {:.1} after 10, {:.1} at the end: {:+.1}%",
+            mib(r.rss_start_bytes),
+            mib(r.rss_after_warm_cycles_bytes),
+            mib(r.rss_end_bytes),
+            100.0 * r.rss_growth
+        ),
+    );
+    let series: Vec<String> = r.rss_series.iter().map(|(c, b)| format!("{c}: {:.0}", mib(*b))).collect();
+    row("  RSS MiB by cycle", series.join(", "));
+    table.render()
+}

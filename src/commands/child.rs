@@ -1,0 +1,96 @@
+//! Running adrank's own subcommands as child processes: what `adrank demo` and the serving
+//! benchmark chain together, each step the command a person would run.
+
+use std::{net::SocketAddr, process::Stdio, time::Duration};
+
+use anyhow::{Context as _, bail};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    process::{Child, Command},
+};
+
+use crate::config::Loaded;
+
+/// This executable with the same config file and environment, plus `env`.
+pub(crate) fn adrank(loaded: &Loaded, args: &[&str], env: &[(String, String)]) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let mut command = Command::new(exe);
+    if let Some(file) = &loaded.file {
+        command.arg("--config").arg(file);
+    }
+    command.args(args).envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).kill_on_drop(true);
+    Ok(command)
+}
+
+/// Runs `adrank <args>` to the end; fails when it does.
+pub(crate) async fn run_step(loaded: &Loaded, args: &[&str], env: &[(String, String)]) -> anyhow::Result<()> {
+    let status = adrank(loaded, args, env)?.status().await.with_context(|| format!("cannot run adrank {}", args[0]))?;
+    if !status.success() {
+        bail!("`adrank {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// `GET path` on `addr`: the status and the body (`None` when there was no answer).
+pub(crate) async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text.get(9..12)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    Some((status, body))
+}
+
+/// Starts `adrank serve --follow production` on `addr` and waits until `/readyz` says 200.
+pub(crate) async fn start_server(
+    loaded: &Loaded,
+    addr: SocketAddr,
+    env: &[(String, String)],
+    timeout: Duration,
+) -> anyhow::Result<Child> {
+    let listen = addr.to_string();
+    let mut server = adrank(loaded, &["serve", "--follow", "production", "--listen", &listen], env)?
+        .spawn()
+        .context("cannot start adrank serve")?;
+    let waiting = std::time::Instant::now();
+    while get(addr, "/readyz").await.map(|(s, _)| s) != Some(200) {
+        if let Some(status) = server.try_wait()? {
+            bail!("the server exited before it was ready ({status})");
+        }
+        if waiting.elapsed() > timeout {
+            bail!("the server at {addr} was not ready within {} s", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(server)
+}
+
+/// A free loopback address.
+pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").context("no free loopback port")?;
+    Ok(probe.local_addr()?)
+}
+
+/// Stops a server with SIGTERM (it drains and flushes its impression log), SIGKILL after 30 s.
+pub(crate) async fn stop(mut server: Child) -> anyhow::Result<()> {
+    if let Some(pid) = server.id() {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).context("pid out of range")?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    match tokio::time::timeout(Duration::from_secs(30), server.wait()).await {
+        Ok(status) => {
+            let status = status?;
+            if !status.success() {
+                bail!("the server exited with {status}");
+            }
+        }
+        Err(_) => {
+            server.kill().await?;
+            bail!("the server did not stop within 30 s of SIGTERM; killed");
+        }
+    }
+    Ok(())
+}
