@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use adrank_featurestore::{
-    events::{Impression, RawFeatures, RawValue},
+    events::{Impression, Lookup, RawFeatures, RawValue},
     online::{AdRef, Fetched, Reader},
     request::RankRequest,
     spec::POSITION_FIELD,
@@ -62,6 +62,38 @@ pub struct Timing {
     pub batch_rows: usize,
 }
 
+/// One candidate's raw features as layers, later ones winning, then its bid and the slot it
+/// is scored for (the top).
+struct CandidateView<'a> {
+    layers: [&'a RawFeatures; 4],
+    bid: RawValue,
+}
+
+const TOP_SLOT: RawValue = RawValue::Num(0.0);
+
+impl Lookup for CandidateView<'_> {
+    fn get(&self, name: &str) -> Option<&RawValue> {
+        match name {
+            "bid" => Some(&self.bid),
+            POSITION_FIELD => Some(&TOP_SLOT),
+            _ => self.layers.iter().rev().find_map(|layer| layer.get(name)),
+        }
+    }
+}
+
+impl CandidateView<'_> {
+    /// The layers merged into one record (with the bid, without the slot).
+    fn record(&self) -> RawFeatures {
+        let mut raw = self.layers[0].clone();
+        for layer in &self.layers[1..] {
+            raw.merge(layer);
+        }
+        raw.insert("bid", self.bid.clone());
+        raw.remove(POSITION_FIELD);
+        raw
+    }
+}
+
 /// Why a request was not ranked.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RankError {
@@ -101,21 +133,18 @@ pub async fn rank(
 
     let transformer = &version.transformer;
     let mut rows = Rows { rows: request.candidates.len(), ..Rows::default() };
-    let mut raws: Vec<RawFeatures> = Vec::with_capacity(request.candidates.len());
-    for (candidate, ad) in request.candidates.iter().zip(&fetched.ads) {
-        // One flat record per candidate, later sources winning: the online store's hashes, the
-        // context, the candidate's own fields. Every candidate is scored for the top slot.
-        let mut raw = fetched.user.clone();
-        raw.merge(ad);
-        raw.merge(&request.context.features);
-        raw.insert("surface", RawValue::from(request.context.surface.as_str()));
-        raw.merge(&candidate.features);
-        raw.insert("bid", RawValue::Num(candidate.bid));
-        raw.insert(POSITION_FIELD, RawValue::Num(0.0));
-        transformer.transform(&raw, &mut rows.ids, &mut rows.dense);
-        // The log keeps the record without the slot: the trainer takes the served one.
-        raw.remove(POSITION_FIELD);
-        raws.push(raw);
+    // Later sources win: the online store's hashes, the context (its surface last), the
+    // candidate's own fields, its bid, the slot. Each candidate is read through a view of its
+    // layers, not copied into one record: only the few logged impressions need that.
+    let mut context = request.context.features.clone();
+    context.insert("surface", RawValue::from(request.context.surface.as_str()));
+    let view = |i: usize| CandidateView {
+        layers: [&fetched.user, &fetched.ads[i], &context, &request.candidates[i].features],
+        bid: RawValue::Num(request.candidates[i].bid),
+    };
+    for i in 0..request.candidates.len() {
+        // Every candidate is scored for the top slot.
+        transformer.transform(&view(i), &mut rows.ids, &mut rows.dense);
     }
     crate::metrics::queue_depth(version.batcher.queued());
     let scored = version.batcher.score(rows, deadline).await?;
@@ -143,7 +172,9 @@ pub async fn rank(
                 model_version: manifest.version.to_string(),
                 score: f64::from(scored.scores[i]),
                 bid: c.bid,
-                features: std::mem::take(&mut raws[i]),
+                // The record as the trainer reads it: every layer, without the slot (the
+                // trainer takes the served one).
+                features: view(i).record(),
                 oracle_p: None,
             }
         })
@@ -182,4 +213,62 @@ pub async fn rank(
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use adrank_featurestore::spec::{FeatureSpec, TransformStats, Transformer};
+
+    use super::*;
+
+    fn record(entries: &[(&'static str, RawValue)]) -> RawFeatures {
+        entries.iter().map(|(k, v)| (std::borrow::Cow::Borrowed(*k), v.clone())).collect()
+    }
+
+    /// Serving scores a candidate through its layers; the trainer later transforms the logged
+    /// record (with the served slot). Any difference between the two would be training/serving
+    /// skew, so the rows must be identical, overrides between layers included.
+    #[test]
+    fn a_candidate_view_transforms_exactly_like_its_logged_record() {
+        let spec = FeatureSpec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/features.toml")).unwrap();
+        let user = record(&[
+            ("user_id", "u1".into()),
+            ("segment", "s3".into()),
+            ("country", "de".into()),
+            ("user_clicks_7d", RawValue::Num(2.0)),
+            ("user_impressions_7d", RawValue::Num(40.0)),
+        ]);
+        let ad = record(&[
+            ("ad_id", "a9".into()),
+            ("advertiser_id", "v2".into()),
+            ("category", "shoes".into()),
+            ("format", "banner".into()),
+            ("ad_clicks_7d", RawValue::Num(5.0)),
+            ("ad_impressions_7d", RawValue::Num(300.0)),
+            ("ad_age_hours", RawValue::Num(30.0)),
+            // Context and candidate layers below override these.
+            ("hour", RawValue::Num(1.0)),
+            ("device", "tv".into()),
+        ]);
+        let context = record(&[("hour", RawValue::Num(14.0)), ("surface", "feed".into())]);
+        let candidate = record(&[("device", "phone".into()), ("bid", RawValue::Num(99.0))]);
+        let view = CandidateView { layers: [&user, &ad, &context, &candidate], bid: RawValue::Num(1.5) };
+        let logged = view.record();
+        assert_eq!(logged.get("hour"), Some(&RawValue::Num(14.0)));
+        assert_eq!(logged.get("device"), Some(&"phone".into()));
+        assert_eq!(logged.get("bid"), Some(&RawValue::Num(1.5)), "the request's bid wins");
+        assert!(!logged.contains_key(POSITION_FIELD));
+
+        let stats = TransformStats::fit(&spec, [&logged]);
+        let transformer = Transformer::new(&spec, &stats).unwrap();
+        let (mut ids, mut dense) = (Vec::new(), Vec::new());
+        transformer.transform(&view, &mut ids, &mut dense);
+        let mut trained = logged.clone();
+        trained.insert(POSITION_FIELD, RawValue::Num(0.0));
+        let (mut ids2, mut dense2) = (Vec::new(), Vec::new());
+        transformer.transform(&trained, &mut ids2, &mut dense2);
+        assert_eq!((ids, dense), (ids2, dense2));
+    }
 }

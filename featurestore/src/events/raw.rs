@@ -51,6 +51,18 @@ pub struct RawFeatures {
     entries: Vec<(Cow<'static, str>, RawValue)>,
 }
 
+/// Read access to named raw values: one record, or a view over several (what the transforms
+/// read, so serving can score a candidate from its layers without copying them into one record).
+pub trait Lookup {
+    fn get(&self, name: &str) -> Option<&RawValue>;
+}
+
+impl Lookup for RawFeatures {
+    fn get(&self, name: &str) -> Option<&RawValue> {
+        RawFeatures::get(self, name)
+    }
+}
+
 impl RawFeatures {
     pub fn new() -> Self {
         Self::default()

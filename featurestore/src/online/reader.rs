@@ -129,21 +129,21 @@ impl Stored {
     }
 
     /// Adds the entity's features at `now_ms` to `out`.
-    fn features(&self, entity: Entity, now_ms: i64, out: &mut RawFeatures) {
-        for (name, value) in &self.attributes {
-            out.insert(name.clone(), value.clone());
-        }
+    /// Appends this entity's features to `out` (unsorted: the record is sorted once, when
+    /// complete; inserting each into a sorted record moved most of it every time).
+    fn features(&self, entity: Entity, now_ms: i64, out: &mut Vec<(Cow<'static, str>, RawValue)>) {
+        out.extend(self.attributes.iter().cloned());
         let names = counter_names(entity);
         for ((window, ring), (clicks, impressions)) in WINDOWS.iter().zip(&self.rings).zip(names) {
             // No ring yet (an entity known only from its profile): zero counts.
             let sum = ring.as_deref().and_then(|ring| layout::window_counts(window, ring, now_ms)).unwrap_or_default();
-            out.insert(*clicks, RawValue::Num(sum.clicks as f64));
-            out.insert(*impressions, RawValue::Num(sum.impressions as f64));
+            out.push((Cow::Borrowed(*clicks), RawValue::Num(sum.clicks as f64)));
+            out.push((Cow::Borrowed(*impressions), RawValue::Num(sum.impressions as f64)));
         }
         if entity == Entity::Ad
             && let Some(created) = self.created_ms
         {
-            out.insert("ad_age_hours", RawValue::Num(((now_ms - created) as f64 / HOUR_MS).max(0.0)));
+            out.push((Cow::Borrowed("ad_age_hours"), RawValue::Num(((now_ms - created) as f64 / HOUR_MS).max(0.0))));
         }
     }
 }
@@ -365,20 +365,21 @@ impl Reader {
                 }
             }
         }
-        let features = |entity: Entity, i: usize, id_name: &'static str, id: &str, out: &mut RawFeatures| {
-            out.insert(id_name, RawValue::from(id));
+        // Later entries win where names repeat (as inserting them in turn would).
+        let features = |entity: Entity, i: usize, id_name: &'static str, id: &str, out: &mut Vec<_>| {
+            out.push((Cow::Borrowed(id_name), RawValue::from(id)));
             if live[i] {
                 held(i).features(entity, now_ms, out);
             }
         };
-        let mut user = RawFeatures::new();
-        features(Entity::User, 0, "user_id", user_id, &mut user);
+        let mut entries = Vec::new();
+        features(Entity::User, 0, "user_id", user_id, &mut entries);
+        let user = RawFeatures::from_iter(entries.drain(..));
         let mut per_ad = Vec::with_capacity(ads.len());
         for (ad, &(ad_slot, advertiser_slot)) in ads.iter().zip(&slots) {
-            let mut out = RawFeatures::new();
-            features(Entity::Ad, ad_slot, "ad_id", ad.ad_id, &mut out);
-            features(Entity::Advertiser, advertiser_slot, "advertiser_id", ad.advertiser_id, &mut out);
-            per_ad.push(out);
+            features(Entity::Ad, ad_slot, "ad_id", ad.ad_id, &mut entries);
+            features(Entity::Advertiser, advertiser_slot, "advertiser_id", ad.advertiser_id, &mut entries);
+            per_ad.push(RawFeatures::from_iter(entries.drain(..)));
         }
         metrics::online_missing(missing);
         Ok(Fetched { user, ads: per_ad, missing, cache_hits })

@@ -5,7 +5,7 @@
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::{DefaultValue, Feature, FeatureSpec, Kind, Source, SpecError, Step, TransformStats, stats::Running};
-use crate::events::{RawFeatures, RawValue};
+use crate::events::{Lookup, RawFeatures, RawValue};
 
 /// A spec compiled together with a model version's statistics.
 #[derive(Debug, Clone)]
@@ -93,7 +93,7 @@ impl Transformer {
     }
 
     /// Appends one row: `id_width` ids to `ids`, `dense_width` floats to `dense`.
-    pub fn transform(&self, raw: &RawFeatures, ids: &mut Vec<i64>, dense: &mut Vec<f32>) -> RowDefaults {
+    pub fn transform<L: Lookup + ?Sized>(&self, raw: &L, ids: &mut Vec<i64>, dense: &mut Vec<f32>) -> RowDefaults {
         let mut defaults = 0;
         for feature in &self.features {
             match feature {
@@ -244,7 +244,7 @@ fn compile(spec: &FeatureSpec, feature: &Feature, stats: Option<&TransformStats>
 impl Category {
     /// The category as text: a string as it is, a finite number in its shortest exact form
     /// (`3`, `0.25`), anything else the default (counted).
-    fn value<'r>(&'r self, raw: &'r RawFeatures, defaults: &mut u32) -> Option<std::borrow::Cow<'r, str>> {
+    fn value<'r, L: Lookup + ?Sized>(&'r self, raw: &'r L, defaults: &mut u32) -> Option<std::borrow::Cow<'r, str>> {
         match raw.get(self.input.as_str()) {
             Some(RawValue::Str(s)) => Some(s.as_ref().into()),
             Some(RawValue::Num(x)) if x.is_finite() => Some(format_number(*x).into()),
@@ -257,7 +257,7 @@ impl Category {
 }
 
 impl NumberInput {
-    fn value(&self, raw: &RawFeatures, defaults: &mut u32) -> f64 {
+    fn value<L: Lookup + ?Sized>(&self, raw: &L, defaults: &mut u32) -> f64 {
         match self {
             Self::Field { input, default } => number(raw.get(input.as_str())).unwrap_or_else(|| {
                 *defaults += 1;
