@@ -33,6 +33,10 @@ pub(crate) struct Args {
     /// Seconds of load, the warm-up included (with --sweep: per step).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Measure this many requests instead of a duration: the run lasts the warm-up plus
+    /// requests / rate (exact with constant arrivals, on average with --poisson).
+    #[arg(long, conflicts_with = "sweep")]
+    requests: Option<u64>,
     /// Seconds at the start that are sent but not measured.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
@@ -112,7 +116,16 @@ impl Drop for ProgressLine {
     }
 }
 
-pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run_command(mut args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
+    if let Some(requests) = args.requests {
+        if requests == 0 || !(args.rate.is_finite() && args.rate > 0.0) {
+            bail!("--requests must be at least 1, at a positive --rate");
+        }
+        // Request k of the schedule is meant at k / rate (k from 1); the measured ones start at
+        // the warm-up's end. The run ends half an interval after the last one.
+        let first = (args.warmup * args.rate - 1e-9).ceil().max(1.0);
+        args.duration = (first + requests as f64 - 0.5) / args.rate;
+    }
     if !(args.duration.is_finite() && args.duration > args.warmup && args.warmup >= 0.0) {
         bail!("--duration {} must be longer than --warmup {}", args.duration, args.warmup);
     }

@@ -153,11 +153,12 @@ async fn the_loadtest_command_reports_what_it_measured() {
     let addr = server(Mode::Plain).await;
     let (text, report, page) = loadtest(
         addr,
-        &["--rate", "200", "--duration", "2", "--warmup", "0.5", "--connections", "4", "--bodies", "20"],
+        &["--rate", "200", "--requests", "300", "--warmup", "0.5", "--connections", "4", "--bodies", "20"],
     )
     .await;
     assert!(text.contains("latency p99"), "{text}");
     let run = &report["run"];
+    assert_eq!(run["scheduled"], 300, "--requests 300 measures exactly 300: {run}");
     assert_eq!(run["statuses"]["200"], run["scheduled"], "{run}");
     assert!((run["achieved_rate"].as_f64().unwrap() / 200.0 - 1.0).abs() < 0.02, "{run}");
     for q in ["p50", "p99", "p99.9", "max"] {
