@@ -71,16 +71,19 @@ impl RankRequest {
         }
         let mut seen: HashMap<&str, usize> = HashMap::with_capacity(self.candidates.len());
         for (i, candidate) in self.candidates.iter().enumerate() {
+            // Field paths are formatted only for an error: a valid request of 200 candidates
+            // would otherwise format 600 of them.
             let field = |name: &str| format!("candidates[{i}].{name}");
-            events::id(&field("ad_id"), &candidate.ad_id)?;
-            events::id(&field("advertiser_id"), &candidate.advertiser_id)?;
+            let within = |e: EventError| EventError { field: field(&e.field), ..e };
+            events::id("ad_id", &candidate.ad_id).map_err(within)?;
+            events::id("advertiser_id", &candidate.advertiser_id).map_err(within)?;
             if !(candidate.bid.is_finite() && candidate.bid >= 0.0) {
                 return Err(EventError::new(
                     &field("bid"),
                     format!("is {}; expected a non-negative amount", candidate.bid),
                 ));
             }
-            events::features(&field("features"), &candidate.features)?;
+            events::features("features", &candidate.features).map_err(within)?;
             if let Some(first) = seen.insert(&candidate.ad_id, i) {
                 return Err(EventError::new(
                     &field("ad_id"),

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use adrank_featurestore::{
-    events::{Impression, Lookup, RawFeatures, RawValue},
+    events::{Impression, Input, Lookup, RawFeatures, RawValue},
     online::{AdRef, Fetched, Reader},
     request::RankRequest,
     spec::POSITION_FIELD,
@@ -62,36 +62,69 @@ pub struct Timing {
     pub batch_rows: usize,
 }
 
-/// One candidate's raw features as layers, later ones winning, then its bid and the slot it
-/// is scored for (the top).
-struct CandidateView<'a> {
-    layers: [&'a RawFeatures; 4],
+/// What every candidate of a request shares, resolved once to the transformer's inputs: the
+/// user's and the context's values, and where the bid and the slot sit among the inputs.
+struct Shared<'a> {
+    user: Vec<Option<&'a RawValue>>,
+    context: Vec<Option<&'a RawValue>>,
+    bid: Option<usize>,
+    position: Option<usize>,
+}
+
+impl<'a> Shared<'a> {
+    fn new(inputs: &[String], user: &'a RawFeatures, context: &'a RawFeatures) -> Self {
+        let resolve = |layer: &'a RawFeatures| {
+            let mut values = Vec::with_capacity(inputs.len());
+            layer.resolve_into(inputs, &mut values);
+            values
+        };
+        let place = |name: &str| inputs.iter().position(|i| i == name);
+        Self { user: resolve(user), context: resolve(context), bid: place("bid"), position: place(POSITION_FIELD) }
+    }
+}
+
+/// One candidate's raw features as layers, later ones winning (the online store's user, then
+/// ad and advertiser values, the context, the candidate's own fields), then its bid and the slot
+/// it is scored for (the top). Reads go by the input's place, without comparing names, except
+/// into the candidate's own fields (usually none).
+struct CandidateView<'s, 'a> {
+    shared: &'s Shared<'a>,
+    ad: &'s [Option<&'a RawValue>],
+    own: &'a RawFeatures,
     bid: RawValue,
 }
 
 const TOP_SLOT: RawValue = RawValue::Num(0.0);
 
-impl Lookup for CandidateView<'_> {
-    fn get(&self, name: &str) -> Option<&RawValue> {
-        match name {
-            "bid" => Some(&self.bid),
-            POSITION_FIELD => Some(&TOP_SLOT),
-            _ => self.layers.iter().rev().find_map(|layer| layer.get(name)),
+impl Lookup for CandidateView<'_, '_> {
+    fn get(&self, input: Input<'_>) -> Option<&RawValue> {
+        let i = input.index;
+        if Some(i) == self.shared.bid {
+            return Some(&self.bid);
         }
+        if Some(i) == self.shared.position {
+            return Some(&TOP_SLOT);
+        }
+        if !self.own.is_empty()
+            && let Some(value) = self.own.get(input.name)
+        {
+            return Some(value);
+        }
+        self.shared.context[i].or(self.ad[i]).or(self.shared.user[i])
     }
 }
 
-impl CandidateView<'_> {
-    /// The layers merged into one record (with the bid, without the slot).
-    fn record(&self) -> RawFeatures {
-        let mut raw = self.layers[0].clone();
-        for layer in &self.layers[1..] {
-            raw.merge(layer);
-        }
-        raw.insert("bid", self.bid.clone());
-        raw.remove(POSITION_FIELD);
-        raw
+/// The record a served impression logs: the layers merged (later ones winning) with the bid,
+/// without the slot (the trainer takes the served one). The trainer transforms this record,
+/// serving the view: a test holds the two to identical rows.
+fn logged_record(layers: [&RawFeatures; 4], bid: f64) -> RawFeatures {
+    let mut raw = layers[0].clone();
+    for layer in &layers[1..] {
+        raw.merge(layer);
     }
+    raw.insert("bid", RawValue::Num(bid));
+    raw.remove(POSITION_FIELD);
+    raw
 }
 
 /// Why a request was not ranked.
@@ -138,14 +171,19 @@ pub async fn rank(
     // layers, not copied into one record: only the few logged impressions need that.
     let mut context = request.context.features.clone();
     context.insert("surface", RawValue::from(request.context.surface.as_str()));
-    let view = |i: usize| CandidateView {
-        layers: [&fetched.user, &fetched.ads[i], &context, &request.candidates[i].features],
-        bid: RawValue::Num(request.candidates[i].bid),
-    };
-    for i in 0..request.candidates.len() {
+    let inputs = transformer.inputs();
+    let shared = Shared::new(inputs, &fetched.user, &context);
+    let mut ad = Vec::with_capacity(inputs.len());
+    rows.ids.reserve(request.candidates.len() * transformer.id_width());
+    rows.dense.reserve(request.candidates.len() * transformer.dense_width());
+    for (candidate, stored) in request.candidates.iter().zip(&fetched.ads) {
+        stored.resolve_into(inputs, &mut ad);
+        let view =
+            CandidateView { shared: &shared, ad: &ad, own: &candidate.features, bid: RawValue::Num(candidate.bid) };
         // Every candidate is scored for the top slot.
-        transformer.transform(&view(i), &mut rows.ids, &mut rows.dense);
+        transformer.transform(&view, &mut rows.ids, &mut rows.dense);
     }
+    let layers = |i: usize| [&fetched.user, &fetched.ads[i], &context, &request.candidates[i].features];
     crate::metrics::queue_depth(version.batcher.queued());
     let scored = version.batcher.score(rows, deadline).await?;
     crate::metrics::stages(features_ms / 1000.0, scored.queue.as_secs_f64(), scored.inference.as_secs_f64());
@@ -174,7 +212,7 @@ pub async fn rank(
                 bid: c.bid,
                 // The record as the trainer reads it: every layer, without the slot (the
                 // trainer takes the served one).
-                features: view(i).record(),
+                features: logged_record(layers(i), c.bid),
                 oracle_p: None,
             }
         })
@@ -254,8 +292,7 @@ mod tests {
         ]);
         let context = record(&[("hour", RawValue::Num(14.0)), ("surface", "feed".into())]);
         let candidate = record(&[("device", "phone".into()), ("bid", RawValue::Num(99.0))]);
-        let view = CandidateView { layers: [&user, &ad, &context, &candidate], bid: RawValue::Num(1.5) };
-        let logged = view.record();
+        let logged = logged_record([&user, &ad, &context, &candidate], 1.5);
         assert_eq!(logged.get("hour"), Some(&RawValue::Num(14.0)));
         assert_eq!(logged.get("device"), Some(&"phone".into()));
         assert_eq!(logged.get("bid"), Some(&RawValue::Num(1.5)), "the request's bid wins");
@@ -263,6 +300,10 @@ mod tests {
 
         let stats = TransformStats::fit(&spec, [&logged]);
         let transformer = Transformer::new(&spec, &stats).unwrap();
+        let shared = Shared::new(transformer.inputs(), &user, &context);
+        let mut resolved = Vec::new();
+        ad.resolve_into(transformer.inputs(), &mut resolved);
+        let view = CandidateView { shared: &shared, ad: &resolved, own: &candidate, bid: RawValue::Num(1.5) };
         let (mut ids, mut dense) = (Vec::new(), Vec::new());
         transformer.transform(&view, &mut ids, &mut dense);
         let mut trained = logged.clone();

@@ -15,7 +15,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-pub use raw::{Lookup, RawFeatures, RawValue};
+pub use raw::{Input, Lookup, RawFeatures, RawValue};
 
 /// The longest id accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 128;

@@ -51,15 +51,23 @@ pub struct RawFeatures {
     entries: Vec<(Cow<'static, str>, RawValue)>,
 }
 
-/// Read access to named raw values: one record, or a view over several (what the transforms
+/// A raw input as the transforms ask for it: its name, and its place among the transformer's
+/// inputs (`Transformer::inputs`, sorted), for views that resolved the names beforehand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Input<'a> {
+    pub name: &'a str,
+    pub index: usize,
+}
+
+/// Read access to raw values: one record (by name), or a view over several (what the transforms
 /// read, so serving can score a candidate from its layers without copying them into one record).
 pub trait Lookup {
-    fn get(&self, name: &str) -> Option<&RawValue>;
+    fn get(&self, input: Input<'_>) -> Option<&RawValue>;
 }
 
 impl Lookup for RawFeatures {
-    fn get(&self, name: &str) -> Option<&RawValue> {
-        RawFeatures::get(self, name)
+    fn get(&self, input: Input<'_>) -> Option<&RawValue> {
+        RawFeatures::get(self, input.name)
     }
 }
 
@@ -102,6 +110,17 @@ impl RawFeatures {
     pub fn merge(&mut self, other: &RawFeatures) {
         for (name, value) in &other.entries {
             self.insert(name.clone(), value.clone());
+        }
+    }
+
+    /// The value of each of `names` (sorted, distinct) in one walk over both lists, into
+    /// `out` (cleared first): how a view resolves a layer once instead of searching it per read.
+    pub fn resolve_into<'a>(&'a self, names: &[String], out: &mut Vec<Option<&'a RawValue>>) {
+        out.clear();
+        let mut entries = self.entries.iter().peekable();
+        for name in names {
+            while entries.next_if(|(k, _)| k.as_ref() < name.as_str()).is_some() {}
+            out.push(entries.next_if(|(k, _)| k.as_ref() == name.as_str()).map(|(_, v)| v));
         }
     }
 

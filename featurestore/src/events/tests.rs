@@ -126,3 +126,23 @@ fn raw_features_stay_sorted_and_the_last_duplicate_wins() {
         ["p", "q"]
     );
 }
+
+#[test]
+fn resolving_a_record_finds_every_name_it_holds_and_nothing_else() {
+    let raw = RawFeatures::from([
+        ("b".into(), RawValue::Num(2.0)),
+        ("d".into(), RawValue::from("x")),
+        ("a".into(), RawValue::Num(1.0)),
+        ("f".into(), RawValue::Num(6.0)),
+    ]);
+    let names: Vec<String> = ["a", "c", "d", "e", "f", "g"].map(String::from).into();
+    let mut out = Vec::new();
+    raw.resolve_into(&names, &mut out);
+    let expected: Vec<Option<&RawValue>> = names.iter().map(|n| raw.get(n)).collect();
+    assert_eq!(out, expected);
+    assert_eq!(out.iter().filter(|v| v.is_some()).count(), 3, "a, d and f; b is not asked for");
+    let empty = RawFeatures::new();
+    let mut none = Vec::new();
+    empty.resolve_into(&names, &mut none);
+    assert!(none.len() == names.len() && none.iter().all(Option::is_none));
+}

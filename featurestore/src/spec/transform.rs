@@ -5,12 +5,14 @@
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::{DefaultValue, Feature, FeatureSpec, Kind, Source, SpecError, Step, TransformStats, stats::Running};
-use crate::events::{Lookup, RawFeatures, RawValue};
+use crate::events::{Input, Lookup, RawFeatures, RawValue};
 
 /// A spec compiled together with a model version's statistics.
 #[derive(Debug, Clone)]
 pub struct Transformer {
     features: Vec<Compiled>,
+    /// Every raw input the features read, sorted and distinct; each read names its place here.
+    inputs: Vec<String>,
     id_width: usize,
     dense_width: usize,
     spec_version: String,
@@ -28,16 +30,45 @@ enum Compiled {
     Number { input: NumberInput, steps: Vec<NumberStep>, bucketise: Option<Vec<f64>> },
 }
 
+/// A raw input's name and its place in [`Transformer::inputs`] (0 until placed).
+#[derive(Debug, Clone)]
+struct Name {
+    name: String,
+    index: usize,
+}
+
+impl Name {
+    fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into(), index: 0 }
+    }
+
+    fn input(&self) -> Input<'_> {
+        Input { name: &self.name, index: self.index }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Category {
-    input: String,
+    input: Name,
     default: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 enum NumberInput {
-    Field { input: String, default: f64 },
-    Rate { clicks: String, impressions: String, prior_ctr: f64, prior_weight: f64 },
+    Field { input: Name, default: f64 },
+    Rate { clicks: Name, impressions: Name, prior_ctr: f64, prior_weight: f64 },
+}
+
+impl Compiled {
+    /// Every input name this feature reads.
+    fn names_mut(&mut self) -> Vec<&mut Name> {
+        match self {
+            Self::Hash { category, .. } => vec![&mut category.input],
+            Self::Cross { a, b, .. } => vec![&mut a.input, &mut b.input],
+            Self::Number { input: NumberInput::Field { input, .. }, .. } => vec![input],
+            Self::Number { input: NumberInput::Rate { clicks, impressions, .. }, .. } => vec![clicks, impressions],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -68,11 +99,19 @@ impl Transformer {
         if !problems.is_empty() {
             return Err(SpecError { origin: format!("version {}", short_version(&spec.version())), problems });
         }
-        let features: Vec<Compiled> = features.into_iter().map(|f| f.expect("errors were returned above")).collect();
+        let mut features: Vec<Compiled> =
+            features.into_iter().map(|f| f.expect("errors were returned above")).collect();
+        let mut inputs: Vec<String> = features.iter_mut().flat_map(|f| f.names_mut()).map(|n| n.name.clone()).collect();
+        inputs.sort();
+        inputs.dedup();
+        for name in features.iter_mut().flat_map(|f| f.names_mut()) {
+            name.index = inputs.binary_search(&name.name).expect("collected just above");
+        }
         Ok(Self {
             id_width: spec.id_features().count(),
             dense_width: spec.dense_features().count(),
             features,
+            inputs,
             spec_version: spec.version(),
         })
     }
@@ -85,6 +124,11 @@ impl Transformer {
     /// Dense columns per row.
     pub fn dense_width(&self) -> usize {
         self.dense_width
+    }
+
+    /// Every raw input the features read, sorted and distinct (see [`Input`]).
+    pub fn inputs(&self) -> &[String] {
+        &self.inputs
     }
 
     /// The version of the spec this transformer was compiled from.
@@ -169,7 +213,7 @@ impl TransformStats {
 fn compile(spec: &FeatureSpec, feature: &Feature, stats: Option<&TransformStats>) -> Result<Compiled, String> {
     let seed = xxh3_64(feature.name.as_bytes());
     let category = |f: &Feature| Category {
-        input: f.input_name().to_string(),
+        input: Name::new(f.input_name()),
         default: match &f.default {
             Some(DefaultValue::Category(s)) => Some(s.clone()),
             _ => None,
@@ -197,15 +241,15 @@ fn compile(spec: &FeatureSpec, feature: &Feature, stats: Option<&TransformStats>
         (Kind::Rate, Some(Step::SmoothedCtr { prior_ctr, prior_weight })) => {
             steps = &steps[1..];
             NumberInput::Rate {
-                clicks: feature.clicks.clone().ok_or("a rate without `clicks`")?,
-                impressions: feature.impressions.clone().ok_or("a rate without `impressions`")?,
+                clicks: Name::new(feature.clicks.clone().ok_or("a rate without `clicks`")?),
+                impressions: Name::new(feature.impressions.clone().ok_or("a rate without `impressions`")?),
                 prior_ctr: *prior_ctr,
                 prior_weight: *prior_weight,
             }
         }
         (Kind::Rate, _) => return Err("a rate must start with smoothed_ctr".into()),
         _ => NumberInput::Field {
-            input: feature.input_name().to_string(),
+            input: Name::new(feature.input_name()),
             default: match feature.default {
                 Some(DefaultValue::Number(x)) => x,
                 _ => 0.0,
@@ -245,7 +289,7 @@ impl Category {
     /// The category as text: a string as it is, a finite number in its shortest exact form
     /// (`3`, `0.25`), anything else the default (counted).
     fn value<'r, L: Lookup + ?Sized>(&'r self, raw: &'r L, defaults: &mut u32) -> Option<std::borrow::Cow<'r, str>> {
-        match raw.get(self.input.as_str()) {
+        match raw.get(self.input.input()) {
             Some(RawValue::Str(s)) => Some(s.as_ref().into()),
             Some(RawValue::Num(x)) if x.is_finite() => Some(format_number(*x).into()),
             _ => {
@@ -259,14 +303,14 @@ impl Category {
 impl NumberInput {
     fn value<L: Lookup + ?Sized>(&self, raw: &L, defaults: &mut u32) -> f64 {
         match self {
-            Self::Field { input, default } => number(raw.get(input.as_str())).unwrap_or_else(|| {
+            Self::Field { input, default } => number(raw.get(input.input())).unwrap_or_else(|| {
                 *defaults += 1;
                 *default
             }),
             Self::Rate { clicks, impressions, prior_ctr, prior_weight } => {
                 // A new entity has no counters yet: that is zero of each, and the rate is the prior.
-                let mut counter = |name: &String| {
-                    number(raw.get(name.as_str())).map(|x| x.max(0.0)).unwrap_or_else(|| {
+                let mut counter = |name: &Name| {
+                    number(raw.get(name.input())).map(|x| x.max(0.0)).unwrap_or_else(|| {
                         *defaults += 1;
                         0.0
                     })
