@@ -231,20 +231,24 @@ async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
             }
         }
     };
-    let request: RankRequest = match serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
-    {
+    // The plain parser first; only a body it refuses is parsed again, tracking the path, to
+    // name the field (tracking every field of every valid request cost 5% of the CPU).
+    let request: RankRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
-        Err(e) => {
-            let field = e.path().to_string();
-            let field = if field == "." { String::new() } else { field };
-            let message = match e.inner().classify() {
-                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                    format!("the body is not valid JSON: {}", e.inner())
-                }
-                _ => format!("does not match the request schema: {}", e.inner()),
-            };
-            return error(StatusCode::BAD_REQUEST, "invalid_request", field, message);
-        }
+        Err(_) => match serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body)) {
+            Ok(request) => request,
+            Err(e) => {
+                let field = e.path().to_string();
+                let field = if field == "." { String::new() } else { field };
+                let message = match e.inner().classify() {
+                    serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                        format!("the body is not valid JSON: {}", e.inner())
+                    }
+                    _ => format!("does not match the request schema: {}", e.inner()),
+                };
+                return error(StatusCode::BAD_REQUEST, "invalid_request", field, message);
+            }
+        },
     };
     if let Err(e) = request.validate(state.config.max_candidates) {
         return error(StatusCode::BAD_REQUEST, "invalid_request", e.field.clone(), e.to_string());

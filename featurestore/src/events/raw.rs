@@ -150,14 +150,15 @@ impl RawFeatures {
         }
         // Stable, so that among equal names the original order survives and the last is kept.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut deduplicated: Vec<(Cow<'static, str>, RawValue)> = Vec::with_capacity(entries.len());
-        for entry in entries {
-            match deduplicated.last_mut() {
-                Some(last) if last.0 == entry.0 => *last = entry,
-                _ => deduplicated.push(entry),
+        // In place: of equal neighbours the kept (earlier) slot takes the later value.
+        entries.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(&mut later.1, &mut kept.1);
             }
-        }
-        Self { entries: deduplicated }
+            same
+        });
+        Self { entries }
     }
 }
 
