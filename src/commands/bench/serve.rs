@@ -168,6 +168,9 @@ struct Results {
     rss_series: Vec<(u32, u64)>,
 }
 
+/// The sweep's first rate, requests per second.
+const SWEEP_START: f64 = 100.0;
+
 /// What every child process shares: the benchmark's broker, Redis prefix, registry and log.
 fn environment(broker: &BenchBroker, redis: &BenchRedis, dir: &std::path::Path) -> Vec<(String, String)> {
     [
@@ -326,9 +329,13 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     let mut bench = Bench { args: &args, saturation: f64::INFINITY, addr, pid, ranking };
     let measured = args.duration - 1.0;
 
+    // A warm-up the sweep does not see: connections opened, caches filled, first runs done. (A
+    // first step that met a cold server once failed on its start-up alone.)
+    bench.run(SWEEP_START, 3.0, 3.0).await?;
+
     // Saturation.
     let slo = Slo { p99_ms: args.slo_p99_ms };
-    let plan = SweepPlan { start_rate: 100.0, factor: 1.5, max_rate: 100_000.0, refine: 3 };
+    let plan = SweepPlan { start_rate: SWEEP_START, factor: 1.5, max_rate: 100_000.0, refine: 3 };
     let mut steps: Vec<Step> = Vec::new();
     while let Some(rate) = plan.next_rate(&steps) {
         let (report, _, _) = bench.run(rate, args.duration, 1.0).await?;
