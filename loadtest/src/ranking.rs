@@ -63,6 +63,8 @@ pub struct ServerTimings {
     pub degraded: u64,
     /// 200 replies whose body was not a ranking reply (a bug on one side or the other).
     pub unparsable: u64,
+    /// Replies by the model version (`name/version`) that scored them.
+    pub versions: BTreeMap<String, u64>,
 }
 
 impl Default for ServerTimings {
@@ -72,6 +74,7 @@ impl Default for ServerTimings {
             batch_rows: Histogram::new_with_bounds(1, 1 << 20, 3).expect("valid histogram bounds; this is a bug"),
             degraded: 0,
             unparsable: 0,
+            versions: BTreeMap::new(),
         }
     }
 }
@@ -87,6 +90,7 @@ impl ServerTimings {
         }
         self.batch_rows.saturating_record(t.batch_rows.max(1));
         self.degraded += u64::from(reply.degraded);
+        *self.versions.entry(format!("{}/{}", reply.model.name, reply.model.version)).or_default() += 1;
     }
 }
 

@@ -296,9 +296,15 @@ pub fn render(report: &Report) -> String {
         table(&mut out, &["stage", "mean ms", "p50 ms", "p99 ms", "p99.9 ms"], &rows);
         let _ = write!(
             out,
-            "<p class=\"note\">{} replies; rows per model run: mean {:.0}, median {}; degraded (features from defaults): {}; \
-             unparsable replies: {}. <i>outside</i> is the client's latency minus the server's total at the same percentile.</p>",
-            server.replies, server.batch_rows_mean, server.batch_rows_p50, server.degraded, server.unparsable
+            "<p class=\"note\">{} replies; by model version: {}; rows per model run: mean {:.0}, median {}; degraded \
+             (features from defaults): {}; unparsable replies: {}. <i>outside</i> is the client's latency minus the \
+             server's total at the same percentile.</p>",
+            server.replies,
+            escape(&format!("{:?}", server.versions)),
+            server.batch_rows_mean,
+            server.batch_rows_p50,
+            server.degraded,
+            server.unparsable
         );
     }
 

@@ -135,6 +135,8 @@ pub struct ServerSummary {
     pub batch_rows_p50: u64,
     pub degraded: u64,
     pub unparsable: u64,
+    /// Replies by the model version that scored them (`name/version`).
+    pub versions: BTreeMap<String, u64>,
 }
 
 impl ServerSummary {
@@ -176,6 +178,7 @@ impl ServerSummary {
             batch_rows_p50: timings.batch_rows.value_at_quantile(0.5),
             degraded: timings.degraded,
             unparsable: timings.unparsable,
+            versions: timings.versions.clone(),
         })
     }
 }

@@ -6,12 +6,12 @@
 //! `max_queue_delay` counted from the oldest job waiting. Batching is work-conserving: when the
 //! model is idle a batch goes at once with whatever is queued (waiting then would only add
 //! latency); while it runs, the next batch keeps filling until the model is free, the batch is
-//! full or the delay is spent, so batches grow with load by themselves. Jobs whose deadline passed are answered
-//! [`BatchError::DeadlineExceeded`] and jobs whose caller has gone are dropped, both before any
-//! inference is spent on them. One formed batch waits ahead of the model (a channel of one), so
-//! the next batch forms while the current one runs. The model runs on its own OS thread, never on
-//! the async runtime, and each job is answered with its scores, its time in the queue and the
-//! inference time of the run it was part of.
+//! full or the delay is spent, so batches grow with load by themselves. Jobs whose deadline
+//! passed are answered [`BatchError::DeadlineExceeded`] and jobs whose caller has gone are
+//! dropped, both before any inference is spent on them. One formed batch waits ahead of the
+//! model (a channel of one), so the next batch forms while the current one runs. The model runs
+//! on its own OS thread, never on the async runtime, and each job is answered with its scores,
+//! its time in the queue and the inference time of the run it was part of.
 
 mod worker;
 

@@ -157,6 +157,8 @@ struct Results {
     breakdown: Option<ServerSummary>,
     swaps: u32,
     during_swaps: Latency,
+    /// Replies per version during the swaps.
+    versions_during_swaps: std::collections::BTreeMap<String, u64>,
     overload: Latency,
     memory_cycles: u32,
     rss_start_bytes: u64,
@@ -408,9 +410,14 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
             anyhow::Ok(())
         })
     };
-    let (report, _, _) = bench.run(half, swap_seconds, 1.0).await?;
+    let (report, timings, _) = bench.run(half, swap_seconds, 1.0).await?;
     swapper.await??;
     let during_swaps = Latency::of(&report);
+    // Both versions must have answered: otherwise no swap was measured.
+    let versions_during_swaps = timings.versions;
+    if versions_during_swaps.len() < 2 {
+        bail!("only {versions_during_swaps:?} answered during the swaps: the server did not follow the alias");
+    }
 
     // Twice saturation.
     let (report, _, _) = bench.run(2.0 * saturation, args.duration, 1.0).await?;
@@ -452,6 +459,7 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         breakdown,
         swaps: args.swaps,
         during_swaps,
+        versions_during_swaps,
         overload,
         memory_cycles: args.cycles,
         rss_start_bytes: rss_start,
