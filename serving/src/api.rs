@@ -121,6 +121,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         "ready": true,
         "model": { "name": m.name, "version": m.version },
         "loaded_versions": state.models.loaded(),
+        "extra": state.models.extra(),
     });
     Json(body).into_response()
 }

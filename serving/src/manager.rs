@@ -7,6 +7,11 @@
 //! when the last of them is done. A version that fails to load is refused, remembered (not
 //! retried until the alias moves again) and the current one keeps serving. [`ModelManager::watch`]
 //! refreshes on an interval.
+//!
+//! More references (`also`: aliases such as `candidate` or `shadow`, or numbers) keep their
+//! versions loaded beside the default one, followed the same way: requests can pin them, and the
+//! rollout controller routes between them. An alias that does not exist loads nothing; a version
+//! no reference names any more is unloaded (freed once its last request is done).
 
 use std::{
     collections::BTreeMap,
@@ -32,6 +37,8 @@ pub struct ManagerConfig {
     pub spec: FeatureSpec,
     pub ort: OrtConfig,
     pub serving: ServingConfig,
+    /// More references whose versions are kept loaded beside the default one.
+    pub also: Vec<String>,
 }
 
 /// The loaded versions and the default one.
@@ -47,6 +54,19 @@ struct State {
     loaded: BTreeMap<u64, Arc<LoadedVersion>>,
     /// The last version refused, so a broken version is not reloaded every poll.
     refused: Option<u64>,
+    /// Each extra reference's version, while it names one that loaded.
+    extra: BTreeMap<String, u64>,
+    /// Each extra reference's last refused version (not retried until the reference moves).
+    extra_refused: BTreeMap<String, u64>,
+}
+
+impl State {
+    /// Unloads every version neither the default nor an extra reference names.
+    fn prune(&mut self) {
+        let default = self.default.manifest.version;
+        let extra: Vec<u64> = self.extra.values().copied().collect();
+        self.loaded.retain(|v, _| *v == default || extra.contains(v));
+    }
 }
 
 /// What one refresh did.
@@ -71,8 +91,16 @@ impl ModelManager {
     pub async fn start(config: ManagerConfig) -> Result<Self> {
         let version = config.registry.resolve(&config.name, &config.follow).await?;
         let loaded = Arc::new(LoadedVersion::load(request(&config, version)).await?);
-        let state = State { default: Arc::clone(&loaded), loaded: BTreeMap::from([(version, loaded)]), refused: None };
-        Ok(Self { config, state: RwLock::new(state) })
+        let state = State {
+            default: Arc::clone(&loaded),
+            loaded: BTreeMap::from([(version, loaded)]),
+            refused: None,
+            extra: BTreeMap::new(),
+            extra_refused: BTreeMap::new(),
+        };
+        let manager = Self { config, state: RwLock::new(state) };
+        manager.refresh_extra().await;
+        Ok(manager)
     }
 
     /// The version that serves requests that pin none.
@@ -90,8 +118,20 @@ impl ModelManager {
         self.state.read().expect("the state lock is never poisoned").loaded.keys().copied().collect()
     }
 
-    /// Resolves the followed alias once and swaps to its version if it changed.
+    /// The extra references and the versions they hold loaded now.
+    pub fn extra(&self) -> BTreeMap<String, u64> {
+        self.state.read().expect("the state lock is never poisoned").extra.clone()
+    }
+
+    /// Resolves the followed alias once and swaps to its version if it changed; then follows
+    /// the extra references.
     pub async fn refresh(&self) -> Result<Refresh> {
+        let outcome = self.refresh_default().await;
+        self.refresh_extra().await;
+        outcome
+    }
+
+    async fn refresh_default(&self) -> Result<Refresh> {
         let target = self.config.registry.resolve(&self.config.name, &self.config.follow).await?;
         let (current, refused) = {
             let state = self.state.read().expect("the state lock is never poisoned");
@@ -113,12 +153,68 @@ impl ModelManager {
         let mut state = self.state.write().expect("the state lock is never poisoned");
         let old = std::mem::replace(&mut state.default, Arc::clone(&loaded)).manifest.version;
         state.loaded.insert(target, loaded);
-        // The old version leaves the map; requests holding it finish, then it is freed.
-        state.loaded.remove(&old);
+        // The old version leaves the map unless an extra reference holds it; requests holding
+        // it finish, then it is freed.
+        state.prune();
         state.refused = None;
         crate::metrics::versions(state.loaded.len(), "swapped");
         tracing::info!(name = %self.config.name, from = old, to = target, "swapped the serving model version");
         Ok(Refresh::Swapped { from: old, to: target })
+    }
+
+    /// Loads what each extra reference names now and unloads what none names any more. A
+    /// registry error leaves that reference as it was; a version that fails to load is logged
+    /// and remembered.
+    async fn refresh_extra(&self) {
+        for reference in &self.config.also {
+            let target = match self.config.registry.resolve(&self.config.name, reference).await {
+                Ok(version) => Some(version),
+                Err(adrank_registry::Error::NotFound(_)) => None,
+                Err(e) => {
+                    tracing::warn!(reference, error = %e, "cannot resolve an extra model reference; it stays as it was");
+                    continue;
+                }
+            };
+            let (current, refused) = {
+                let state = self.state.read().expect("the state lock is never poisoned");
+                (state.extra.get(reference).copied(), state.extra_refused.get(reference).copied())
+            };
+            if target == current || (target.is_some() && target == refused) {
+                continue;
+            }
+            let loaded = match target {
+                None => None,
+                Some(version) => match self.version(version) {
+                    Some(loaded) => Some(loaded),
+                    None => match LoadedVersion::load(request(&self.config, version)).await {
+                        Ok(loaded) => Some(Arc::new(loaded)),
+                        Err(e) => {
+                            tracing::warn!(reference, version, error = %e, "refused a model version for an extra reference");
+                            let mut state = self.state.write().expect("the state lock is never poisoned");
+                            state.extra_refused.insert(reference.clone(), version);
+                            crate::metrics::versions(state.loaded.len(), "refused");
+                            continue;
+                        }
+                    },
+                },
+            };
+            let mut state = self.state.write().expect("the state lock is never poisoned");
+            state.extra_refused.remove(reference);
+            match loaded {
+                Some(loaded) => {
+                    let version = loaded.manifest.version;
+                    state.loaded.insert(version, loaded);
+                    state.extra.insert(reference.clone(), version);
+                    tracing::info!(reference, version, "an extra reference's version is loaded");
+                }
+                None => {
+                    state.extra.remove(reference);
+                    tracing::info!(reference, "an extra reference names no version any more");
+                }
+            }
+            state.prune();
+            crate::metrics::versions(state.loaded.len(), "extra");
+        }
     }
 
     /// Refreshes every `interval` until `shutdown` completes. Registry errors are logged and

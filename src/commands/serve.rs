@@ -27,6 +27,10 @@ pub(crate) struct Args {
     /// (likewise) or a version number.
     #[arg(long, default_value = "production", value_name = "ALIAS")]
     follow: String,
+    /// Also keep this reference's version loaded (an alias such as `candidate`, or a number;
+    /// repeatable): requests can pin it with the `x-adrank-model-version` header.
+    #[arg(long, value_name = "ALIAS")]
+    also: Vec<String>,
     /// The feature spec.
     #[arg(long, default_value = "config/features.toml")]
     spec: PathBuf,
@@ -52,6 +56,7 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
             spec: spec.clone(),
             ort: config.onnxruntime.clone(),
             serving: config.serving.clone(),
+            also: args.also.clone(),
         })
         .await?,
     );

@@ -271,6 +271,7 @@ pub(crate) fn manager_config(registry: &adrank_registry::Registry, serving: &Ser
         spec: adrank_testkit::spec(),
         ort: adrank_testkit::onnxruntime(),
         serving: serving.clone(),
+        also: Vec::new(),
     }
 }
 
@@ -410,4 +411,53 @@ async fn beyond_its_in_flight_places_the_server_sheds_with_429() {
     let (_, head, body) = refused[0];
     assert!(head.to_lowercase().contains("retry-after: 1"), "{head}");
     assert!(body.contains("\"overloaded\"") && body.contains("retry later"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_references_keep_their_versions_loaded_and_pinnable() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path());
+    let (onnx, stats) =
+        model_file(&Architecture::Dlrm { embedding_dim: 8, bottom: vec![16], top: vec![32], wide: true });
+    for reason in ["v1", "v2", "v3"] {
+        registry.publish(draft(&onnx, &stats, reason)).await.unwrap();
+    }
+    let set = |seq: u64, set: Vec<(&str, Option<u64>)>| adrank_registry::Change {
+        expected_seq: seq,
+        set: set.into_iter().map(|(a, v)| (a.to_string(), v)).collect(),
+        by: "test".into(),
+        reason: "test".into(),
+    };
+    registry.change("ctr", set(0, vec![("production", Some(1)), ("candidate", Some(2))])).await.unwrap();
+    let config = ServingConfig::default();
+    // `shadow` does not exist: it loads nothing, and is no error.
+    let manager =
+        ManagerConfig { also: vec!["candidate".into(), "shadow".into()], ..manager_config(&registry, &config) };
+    let models = Arc::new(ModelManager::start(manager).await.unwrap());
+    assert_eq!(models.loaded(), [1, 2]);
+    assert_eq!(models.extra(), [("candidate".to_string(), 2)].into());
+    let addr = serve(Arc::clone(&models), None, None, config).await;
+
+    let mut world = World::new(WorldConfig { users: 500, advertisers: 50, ads: 400, ..WorldConfig::default() });
+    let request = body(&mut world);
+    let version_of = |text: &str| serde_json::from_str::<RankResponse>(text).unwrap().model.version;
+    let (status, _, text) = http(addr, "POST", "/v1/rank", request.as_bytes()).await;
+    assert_eq!((status, version_of(&text)), (200, 1), "{text}");
+    let (status, _, text) =
+        http_with(addr, "POST", "/v1/rank", "x-adrank-model-version: 2\r\n", request.as_bytes()).await;
+    assert_eq!((status, version_of(&text)), (200, 2), "the candidate can be pinned: {text}");
+
+    // The candidate moves: its new version loads, the old one is unloaded.
+    registry.change("ctr", set(1, vec![("candidate", Some(3))])).await.unwrap();
+    assert_eq!(models.refresh().await.unwrap(), Refresh::Unchanged, "production did not move");
+    assert_eq!(models.loaded(), [1, 3]);
+    let (status, _, text) =
+        http_with(addr, "POST", "/v1/rank", "x-adrank-model-version: 2\r\n", request.as_bytes()).await;
+    assert_eq!(status, 404, "version 2 is no longer loaded: {text}");
+
+    // The candidate is promoted and its alias removed: one version remains.
+    registry.change("ctr", set(2, vec![("production", Some(3)), ("candidate", None)])).await.unwrap();
+    assert_eq!(models.refresh().await.unwrap(), Refresh::Swapped { from: 1, to: 3 });
+    assert_eq!(models.loaded(), [3]);
+    assert!(models.extra().is_empty());
 }

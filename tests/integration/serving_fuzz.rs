@@ -124,6 +124,7 @@ async fn a_hundred_thousand_generated_bodies_get_no_server_error() {
         spec: spec.clone(),
         ort: adrank_testkit::onnxruntime(),
         serving: config.clone(),
+        also: Vec::new(),
     };
     let models = Arc::new(ModelManager::start(manager).await.unwrap());
     let redis = adrank_testkit::redis::TestRedis::new().await;
