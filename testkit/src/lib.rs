@@ -58,3 +58,11 @@ pub fn free_port() -> u16 {
         .expect("cannot bind a port on 127.0.0.1")
         .port()
 }
+
+/// Taken first by the tests that load the machine hardest (a whole chain of processes, a
+/// crash-and-rebalance run), so two of them never run at once: on 2 cores they starved each
+/// other's session timeouts and a group rebalance did not settle within ten minutes.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+    HEAVY.get_or_init(|| tokio::sync::Mutex::new(())).lock().await
+}

@@ -155,6 +155,7 @@ fn wait_for_progress(run: &Run, redis: &mut redis::Connection, child: &mut Child
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_and_group_changes_leave_the_same_store_and_log_as_a_clean_run() {
+    let _heavy = adrank_testkit::heavy().await;
     let fixture = Fixture::new().await;
     let clean = Run::new(&fixture, "clean");
     let output = clean.command(&["sim", "bootstrap", "--days", DAYS]).output().unwrap();
