@@ -38,15 +38,22 @@ pub const LATE: Duration = Duration::from_millis(1);
 /// Requests due this close together are released together (see [`pace`]).
 const RELEASE_GROUP: Duration = Duration::from_micros(100);
 
-/// CPU seconds the calling thread has used (utime + stime from /proc/thread-self/stat, in
-/// 10 ms ticks); NaN where /proc cannot tell.
+/// CPU seconds the calling thread has used; NaN where /proc cannot tell.
 pub fn thread_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else { return f64::NAN };
+    cpu_seconds("/proc/thread-self/stat").unwrap_or(f64::NAN)
+}
+
+/// CPU seconds (user + system, in 10 ms ticks) from a /proc `stat` file: `/proc/<pid>/stat` for
+/// a whole process, `/proc/thread-self/stat` for the calling thread. `None` when it cannot be
+/// read or parsed.
+pub fn cpu_seconds(stat_path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
     // The fields after the command name (which may hold spaces) start after the last ')':
     // utime and stime, fields 14 and 15 of the line, are the 12th and 13th of those.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(f64::NAN);
-    (ticks(11) + ticks(12)) / 100.0
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    Some((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 /// Releases every request at its intended time, from a thread of its own: tokio's timer wakes

@@ -27,7 +27,7 @@ use adrank_featurestore::{
     training_log::utc_hour,
 };
 use adrank_loadtest::{
-    generator::{Arrivals, Progress, RunConfig, RunReport, Slo, Step, SweepPlan, knee, run},
+    generator::{Arrivals, Progress, RunConfig, RunReport, Slo, Step, SweepPlan, cpu_seconds, knee, run},
     ranking::{Ranking, ServerTimings},
     report::ServerSummary,
 };
@@ -80,12 +80,7 @@ pub(crate) struct Args {
 
 /// CPU seconds (user + system) of process `pid`, all threads, from /proc.
 fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("cannot read the server's /proc stat")?;
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        fields.get(i).and_then(|f| f.parse::<f64>().ok()).context("unexpected /proc stat format")
-    };
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
+    cpu_seconds(&format!("/proc/{pid}/stat")).context("cannot read process CPU time from /proc")
 }
 
 /// Resident memory of process `pid` in bytes, from /proc.
