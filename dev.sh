@@ -5,6 +5,7 @@
 #                    (`adrank demo`; add --quick for the few-minute version)
 #   ./dev.sh test    set up this machine, run clippy and every test (what .ci/run calls)
 #   ./dev.sh setup   only install what is missing (idempotent; skips what is present)
+#   ./dev.sh setup-gpu  also ONNX Runtime's GPU build, for `--features cuda` (docs/serving.md)
 #
 # Everything comes from the package registries: Debian's apt, PyPI (the ONNX Runtime wheel) and
 # crates.io (tansu). Tools built once per machine live in the cache folder
@@ -46,15 +47,17 @@ setup_rust() {
     command -v cargo >/dev/null || die "cargo not found: install Rust (rustup, https://rustup.rs) and run this again"
 }
 
-setup_onnxruntime() {
-    [ -f "$ORT_DIR/libonnxruntime.so.$ORT_VERSION" ] && return
-    say "installing ONNX Runtime $ORT_VERSION from the PyPI wheel into $ORT_DIR"
+# install_ort PACKAGE DIR: ONNX Runtime's shared libraries from PyPI's PACKAGE wheel into DIR.
+install_ort() {
+    local package=$1 dir=$2
+    [ -f "$dir/libonnxruntime.so.$ORT_VERSION" ] && return
+    say "installing ONNX Runtime $ORT_VERSION from the PyPI wheel $package into $dir"
     local tmp
     tmp=$(mktemp -d)
-    python3 -m pip download --quiet --no-deps --only-binary=:all: "onnxruntime==$ORT_VERSION" -d "$tmp"
-    mkdir -p "$ORT_DIR"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: "$package==$ORT_VERSION" -d "$tmp"
+    mkdir -p "$dir"
     # The wheel is a zip; only its shared libraries are needed.
-    python3 - "$tmp"/onnxruntime-*.whl "$ORT_DIR" <<'PY'
+    python3 - "$tmp"/*.whl "$dir" <<'PY'
 import sys, zipfile, os
 wheel, dest = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(wheel) as z:
@@ -66,7 +69,21 @@ with zipfile.ZipFile(wheel) as z:
             os.replace(target + ".tmp", target)
 PY
     rm -rf "$tmp"
-    [ -f "$ORT_DIR/libonnxruntime.so.$ORT_VERSION" ] || die "the onnxruntime wheel did not contain libonnxruntime.so.$ORT_VERSION"
+    [ -f "$dir/libonnxruntime.so.$ORT_VERSION" ] || die "the $package wheel did not contain libonnxruntime.so.$ORT_VERSION"
+}
+
+setup_onnxruntime() {
+    install_ort onnxruntime "$ORT_DIR"
+}
+
+# The GPU build (CUDA 13, cuDNN 9; about 250 MB) for `--features cuda` and
+# `onnxruntime.execution_provider = "cuda"`; not needed otherwise.
+setup_gpu() {
+    setup_rust
+    install_ort onnxruntime-gpu "$ROOT/.adrank/onnxruntime-gpu"
+    say "built with: cargo build --release --features cuda --bin adrank"
+    say "run with:   ADRANK_ONNXRUNTIME__LIBRARY_PATH=$ROOT/.adrank/onnxruntime-gpu/libonnxruntime.so.$ORT_VERSION ADRANK_ONNXRUNTIME__EXECUTION_PROVIDER=cuda"
+    say "            (CUDA 13 and cuDNN 9 libraries on LD_LIBRARY_PATH)"
 }
 
 setup_tansu() {
@@ -116,5 +133,6 @@ case "${1:-}" in
     demo) shift; demo "$@" ;;
     test) test ;;
     setup) setup ;;
-    *) echo "usage: $0 demo|test|setup" >&2; exit 2 ;;
+    setup-gpu) setup_gpu ;;
+    *) echo "usage: $0 demo|test|setup|setup-gpu" >&2; exit 2 ;;
 esac

@@ -56,6 +56,36 @@ pub struct OrtConfig {
     /// of the server (HTTP, features, the next batch) and the machine need, and counts as busy
     /// when nothing runs; off by default.
     pub intra_spinning: bool,
+    /// Where models run: `cpu`, or `cuda` (needs adrank built with the `cuda` feature, the GPU
+    /// build of ONNX Runtime and a device; when any is missing the model runs on the CPU and a
+    /// warning says why).
+    pub execution_provider: Provider,
+    /// The CUDA device models run on, when `execution_provider` is `cuda`.
+    pub cuda_device: u32,
+}
+
+/// Where ONNX Runtime runs a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+        }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// ONNX Runtime's graph optimisation levels.

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use object_store::ObjectStore;
 
-pub use config::{Location, OrtConfig, RegistryConfig};
+pub use config::{Location, OrtConfig, Provider, RegistryConfig};
 pub use error::{Error, Result};
 pub use manifest::{Artifact, Manifest, Signature, TensorSignature, TrainingInfo};
 pub use state::{Change, PRODUCTION, State};

@@ -4,11 +4,14 @@
 //! shows up in evaluation exactly as it would in production.
 
 use ort::{
-    session::{Session, builder::GraphOptimizationLevel},
+    session::{
+        Session,
+        builder::{GraphOptimizationLevel, SessionBuilder},
+    },
     value::{TensorElementType, TensorRef, ValueType},
 };
 
-use crate::{Error, OrtConfig, Result, Signature, TensorSignature, config::GraphOptimization, runtime};
+use crate::{Error, OrtConfig, Provider, Result, Signature, TensorSignature, config::GraphOptimization, runtime};
 
 /// Session settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +21,9 @@ pub struct SessionOptions {
     pub graph_optimization: GraphOptimization,
     /// Pool threads spin-wait for work after a run.
     pub intra_spinning: bool,
+    /// Where the model should run; a session that cannot get it runs on the CPU.
+    pub provider: Provider,
+    pub cuda_device: u32,
 }
 
 impl SessionOptions {
@@ -27,12 +33,20 @@ impl SessionOptions {
             intra_threads: config.intra_threads,
             graph_optimization: config.graph_optimization,
             intra_spinning: config.intra_spinning,
+            provider: config.execution_provider,
+            cuda_device: config.cuda_device,
         }
     }
 
-    /// One thread, every optimisation: for tests and small models.
+    /// One thread, every optimisation, on the CPU: for tests and small models.
     pub fn single_thread() -> Self {
-        Self { intra_threads: 1, graph_optimization: GraphOptimization::All, intra_spinning: false }
+        Self {
+            intra_threads: 1,
+            graph_optimization: GraphOptimization::All,
+            intra_spinning: false,
+            provider: Provider::Cpu,
+            cuda_device: 0,
+        }
     }
 }
 
@@ -41,28 +55,26 @@ impl SessionOptions {
 pub struct ScoringSession {
     session: Session,
     signature: Signature,
+    provider: Provider,
 }
 
 impl ScoringSession {
-    /// Loads an ONNX model from bytes.
+    /// Loads an ONNX model from bytes. A model asked to run on CUDA that cannot (adrank built
+    /// without the `cuda` feature, a CPU-only ONNX Runtime, no device, an operator the GPU build
+    /// lacks) loads on the CPU instead, with a warning naming why: serving on the CPU beats not
+    /// serving. [`ScoringSession::provider`] says where it runs.
     pub fn load(onnx: &[u8], ort: &OrtConfig, options: SessionOptions) -> Result<Self> {
-        let environment = runtime::environment(ort)?;
         let model_error = |e: ort::Error| Error::Model(e.to_string());
-        let mut builder = Session::builder(&environment)
-            .map_err(model_error)?
-            .with_optimization_level(match options.graph_optimization {
-                GraphOptimization::Disable => GraphOptimizationLevel::Disable,
-                GraphOptimization::Basic => GraphOptimizationLevel::Level1,
-                GraphOptimization::Extended => GraphOptimizationLevel::Level2,
-                GraphOptimization::All => GraphOptimizationLevel::All,
-            })
-            .map_err(|e| Error::Model(e.to_string()))?
-            .with_intra_op_spinning(options.intra_spinning)
-            .map_err(|e| Error::Model(e.to_string()))?;
-        if options.intra_threads > 0 {
-            builder = builder.with_intra_threads(options.intra_threads).map_err(|e| Error::Model(e.to_string()))?;
-        }
-        let session = builder.commit_from_memory(onnx).map_err(model_error)?;
+        let (session, provider) = match options.provider {
+            Provider::Cpu => (builder(ort, &options)?.commit_from_memory(onnx).map_err(model_error)?, Provider::Cpu),
+            Provider::Cuda => match cuda_session(onnx, ort, &options) {
+                Ok(session) => (session, Provider::Cuda),
+                Err(why) => {
+                    tracing::warn!(device = options.cuda_device, %why, "the model cannot run on CUDA: running it on the CPU");
+                    (builder(ort, &options)?.commit_from_memory(onnx).map_err(model_error)?, Provider::Cpu)
+                }
+            },
+        };
         let describe = |name: &str, dtype: &ValueType| TensorSignature {
             name: name.to_string(),
             elem_type: match dtype {
@@ -78,7 +90,12 @@ impl ScoringSession {
             inputs: session.inputs().iter().map(|i| describe(i.name(), i.dtype())).collect(),
             outputs: session.outputs().iter().map(|o| describe(o.name(), o.dtype())).collect(),
         };
-        Ok(Self { session, signature })
+        Ok(Self { session, signature, provider })
+    }
+
+    /// Where the model runs: the provider asked for, or the CPU it fell back to.
+    pub fn provider(&self) -> Provider {
+        self.provider
     }
 
     /// The model's inputs and outputs, as ONNX Runtime reads them.
@@ -97,6 +114,55 @@ impl ScoringSession {
         let (_, scores) = outputs["pctr"].try_extract_tensor::<f32>().map_err(run_error)?;
         Ok(scores.to_vec())
     }
+}
+
+/// A session builder with the CPU settings every provider shares.
+fn builder(ort: &OrtConfig, options: &SessionOptions) -> Result<SessionBuilder> {
+    let environment = runtime::environment(ort)?;
+    let model_error = |e: ort::Error| Error::Model(e.to_string());
+    let mut builder = Session::builder(&environment)
+        .map_err(model_error)?
+        .with_optimization_level(match options.graph_optimization {
+            GraphOptimization::Disable => GraphOptimizationLevel::Disable,
+            GraphOptimization::Basic => GraphOptimizationLevel::Level1,
+            GraphOptimization::Extended => GraphOptimizationLevel::Level2,
+            GraphOptimization::All => GraphOptimizationLevel::All,
+        })
+        .map_err(|e| Error::Model(e.to_string()))?
+        .with_intra_op_spinning(options.intra_spinning)
+        .map_err(|e| Error::Model(e.to_string()))?;
+    if options.intra_threads > 0 {
+        builder = builder.with_intra_threads(options.intra_threads).map_err(|e| Error::Model(e.to_string()))?;
+    }
+    Ok(builder)
+}
+
+/// A session on the CUDA execution provider, or why there is none.
+#[cfg(feature = "cuda")]
+fn cuda_session(onnx: &[u8], ort: &OrtConfig, options: &SessionOptions) -> std::result::Result<Session, String> {
+    use ort::ep::{CUDA, ExecutionProvider};
+    let library = runtime::init(ort).map_err(|e| e.to_string())?;
+    if !CUDA::is_available().map_err(|e| e.to_string())? {
+        return Err(format!(
+            "{} is a CPU-only ONNX Runtime (use the GPU build, PyPI's onnxruntime-gpu)",
+            library.path.display()
+        ));
+    }
+    let device = i32::try_from(options.cuda_device).map_err(|_| format!("no CUDA device {}", options.cuda_device))?;
+    // Registration failing is an error here, not ort's default log-and-continue: a session
+    // silently on the CPU would then claim to be on CUDA.
+    let provider = CUDA::default().with_device_id(device).build().error_on_failure();
+    builder(ort, options)
+        .map_err(|e| e.to_string())?
+        .with_execution_providers([provider])
+        .map_err(|e| e.to_string())?
+        .commit_from_memory(onnx)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_session(_: &[u8], _: &OrtConfig, _: &SessionOptions) -> std::result::Result<Session, String> {
+    Err("adrank was built without the `cuda` feature (cargo build --release --features cuda)".into())
 }
 
 /// ONNX's element type names (`float32`, `int64`, …), as manifests record them.

@@ -3,11 +3,7 @@
 //! Every client mistake is a 4xx whose JSON body names the field and the rule; overload is 429
 //! with `Retry-After`; a deadline that passed is 504; nothing a client sends can cause a 5xx.
 
-use std::{
-    future::Future,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{future::Future, sync::Arc, time::Instant};
 
 use adrank_featurestore::{online::Reader, request::RankRequest};
 use axum::{
@@ -19,10 +15,11 @@ use axum::{
     routing::{get, post},
 };
 use serde::Serialize;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 
 use crate::{
     ServingConfig,
+    admission::Admission,
     batcher::BatchError,
     clicks::{ClickError, ClickSink},
     impressions::ImpressionLog,
@@ -79,20 +76,10 @@ fn error(status: StatusCode, kind: &'static str, field: String, message: String)
     (status, Json(ErrorBody { error: ErrorDetail { kind, field, message } })).into_response()
 }
 
-/// Admission control for ranking requests: `max_in_flight` places, a bounded wait for one.
-#[derive(Debug)]
-struct Admission {
-    places: Semaphore,
-    wait: Duration,
-}
-
 /// The router over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
-    let admission = Arc::new(Admission {
-        places: Semaphore::new(state.config.max_in_flight.max(1)),
-        wait: Duration::from_millis(state.config.admission_wait_ms),
-    });
+    let admission = Admission::new(state.config.admission());
     Router::new()
         .route("/v1/rank", post(timed_rank).layer(Extension(admission)))
         .route("/v1/events/click", post(timed_click))
@@ -119,7 +106,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let m = &default.manifest;
     let body = serde_json::json!({
         "ready": true,
-        "model": { "name": m.name, "version": m.version },
+        "model": { "name": m.name, "version": m.version, "provider": default.provider },
         "loaded_versions": state.models.loaded(),
         "extra": state.models.extra(),
     });
@@ -176,10 +163,11 @@ async fn timed_rank(
 ) -> Response {
     let started = Instant::now();
     // Before any parsing: a refused request costs next to nothing.
-    let Ok(Ok(_place)) = tokio::time::timeout(admission.wait, admission.places.acquire()).await else {
+    let Some(_place) = admission.acquire().await else {
         let message = format!(
-            "{} ranking requests are in progress and none finished within {} ms; retry later",
-            state.config.max_in_flight, state.config.admission_wait_ms
+            "{} ranking requests are in progress (the limit now) and none finished within {} ms; retry later",
+            admission.limit(),
+            state.config.admission_wait_ms
         );
         let mut response = error(StatusCode::TOO_MANY_REQUESTS, "overloaded", String::new(), message);
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

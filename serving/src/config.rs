@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::batcher::BatcherConfig;
 
 /// The ranking API server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServingConfig {
     /// The address the HTTP API listens on, `ip:port`. Loopback by default; `0.0.0.0:8080`
@@ -23,10 +23,17 @@ pub struct ServingConfig {
     /// Requests waiting for the model before new ones are refused with 429: bounds the queueing
     /// delay under overload.
     pub queue_jobs: usize,
-    /// Ranking requests worked on at once; more wait for a place. The work is mostly CPU, so
-    /// beyond a few per core more concurrency only lengthens every request (Little's law):
-    /// this bounds the latency of admitted requests under overload.
+    /// The most ranking requests worked on at once; more wait for a place. The work is mostly
+    /// CPU, so beyond a few per core more concurrency only lengthens every request (Little's
+    /// law). The limit in force adapts between `min_in_flight` and this (see
+    /// `latency_tolerance`).
     pub max_in_flight: usize,
+    /// The adaptive limit never goes below this.
+    pub min_in_flight: usize,
+    /// How many times the uncontended latency (requests that ran nearly alone) the median
+    /// latency of admitted requests may reach, while the limit is reached, before the limit
+    /// shrinks: the latency spent for throughput under overload.
+    pub latency_tolerance: f64,
     /// How long a ranking request may wait for a place before it is refused with 429 and
     /// `Retry-After` (milliseconds): overload sheds instead of queueing.
     pub admission_wait_ms: u64,
@@ -51,7 +58,9 @@ impl Default for ServingConfig {
             max_batch_rows: 1024,
             max_queue_delay_ms: 2,
             queue_jobs: 256,
-            max_in_flight: 16,
+            max_in_flight: 32,
+            min_in_flight: 2,
+            latency_tolerance: 3.0,
             admission_wait_ms: 5,
             default_deadline_ms: 100,
             max_candidates: 1000,
@@ -84,6 +93,18 @@ impl ServingConfig {
         if self.max_in_flight == 0 {
             problems.push(ConfigProblem::new("max_in_flight", "is 0; expected at least 1"));
         }
+        if self.min_in_flight == 0 || self.min_in_flight > self.max_in_flight {
+            problems.push(ConfigProblem::new(
+                "min_in_flight",
+                format!("is {}; expected 1 to max_in_flight ({})", self.min_in_flight, self.max_in_flight),
+            ));
+        }
+        if !(self.latency_tolerance.is_finite() && self.latency_tolerance >= 1.0) {
+            problems.push(ConfigProblem::new(
+                "latency_tolerance",
+                format!("is {}; expected a number of at least 1", self.latency_tolerance),
+            ));
+        }
         if self.admission_wait_ms > 60_000 {
             problems.push(ConfigProblem::new(
                 "admission_wait_ms",
@@ -115,6 +136,16 @@ impl ServingConfig {
             ));
         }
         problems
+    }
+
+    /// The admission limiter's settings.
+    pub fn admission(&self) -> crate::admission::AdmissionConfig {
+        crate::admission::AdmissionConfig {
+            min_in_flight: self.min_in_flight,
+            max_in_flight: self.max_in_flight,
+            wait: Duration::from_millis(self.admission_wait_ms),
+            latency_tolerance: self.latency_tolerance,
+        }
     }
 
     /// The batcher settings.

@@ -11,6 +11,7 @@ pub const BATCH_ROWS: &str = "adrank_serving_batch_rows";
 pub const QUEUE_DEPTH: &str = "adrank_serving_queue_jobs";
 pub const IN_FLIGHT: &str = "adrank_serving_in_flight_requests";
 pub const SHED: &str = "adrank_serving_shed_total";
+pub const ADMISSION_LIMIT: &str = "adrank_serving_admission_limit";
 pub const DEGRADED: &str = "adrank_serving_degraded_total";
 pub const LOADED_VERSIONS: &str = "adrank_serving_loaded_versions";
 pub const VERSION_CHANGES: &str = "adrank_serving_version_changes_total";
@@ -25,7 +26,11 @@ pub fn describe() {
     describe_histogram!(BATCH_ROWS, "Rows in each model run.");
     describe_gauge!(QUEUE_DEPTH, "Ranking jobs waiting for the model of the default version.");
     describe_gauge!(IN_FLIGHT, "Ranking requests being handled.");
-    describe_counter!(SHED, "Ranking requests refused with 429 because the queue was full.");
+    describe_counter!(
+        SHED,
+        "Ranking requests refused with 429 (no place within the admission wait, or the model's queue full)."
+    );
+    describe_gauge!(ADMISSION_LIMIT, "Ranking requests admitted at once: the adaptive limit.");
     describe_counter!(DEGRADED, "Ranking requests answered with default features (online store slow or down).");
     describe_gauge!(LOADED_VERSIONS, "Model versions loaded.");
     describe_counter!(VERSION_CHANGES, "Model version changes, by outcome (swapped, refused).");
@@ -57,6 +62,10 @@ pub(crate) fn queue_depth(jobs: usize) {
 
 pub(crate) fn in_flight(delta: f64) {
     gauge!(IN_FLIGHT).increment(delta);
+}
+
+pub(crate) fn admission_limit(places: usize) {
+    gauge!(ADMISSION_LIMIT).set(places as f64);
 }
 
 pub(crate) fn shed() {

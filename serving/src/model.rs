@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Instant};
 
 use adrank_featurestore::spec::{FeatureSpec, Transformer, short_version};
 use adrank_registry::{
-    Manifest, OrtConfig, Registry, Signature,
+    Manifest, OrtConfig, Provider, Registry, Signature,
     scoring::{ScoringSession, SessionOptions},
 };
 
@@ -27,6 +27,8 @@ pub struct LoadedVersion {
     pub batcher: Batcher,
     /// How long loading and warming took.
     pub load_seconds: f64,
+    /// Where the model runs (the CPU when CUDA was asked for and could not be had).
+    pub provider: Provider,
 }
 
 /// What [`LoadedVersion::load`] needs.
@@ -82,13 +84,15 @@ impl LoadedVersion {
         .await
         .map_err(|e| incompatible(format!("warm-up panicked: {e}")))?
         .map_err(|(rows, reason)| Error::WarmUp { name: name.into(), version, rows, reason })?;
+        let provider = session.provider();
         let batcher = Batcher::spawn(session, request.serving.batcher());
-        tracing::info!(name, version, seconds = started.elapsed().as_secs_f64(), "model version loaded and warmed");
+        tracing::info!(name, version, %provider, seconds = started.elapsed().as_secs_f64(), "model version loaded and warmed");
         Ok(Self {
             manifest: Arc::new(manifest),
             transformer: Arc::new(transformer),
             batcher,
             load_seconds: started.elapsed().as_secs_f64(),
+            provider,
         })
     }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use adrank_featurestore::{
     events::{Impression, Input, Lookup, RawFeatures, RawValue},
-    online::{AdRef, Fetched, Reader},
+    online::{AdFeatures, AdRef, Fetched, Reader},
     request::RankRequest,
     spec::POSITION_FIELD,
 };
@@ -69,6 +69,7 @@ struct Shared<'a> {
     context: Vec<Option<&'a RawValue>>,
     bid: Option<usize>,
     position: Option<usize>,
+    age: Option<usize>,
 }
 
 impl<'a> Shared<'a> {
@@ -79,7 +80,33 @@ impl<'a> Shared<'a> {
             values
         };
         let place = |name: &str| inputs.iter().position(|i| i == name);
-        Self { user: resolve(user), context: resolve(context), bid: place("bid"), position: place(POSITION_FIELD) }
+        Self {
+            user: resolve(user),
+            context: resolve(context),
+            bid: place("bid"),
+            position: place(POSITION_FIELD),
+            age: place(AdFeatures::AGE),
+        }
+    }
+
+    /// One candidate's ad layer by input place into `out`: its advertiser's values, else its
+    /// ad's, and the ad's age. `ad` and `advertiser` are scratch space.
+    fn ad_layer<'f>(
+        &self,
+        inputs: &[String],
+        stored: &'f AdFeatures,
+        (ad, advertiser): (&mut Vec<Option<&'f RawValue>>, &mut Vec<Option<&'f RawValue>>),
+        out: &mut Vec<Option<&'f RawValue>>,
+    ) {
+        stored.ad.resolve_into(inputs, ad);
+        stored.advertiser.resolve_into(inputs, advertiser);
+        out.clear();
+        out.extend(advertiser.iter().zip(ad.iter()).map(|(v, a)| v.or(*a)));
+        if let Some(i) = self.age
+            && stored.ad_age_hours != RawValue::Missing
+        {
+            out[i] = Some(&stored.ad_age_hours);
+        }
     }
 }
 
@@ -161,7 +188,7 @@ pub async fn rank(
     if degraded {
         crate::metrics::degraded();
     }
-    let fetched = fetched.unwrap_or_else(|| Fetched { ads: vec![Default::default(); ads.len()], ..Fetched::default() });
+    let fetched = fetched.unwrap_or_else(|| Fetched::ids_only(&request.user_id, &ads));
     let features_ms = ms(started.elapsed());
 
     let transformer = &version.transformer;
@@ -173,17 +200,16 @@ pub async fn rank(
     context.insert("surface", RawValue::from(request.context.surface.as_str()));
     let inputs = transformer.inputs();
     let shared = Shared::new(inputs, &fetched.user, &context);
-    let mut ad = Vec::with_capacity(inputs.len());
+    let (mut ad, mut scratch) = (Vec::with_capacity(inputs.len()), (Vec::new(), Vec::new()));
     rows.ids.reserve(request.candidates.len() * transformer.id_width());
     rows.dense.reserve(request.candidates.len() * transformer.dense_width());
     for (candidate, stored) in request.candidates.iter().zip(&fetched.ads) {
-        stored.resolve_into(inputs, &mut ad);
+        shared.ad_layer(inputs, stored, (&mut scratch.0, &mut scratch.1), &mut ad);
         let view =
             CandidateView { shared: &shared, ad: &ad, own: &candidate.features, bid: RawValue::Num(candidate.bid) };
         // Every candidate is scored for the top slot.
         transformer.transform(&view, &mut rows.ids, &mut rows.dense);
     }
-    let layers = |i: usize| [&fetched.user, &fetched.ads[i], &context, &request.candidates[i].features];
     crate::metrics::queue_depth(version.batcher.queued());
     let scored = version.batcher.score(rows, deadline).await?;
     crate::metrics::stages(features_ms / 1000.0, scored.queue.as_secs_f64(), scored.inference.as_secs_f64());
@@ -197,6 +223,7 @@ pub async fn rank(
         .enumerate()
         .map(|(position, &i)| {
             let c = &request.candidates[i];
+            let ad = fetched.ads[i].record();
             Impression {
                 impression_id: format!("{}:{position}", request.request_id),
                 request_id: request.request_id.clone(),
@@ -212,7 +239,7 @@ pub async fn rank(
                 bid: c.bid,
                 // The record as the trainer reads it: every layer, without the slot (the
                 // trainer takes the served one).
-                features: logged_record(layers(i), c.bid),
+                features: logged_record([&fetched.user, &ad, &context, &c.features], c.bid),
                 oracle_p: None,
             }
         })
@@ -285,24 +312,39 @@ mod tests {
             ("format", "banner".into()),
             ("ad_clicks_7d", RawValue::Num(5.0)),
             ("ad_impressions_7d", RawValue::Num(300.0)),
-            ("ad_age_hours", RawValue::Num(30.0)),
             // Context and candidate layers below override these.
             ("hour", RawValue::Num(1.0)),
             ("device", "tv".into()),
         ]);
+        // The advertiser's values win over the ad's where names repeat.
+        let advertiser = record(&[
+            ("advertiser_id", "v2".into()),
+            ("advertiser_clicks_7d", RawValue::Num(50.0)),
+            ("advertiser_impressions_7d", RawValue::Num(900.0)),
+            ("format", "video".into()),
+        ]);
+        let stored = AdFeatures {
+            ad: std::sync::Arc::new(ad),
+            advertiser: std::sync::Arc::new(advertiser),
+            ad_age_hours: RawValue::Num(30.0),
+        };
         let context = record(&[("hour", RawValue::Num(14.0)), ("surface", "feed".into())]);
         let candidate = record(&[("device", "phone".into()), ("bid", RawValue::Num(99.0))]);
-        let logged = logged_record([&user, &ad, &context, &candidate], 1.5);
+        let logged = logged_record([&user, &stored.record(), &context, &candidate], 1.5);
         assert_eq!(logged.get("hour"), Some(&RawValue::Num(14.0)));
         assert_eq!(logged.get("device"), Some(&"phone".into()));
+        assert_eq!(logged.get("format"), Some(&"video".into()), "the advertiser's value wins over the ad's");
+        assert_eq!(logged.get("ad_age_hours"), Some(&RawValue::Num(30.0)));
         assert_eq!(logged.get("bid"), Some(&RawValue::Num(1.5)), "the request's bid wins");
         assert!(!logged.contains_key(POSITION_FIELD));
 
         let stats = TransformStats::fit(&spec, [&logged]);
         let transformer = Transformer::new(&spec, &stats).unwrap();
-        let shared = Shared::new(transformer.inputs(), &user, &context);
-        let mut resolved = Vec::new();
-        ad.resolve_into(transformer.inputs(), &mut resolved);
+        let inputs = transformer.inputs();
+        assert!(inputs.iter().any(|i| i == AdFeatures::AGE), "the spec reads the ad's age: the test must cover it");
+        let shared = Shared::new(inputs, &user, &context);
+        let (mut resolved, mut scratch) = (Vec::new(), (Vec::new(), Vec::new()));
+        shared.ad_layer(inputs, &stored, (&mut scratch.0, &mut scratch.1), &mut resolved);
         let view = CandidateView { shared: &shared, ad: &resolved, own: &candidate, bid: RawValue::Num(1.5) };
         let (mut ids, mut dense) = (Vec::new(), Vec::new());
         transformer.transform(&view, &mut ids, &mut dense);

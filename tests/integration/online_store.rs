@@ -90,14 +90,14 @@ async fn events_apply_once_and_read_back_as_features() {
     assert_eq!(num(&fetched.user, "user_impressions_7d"), Some(4.0), "counted once despite the replay");
     assert_eq!(num(&fetched.user, "user_clicks_7d"), Some(1.0));
     assert_eq!(num(&fetched.user, "user_impressions_1d"), Some(0.0));
-    let a1 = &fetched.ads[0];
+    let a1 = &fetched.ads[0].record();
     assert_eq!(a1.get("category"), Some(&RawValue::from("shoes")));
     assert_eq!(a1.get("ad_id"), Some(&RawValue::from("a1")));
     assert_eq!(num(a1, "ad_impressions_7d"), Some(4.0));
     assert_eq!(num(a1, "advertiser_clicks_7d"), Some(1.0));
     assert_eq!(num(a1, "ad_age_hours"), Some(6.0 * 24.0 + 1.0));
     // An unknown ad: its id and its advertiser's features, nothing else; counted missing.
-    let unknown = &fetched.ads[1];
+    let unknown = &fetched.ads[1].record();
     assert_eq!(unknown.get("ad_id"), Some(&RawValue::from("a-new")));
     assert_eq!(unknown.get("category"), None);
     assert_eq!(num(unknown, "ad_impressions_7d"), None);
@@ -108,13 +108,14 @@ async fn events_apply_once_and_read_back_as_features() {
     let targeted = reader.clone().with_wanted(wanted).fetch("u1", &ads, day6).await.unwrap();
     assert_eq!(targeted.user, fetched.user);
     assert_eq!(targeted.ads[1], fetched.ads[1]);
-    assert!(fetched.ads[0].get("status").is_some());
+    assert!(fetched.ads[0].record().get("status").is_some());
     let without_status: RawFeatures = fetched.ads[0]
+        .record()
         .iter()
         .filter(|(name, _)| *name != "status")
         .map(|(name, value)| (name.to_string().into(), value.clone()))
         .collect();
-    assert_eq!(targeted.ads[0], without_status, "all but the unrequested `status`");
+    assert_eq!(targeted.ads[0].record(), without_status, "all but the unrequested `status`");
 
     // Day 8: one more impression. The day-0 events have left the 7-day window; the 1-hour
     // window sees the new impression.
@@ -208,7 +209,7 @@ async fn the_cache_serves_ads_and_advertisers_but_never_users() {
     let second = reader.fetch("u", &ads, T0).await.unwrap();
     assert_eq!(second.cache_hits, 2, "one ad and one advertiser, each read once per request");
     assert_eq!(num(&second.user, "user_impressions_7d"), Some(2.0), "users are always read");
-    assert_eq!(num(&second.ads[2], "ad_impressions_7d"), Some(1.0), "the cached ad is reused");
+    assert_eq!(num(&second.ads[2].record(), "ad_impressions_7d"), Some(1.0), "the cached ad is reused");
     let too_many: Vec<AdRef<'_>> = (0..1_001).map(|_| AdRef { ad_id: "a", advertiser_id: "v" }).collect();
     let error = reader.fetch("u", &too_many, T0).await.unwrap_err().to_string();
     assert!(error.contains("1001"), "{error}");

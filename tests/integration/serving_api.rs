@@ -390,7 +390,7 @@ async fn beyond_its_in_flight_places_the_server_sheds_with_429() {
     registry.publish(draft(&onnx, &stats, "admission")).await.unwrap();
     registry.change("ctr", alias(1, 0)).await.unwrap();
     // One place and no waiting: of many simultaneous requests, most must be refused at once.
-    let config = ServingConfig { max_in_flight: 1, admission_wait_ms: 0, ..ServingConfig::default() };
+    let config = ServingConfig { max_in_flight: 1, min_in_flight: 1, admission_wait_ms: 0, ..ServingConfig::default() };
     let models = Arc::new(ModelManager::start(manager_config(&registry, &config)).await.unwrap());
     let addr = serve(models, None, None, config).await;
     let mut world = World::new(WorldConfig { users: 500, advertisers: 50, ads: 400, ..WorldConfig::default() });

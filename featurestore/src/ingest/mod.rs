@@ -62,9 +62,11 @@ pub(crate) enum Kind {
 /// Options of one run beyond the config.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Stop once no message has arrived for this long (counted from the group's first
-    /// assignment), the consumer is at the end of every assigned partition, and everything read
-    /// is committed.
+    /// Stop once no message has arrived for this long while the member held partitions, the
+    /// consumer is at the end of every assigned partition, and everything read is committed. A
+    /// member the group has taken its partitions from, waiting for new ones, is not idle: on a
+    /// loaded machine a rebalance can outlast the idle span, and a member that left then would
+    /// leave the group mid-rebalance (its close then waits on the rebalance) with work undone.
     pub exit_when_idle: Option<Duration>,
 }
 
@@ -85,7 +87,8 @@ pub struct Totals {
 #[derive(Debug)]
 struct GroupContext {
     revoked: Mutex<Vec<(String, i32)>>,
-    /// Whether the group has assigned this member anything yet: idleness counts from then.
+    /// Whether this member holds partitions now (assigned some, none revoked since): idleness
+    /// counts only then.
     assigned: std::sync::atomic::AtomicBool,
     /// Messages behind the ends of the assigned partitions, from the last statistics report
     /// (-1: unknown, such as before any report).
@@ -132,6 +135,8 @@ impl ClientContext for GroupContext {
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
+            // The eager protocol (librdkafka's default) revokes everything before reassigning.
+            self.assigned.store(false, std::sync::atomic::Ordering::Relaxed);
             let mut revoked = self.revoked.lock().expect("never poisoned: no panics while held");
             revoked.extend(list.elements().iter().map(|e| (e.topic().to_string(), e.partition())));
         }
@@ -246,7 +251,8 @@ impl Ingester {
                 Ok(batch) => batch,
                 Err(e) => break Err(e),
             };
-            // Idleness counts from the first assignment: joining the group may take a while.
+            // Idleness counts only while partitions are held: joining the group, or a
+            // rebalance, may take a while.
             if !batch.is_empty() || !self.consumer.context().assigned.load(std::sync::atomic::Ordering::Relaxed) {
                 last_message = Instant::now();
             }

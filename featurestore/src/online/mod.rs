@@ -5,7 +5,7 @@ pub mod layout;
 pub mod reader;
 pub mod writer;
 
-pub use reader::{AdRef, Fetched, Missing, Reader, Wanted};
+pub use reader::{AdFeatures, AdRef, Fetched, Missing, Reader, Wanted};
 pub use writer::{Outcome, PartitionBatch, Updates, Writer};
 
 use crate::{Error, RedisConfig, Result};

@@ -11,12 +11,14 @@
 
 use std::{
     borrow::Cow,
-    collections::HashMap,
     sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
 use redis::{Value, aio::MultiplexedConnection};
+// Keys here are short ids hashed per candidate per request, inside the process: SipHash's
+// protection against chosen collisions costs more than it buys (it was 6% of serving's CPU).
+use rustc_hash::FxHashMap;
 
 use super::layout::{self, ATTRIBUTE_PREFIX, CREATED_FIELD, Entity, SEEN_FIELD, WINDOWS};
 use crate::{
@@ -52,20 +54,80 @@ pub struct Fetched {
     /// The user's features.
     pub user: RawFeatures,
     /// Per requested ad, in order: the ad's and its advertiser's features.
-    pub ads: Vec<RawFeatures>,
+    pub ads: Vec<AdFeatures>,
     pub missing: Missing,
     /// Ad and advertiser hashes served from the in-process cache.
     pub cache_hits: usize,
 }
 
+/// One candidate's stored features: its ad's and its advertiser's, each shared by every
+/// candidate (and, while the counters' buckets stay the same, every request) that names the
+/// same entity, and the ad's age, which changes with every read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdFeatures {
+    /// The ad's id, attributes and counters (only the id when it is missing or expired).
+    pub ad: Arc<RawFeatures>,
+    /// The advertiser's, likewise.
+    pub advertiser: Arc<RawFeatures>,
+    /// `ad_age_hours` at the read's time (`Missing` when the ad is missing or has no creation time).
+    pub ad_age_hours: RawValue,
+}
+
+impl Fetched {
+    /// What serving uses when the store cannot be read in time: every entity known only by
+    /// its id, so the transforms apply the spec's defaults to everything else.
+    pub fn ids_only(user_id: &str, ads: &[AdRef<'_>]) -> Self {
+        let id =
+            |name: &'static str, value: &str| RawFeatures::from_iter([(Cow::Borrowed(name), RawValue::from(value))]);
+        Self {
+            user: id("user_id", user_id),
+            ads: ads
+                .iter()
+                .map(|ad| AdFeatures {
+                    ad: Arc::new(id("ad_id", ad.ad_id)),
+                    advertiser: Arc::new(id("advertiser_id", ad.advertiser_id)),
+                    ad_age_hours: RawValue::Missing,
+                })
+                .collect(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for AdFeatures {
+    fn default() -> Self {
+        Self { ad: Arc::default(), advertiser: Arc::default(), ad_age_hours: RawValue::Missing }
+    }
+}
+
+impl AdFeatures {
+    /// The age feature's name.
+    pub const AGE: &'static str = "ad_age_hours";
+
+    /// Everything as one record, the advertiser's values winning over the ad's where names
+    /// repeat: what an impression logs.
+    pub fn record(&self) -> RawFeatures {
+        let mut record = (*self.ad).clone();
+        record.merge(&self.advertiser);
+        if self.ad_age_hours != RawValue::Missing {
+            record.insert(Self::AGE, self.ad_age_hours.clone());
+        }
+        record
+    }
+}
+
 /// One entity's hash as read.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 struct Stored {
     seen_ms: Option<i64>,
     created_ms: Option<i64>,
     attributes: Vec<(Cow<'static, str>, RawValue)>,
     /// The counter rings, in the order of [`WINDOWS`].
     rings: [Option<Vec<u8>>; WINDOWS.len()],
+    /// The entity's features as last computed, with the counter bucket they hold for: a cached
+    /// entity is read by many requests, and its counters change only when the read time crosses
+    /// into another bucket.
+    features: Mutex<Option<(i64, Arc<RawFeatures>)>>,
 }
 
 impl Stored {
@@ -128,9 +190,8 @@ impl Stored {
         self.seen_ms.is_some_and(|seen| now_ms.saturating_sub(seen) <= ttl_ms)
     }
 
-    /// Adds the entity's features at `now_ms` to `out`.
-    /// Appends this entity's features to `out` (unsorted: the record is sorted once, when
-    /// complete; inserting each into a sorted record moved most of it every time).
+    /// Appends this entity's attributes and counters at `now_ms` to `out` (unsorted: the
+    /// record is sorted once, when complete).
     fn features(&self, entity: Entity, now_ms: i64, out: &mut Vec<(Cow<'static, str>, RawValue)>) {
         out.extend(self.attributes.iter().cloned());
         let names = counter_names(entity);
@@ -140,13 +201,48 @@ impl Stored {
             out.push((Cow::Borrowed(*clicks), RawValue::Num(sum.clicks as f64)));
             out.push((Cow::Borrowed(*impressions), RawValue::Num(sum.impressions as f64)));
         }
-        if entity == Entity::Ad
-            && let Some(created) = self.created_ms
+    }
+
+    /// The entity's id, attributes and counters at `now_ms`, as a record: computed once per
+    /// counter bucket and shared.
+    fn record(&self, entity: Entity, id_name: &'static str, id: &str, now_ms: i64) -> Arc<RawFeatures> {
+        // Every window's buckets are whole multiples of the finest one, so the finest bucket
+        // holding `now_ms` fixes every window's sum.
+        let bucket = now_ms.div_euclid(FINEST_BUCKET_MS);
+        let mut memo = self.features.lock().expect("the features lock is never poisoned: nothing panics holding it");
+        if let Some((at, record)) = &*memo
+            && *at == bucket
         {
-            out.push((Cow::Borrowed("ad_age_hours"), RawValue::Num(((now_ms - created) as f64 / HOUR_MS).max(0.0))));
+            return record.clone();
         }
+        let mut entries = Vec::with_capacity(1 + self.attributes.len() + 2 * WINDOWS.len());
+        entries.push((Cow::Borrowed(id_name), RawValue::from(id)));
+        self.features(entity, now_ms, &mut entries);
+        let record = Arc::new(RawFeatures::from_iter(entries));
+        *memo = Some((bucket, record.clone()));
+        record
+    }
+
+    /// The ad's age in hours at `now_ms`.
+    fn age_hours(&self, now_ms: i64) -> RawValue {
+        self.created_ms
+            .map_or(RawValue::Missing, |created| RawValue::Num(((now_ms - created) as f64 / HOUR_MS).max(0.0)))
     }
 }
+
+/// The finest counter bucket.
+const FINEST_BUCKET_MS: i64 = {
+    let mut finest = WINDOWS[0].bucket_ms;
+    let mut i = 1;
+    while i < WINDOWS.len() {
+        assert!(WINDOWS[i].bucket_ms % finest == 0, "every window's bucket must be a multiple of the finest");
+        if WINDOWS[i].bucket_ms < finest {
+            finest = WINDOWS[i].bucket_ms;
+        }
+        i += 1;
+    }
+    finest
+};
 
 /// `(clicks, impressions)` feature names per window, made once: reads would otherwise format
 /// six names per entity.
@@ -224,33 +320,49 @@ impl Wanted {
     }
 }
 
-/// A short-lived cache of ad and advertiser hashes (including absent ones).
+/// A short-lived cache of ad and advertiser hashes (including absent ones), by kind and id: a
+/// lookup neither formats the Redis key nor allocates.
 #[derive(Debug)]
 struct Cache {
     ttl: Duration,
     capacity: usize,
-    entries: Mutex<HashMap<String, (Instant, Arc<Stored>)>>,
+    /// Ads, then advertisers.
+    entries: Mutex<[Entries; 2]>,
 }
 
+/// One kind's cached hashes by id, with when each was read.
+type Entries = FxHashMap<Box<str>, (Instant, Arc<Stored>)>;
+
 impl Cache {
-    fn get(&self, keys: &[String], now: Instant) -> Vec<Option<Arc<Stored>>> {
+    /// Where `entity`'s entries live; users are never cached.
+    fn kind(entity: Entity) -> usize {
+        usize::from(entity == Entity::Advertiser)
+    }
+
+    fn get(&self, ids: &[(Entity, &str)], now: Instant) -> Vec<Option<Arc<Stored>>> {
         let entries = self.entries.lock().expect("the cache lock is never poisoned: no panics while held");
-        keys.iter()
-            .map(|key| entries.get(key).filter(|(at, _)| now.duration_since(*at) < self.ttl).map(|(_, s)| s.clone()))
+        ids.iter()
+            .map(|&(entity, id)| {
+                entries[Self::kind(entity)]
+                    .get(id)
+                    .filter(|(at, _)| now.duration_since(*at) < self.ttl)
+                    .map(|(_, s)| s.clone())
+            })
             .collect()
     }
 
-    fn put(&self, fresh: impl IntoIterator<Item = (String, Arc<Stored>)>, now: Instant) {
+    fn put<'a>(&self, fresh: impl IntoIterator<Item = ((Entity, &'a str), Arc<Stored>)>, now: Instant) {
         let mut entries = self.entries.lock().expect("the cache lock is never poisoned: no panics while held");
-        for (key, stored) in fresh {
-            if entries.len() >= self.capacity {
-                entries.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
-                if entries.len() >= self.capacity {
+        for ((entity, id), stored) in fresh {
+            let map = &mut entries[Self::kind(entity)];
+            if map.len() >= self.capacity / 2 {
+                map.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
+                if map.len() >= self.capacity / 2 {
                     // Everything is fresh and the cache is full: start over rather than grow.
-                    entries.clear();
+                    map.clear();
                 }
             }
-            entries.insert(key, (now, stored));
+            map.insert(id.into(), (now, stored));
         }
     }
 }
@@ -299,36 +411,37 @@ impl Reader {
         if ads.len() > MAX_ADS {
             return Err(Error::TooManyAds { asked: ads.len(), max: MAX_ADS });
         }
-        // Keys: the user, then each distinct ad and advertiser once.
-        let mut index: HashMap<(Entity, &str), usize> = HashMap::with_capacity(ads.len() * 2);
-        let mut keys = vec![Entity::User.key(&self.prefix, user_id)];
-        let mut kinds = vec![Entity::User];
+        // Entities: the user, then each distinct ad and advertiser once.
+        let mut index: FxHashMap<(Entity, &str), usize> = FxHashMap::default();
+        index.reserve(ads.len() * 2);
+        let mut entities = vec![(Entity::User, user_id)];
         let mut slot = |entity: Entity, id| {
             *index.entry((entity, id)).or_insert_with(|| {
-                keys.push(entity.key(&self.prefix, id));
-                kinds.push(entity);
-                keys.len() - 1
+                entities.push((entity, id));
+                entities.len() - 1
             })
         };
         let slots: Vec<(usize, usize)> =
             ads.iter().map(|ad| (slot(Entity::Ad, ad.ad_id), slot(Entity::Advertiser, ad.advertiser_id))).collect();
         let now = Instant::now();
         let mut stored: Vec<Option<Arc<Stored>>> = match &self.cache {
-            Some(cache) => std::iter::once(None).chain(cache.get(&keys[1..], now)).collect(),
-            None => vec![None; keys.len()],
+            Some(cache) => std::iter::once(None).chain(cache.get(&entities[1..], now)).collect(),
+            None => vec![None; entities.len()],
         };
         let cache_hits = stored.iter().filter(|s| s.is_some()).count();
-        let wanted: Vec<usize> = (0..keys.len()).filter(|&i| stored[i].is_none()).collect();
-        let kind = |i: usize| match i {
-            0 => 0,
-            _ if kinds[i] == Entity::Ad => 1,
-            _ => 2,
+        let wanted: Vec<usize> = (0..entities.len()).filter(|&i| stored[i].is_none()).collect();
+        let kind = |i: usize| match entities[i].0 {
+            Entity::User => 0,
+            Entity::Ad => 1,
+            Entity::Advertiser => 2,
         };
         let mut pipe = redis::pipe();
         for &i in &wanted {
+            let (entity, id) = entities[i];
+            let key = entity.key(&self.prefix, id);
             match &self.wanted {
-                Some(fields) => pipe.cmd("HMGET").arg(&keys[i]).arg(&fields.fields[kind(i)]),
-                None => pipe.cmd("HGETALL").arg(&keys[i]),
+                Some(fields) => pipe.cmd("HMGET").arg(key).arg(&fields.fields[kind(i)]),
+                None => pipe.cmd("HGETALL").arg(key),
             };
         }
         let mut connection = self.connection.clone();
@@ -342,10 +455,7 @@ impl Reader {
             stored[i] = Some(Arc::new(parsed));
         }
         if let Some(cache) = &self.cache {
-            cache.put(
-                wanted.iter().filter(|&&i| i > 0).map(|&i| (keys[i].clone(), stored[i].clone().expect("read"))),
-                now,
-            );
+            cache.put(wanted.iter().filter(|&&i| i > 0).map(|&i| (entities[i], stored[i].clone().expect("read"))), now);
         }
         if self.cache.is_some() {
             // The user is never cached, so it is no miss.
@@ -353,7 +463,7 @@ impl Reader {
         }
 
         let held = |i: usize| stored[i].as_deref().expect("every key was read or cached");
-        let live: Vec<bool> = (0..keys.len()).map(|i| held(i).live(now_ms, self.ttl_ms)).collect();
+        let live: Vec<bool> = (0..entities.len()).map(|i| held(i).live(now_ms, self.ttl_ms)).collect();
         // Distinct ads and advertisers count once, however many candidates share them.
         let mut missing = Missing { users: usize::from(!live[0]), ..Missing::default() };
         for (&(entity, _), &i) in &index {
@@ -365,22 +475,32 @@ impl Reader {
                 }
             }
         }
-        // Later entries win where names repeat (as inserting them in turn would).
-        let features = |entity: Entity, i: usize, id_name: &'static str, id: &str, out: &mut Vec<_>| {
-            out.push((Cow::Borrowed(id_name), RawValue::from(id)));
-            if live[i] {
-                held(i).features(entity, now_ms, out);
-            }
-        };
-        let mut entries = Vec::new();
-        features(Entity::User, 0, "user_id", user_id, &mut entries);
-        let user = RawFeatures::from_iter(entries.drain(..));
-        let mut per_ad = Vec::with_capacity(ads.len());
-        for (ad, &(ad_slot, advertiser_slot)) in ads.iter().zip(&slots) {
-            features(Entity::Ad, ad_slot, "ad_id", ad.ad_id, &mut entries);
-            features(Entity::Advertiser, advertiser_slot, "advertiser_id", ad.advertiser_id, &mut entries);
-            per_ad.push(RawFeatures::from_iter(entries.drain(..)));
-        }
+        // Each distinct entity's record once: a missing or expired one holds only its id.
+        let records: Vec<Arc<RawFeatures>> = entities
+            .iter()
+            .enumerate()
+            .map(|(i, &(entity, id))| {
+                let id_name = match entity {
+                    Entity::User => "user_id",
+                    Entity::Ad => "ad_id",
+                    Entity::Advertiser => "advertiser_id",
+                };
+                if live[i] {
+                    held(i).record(entity, id_name, id, now_ms)
+                } else {
+                    Arc::new(RawFeatures::from_iter([(Cow::Borrowed(id_name), RawValue::from(id))]))
+                }
+            })
+            .collect();
+        let user = (*records[0]).clone();
+        let per_ad = slots
+            .iter()
+            .map(|&(ad, advertiser)| AdFeatures {
+                ad: records[ad].clone(),
+                advertiser: records[advertiser].clone(),
+                ad_age_hours: if live[ad] { held(ad).age_hours(now_ms) } else { RawValue::Missing },
+            })
+            .collect();
         metrics::online_missing(missing);
         Ok(Fetched { user, ads: per_ad, missing, cache_hits })
     }

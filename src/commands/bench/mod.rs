@@ -3,6 +3,7 @@
 
 mod ingest;
 mod loadgen;
+mod model;
 mod reads;
 mod serve;
 mod stack;
@@ -30,6 +31,10 @@ enum Command {
     /// The load generator itself: the highest rate one generator core holds within 1% against
     /// a trivial endpoint, and its latency percentiles beside wrk's at the same rate.
     Loadgen(loadgen::Args),
+    /// The raw model on each execution provider (cpu, cuda) at the batch sizes the batcher
+    /// forms: rows per second and per CPU-second, median run, and each provider's scores
+    /// checked against the CPU's on the same logged rows.
+    Model(model::Args),
     /// The ranking server beside the raw model: rows per CPU-second of the server process at
     /// saturation vs raw ONNX Runtime; latency at half saturation with its breakdown; version
     /// swaps under load; shedding at twice saturation; memory over load/unload cycles.
@@ -40,6 +45,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     match args.command {
         Command::Ingest(args) => ingest::run(args, loaded).await,
         Command::Loadgen(args) => loadgen::run_command(args).await,
+        Command::Model(args) => model::run(args, loaded).await,
         Command::Serve(args) => serve::run_command(args, loaded).await,
     }
 }

@@ -22,27 +22,24 @@ use std::{
     time::{Duration, Instant},
 };
 
-use adrank_featurestore::{
-    spec::{FeatureSpec, Transformer},
-    training_log::utc_hour,
-};
+use adrank_featurestore::{spec::FeatureSpec, training_log::utc_hour};
 use adrank_loadtest::{
     generator::{Arrivals, Progress, RunConfig, RunReport, Slo, Step, SweepPlan, cpu_seconds, knee, run},
     ranking::{Ranking, ServerTimings},
     report::ServerSummary,
 };
 use adrank_registry::{
-    Change, Manifest, OrtConfig, Registry, RegistryConfig,
+    Change, Registry, RegistryConfig,
     scoring::{ScoringSession, SessionOptions},
 };
-use adrank_trainer::{
-    data::{LogWindow, RowStream, Window, push_row},
-    model::Batch,
-};
+use adrank_trainer::data::{LogWindow, Window};
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use super::stack::{BenchBroker, BenchRedis};
+use super::{
+    model::{logged_rows, raw_speed},
+    stack::{BenchBroker, BenchRedis},
+};
 use crate::{
     commands::child::{free_addr, get, run_step, start_server, stop},
     config::Loaded,
@@ -79,7 +76,7 @@ pub(crate) struct Args {
 }
 
 /// CPU seconds (user + system) of process `pid`, all threads, from /proc.
-fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+pub(super) fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     cpu_seconds(&format!("/proc/{pid}/stat")).context("cannot read process CPU time from /proc")
 }
 
@@ -182,50 +179,6 @@ fn environment(broker: &BenchBroker, redis: &BenchRedis, dir: &std::path::Path) 
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect()
-}
-
-/// Raw ONNX Runtime: rows per second and per CPU-second of this process, scoring `batch`-row
-/// runs of logged rows for about `seconds`.
-fn raw_model(onnx: &[u8], ort: &OrtConfig, rows: &Batch, batch: usize, seconds: f64) -> anyhow::Result<(f64, f64)> {
-    let mut session = ScoringSession::load(onnx, ort, SessionOptions::of(ort))?;
-    let (id_width, dense_width) = (rows.ids.len() / rows.rows(), rows.dense.len() / rows.rows());
-    let batches = rows.rows() / batch;
-    if batches == 0 {
-        bail!("only {} logged rows for batches of {batch}", rows.rows());
-    }
-    let mut run = |i: usize| -> anyhow::Result<()> {
-        let at = i % batches * batch;
-        let ids = &rows.ids[at * id_width..(at + batch) * id_width];
-        let dense = &rows.dense[at * dense_width..(at + batch) * dense_width];
-        session.score(batch, ids, dense)?;
-        Ok(())
-    };
-    (0..20).try_for_each(&mut run)?; // warm-up
-    let (cpu, wall) = (process_cpu_seconds(std::process::id())?, Instant::now());
-    let mut scored = 0usize;
-    let mut i = 0;
-    while wall.elapsed().as_secs_f64() < seconds {
-        run(i)?;
-        scored += batch;
-        i += 1;
-    }
-    let (cpu, wall) = (process_cpu_seconds(std::process::id())? - cpu, wall.elapsed().as_secs_f64());
-    Ok((scored as f64 / wall, scored as f64 / cpu))
-}
-
-/// Up to `limit` rows of the training log, as the trainer (and the server) build them.
-fn logged_rows(data: &LogWindow, spec: &FeatureSpec, manifest: &Manifest, limit: usize) -> anyhow::Result<Batch> {
-    let transformer = Transformer::new(spec, &manifest.transform_stats)?;
-    let mut batch = Batch::default();
-    for chunk in RowStream::spawn(data, data.window, |examples| examples) {
-        for example in &chunk? {
-            push_row(&transformer, example, &mut batch);
-            if batch.rows() >= limit {
-                return Ok(batch);
-            }
-        }
-    }
-    Ok(batch)
 }
 
 struct Bench<'a> {
@@ -367,7 +320,9 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         let (spec, ort) = (spec.clone(), config.onnxruntime.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
             let rows = logged_rows(&data, &spec, &v1, 50_000)?;
-            raw_model(&onnx, &ort, &rows, raw_batch, 5.0)
+            let mut session = ScoringSession::load(&onnx, &ort, SessionOptions::of(&ort))?;
+            let speed = raw_speed(&mut session, &rows, raw_batch, 5.0)?;
+            Ok((speed.rows_per_second, speed.rows_per_cpu_second))
         })
         .await??
     };
