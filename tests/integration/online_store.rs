@@ -210,6 +210,15 @@ async fn the_cache_serves_ads_and_advertisers_but_never_users() {
     assert_eq!(second.cache_hits, 2, "one ad and one advertiser, each read once per request");
     assert_eq!(num(&second.user, "user_impressions_7d"), Some(2.0), "users are always read");
     assert_eq!(num(&second.ads[2].record(), "ad_impressions_7d"), Some(1.0), "the cached ad is reused");
+    // A cached hash read at a later time: its counters follow the read's time (the record is
+    // kept per counter bucket, not for as long as the hash is cached), and back again.
+    let later = reader.fetch("u", &ads, T0 + 61 * 60_000).await.unwrap();
+    assert_eq!(later.cache_hits, 2);
+    let ad = later.ads[0].record();
+    assert_eq!(num(&ad, "ad_impressions_1h"), Some(0.0), "the hour window has moved past the impression");
+    assert_eq!(num(&ad, "ad_impressions_1d"), Some(1.0));
+    let again = reader.fetch("u", &ads, T0).await.unwrap();
+    assert_eq!(num(&again.ads[1].record(), "ad_impressions_1h"), Some(1.0));
     let too_many: Vec<AdRef<'_>> = (0..1_001).map(|_| AdRef { ad_id: "a", advertiser_id: "v" }).collect();
     let error = reader.fetch("u", &too_many, T0).await.unwrap_err().to_string();
     assert!(error.contains("1001"), "{error}");
