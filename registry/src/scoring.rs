@@ -128,11 +128,11 @@ fn builder(ort: &OrtConfig, options: &SessionOptions) -> Result<SessionBuilder> 
             GraphOptimization::Extended => GraphOptimizationLevel::Level2,
             GraphOptimization::All => GraphOptimizationLevel::All,
         })
-        .map_err(|e| Error::Model(e.to_string()))?
+        .map_err(|e| model_error(e.into()))?
         .with_intra_op_spinning(options.intra_spinning)
-        .map_err(|e| Error::Model(e.to_string()))?;
+        .map_err(|e| model_error(e.into()))?;
     if options.intra_threads > 0 {
-        builder = builder.with_intra_threads(options.intra_threads).map_err(|e| Error::Model(e.to_string()))?;
+        builder = builder.with_intra_threads(options.intra_threads).map_err(|e| model_error(e.into()))?;
     }
     Ok(builder)
 }

@@ -168,10 +168,6 @@ impl Admission {
         self.lock().places()
     }
 
-    pub fn config(&self) -> &AdmissionConfig {
-        &self.config
-    }
-
     /// A place, at once or within the configured wait; `None`: refuse the request.
     pub async fn acquire(self: &Arc<Self>) -> Option<Place> {
         let mut waiting = {

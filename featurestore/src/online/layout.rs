@@ -38,6 +38,15 @@ impl Entity {
         }
     }
 
+    /// The feature holding this entity's id (`user_id`, …).
+    pub fn id_feature(self) -> &'static str {
+        match self {
+            Self::User => "user_id",
+            Self::Ad => "ad_id",
+            Self::Advertiser => "advertiser_id",
+        }
+    }
+
     /// The prefix of this entity's counter features (`user_clicks_7d`, …).
     pub fn feature_prefix(self) -> &'static str {
         match self {

@@ -77,21 +77,24 @@ impl Fetched {
     /// What serving uses when the store cannot be read in time: every entity known only by
     /// its id, so the transforms apply the spec's defaults to everything else.
     pub fn ids_only(user_id: &str, ads: &[AdRef<'_>]) -> Self {
-        let id =
-            |name: &'static str, value: &str| RawFeatures::from_iter([(Cow::Borrowed(name), RawValue::from(value))]);
         Self {
-            user: id("user_id", user_id),
+            user: id_record(Entity::User, user_id),
             ads: ads
                 .iter()
                 .map(|ad| AdFeatures {
-                    ad: Arc::new(id("ad_id", ad.ad_id)),
-                    advertiser: Arc::new(id("advertiser_id", ad.advertiser_id)),
+                    ad: Arc::new(id_record(Entity::Ad, ad.ad_id)),
+                    advertiser: Arc::new(id_record(Entity::Advertiser, ad.advertiser_id)),
                     ad_age_hours: RawValue::Missing,
                 })
                 .collect(),
             ..Self::default()
         }
     }
+}
+
+/// What a missing entity contributes: its id alone.
+fn id_record(entity: Entity, id: &str) -> RawFeatures {
+    RawFeatures::from_iter([(Cow::Borrowed(entity.id_feature()), RawValue::from(id))])
 }
 
 impl Default for AdFeatures {
@@ -205,7 +208,7 @@ impl Stored {
 
     /// The entity's id, attributes and counters at `now_ms`, as a record: computed once per
     /// counter bucket and shared.
-    fn record(&self, entity: Entity, id_name: &'static str, id: &str, now_ms: i64) -> Arc<RawFeatures> {
+    fn record(&self, entity: Entity, id: &str, now_ms: i64) -> Arc<RawFeatures> {
         // Every window's buckets are whole multiples of the finest one, so the finest bucket
         // holding `now_ms` fixes every window's sum.
         let bucket = now_ms.div_euclid(FINEST_BUCKET_MS);
@@ -216,7 +219,7 @@ impl Stored {
             return record.clone();
         }
         let mut entries = Vec::with_capacity(1 + self.attributes.len() + 2 * WINDOWS.len());
-        entries.push((Cow::Borrowed(id_name), RawValue::from(id)));
+        entries.push((Cow::Borrowed(entity.id_feature()), RawValue::from(id)));
         self.features(entity, now_ms, &mut entries);
         let record = Arc::new(RawFeatures::from_iter(entries));
         *memo = Some((bucket, record.clone()));
@@ -278,7 +281,8 @@ impl Wanted {
     /// counters or `ad_age_hours`, which every read provides).
     pub fn from_spec(spec: &FeatureSpec) -> Self {
         let provided = |name: &str| {
-            ["user_id", "ad_id", "advertiser_id", "ad_age_hours"].contains(&name)
+            [Entity::User, Entity::Ad, Entity::Advertiser].iter().any(|e| e.id_feature() == name)
+                || name == AdFeatures::AGE
                 || WINDOWS.iter().any(|w| {
                     ["user", "ad", "advertiser"].iter().any(|p| {
                         name == format!("{p}_clicks_{}", w.name) || name == format!("{p}_impressions_{}", w.name)
@@ -430,11 +434,8 @@ impl Reader {
         };
         let cache_hits = stored.iter().filter(|s| s.is_some()).count();
         let wanted: Vec<usize> = (0..entities.len()).filter(|&i| stored[i].is_none()).collect();
-        let kind = |i: usize| match entities[i].0 {
-            Entity::User => 0,
-            Entity::Ad => 1,
-            Entity::Advertiser => 2,
-        };
+        // Users, ads, advertisers: the order of `Wanted`'s lists.
+        let kind = |i: usize| entities[i].0 as usize;
         let mut pipe = redis::pipe();
         for &i in &wanted {
             let (entity, id) = entities[i];
@@ -466,7 +467,7 @@ impl Reader {
         let live: Vec<bool> = (0..entities.len()).map(|i| held(i).live(now_ms, self.ttl_ms)).collect();
         // Distinct ads and advertisers count once, however many candidates share them.
         let mut missing = Missing { users: usize::from(!live[0]), ..Missing::default() };
-        for (&(entity, _), &i) in &index {
+        for (i, &(entity, _)) in entities.iter().enumerate().skip(1) {
             if !live[i] {
                 match entity {
                     Entity::Ad => missing.ads += 1,
@@ -479,18 +480,11 @@ impl Reader {
         let records: Vec<Arc<RawFeatures>> = entities
             .iter()
             .enumerate()
-            .map(|(i, &(entity, id))| {
-                let id_name = match entity {
-                    Entity::User => "user_id",
-                    Entity::Ad => "ad_id",
-                    Entity::Advertiser => "advertiser_id",
-                };
-                if live[i] {
-                    held(i).record(entity, id_name, id, now_ms)
-                } else {
-                    Arc::new(RawFeatures::from_iter([(Cow::Borrowed(id_name), RawValue::from(id))]))
-                }
-            })
+            .map(
+                |(i, &(entity, id))| {
+                    if live[i] { held(i).record(entity, id, now_ms) } else { Arc::new(id_record(entity, id)) }
+                },
+            )
             .collect();
         let user = (*records[0]).clone();
         let per_ad = slots

@@ -32,7 +32,7 @@ pub(crate) struct Args {
     /// Execution providers to measure, comma-separated: cpu, cuda. The CPU is always measured
     /// first: it is what the others are checked against.
     #[arg(long, value_delimiter = ',', default_value = "cpu")]
-    providers: Vec<String>,
+    providers: Vec<Provider>,
     /// Rows per model run, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,64,200,1024,4096")]
     batches: Vec<usize>,
@@ -71,7 +71,12 @@ struct Measurement {
 }
 
 pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
-    let providers = parse_providers(&args.providers)?;
+    let mut providers = vec![Provider::Cpu];
+    for &provider in &args.providers {
+        if !providers.contains(&provider) {
+            providers.push(provider);
+        }
+    }
     let config = &loaded.config;
     let spec = FeatureSpec::load(&args.spec)?;
     let registry = Registry::open(&config.registry)?;
@@ -110,21 +115,6 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     }
     let fell_back = measurements.iter().any(|m| m.provider != m.ran_on);
     Ok(if fell_back { ExitCode::FAILURE } else { ExitCode::SUCCESS })
-}
-
-fn parse_providers(names: &[String]) -> anyhow::Result<Vec<Provider>> {
-    let mut providers = vec![Provider::Cpu];
-    for name in names {
-        let provider = match name.trim() {
-            "cpu" => Provider::Cpu,
-            "cuda" => Provider::Cuda,
-            other => bail!("unknown execution provider {other:?}: expected cpu or cuda"),
-        };
-        if !providers.contains(&provider) {
-            providers.push(provider);
-        }
-    }
-    Ok(providers)
 }
 
 fn measure_all(
