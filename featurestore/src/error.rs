@@ -38,6 +38,11 @@ pub enum Error {
     #[error("training log partition {partition}: commit {seq} was made by another ingester")]
     LogConflict { partition: i32, seq: u64 },
 
+    /// A task of the ingester (a round's apply, a log commit) ended without an answer: the
+    /// runtime is shutting down.
+    #[error("an ingester task stopped before it answered: {0}")]
+    TaskStopped(String),
+
     /// No tansu executable was found in any of the places adrank looks.
     #[error(
         "no tansu broker executable found (tried: {}); run ./dev.sh setup to build it, or set \

@@ -33,15 +33,29 @@ pub(crate) async fn run_step(loaded: &Loaded, args: &[&str], env: &[(String, Str
 
 /// `GET path` on `addr`: the status and the body (`None` when there was no answer).
 pub(crate) async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let (status, body) = exchange(addr, &format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n"), b"").await?;
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// `POST path` of a JSON `body` on `addr`: the status and the body.
+pub(crate) async fn post(addr: SocketAddr, path: &str, body: &[u8]) -> Option<(u16, Vec<u8>)> {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    exchange(addr, &head, body).await
+}
+
+/// One request on a fresh connection (`head` without its final blank line), read to the close.
+async fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> Option<(u16, Vec<u8>)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
+    stream.write_all(format!("{head}connection: close\r\n\r\n").as_bytes()).await.ok()?;
+    stream.write_all(body).await.ok()?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.ok()?;
-    let text = String::from_utf8_lossy(&response);
-    let status = text.get(9..12)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
-    Some((status, body))
+    let status = std::str::from_utf8(response.get(9..12)?).ok()?.parse().ok()?;
+    let start = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    Some((status, response.split_off(start)))
 }
 
 /// Starts `adrank serve --follow production` on `addr` and waits until `/readyz` says 200.
@@ -52,13 +66,22 @@ pub(crate) async fn start_server(
     timeout: Duration,
 ) -> anyhow::Result<Child> {
     let listen = addr.to_string();
-    let mut server = adrank(loaded, &["serve", "--follow", "production", "--listen", &listen], env)?
-        .spawn()
-        .context("cannot start adrank serve")?;
+    start_ready(loaded, &["serve", "--follow", "production", "--listen", &listen], addr, env, timeout).await
+}
+
+/// Starts `adrank <args>`, a server listening on `addr`, and waits until `/readyz` says 200.
+pub(crate) async fn start_ready(
+    loaded: &Loaded,
+    args: &[&str],
+    addr: SocketAddr,
+    env: &[(String, String)],
+    timeout: Duration,
+) -> anyhow::Result<Child> {
+    let mut server = adrank(loaded, args, env)?.spawn().with_context(|| format!("cannot start adrank {}", args[0]))?;
     let waiting = std::time::Instant::now();
     while get(addr, "/readyz").await.map(|(s, _)| s) != Some(200) {
         if let Some(status) = server.try_wait()? {
-            bail!("the server exited before it was ready ({status})");
+            bail!("`adrank {}` exited before it was ready ({status})", args.join(" "));
         }
         if waiting.elapsed() > timeout {
             bail!("the server at {addr} was not ready within {} s", timeout.as_secs());

@@ -224,6 +224,107 @@ async fn the_cache_serves_ads_and_advertisers_but_never_users() {
     assert!(error.contains("1001"), "{error}");
 }
 
+/// The apply script updates a ring in place while it stays put and rebuilds it when it moves
+/// forward: random rounds of on-time, late and far-jumping events, read back after each round,
+/// must count exactly what a brute-force sum over the events counts.
+#[tokio::test]
+async fn windowed_counters_match_a_brute_force_count_over_random_rounds() {
+    use adrank_featurestore::online::layout::WINDOWS;
+    let redis = TestRedis::new().await;
+    let mut writer = Writer::connect(&redis.config).await.unwrap();
+    let prefix = writer.prefix().to_string();
+    let reader = Reader::connect(&RedisConfig { cache_ttl_ms: 0, ..redis.config.clone() }).await.unwrap();
+    // A fixed-seed generator: the same rounds every run.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    const MINUTE: i64 = 60_000;
+    let mut events: Vec<(i64, bool)> = Vec::new();
+    let mut now = T0;
+    for round in 0..120i64 {
+        // Mostly minutes ahead, sometimes hours or days: the rings stay, move, or wrap.
+        now += [0, 1, 3, 7, 25, 130, 500, 2_000, 9_000][next(9) as usize] * MINUTE;
+        let mut updates = Updates::default();
+        for e in 0..1 + next(4) {
+            // Some events are late: minutes to days behind the newest.
+            let lag = [0, 0, 0, 4, 45, 300, 1_500, 8_000][next(8) as usize] * MINUTE;
+            let time = now - lag;
+            let shown = impression(&format!("i{round}-{e}"), "u", "a", "v", time);
+            updates.impression(&prefix, &shown);
+            events.push((time, false));
+            if next(3) == 0 {
+                updates.click(&prefix, &click(&shown, time));
+                events.push((time, true));
+            }
+        }
+        let expected = (round > 0).then_some(round);
+        assert_eq!(apply(&mut writer, 0, expected, round + 1, &updates).await, Outcome::Applied);
+        for read_at in [now, now + next(3_000) as i64 * MINUTE] {
+            let read = reader.fetch("u", &[], read_at).await.unwrap();
+            for window in &WINDOWS {
+                let current = read_at.div_euclid(window.bucket_ms);
+                let counted = |clicks: bool| {
+                    let in_window = |t: i64| {
+                        (current - i64::from(window.buckets) + 1..=current).contains(&t.div_euclid(window.bucket_ms))
+                    };
+                    events.iter().filter(|&&(t, c)| c == clicks && in_window(t)).count() as f64
+                };
+                for (clicks, name) in [(false, "impressions"), (true, "clicks")] {
+                    let feature = format!("user_{name}_{}", window.name);
+                    assert_eq!(
+                        num(&read.user, &feature),
+                        Some(counted(clicks)),
+                        "{feature} after round {round}, read {} min after the newest event",
+                        (read_at - now) / MINUTE
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_cached_entity_past_half_its_ttl_is_served_and_refreshed_in_the_background() {
+    let redis = TestRedis::new().await;
+    let mut writer = Writer::connect(&redis.config).await.unwrap();
+    let prefix = writer.prefix().to_string();
+    let mut updates = Updates::default();
+    updates.impression(&prefix, &impression("i", "u", "a", "v", T0));
+    assert_eq!(apply(&mut writer, 0, None, 1, &updates).await, Outcome::Applied);
+    let ttl = Duration::from_secs(4);
+    let reader =
+        Reader::connect(&RedisConfig { cache_ttl_ms: ttl.as_millis() as u64, ..redis.config.clone() }).await.unwrap();
+    let ads = [AdRef { ad_id: "a", advertiser_id: "v" }];
+    let started = std::time::Instant::now();
+    assert_eq!(reader.fetch("u", &ads, T0).await.unwrap().cache_hits, 0);
+    let mut updates = Updates::default();
+    updates.impression(&prefix, &impression("j", "u", "a", "v", T0));
+    assert_eq!(apply(&mut writer, 0, Some(1), 2, &updates).await, Outcome::Applied);
+
+    // Past half the TTL: still the cached hash (the change is not visible yet), and a refresh
+    // starts behind the read.
+    tokio::time::sleep(ttl * 5 / 8).await;
+    let stale = reader.fetch("u", &ads, T0).await.unwrap();
+    assert_eq!(stale.cache_hits, 2);
+    assert_eq!(num(&stale.ads[0].record(), "ad_impressions_7d"), Some(1.0), "served from the cache");
+    // Before the TTL runs out, the cache holds the refreshed hash: reads hit it and see the
+    // change, with no read of their own.
+    let refreshed = loop {
+        let read = reader.fetch("u", &ads, T0).await.unwrap();
+        assert_eq!(read.cache_hits, 2, "the entry must not expire while it is refreshed");
+        if num(&read.ads[0].record(), "ad_impressions_7d") == Some(2.0) {
+            break read;
+        }
+        assert!(started.elapsed() < ttl * 15 / 16, "no background refresh landed before the TTL ran out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(num(&refreshed.ads[0].advertiser, "advertiser_impressions_7d"), Some(2.0));
+}
+
 #[tokio::test]
 async fn a_fenced_partition_leaves_the_rest_of_the_round_applied() {
     let redis = TestRedis::new().await;

@@ -10,9 +10,11 @@
 //!   -> load new partitions' state: Redis watermark, training-log checkpoint (seek back if needed)
 //!   -> decode; refusals go to the dead-letter topic (confirmed before anything moves past them)
 //!   -> fold into per-partition Updates and feed the partition's Joiner
-//!   -> one pipelined Redis round trip: per partition, updates + watermark, atomically
-//!   -> commit due training-log checkpoints (Parquet files, then the commit record)
-//!   -> commit Kafka offsets: the lower of what Redis and the log still need
+//!   -> wait for the previous round's Redis apply (it ran while this round was read and decoded)
+//!   -> start this round's: one script call, per partition updates + watermark, atomically
+//!   -> record finished training-log commits; start due ones in the background (Parquet
+//!      files, then the commit record; one at a time per partition)
+//!   -> commit Kafka offsets: the lower of what Redis (as settled) and the log still need
 //! ```
 //!
 //! Redis and the training log are the truth about progress; Kafka's committed offsets only say
@@ -46,7 +48,7 @@ pub use dead_letter::Refusal;
 use crate::{
     Error, KafkaConfig, RedisConfig, Result, kafka, metrics,
     online::Writer,
-    training_log::{Checkpoint, Joiner, TrainingLog},
+    training_log::{Checkpoint, Commit, Joiner, TrainingLog},
 };
 use dead_letter::DeadLetters;
 
@@ -170,6 +172,8 @@ struct LogState {
     next_seq: u64,
     committed: Checkpoint,
     last_commit: Instant,
+    /// The commit under way, if any (sequence `next_seq`).
+    committing: Option<tokio::task::JoinHandle<Result<Commit>>>,
 }
 
 /// A feature-store ingester.
@@ -184,6 +188,8 @@ pub struct Ingester {
     names: [String; 4],
     partitions: HashMap<(Kind, i32), PartitionState>,
     logs: HashMap<i32, LogState>,
+    /// The last round's apply, while Redis runs it.
+    in_flight: Option<round::InFlight>,
     totals: Totals,
 }
 
@@ -233,6 +239,7 @@ impl Ingester {
             names,
             partitions: HashMap::new(),
             logs: HashMap::new(),
+            in_flight: None,
             totals: Totals::default(),
         })
     }
@@ -263,12 +270,13 @@ impl Ingester {
             if let Err(e) = self.round(batch, idle).await {
                 break Err(e);
             }
-            if idle && self.logs.values().all(|l| l.joiner.closed() == 0) {
+            if idle && self.in_flight.is_none() && self.logs.values().all(|l| l.joiner.closed() == 0) {
                 break Ok(());
             }
         };
         if result.is_ok() {
-            // A last commit of everything closed, so a clean stop replays nothing.
+            // A last commit of everything applied and closed, so a clean stop replays nothing.
+            self.settle().await?;
             self.commit_logs(true).await?;
             self.commit_offsets();
         }

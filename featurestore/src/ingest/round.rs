@@ -42,10 +42,28 @@ fn decode(kind: Kind, message: &OwnedMessage) -> Result<Decoded, Refusal> {
     })
 }
 
+/// Messages decoded between yields to the runtime.
+const YIELD_EVERY: usize = 256;
+
 /// A partition's share of one round.
 #[derive(Default)]
 struct Share {
     updates: Updates,
+    event_times: Vec<i64>,
+}
+
+/// A round's apply, running in Redis while the next round is read.
+pub(super) struct InFlight {
+    task: tokio::task::JoinHandle<Result<(Vec<Outcome>, i64)>>,
+    batches: Vec<PendingBatch>,
+}
+
+/// What settling one partition batch needs to know.
+struct PendingBatch {
+    kind: Kind,
+    partition: i32,
+    next: i64,
+    events: usize,
     event_times: Vec<i64>,
 }
 
@@ -65,7 +83,13 @@ impl Ingester {
         let prefix = self.writer.prefix().to_string();
         let mut shares: BTreeMap<(Kind, i32), Share> = BTreeMap::new();
         let mut deliveries = Vec::new();
-        for (kind, message) in batch {
+        for (i, (kind, message)) in batch.into_iter().enumerate() {
+            // Decoding a round is tens of milliseconds of CPU: yield now and then, so that the
+            // apply task and the Redis connection's driver (woken on this worker, where only
+            // this task's yields let them run) send the previous round's script meanwhile.
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
+            }
             let (partition, offset) = (message.partition(), message.offset());
             if sought.contains(&(kind, partition)) {
                 continue;
@@ -98,16 +122,22 @@ impl Ingester {
         }
         let decoded = started.elapsed();
         self.dead_letters.confirm(deliveries).await?;
-        self.apply(&shares).await?;
-        let applied = started.elapsed();
+        // The previous round's apply ran in Redis while this round was read and decoded; its
+        // outcome fixes the watermarks this round's batches expect.
+        self.settle().await?;
+        let settled = started.elapsed();
+        self.start_apply(shares);
+        // Let the apply task run at once: spawned from this worker, it waits in this worker's
+        // next-task slot, which other workers do not take, until this task yields.
+        tokio::task::yield_now().await;
         self.commit_logs(idle).await?;
         self.commit_offsets();
         if messages > 0 {
             tracing::debug!(
                 messages,
                 decode_ms = decoded.as_secs_f64() * 1e3,
-                apply_ms = (applied - decoded).as_secs_f64() * 1e3,
-                log_ms = (started.elapsed() - applied).as_secs_f64() * 1e3,
+                wait_apply_ms = (settled - decoded).as_secs_f64() * 1e3,
+                log_ms = (started.elapsed() - settled).as_secs_f64() * 1e3,
                 "round"
             );
         }
@@ -177,6 +207,7 @@ impl Ingester {
                 next_seq: latest.map_or(0, |c| c.seq + 1),
                 committed: checkpoint,
                 last_commit: Instant::now(),
+                committing: None,
             },
         );
         Ok(())
@@ -189,44 +220,74 @@ impl Ingester {
         self.partitions.remove(&(Kind::Clicks, partition));
     }
 
-    /// Applies every partition's share in one round trip.
-    async fn apply(&mut self, shares: &BTreeMap<(Kind, i32), Share>) -> Result<()> {
-        let mut keys = Vec::new();
+    /// Starts applying every partition's share in one round trip, in a task of its own, so
+    /// that Redis runs this round's script while the next round is read and decoded (the two
+    /// took turns before, each idle half the time). [`Ingester::settle`] collects the outcome.
+    fn start_apply(&mut self, shares: BTreeMap<(Kind, i32), Share>) {
+        debug_assert!(self.in_flight.is_none(), "the previous apply is settled first");
         let mut batches = Vec::new();
-        for (&(kind, partition), share) in shares {
+        let mut pending = Vec::new();
+        for ((kind, partition), share) in shares {
+            // A partition fenced while this round was decoded is gone: its share goes with it.
             let Some(state) = self.partitions.get(&(kind, partition)) else { continue };
             if state.applied.is_some_and(|applied| applied >= state.next) {
                 continue; // a replay of what Redis already holds
             }
-            keys.push((kind, partition));
-            batches.push(PartitionBatch {
-                topic: &self.names[kind as usize],
+            pending.push(PendingBatch {
+                kind,
                 partition,
-                expected: state.applied,
                 next: state.next,
-                updates: &share.updates,
+                events: share.updates.events(),
+                event_times: share.event_times,
             });
+            batches.push((self.names[kind as usize].clone(), partition, state.applied, state.next, share.updates));
         }
         if batches.is_empty() {
-            return Ok(());
+            return;
         }
-        let started = Instant::now();
-        let outcomes = self.writer.apply(&batches).await?;
-        metrics::write_seconds(started.elapsed().as_secs_f64());
-        let next: Vec<i64> = batches.iter().map(|b| b.next).collect();
-        drop(batches);
-        let now_ms = crate::training_log::now_ms();
-        for (((kind, partition), outcome), next) in keys.into_iter().zip(outcomes).zip(next) {
-            let share = &shares[&(kind, partition)];
+        let mut writer = self.writer.clone();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let borrowed: Vec<PartitionBatch<'_>> = batches
+                .iter()
+                .map(|(topic, partition, expected, next, updates)| PartitionBatch {
+                    topic,
+                    partition: *partition,
+                    expected: *expected,
+                    next: *next,
+                    updates,
+                })
+                .collect();
+            let outcomes = writer.apply(&borrowed).await?;
+            metrics::write_seconds(started.elapsed().as_secs_f64());
+            Ok((outcomes, crate::training_log::now_ms()))
+        });
+        self.in_flight = Some(InFlight { task, batches: pending });
+    }
+
+    /// Waits for the apply in flight, if any, and records its outcome: applied partitions move
+    /// their watermark, fenced ones are forgotten (to be loaded afresh).
+    pub(super) async fn settle(&mut self) -> Result<()> {
+        let Some(InFlight { task, batches }) = self.in_flight.take() else { return Ok(()) };
+        let (outcomes, applied_ms) = match task.await {
+            Ok(result) => result?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(Error::TaskStopped(e.to_string())),
+        };
+        for (batch, outcome) in batches.into_iter().zip(outcomes) {
+            let PendingBatch { kind, partition, next, events, event_times } = batch;
             match outcome {
                 Outcome::Applied => {
+                    // Watermarks only move forward. The partition may have been revoked and
+                    // assigned again meanwhile, its state loaded afresh from a watermark read
+                    // before or after this apply landed: either way the later one holds.
                     if let Some(state) = self.partitions.get_mut(&(kind, partition)) {
-                        state.applied = Some(next);
+                        state.applied = state.applied.max(Some(next));
                     }
-                    self.totals.applied[kind as usize] += share.updates.events() as u64;
-                    metrics::applied(self.topic(kind), share.updates.events());
-                    for time in &share.event_times {
-                        metrics::freshness_seconds((now_ms - time).max(0) as f64 / 1000.0);
+                    self.totals.applied[kind as usize] += events as u64;
+                    metrics::applied(self.topic(kind), events);
+                    for time in event_times {
+                        metrics::freshness_seconds((applied_ms - time).max(0) as f64 / 1000.0);
                     }
                 }
                 Outcome::Fenced { current } => {
@@ -250,15 +311,20 @@ impl Ingester {
         Ok(())
     }
 
-    /// Commits the training log of every partition whose commit is due (all, when `force`).
+    /// Moves the training log on: records the commits that finished, and starts one for every
+    /// partition whose commit is due (all, when `force`; then waits for them). A commit (Parquet
+    /// encoding, files, the commit record) runs in a task of its own, at most one per partition,
+    /// so that the rounds and Redis keep going meanwhile: a commit of every partition at once
+    /// used to stop the ingester for about a second every five.
     pub(super) async fn commit_logs(&mut self, force: bool) -> Result<()> {
+        self.finish_log_commits(force).await?;
         let partitions: Vec<i32> = self.logs.keys().copied().collect();
         for partition in partitions {
             let log = self.logs.get_mut(&partition).expect("listed just above");
             let due = force
                 || log.joiner.closed() >= self.config.log_commit_examples
                 || log.last_commit.elapsed() >= self.config.log_commit_interval();
-            if !due {
+            if !due || log.committing.is_some() {
                 continue;
             }
             let (examples, checkpoint) = log.joiner.take_closed();
@@ -267,25 +333,39 @@ impl Ingester {
                 continue;
             }
             let (late_clicks, orphan_clicks) = log.joiner.take_counts();
-            let request = CommitRequest {
-                partition,
-                seq: log.next_seq,
-                checkpoint: checkpoint.clone(),
-                late_clicks,
-                orphan_clicks,
+            let request = CommitRequest { partition, seq: log.next_seq, checkpoint, late_clicks, orphan_clicks };
+            let training_log = self.log.clone();
+            log.committing = Some(tokio::spawn(async move { training_log.commit(request, examples).await }));
+        }
+        if force {
+            self.finish_log_commits(true).await?;
+        }
+        Ok(())
+    }
+
+    /// Records the log commits that have finished (all of them, waiting, when `wait`).
+    async fn finish_log_commits(&mut self, wait: bool) -> Result<()> {
+        let partitions: Vec<i32> = self.logs.keys().copied().collect();
+        for partition in partitions {
+            let log = self.logs.get_mut(&partition).expect("listed just above");
+            let Some(task) = log.committing.take_if(|task| wait || task.is_finished()) else { continue };
+            let result = match task.await {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => return Err(Error::TaskStopped(e.to_string())),
             };
-            match self.log.commit(request, examples).await {
+            match result {
                 Ok(commit) => {
                     let log = self.logs.get_mut(&partition).expect("still held");
                     log.next_seq += 1;
-                    log.committed = checkpoint;
+                    log.committed = commit.checkpoint.clone();
                     log.last_commit = Instant::now();
                     self.totals.examples += commit.examples;
-                    self.totals.late_clicks += late_clicks;
-                    self.totals.orphan_clicks += orphan_clicks;
+                    self.totals.late_clicks += commit.late_clicks;
+                    self.totals.orphan_clicks += commit.orphan_clicks;
                     metrics::examples(commit.clicked, commit.examples - commit.clicked);
-                    metrics::late_clicks(late_clicks);
-                    metrics::orphan_clicks(orphan_clicks);
+                    metrics::late_clicks(commit.late_clicks);
+                    metrics::orphan_clicks(commit.orphan_clicks);
                 }
                 Err(Error::LogConflict { partition, seq }) => {
                     tracing::warn!(partition, seq, "another ingester committed this partition's log; reloading it");

@@ -42,59 +42,68 @@ local function newer(value, stored)
   return stored == false or tonumber(value) > tonumber(stored)
 end
 
+-- One slot's counts, added to in place: the ring as a string, with slot `s` (0-based) replaced.
+local function add(ring, s, impressions, clicks)
+  local at = 5 + 8 * s
+  local i, c = struct.unpack('<I4I4', ring, at)
+  return string.sub(ring, 1, at - 1) .. struct.pack('<I4I4', i + impressions, c + clicks) .. string.sub(ring, at + 8)
+end
+
 for i = 1, counters do
   local key = KEYS[1 + i]
   local seen, n = ARGV[a], tonumber(ARGV[a + 1])
-  a = a + 2
+  local first = a + 2
+  a = first + 3 * n
   local held = redis.call('HMGET', key, 'seen_ms', unpack(fields))
-  -- Each ring as a table: [1] the newest bucket, then impressions and clicks per slot.
-  local rings = {}
-  for w = 1, #windows do
-    local size = windows[w][2]
-    local value = held[1 + w]
-    if value and #value == 4 + 8 * size then
-      rings[w] = {struct.unpack(formats[w], value)}
-      rings[w][2 + 2 * size] = nil -- struct.unpack also returns the next position
-    else
-      rings[w] = false
-    end
-  end
-  for _ = 1, n do
-    local t, impressions, clicks = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-    a = a + 3
-    for w = 1, #windows do
-      local width, size = windows[w][1], windows[w][2]
-      local bucket = math.floor(t / width)
-      local ring = rings[w]
-      if not ring then
-        ring = {bucket}
-        for k = 2, 1 + 2 * size do ring[k] = 0 end
-        rings[w] = ring
-      end
-      local newest = ring[1]
-      if bucket > newest then
-        -- The ring moves forward: slots of the buckets passed over start empty.
-        for b = newest + 1, math.min(bucket, newest + size) do
-          local s = b % size
-          ring[2 + 2 * s], ring[3 + 2 * s] = 0, 0
-        end
-        ring[1] = bucket
-        newest = bucket
-      end
-      -- An event older than the ring's oldest bucket has left the window: it no longer counts.
-      if bucket > newest - size then
-        local s = bucket % size
-        ring[2 + 2 * s] = ring[2 + 2 * s] + impressions
-        ring[3 + 2 * s] = ring[3 + 2 * s] + clicks
-      end
-    end
-  end
   local set = {}
   for w = 1, #windows do
-    if rings[w] then
-      set[#set + 1] = fields[w]
-      set[#set + 1] = struct.pack(formats[w], unpack(rings[w]))
+    local width, size = windows[w][1], windows[w][2]
+    local value = held[1 + w]
+    if not (value and #value == 4 + 8 * size) then
+      value = false
     end
+    -- The events' buckets come in ascending order: the last is the newest.
+    local last = math.floor(tonumber(ARGV[a - 3]) / width)
+    local newest = value and struct.unpack('<I4', value)
+    if value and last <= newest then
+      -- The common case: the ring does not move, only the events' slots change.
+      for e = first, a - 1, 3 do
+        local bucket = math.floor(tonumber(ARGV[e]) / width)
+        -- An event older than the ring's oldest bucket has left the window: it no longer counts.
+        if bucket > newest - size then
+          value = add(value, bucket % size, tonumber(ARGV[e + 1]), tonumber(ARGV[e + 2]))
+        end
+      end
+    else
+      -- The ring moves forward (or starts): as a table, [1] the newest bucket, then
+      -- impressions and clicks per slot.
+      local ring
+      if value then
+        ring = {struct.unpack(formats[w], value)}
+        ring[2 + 2 * size] = nil -- struct.unpack also returns the next position
+      else
+        ring = {last}
+        for k = 2, 1 + 2 * size do ring[k] = 0 end
+        newest = last
+      end
+      -- Slots of the buckets passed over start empty.
+      for b = newest + 1, math.min(last, newest + size) do
+        local s = b % size
+        ring[2 + 2 * s], ring[3 + 2 * s] = 0, 0
+      end
+      ring[1] = last
+      for e = first, a - 1, 3 do
+        local bucket = math.floor(tonumber(ARGV[e]) / width)
+        if bucket > last - size then
+          local s = bucket % size
+          ring[2 + 2 * s] = ring[2 + 2 * s] + tonumber(ARGV[e + 1])
+          ring[3 + 2 * s] = ring[3 + 2 * s] + tonumber(ARGV[e + 2])
+        end
+      end
+      value = struct.pack(formats[w], unpack(ring))
+    end
+    set[#set + 1] = fields[w]
+    set[#set + 1] = value
   end
   if newer(seen, held[1]) then
     set[#set + 1] = 'seen_ms'

@@ -326,6 +326,11 @@ impl Wanted {
 
 /// A short-lived cache of ad and advertiser hashes (including absent ones), by kind and id: a
 /// lookup neither formats the Redis key nor allocates.
+///
+/// An entry is served for `ttl` after it was read, never longer. Past half of that, the read
+/// that finds it still uses it but starts a refresh in the background (refresh-ahead): a hot
+/// entity is then read again before it expires, instead of every entity cached in the same
+/// second expiring together and one request paying for reading them all again.
 #[derive(Debug)]
 struct Cache {
     ttl: Duration,
@@ -334,8 +339,17 @@ struct Cache {
     entries: Mutex<[Entries; 2]>,
 }
 
-/// One kind's cached hashes by id, with when each was read.
-type Entries = FxHashMap<Box<str>, (Instant, Arc<Stored>)>;
+/// One cached hash.
+#[derive(Debug)]
+struct Entry {
+    read_at: Instant,
+    stored: Arc<Stored>,
+    /// A background refresh of it is under way.
+    refreshing: bool,
+}
+
+/// One kind's cached hashes by id.
+type Entries = FxHashMap<Box<str>, Entry>;
 
 impl Cache {
     /// Where `entity`'s entries live; users are never cached.
@@ -343,30 +357,52 @@ impl Cache {
         usize::from(entity == Entity::Advertiser)
     }
 
-    fn get(&self, ids: &[(Entity, &str)], now: Instant) -> Vec<Option<Arc<Stored>>> {
-        let entries = self.entries.lock().expect("the cache lock is never poisoned: no panics while held");
-        ids.iter()
-            .map(|&(entity, id)| {
-                entries[Self::kind(entity)]
-                    .get(id)
-                    .filter(|(at, _)| now.duration_since(*at) < self.ttl)
-                    .map(|(_, s)| s.clone())
+    /// The cached hashes of `ids` (`None`: not cached or expired), and the positions of those
+    /// due for a refresh, now marked as being refreshed.
+    fn get(&self, ids: &[(Entity, &str)], now: Instant) -> (Vec<Option<Arc<Stored>>>, Vec<usize>) {
+        let mut entries = self.entries.lock().expect("the cache lock is never poisoned: no panics while held");
+        let mut due = Vec::new();
+        let found = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &(entity, id))| {
+                let entry = entries[Self::kind(entity)].get_mut(id)?;
+                let age = now.saturating_duration_since(entry.read_at);
+                if age >= self.ttl {
+                    return None;
+                }
+                if age >= self.ttl / 2 && !entry.refreshing {
+                    entry.refreshing = true;
+                    due.push(i);
+                }
+                Some(entry.stored.clone())
             })
-            .collect()
+            .collect();
+        (found, due)
     }
 
-    fn put<'a>(&self, fresh: impl IntoIterator<Item = ((Entity, &'a str), Arc<Stored>)>, now: Instant) {
+    fn put<'a>(&self, fresh: impl IntoIterator<Item = ((Entity, &'a str), Arc<Stored>)>, read_at: Instant) {
         let mut entries = self.entries.lock().expect("the cache lock is never poisoned: no panics while held");
         for ((entity, id), stored) in fresh {
             let map = &mut entries[Self::kind(entity)];
-            if map.len() >= self.capacity / 2 {
-                map.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
+            if map.len() >= self.capacity / 2 && !map.contains_key(id) {
+                map.retain(|_, entry| read_at.saturating_duration_since(entry.read_at) < self.ttl);
                 if map.len() >= self.capacity / 2 {
                     // Everything is fresh and the cache is full: start over rather than grow.
                     map.clear();
                 }
             }
-            map.insert(id.into(), (now, stored));
+            map.insert(id.into(), Entry { read_at, stored, refreshing: false });
+        }
+    }
+
+    /// A refresh failed: a later read may start another.
+    fn refresh_failed(&self, ids: &[(Entity, Box<str>)]) {
+        let mut entries = self.entries.lock().expect("the cache lock is never poisoned: no panics while held");
+        for (entity, id) in ids {
+            if let Some(entry) = entries[Self::kind(*entity)].get_mut(&**id) {
+                entry.refreshing = false;
+            }
         }
     }
 }
@@ -429,30 +465,20 @@ impl Reader {
             ads.iter().map(|ad| (slot(Entity::Ad, ad.ad_id), slot(Entity::Advertiser, ad.advertiser_id))).collect();
         let now = Instant::now();
         let mut stored: Vec<Option<Arc<Stored>>> = match &self.cache {
-            Some(cache) => std::iter::once(None).chain(cache.get(&entities[1..], now)).collect(),
+            Some(cache) => {
+                let (found, due) = cache.get(&entities[1..], now);
+                if !due.is_empty() {
+                    let due = due.iter().map(|&i| (entities[1 + i].0, Box::from(entities[1 + i].1))).collect();
+                    tokio::spawn(self.clone().refresh(due));
+                }
+                std::iter::once(None).chain(found).collect()
+            }
             None => vec![None; entities.len()],
         };
         let cache_hits = stored.iter().filter(|s| s.is_some()).count();
         let wanted: Vec<usize> = (0..entities.len()).filter(|&i| stored[i].is_none()).collect();
-        // Users, ads, advertisers: the order of `Wanted`'s lists.
-        let kind = |i: usize| entities[i].0 as usize;
-        let mut pipe = redis::pipe();
-        for &i in &wanted {
-            let (entity, id) = entities[i];
-            let key = entity.key(&self.prefix, id);
-            match &self.wanted {
-                Some(fields) => pipe.cmd("HMGET").arg(key).arg(&fields.fields[kind(i)]),
-                None => pipe.cmd("HGETALL").arg(key),
-            };
-        }
-        let mut connection = self.connection.clone();
-        let replies: Vec<Value> =
-            pipe.query_async(&mut connection).await.map_err(|source| Error::Redis { url: self.url.clone(), source })?;
-        for (&i, reply) in wanted.iter().zip(replies) {
-            let parsed = match &self.wanted {
-                Some(fields) => Stored::parse_fields(reply, &fields.per_entity[kind(i)]),
-                None => Stored::parse(reply),
-            };
+        let read = self.read(wanted.iter().map(|&i| entities[i])).await?;
+        for (&i, parsed) in wanted.iter().zip(read) {
             stored[i] = Some(Arc::new(parsed));
         }
         if let Some(cache) = &self.cache {
@@ -497,5 +523,40 @@ impl Reader {
             .collect();
         metrics::online_missing(missing);
         Ok(Fetched { user, ads: per_ad, missing, cache_hits })
+    }
+
+    /// Reads these entities' hashes in one pipelined round trip.
+    async fn read<'a>(&self, entities: impl Iterator<Item = (Entity, &'a str)> + Clone) -> Result<Vec<Stored>> {
+        let mut pipe = redis::pipe();
+        for (entity, id) in entities.clone() {
+            let key = entity.key(&self.prefix, id);
+            match &self.wanted {
+                Some(fields) => pipe.cmd("HMGET").arg(key).arg(&fields.fields[entity as usize]),
+                None => pipe.cmd("HGETALL").arg(key),
+            };
+        }
+        let mut connection = self.connection.clone();
+        let replies: Vec<Value> =
+            pipe.query_async(&mut connection).await.map_err(|source| Error::Redis { url: self.url.clone(), source })?;
+        Ok(entities
+            .zip(replies)
+            .map(|((entity, _), reply)| match &self.wanted {
+                Some(fields) => Stored::parse_fields(reply, &fields.per_entity[entity as usize]),
+                None => Stored::parse(reply),
+            })
+            .collect())
+    }
+
+    /// Reads cached entities again, off the request path (see [`Cache`]).
+    async fn refresh(self, due: Vec<(Entity, Box<str>)>) {
+        let Some(cache) = &self.cache else { return };
+        let read_at = Instant::now();
+        match self.read(due.iter().map(|(entity, id)| (*entity, &**id))).await {
+            Ok(read) => cache.put(due.iter().map(|(e, id)| (*e, &**id)).zip(read.into_iter().map(Arc::new)), read_at),
+            Err(e) => {
+                tracing::debug!(error = %e, entities = due.len(), "refreshing cached entities failed");
+                cache.refresh_failed(&due);
+            }
+        }
     }
 }

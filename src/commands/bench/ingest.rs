@@ -4,7 +4,8 @@
 //!    tansu broker.
 //! 2. Raw consume: a bare librdkafka consumer reads it all (the broker's limit).
 //! 3. Raw writes: pipelined `HINCRBY`s to the same Redis, one per event (Redis's limit).
-//! 4. Ingest: the real ingester reads it all into Redis and the Parquet log.
+//! 4. Ingest: the real ingester reads it all into Redis and the Parquet log; the CPU per event
+//!    of the ingester, the broker and Redis (from /proc) says what the rate would cost.
 //! 5. Reads: online reads of one user and the request's candidates, beside a naive loop with
 //!    one round trip per entity, and with the ad cache.
 //! 6. Freshness: events stamped with the wall clock are produced at half the ingest rate while
@@ -25,7 +26,7 @@ use adrank_featurestore::{
     online::{self, Wanted},
     spec::FeatureSpec,
 };
-use adrank_loadtest::world::World;
+use adrank_loadtest::{generator::cpu_seconds, world::World};
 use anyhow::{Context as _, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use serde::Serialize;
@@ -62,6 +63,8 @@ struct Results {
     raw_consume_events_per_second: f64,
     raw_redis_writes_per_second: f64,
     ingest_events_per_second: f64,
+    /// CPU per event of each process while the ingester ran (Redis's only when it runs here).
+    ingest_cpu: CpuPerEvent,
     ingest_over_slower_limit: f64,
     target_events_per_second: f64,
     reads: reads::Results,
@@ -71,6 +74,17 @@ struct Results {
 }
 
 const TARGET_EVENTS_PER_SECOND: f64 = 100_000.0;
+
+/// What one ingested event costs each process on this machine, in CPU microseconds, and the
+/// cores the three together would need at the 100k/s target.
+#[derive(Debug, Default, Serialize)]
+struct CpuPerEvent {
+    /// This process: the ingester (and the benchmark's 5 ms watermark poll).
+    ingester_us: f64,
+    broker_us: f64,
+    redis_us: Option<f64>,
+    cores_at_target: Option<f64>,
+}
 
 pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
     if args.events < 10_000 {
@@ -103,7 +117,8 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
 
     eprintln!("ingesting …");
     let ingest_config = IngestConfig { training_log: log_dir.path().display().to_string(), ..config.ingest.clone() };
-    let ingest = ingest_rate(&broker.kafka, &redis.config, &ingest_config, total).await?;
+    let pids = [Some(std::process::id()), Some(broker.pid()), redis.local_pid().await?];
+    let (ingest, ingest_cpu) = ingest_rate(&broker.kafka, &redis.config, &ingest_config, total, pids).await?;
     let slower = raw_consume.min(raw_redis);
 
     eprintln!("online reads …");
@@ -119,6 +134,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
         raw_consume_events_per_second: raw_consume,
         raw_redis_writes_per_second: raw_redis,
         ingest_events_per_second: ingest,
+        ingest_cpu,
         ingest_over_slower_limit: ingest / slower,
         target_events_per_second: TARGET_EVENTS_PER_SECOND,
         reads,
@@ -147,6 +163,17 @@ fn render(r: &Results) -> String {
             r.ingest_over_slower_limit,
             r.ingest_events_per_second / r.target_events_per_second
         ),
+    ]);
+    let c = &r.ingest_cpu;
+    table.row(vec![
+        "  CPU per event: ingester / broker / Redis".into(),
+        format!(
+            "{:.1} / {:.1} / {} us",
+            c.ingester_us,
+            c.broker_us,
+            c.redis_us.map_or("(not local)".into(), |us| format!("{us:.1}"))
+        ),
+        c.cores_at_target.map_or(String::new(), |cores| format!("{cores:.2} cores at 100k/s (this machine has 2)")),
     ]);
     let ms = |p: &Percentiles| format!("p50 {:.3} ms, p99 {:.3} ms", p.p50 * 1e3, p.p99 * 1e3);
     let reads = &r.reads;
@@ -240,29 +267,43 @@ async fn raw_redis_writes(redis: &RedisConfig, writes: u64) -> anyhow::Result<f6
 }
 
 /// The real ingester over everything published; events per second from the first applied
-/// round to the last (the group join is not timed).
+/// round to the last (the group join is not timed), and the CPU per event of the processes in
+/// `pids` (this one, the broker, Redis) over the same span.
 async fn ingest_rate(
     kafka: &KafkaConfig,
     redis: &RedisConfig,
     ingest: &IngestConfig,
     total: u64,
-) -> anyhow::Result<f64> {
+    pids: [Option<u32>; 3],
+) -> anyhow::Result<(f64, CpuPerEvent)> {
+    let cpu = || pids.map(|pid| pid.and_then(|pid| cpu_seconds(&format!("/proc/{pid}/stat"))));
     let ingester = Ingester::new(kafka, redis, ingest).await?;
     let run =
         tokio::spawn(ingester.run(RunOptions { exit_when_idle: Some(Duration::from_secs(2)) }, std::future::pending()));
     let mut connection = online::connect(redis).await?;
     let deadline = Instant::now() + Duration::from_secs(900);
-    let mut first: Option<(Instant, i64)> = None;
+    let mut first: Option<(Instant, i64, [Option<f64>; 3])> = None;
     loop {
         let applied = reads::applied(&mut connection, &redis.key_prefix).await?;
         if applied > 0 && first.is_none() {
-            first = Some((Instant::now(), applied));
+            first = Some((Instant::now(), applied, cpu()));
         }
         if applied as u64 >= total {
-            let (at, base) = first.expect("set when anything was applied");
-            let rate = (applied - base) as f64 / at.elapsed().as_secs_f64();
+            let (at, base, cpu_before) = first.expect("set when anything was applied");
+            let events = (applied - base) as f64;
+            let rate = events / at.elapsed().as_secs_f64();
+            let after = cpu();
+            let us = |i: usize| Some(1e6 * (after[i]? - cpu_before[i]?) / events.max(1.0));
+            let (ingester_us, broker_us) = (us(0).unwrap_or_default(), us(1).unwrap_or_default());
+            let per_event = CpuPerEvent {
+                ingester_us,
+                broker_us,
+                redis_us: us(2),
+                cores_at_target: us(2)
+                    .map(|redis| (ingester_us + broker_us + redis) * TARGET_EVENTS_PER_SECOND / 1e6),
+            };
             run.await??;
-            return Ok(rate);
+            return Ok((rate, per_event));
         }
         if run.is_finished() || Instant::now() > deadline {
             bail!("the ingester stopped at {applied} of {total} events");

@@ -1,6 +1,7 @@
 //! `adrank bench`: benchmarks of adrank's components, each measured beside its physical limit
 //! in the same run (these machines are shared and noisy: only ratios mean much).
 
+mod floor;
 mod ingest;
 mod loadgen;
 mod model;
@@ -39,6 +40,9 @@ enum Command {
     /// saturation vs raw ONNX Runtime; latency at half saturation with its breakdown; version
     /// swaps under load; shedding at twice saturation; memory over load/unload cycles.
     Serve(serve::Args),
+    /// The least a ranking server does per request (`bench serve` runs it).
+    #[command(hide = true)]
+    FloorServer(floor::Args),
 }
 
 pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
@@ -47,5 +51,6 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
         Command::Loadgen(args) => loadgen::run_command(args).await,
         Command::Model(args) => model::run(args, loaded).await,
         Command::Serve(args) => serve::run_command(args, loaded).await,
+        Command::FloorServer(args) => floor::run(args, loaded).await,
     }
 }

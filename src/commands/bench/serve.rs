@@ -13,6 +13,9 @@
 //! 4. Half of saturation: latency percentiles and the server's breakdown; the same load while
 //!    `production` moves between the two versions 10 times; twice saturation (it must shed with
 //!    429 and keep admitted requests fast); resident memory over 100 load/unload cycles.
+//! 5. The floor: `adrank bench floor-server` (read the request, one Redis round trip, a real
+//!    reply sent back unchanged; same HTTP stack) at the saturation rate. Its CPU per request
+//!    beside the model's bounds the overhead ratio any server of this shape reaches here.
 
 use std::{
     net::SocketAddr,
@@ -41,7 +44,7 @@ use super::{
     stack::{BenchBroker, BenchRedis},
 };
 use crate::{
-    commands::child::{free_addr, get, run_step, start_server, stop},
+    commands::child::{free_addr, get, post, run_step, start_ready, start_server, stop},
     config::Loaded,
     table::Table,
 };
@@ -140,11 +143,29 @@ struct Overhead {
     ratio: f64,
 }
 
+/// The least a server of this shape costs per request (`adrank bench floor-server`: read the
+/// request, one Redis round trip, a canned real reply) at the saturation rate, beside the
+/// model's own cost per request: the best overhead ratio any such server reaches here.
+#[derive(Debug, Serialize)]
+struct Floor {
+    rate: f64,
+    replies: u64,
+    errors: u64,
+    cpu_us_per_request: f64,
+    /// The raw model's CPU per request: candidates / raw rows per CPU-second.
+    model_cpu_us_per_request: f64,
+    /// The real server's CPU per request at saturation.
+    server_cpu_us_per_request: f64,
+    /// model / (model + floor).
+    ratio_ceiling: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct Results {
     sweep: Vec<Step>,
     saturation_rate: f64,
     overhead: Overhead,
+    floor: Floor,
     half_load: Latency,
     breakdown: Option<ServerSummary>,
     swaps: u32,
@@ -399,12 +420,52 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     // Unloading happens when the old version's last request is done: give it a moment.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_end = resident_bytes(pid)?;
+    let reply = {
+        let request = world.next_request();
+        let body = serde_json::to_vec(&world.rank_request(&request))?;
+        match post(addr, "/v1/rank", &body).await {
+            Some((200, reply)) => reply,
+            other => bail!("the server did not rank the floor's sample request: {:?}", other.map(|(s, _)| s)),
+        }
+    };
     stop(server).await?;
+
+    // The floor, at the same rate, on the same machine.
+    let reply_path = dir.path().join("floor-reply.json");
+    std::fs::write(&reply_path, reply)?;
+    let floor_addr = free_addr()?;
+    let floor_args =
+        ["bench", "floor-server", "--listen", &floor_addr.to_string(), "--reply", &reply_path.display().to_string()];
+    let floor_server = start_ready(loaded, &floor_args, floor_addr, &env, Duration::from_secs(30)).await?;
+    let floor_bench = Bench {
+        addr: floor_addr,
+        pid: floor_server.id().context("the floor server has no pid")?,
+        ranking: Arc::clone(&bench.ranking),
+        ..bench
+    };
+    let (report, _, floor_cpu) = floor_bench.run(saturation, args.duration, 1.0).await?;
+    stop(floor_server).await?;
+    let replies = report.statuses.get(&200).copied().unwrap_or(0);
+    let per_request_us = |rows_per_cpu_second: f64| 1e6 * candidates as f64 / rows_per_cpu_second;
+    let floor = Floor {
+        rate: saturation,
+        replies,
+        errors: report.statuses.values().sum::<u64>() - replies,
+        cpu_us_per_request: 1e6 * floor_cpu / replies.max(1) as f64,
+        model_cpu_us_per_request: per_request_us(overhead.raw_rows_per_cpu_second),
+        server_cpu_us_per_request: per_request_us(overhead.server_rows_per_cpu_second),
+        ratio_ceiling: 0.0,
+    };
+    let floor = Floor {
+        ratio_ceiling: floor.model_cpu_us_per_request / (floor.model_cpu_us_per_request + floor.cpu_us_per_request),
+        ..floor
+    };
 
     let results = Results {
         sweep: steps,
         saturation_rate: saturation,
         overhead,
+        floor,
         half_load,
         breakdown,
         swaps: args.swaps,
@@ -448,6 +509,15 @@ fn render(r: &Results) -> String {
         ),
     );
     row("server / raw rows per CPU-second", format!("{:.3} (target >= 0.85)", o.ratio));
+    let f = &r.floor;
+    row(
+        "CPU per request: model / server / floor",
+        format!(
+            "{:.0} / {:.0} / {:.0} us (floor: read, one Redis round trip, canned reply; {} replies, {} errors)",
+            f.model_cpu_us_per_request, f.server_cpu_us_per_request, f.cpu_us_per_request, f.replies, f.errors
+        ),
+    );
+    row("best ratio a server of this shape reaches here", format!("{:.3} = model / (model + floor)", f.ratio_ceiling));
     let h = &r.half_load;
     row(
         "half saturation p50 / p99 / p99.9",

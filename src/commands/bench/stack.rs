@@ -42,6 +42,13 @@ impl BenchBroker {
     }
 }
 
+impl BenchBroker {
+    /// The broker's process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for BenchBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -63,6 +70,14 @@ impl BenchRedis {
         };
         online::server_version(&config).await.context("Redis is not reachable: run `adrank up`")?;
         Ok(Self { config })
+    }
+
+    /// The Redis server's process id, when it runs on this machine (its `/proc` entry exists).
+    pub(super) async fn local_pid(&self) -> anyhow::Result<Option<u32>> {
+        let mut connection = online::connect(&self.config).await?;
+        let info: String = redis::cmd("INFO").arg("server").query_async(&mut connection).await?;
+        let pid = info.lines().find_map(|l| l.strip_prefix("process_id:")).and_then(|p| p.trim().parse::<u32>().ok());
+        Ok(pid.filter(|pid| std::path::Path::new(&format!("/proc/{pid}/stat")).exists()))
     }
 
     /// Deletes every key under the prefix.
