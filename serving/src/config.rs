@@ -58,7 +58,7 @@ impl Default for ServingConfig {
             max_batch_rows: 1024,
             max_queue_delay_ms: 2,
             queue_jobs: 256,
-            max_in_flight: 32,
+            max_in_flight: 64,
             min_in_flight: 2,
             latency_tolerance: 3.0,
             admission_wait_ms: 5,
