@@ -299,8 +299,7 @@ async fn ingest_rate(
                 ingester_us,
                 broker_us,
                 redis_us: us(2),
-                cores_at_target: us(2)
-                    .map(|redis| (ingester_us + broker_us + redis) * TARGET_EVENTS_PER_SECOND / 1e6),
+                cores_at_target: us(2).map(|redis| (ingester_us + broker_us + redis) * TARGET_EVENTS_PER_SECOND / 1e6),
             };
             run.await??;
             return Ok((rate, per_event));
