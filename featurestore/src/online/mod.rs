@@ -3,6 +3,7 @@
 
 pub mod layout;
 pub mod reader;
+mod resp;
 pub mod writer;
 
 pub use reader::{AdFeatures, AdRef, Fetched, Missing, Reader, Wanted};

@@ -15,12 +15,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis::{Value, aio::MultiplexedConnection};
 // Keys here are short ids hashed per candidate per request, inside the process: SipHash's
 // protection against chosen collisions costs more than it buys (it was 6% of serving's CPU).
 use rustc_hash::FxHashMap;
 
-use super::layout::{self, ATTRIBUTE_PREFIX, CREATED_FIELD, Entity, SEEN_FIELD, WINDOWS};
+use super::{
+    layout::{self, ATTRIBUTE_PREFIX, CREATED_FIELD, Entity, SEEN_FIELD, WINDOWS},
+    resp::Pool,
+};
 use crate::{
     Error, RedisConfig, Result,
     events::{RawFeatures, RawValue},
@@ -134,28 +136,20 @@ struct Stored {
 }
 
 impl Stored {
-    fn parse(value: Value) -> Self {
+    /// Parses an `HGETALL` reply: field, value, field, value, ….
+    fn parse<'a>(mut reply: impl Iterator<Item = Option<&'a [u8]>>) -> Self {
         let mut stored = Self::default();
-        let pairs: Vec<(Value, Value)> = match value {
-            Value::Map(pairs) => pairs,
-            Value::Array(items) => {
-                let mut items = items.into_iter();
-                std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect()
-            }
-            _ => return stored,
-        };
-        for (field, value) in pairs {
-            let (Value::BulkString(field), Value::BulkString(value)) = (field, value) else { continue };
-            let number = || std::str::from_utf8(&value).ok().and_then(|s| s.parse().ok());
-            match field.as_slice() {
+        while let (Some(Some(field)), Some(Some(value))) = (reply.next(), reply.next()) {
+            let number = || std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
+            match field {
                 f if f == SEEN_FIELD.as_bytes() => stored.seen_ms = number(),
                 f if f == CREATED_FIELD.as_bytes() => stored.created_ms = number(),
                 f if let Some(w) = WINDOWS.iter().position(|w| w.field.as_bytes() == f) => {
-                    stored.rings[w] = Some(value)
+                    stored.rings[w] = Some(value.to_vec())
                 }
                 f => {
                     let Some(name) = f.strip_prefix(ATTRIBUTE_PREFIX.as_bytes()) else { continue };
-                    if let (Ok(name), Some(value)) = (std::str::from_utf8(name), layout::decode_value(&value)) {
+                    if let (Ok(name), Some(value)) = (std::str::from_utf8(name), layout::decode_value(value)) {
                         stored.attributes.push((Cow::Owned(name.to_string()), value));
                     }
                 }
@@ -166,22 +160,17 @@ impl Stored {
 
     /// Parses an `HMGET` of `seen_ms`, `created_ms`, the rings and then `wanted`'s attributes
     /// (the fields [`Wanted::new`] lists).
-    fn parse_fields(value: Value, wanted: &[&'static str]) -> Self {
+    fn parse_fields<'a>(mut reply: impl Iterator<Item = Option<&'a [u8]>>, wanted: &[&'static str]) -> Self {
         let mut stored = Self::default();
-        let Value::Array(values) = value else { return stored };
-        let mut values = values.into_iter();
-        let mut next = || match values.next() {
-            Some(Value::BulkString(bytes)) => Some(bytes),
-            _ => None,
-        };
-        let number = |bytes: Option<Vec<u8>>| std::str::from_utf8(&bytes?).ok()?.parse().ok();
+        let mut next = || reply.next().flatten();
+        let number = |bytes: Option<&[u8]>| std::str::from_utf8(bytes?).ok()?.parse().ok();
         stored.seen_ms = number(next());
         stored.created_ms = number(next());
         for ring in &mut stored.rings {
-            *ring = next();
+            *ring = next().map(<[u8]>::to_vec);
         }
         for name in wanted {
-            if let Some(value) = next().and_then(|bytes| layout::decode_value(&bytes)) {
+            if let Some(value) = next().and_then(layout::decode_value) {
                 stored.attributes.push((Cow::Borrowed(*name), value));
             }
         }
@@ -410,8 +399,7 @@ impl Cache {
 /// Reads features from the online store.
 #[derive(Debug, Clone)]
 pub struct Reader {
-    connection: MultiplexedConnection,
-    url: String,
+    pool: Arc<Pool>,
     prefix: String,
     ttl_ms: i64,
     cache: Option<Arc<Cache>>,
@@ -421,7 +409,7 @@ pub struct Reader {
 impl Reader {
     /// Connects; the cache follows `cache_ttl_ms` (0: none).
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
-        let connection = super::connect(config).await?;
+        let pool = Arc::new(Pool::connect(config).await?);
         let cache = (config.cache_ttl_ms > 0 && config.cache_entries > 0).then(|| {
             Arc::new(Cache {
                 ttl: Duration::from_millis(config.cache_ttl_ms),
@@ -429,14 +417,7 @@ impl Reader {
                 entries: Mutex::default(),
             })
         });
-        Ok(Self {
-            connection,
-            url: config.url.clone(),
-            prefix: config.key_prefix.clone(),
-            ttl_ms: config.entity_ttl_ms(),
-            cache,
-            wanted: None,
-        })
+        Ok(Self { pool, prefix: config.key_prefix.clone(), ttl_ms: config.entity_ttl_ms(), cache, wanted: None })
     }
 
     /// Reads only these attributes (and the counters, ids and ad age) instead of whole hashes.
@@ -528,23 +509,26 @@ impl Reader {
     /// Reads these entities' hashes in one pipelined round trip.
     async fn read<'a>(&self, entities: impl Iterator<Item = (Entity, &'a str)> + Clone) -> Result<Vec<Stored>> {
         let mut pipe = redis::pipe();
+        let mut count = 0;
         for (entity, id) in entities.clone() {
             let key = entity.key(&self.prefix, id);
             match &self.wanted {
                 Some(fields) => pipe.cmd("HMGET").arg(key).arg(&fields.fields[entity as usize]),
                 None => pipe.cmd("HGETALL").arg(key),
             };
+            count += 1;
         }
-        let mut connection = self.connection.clone();
-        let replies: Vec<Value> =
-            pipe.query_async(&mut connection).await.map_err(|source| Error::Redis { url: self.url.clone(), source })?;
-        Ok(entities
-            .zip(replies)
-            .map(|((entity, _), reply)| match &self.wanted {
-                Some(fields) => Stored::parse_fields(reply, &fields.per_entity[entity as usize]),
-                None => Stored::parse(reply),
+        self.pool
+            .exchange(&pipe.get_packed_pipeline(), count, |replies| {
+                entities
+                    .enumerate()
+                    .map(|(i, (entity, _))| match &self.wanted {
+                        Some(fields) => Stored::parse_fields(replies.reply(i), &fields.per_entity[entity as usize]),
+                        None => Stored::parse(replies.reply(i)),
+                    })
+                    .collect()
             })
-            .collect())
+            .await
     }
 
     /// Reads cached entities again, off the request path (see [`Cache`]).
