@@ -181,6 +181,8 @@ struct Results {
     rss_growth: f64,
     /// (cycle, bytes) every 10 cycles.
     rss_series: Vec<(u32, u64)>,
+    /// Growth by the least-squares trend of the readings after every cycle from the 10th on.
+    rss_trend_growth: f64,
 }
 
 /// The sweep's first rate, requests per second.
@@ -244,6 +246,31 @@ impl Bench<'_> {
 async fn serving_version(addr: SocketAddr) -> Option<u64> {
     let (_, body) = get(addr, "/readyz").await?;
     serde_json::from_str::<serde_json::Value>(&body).ok()?["model"]["version"].as_u64()
+}
+
+/// Whether `/readyz` reports `version` serving and no other version loaded (the previous one
+/// unloaded).
+async fn only_version(addr: SocketAddr, version: u64) -> bool {
+    let Some((_, body)) = get(addr, "/readyz").await else { return false };
+    let Ok(ready) = serde_json::from_str::<serde_json::Value>(&body) else { return false };
+    ready["model"]["version"].as_u64() == Some(version)
+        && ready["loaded_versions"].as_array().is_some_and(|v| v.len() == 1 && v[0].as_u64() == Some(version))
+}
+
+/// The least-squares slope of `readings` (bytes per cycle) over their cycles.
+fn slope(readings: &[(u32, u64)]) -> f64 {
+    let n = readings.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mean_x = readings.iter().map(|&(c, _)| f64::from(c)).sum::<f64>() / n;
+    let mean_y = readings.iter().map(|&(_, b)| b as f64).sum::<f64>() / n;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for &(c, b) in readings {
+        sxy += (f64::from(c) - mean_x) * (b as f64 - mean_y);
+        sxx += (f64::from(c) - mean_x).powi(2);
+    }
+    if sxx == 0.0 { 0.0 } else { sxy / sxx }
 }
 
 /// Points `production` at `version` (compare-and-swap on the current state).
@@ -399,24 +426,42 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     let mut current = serving_version(addr).await.unwrap_or(1);
     let mut rss_warm = 0;
     let mut rss_series = Vec::new();
+    let mut rss_readings = Vec::new();
     for cycle in 1..=args.cycles {
         let next = if current == 1 { 2 } else { 1 };
         promote(&registry, next, "bench serve: load/unload cycle").await?;
         let waiting = Instant::now();
-        while serving_version(addr).await != Some(next) {
+        // Read only once the old version is unloaded: a reading with both versions loaded
+        // measures the swap, not what stays behind.
+        while !only_version(addr, next).await {
             if waiting.elapsed() > Duration::from_secs(60) {
-                bail!("cycle {cycle}: the server did not swap to version {next} within 60 s");
+                bail!("cycle {cycle}: the server did not swap to version {next} and unload the other within 60 s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         current = next;
+        // The old version's batcher thread ends, and frees its session, as its queue closes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rss = resident_bytes(pid)?;
         if cycle == 10.min(args.cycles) {
-            rss_warm = resident_bytes(pid)?;
+            rss_warm = rss;
+        }
+        if cycle >= 10.min(args.cycles) {
+            rss_readings.push((cycle, rss));
         }
         if cycle % 10 == 0 {
-            rss_series.push((cycle, resident_bytes(pid)?));
+            rss_series.push((cycle, rss));
         }
     }
+    // Growth by the trend: the least-squares line through every reading from cycle 10 on,
+    // from its value at the first reading to its value at the last, against their mean.
+    let rss_trend_growth = match (rss_readings.first(), rss_readings.last()) {
+        (Some(&(first, _)), Some(&(last, _))) if last > first => {
+            let mean = rss_readings.iter().map(|&(_, b)| b as f64).sum::<f64>() / rss_readings.len() as f64;
+            slope(&rss_readings) * f64::from(last - first) / mean
+        }
+        _ => 0.0,
+    };
     // Unloading happens when the old version's last request is done: give it a moment.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_end = resident_bytes(pid)?;
@@ -478,6 +523,7 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         rss_end_bytes: rss_end,
         rss_growth: rss_end as f64 / rss_warm.max(1) as f64 - 1.0,
         rss_series,
+        rss_trend_growth,
     };
     print!("{}", render(&results));
     if let Some(path) = &args.json {
@@ -556,5 +602,9 @@ fn render(r: &Results) -> String {
     );
     let series: Vec<String> = r.rss_series.iter().map(|(c, b)| format!("{c}: {:.0}", mib(*b))).collect();
     row("  RSS MiB by cycle", series.join(", "));
+    row(
+        "  RSS growth by the trend (every cycle from 10)",
+        format!("{:+.1}% (target < 5%)", 100.0 * r.rss_trend_growth),
+    );
     table.render()
 }
