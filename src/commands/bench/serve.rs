@@ -488,7 +488,10 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         ranking: Arc::clone(&bench.ranking),
         ..bench
     };
-    let (report, _, floor_cpu) = floor_bench.run(saturation, args.duration, 1.0).await?;
+    // Warmed up apart, so that the measured run's CPU covers exactly its measured requests (a
+    // run's warm-up requests are sent but not counted), as in the server's saturation run.
+    floor_bench.run(saturation, 3.0, 2.0).await?;
+    let (report, _, floor_cpu) = floor_bench.run(saturation, args.duration, 0.0).await?;
     stop(floor_server).await?;
     let replies = report.statuses.get(&200).copied().unwrap_or(0);
     let per_request_us = |rows_per_cpu_second: f64| 1e6 * candidates as f64 / rows_per_cpu_second;
