@@ -3,7 +3,8 @@
 //! multi-threaded tokio runtime, mimalloc): read the request, make one Redis round trip, send
 //! back a real ranked reply. No parsing, no features, no model. Its CPU per request, at the
 //! real server's saturation rate, is a floor under what everything besides the model can cost
-//! in any server of this shape on this machine, and so a ceiling on the overhead ratio.
+//! in any server on this stack (hyper, tokio, redis-rs) on this machine, and so a ceiling on the
+//! overhead ratio such a server reaches.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 

@@ -82,6 +82,7 @@ struct CpuPerEvent {
     /// This process: the ingester (and the benchmark's 5 ms watermark poll).
     ingester_us: f64,
     broker_us: f64,
+    /// All of Redis's work over the span: the poll's too, and any other client's.
     redis_us: Option<f64>,
     cores_at_target: Option<f64>,
 }

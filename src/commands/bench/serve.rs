@@ -15,7 +15,7 @@
 //!    429 and keep admitted requests fast); resident memory over 100 load/unload cycles.
 //! 5. The floor: `adrank bench floor-server` (read the request, one Redis round trip, a real
 //!    reply sent back unchanged; same HTTP stack) at the saturation rate. Its CPU per request
-//!    beside the model's bounds the overhead ratio any server of this shape reaches here.
+//!    beside the model's bounds the overhead ratio any server on this stack reaches here.
 
 use std::{
     net::SocketAddr,
@@ -143,7 +143,7 @@ struct Overhead {
     ratio: f64,
 }
 
-/// The least a server of this shape costs per request (`adrank bench floor-server`: read the
+/// The least a server on this stack costs per request (`adrank bench floor-server`: read the
 /// request, one Redis round trip, a canned real reply) at the saturation rate, beside the
 /// model's own cost per request: the best overhead ratio any such server reaches here.
 #[derive(Debug, Serialize)]
@@ -566,7 +566,7 @@ fn render(r: &Results) -> String {
             f.model_cpu_us_per_request, f.server_cpu_us_per_request, f.cpu_us_per_request, f.replies, f.errors
         ),
     );
-    row("best ratio a server of this shape reaches here", format!("{:.3} = model / (model + floor)", f.ratio_ceiling));
+    row("best ratio a server on this stack reaches here", format!("{:.3} = model / (model + floor)", f.ratio_ceiling));
     let h = &r.half_load;
     row(
         "half saturation p50 / p99 / p99.9",
