@@ -121,12 +121,7 @@ async fn redis_stopping_mid_run_degrades_requests_instead_of_failing_them() {
     let dir = tempfile::tempdir().unwrap();
     // A redis-server of this test's own, so it can be stopped (the machine's is shared).
     let port = adrank_testkit::free_port();
-    let redis = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server runs (Debian's redis-server package)");
-    let mut redis = KillOnDrop(redis);
+    let mut redis = own_redis(port);
     let redis_config = RedisConfig { url: format!("redis://127.0.0.1:{port}/0"), ..RedisConfig::default() };
     let started = Instant::now();
     let reader = loop {
@@ -155,4 +150,34 @@ async fn redis_stopping_mid_run_degrades_requests_instead_of_failing_them() {
         assert!(serde_json::from_str::<RankResponse>(&text).unwrap().degraded, "{text:.200}");
         assert!(started.elapsed() < Duration::from_millis(500), "answered within the deadline");
     }
+
+    // Redis back: features are read again. Then a restart between two requests costs neither of
+    // them: the pooled connections the old server closed are replaced, not failed on.
+    for restart in 0..2 {
+        if restart == 1 {
+            redis.0.kill().unwrap();
+            redis.0.wait().unwrap();
+        }
+        redis = own_redis(port);
+        let (status, _, text) = http(addr, "POST", "/v1/rank", body(&mut world).as_bytes()).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(!serde_json::from_str::<RankResponse>(&text).unwrap().degraded, "restart {restart}: {text:.200}");
+    }
+}
+
+/// A redis-server of the test's own on `port`, answering.
+fn own_redis(port: u16) -> KillOnDrop {
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server runs (Debian's redis-server package)");
+    let redis = KillOnDrop(child);
+    let started = Instant::now();
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
+    while client.get_connection().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the test's redis-server did not start on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    redis
 }

@@ -110,13 +110,28 @@ impl Pool {
     ) -> Result<T> {
         let taken = self.idle.lock().expect("the pool lock is never poisoned: nothing panics holding it").pop();
         let exchange = async {
-            let mut connection = match taken {
-                Some(connection) => connection,
-                None => self.open().await?,
+            let (mut connection, replies) = match taken {
+                Some(mut pooled) => match pooled.send(commands, count).await {
+                    Ok(replies) => (pooled, replies),
+                    // An idle connection Redis has closed (a restart, a timeout of its own): the
+                    // others are likely closed too. Reads are safe to repeat, on a new one.
+                    Err(e) if e.kind() == ErrorKind::Io => {
+                        self.idle.lock().expect("the pool lock is never poisoned: nothing panics holding it").clear();
+                        let mut fresh = self.open().await?;
+                        let replies = fresh.send(commands, count).await?;
+                        (fresh, replies)
+                    }
+                    Err(e) => return Err(e),
+                },
+                None => {
+                    let mut fresh = self.open().await?;
+                    let replies = fresh.send(commands, count).await?;
+                    (fresh, replies)
+                }
             };
-            connection.stream.write_all(commands).await?;
-            let (elements, starts) = connection.read_replies(count).await?;
+            let (elements, starts) = replies;
             let parsed = parse(&Replies { buffer: &connection.buffer, elements, starts });
+            connection.buffer.clear();
             Ok::<_, RedisError>((parsed, connection))
         };
         let (parsed, connection) = match tokio::time::timeout(self.timeout, exchange).await {
@@ -130,8 +145,7 @@ impl Pool {
         Ok(parsed)
     }
 
-    fn put_back(&self, mut connection: Connection) {
-        connection.buffer.clear();
+    fn put_back(&self, connection: Connection) {
         let mut idle = self.idle.lock().expect("the pool lock is never poisoned: nothing panics holding it");
         if idle.len() < MAX_IDLE {
             idle.push(connection);
@@ -198,12 +212,18 @@ impl Stream {
     }
 }
 
+/// A read's replies: every element's range in the buffer, and where each reply's elements start.
+type Ranges = (Vec<Option<Range<usize>>>, Vec<usize>);
+
 impl Connection {
+    /// Writes `commands` and reads their `count` replies.
+    async fn send(&mut self, commands: &[u8], count: usize) -> std::result::Result<Ranges, RedisError> {
+        self.stream.write_all(commands).await?;
+        self.read_replies(count).await
+    }
+
     /// Reads `count` replies into the buffer; returns their elements and where each starts.
-    async fn read_replies(
-        &mut self,
-        count: usize,
-    ) -> std::result::Result<(Vec<Option<Range<usize>>>, Vec<usize>), RedisError> {
+    async fn read_replies(&mut self, count: usize) -> std::result::Result<Ranges, RedisError> {
         let mut elements = Vec::new();
         let mut starts = Vec::with_capacity(count + 1);
         let mut at = 0;
