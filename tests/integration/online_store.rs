@@ -39,6 +39,17 @@ async fn apply(writer: &mut Writer, partition: i32, expected: Option<i64>, next:
     writer.apply(&[batch]).await.unwrap().remove(0)
 }
 
+/// A writer on `config` that has applied one impression (user `u`, ad `a`, advertiser `v` at
+/// `T0`) as partition 0's first batch (its watermark is now 1); and its key prefix.
+async fn one_impression_applied(config: &RedisConfig) -> (Writer, String) {
+    let mut writer = Writer::connect(config).await.unwrap();
+    let prefix = writer.prefix().to_string();
+    let mut updates = Updates::default();
+    updates.impression(&prefix, &impression("i", "u", "a", "v", T0));
+    assert_eq!(apply(&mut writer, 0, None, 1, &updates).await, Outcome::Applied);
+    (writer, prefix)
+}
+
 #[tokio::test]
 async fn events_apply_once_and_read_back_as_features() {
     let redis = TestRedis::new().await;
@@ -161,11 +172,7 @@ async fn an_inactive_entity_reads_as_missing_never_stale() {
     let redis = TestRedis::new().await;
     let ttl_days = 8;
     let config = RedisConfig { entity_ttl_secs: ttl_days * 24 * 3600, cache_ttl_ms: 0, ..redis.config.clone() };
-    let mut writer = Writer::connect(&config).await.unwrap();
-    let prefix = writer.prefix().to_string();
-    let mut updates = Updates::default();
-    updates.impression(&prefix, &impression("i", "u", "a", "v", T0));
-    assert_eq!(apply(&mut writer, 0, None, 1, &updates).await, Outcome::Applied);
+    let (_, prefix) = one_impression_applied(&config).await;
     let reader = Reader::connect(&config).await.unwrap();
     let ads = [AdRef { ad_id: "a", advertiser_id: "v" }];
     let within = reader.fetch("u", &ads, T0 + ttl_days as i64 * DAY_MS).await.unwrap();
@@ -194,11 +201,7 @@ async fn an_inactive_entity_reads_as_missing_never_stale() {
 #[tokio::test]
 async fn the_cache_serves_ads_and_advertisers_but_never_users() {
     let redis = TestRedis::new().await;
-    let mut writer = Writer::connect(&redis.config).await.unwrap();
-    let prefix = writer.prefix().to_string();
-    let mut updates = Updates::default();
-    updates.impression(&prefix, &impression("i", "u", "a", "v", T0));
-    assert_eq!(apply(&mut writer, 0, None, 1, &updates).await, Outcome::Applied);
+    let (mut writer, prefix) = one_impression_applied(&redis.config).await;
     let reader = Reader::connect(&RedisConfig { cache_ttl_ms: 60_000, ..redis.config.clone() }).await.unwrap();
     let ads: Vec<AdRef<'_>> = (0..3).map(|_| AdRef { ad_id: "a", advertiser_id: "v" }).collect();
     let first = reader.fetch("u", &ads, T0).await.unwrap();
@@ -290,11 +293,7 @@ async fn windowed_counters_match_a_brute_force_count_over_random_rounds() {
 #[tokio::test]
 async fn a_cached_entity_past_half_its_ttl_is_served_and_refreshed_in_the_background() {
     let redis = TestRedis::new().await;
-    let mut writer = Writer::connect(&redis.config).await.unwrap();
-    let prefix = writer.prefix().to_string();
-    let mut updates = Updates::default();
-    updates.impression(&prefix, &impression("i", "u", "a", "v", T0));
-    assert_eq!(apply(&mut writer, 0, None, 1, &updates).await, Outcome::Applied);
+    let (mut writer, prefix) = one_impression_applied(&redis.config).await;
     let ttl = Duration::from_secs(4);
     let reader =
         Reader::connect(&RedisConfig { cache_ttl_ms: ttl.as_millis() as u64, ..redis.config.clone() }).await.unwrap();

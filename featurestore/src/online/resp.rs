@@ -110,19 +110,21 @@ impl Pool {
     ) -> Result<T> {
         let taken = self.idle.lock().expect("the pool lock is never poisoned: nothing panics holding it").pop();
         let exchange = async {
-            let (mut connection, replies) = match taken {
+            let pooled = match taken {
                 Some(mut pooled) => match pooled.send(commands, count).await {
-                    Ok(replies) => (pooled, replies),
+                    Ok(replies) => Some((pooled, replies)),
                     // An idle connection Redis has closed (a restart, a timeout of its own): the
                     // others are likely closed too. Reads are safe to repeat, on a new one.
                     Err(e) if e.kind() == ErrorKind::Io => {
                         self.idle.lock().expect("the pool lock is never poisoned: nothing panics holding it").clear();
-                        let mut fresh = self.open().await?;
-                        let replies = fresh.send(commands, count).await?;
-                        (fresh, replies)
+                        None
                     }
                     Err(e) => return Err(e),
                 },
+                None => None,
+            };
+            let (mut connection, replies) = match pooled {
+                Some(done) => done,
                 None => {
                     let mut fresh = self.open().await?;
                     let replies = fresh.send(commands, count).await?;

@@ -295,12 +295,13 @@ async fn ingest_rate(
             let rate = events / at.elapsed().as_secs_f64();
             let after = cpu();
             let us = |i: usize| Some(1e6 * (after[i]? - cpu_before[i]?) / events.max(1.0));
-            let (ingester_us, broker_us) = (us(0).unwrap_or_default(), us(1).unwrap_or_default());
+            let (ingester_us, broker_us, redis_us) = (us(0).unwrap_or_default(), us(1).unwrap_or_default(), us(2));
             let per_event = CpuPerEvent {
                 ingester_us,
                 broker_us,
-                redis_us: us(2),
-                cores_at_target: us(2).map(|redis| (ingester_us + broker_us + redis) * TARGET_EVENTS_PER_SECOND / 1e6),
+                redis_us,
+                cores_at_target: redis_us
+                    .map(|redis| (ingester_us + broker_us + redis) * TARGET_EVENTS_PER_SECOND / 1e6),
             };
             run.await??;
             return Ok((rate, per_event));

@@ -242,19 +242,24 @@ impl Bench<'_> {
     }
 }
 
+/// What `/readyz` says.
+async fn readiness(addr: SocketAddr) -> Option<serde_json::Value> {
+    let (_, body) = get(addr, "/readyz").await?;
+    serde_json::from_str(&body).ok()
+}
+
 /// The version `/readyz` reports.
 async fn serving_version(addr: SocketAddr) -> Option<u64> {
-    let (_, body) = get(addr, "/readyz").await?;
-    serde_json::from_str::<serde_json::Value>(&body).ok()?["model"]["version"].as_u64()
+    readiness(addr).await?["model"]["version"].as_u64()
 }
 
 /// Whether `/readyz` reports `version` serving and no other version loaded (the previous one
 /// unloaded).
 async fn only_version(addr: SocketAddr, version: u64) -> bool {
-    let Some((_, body)) = get(addr, "/readyz").await else { return false };
-    let Ok(ready) = serde_json::from_str::<serde_json::Value>(&body) else { return false };
-    ready["model"]["version"].as_u64() == Some(version)
-        && ready["loaded_versions"].as_array().is_some_and(|v| v.len() == 1 && v[0].as_u64() == Some(version))
+    readiness(addr).await.is_some_and(|ready| {
+        ready["model"]["version"].as_u64() == Some(version)
+            && ready["loaded_versions"].as_array().is_some_and(|v| v.len() == 1 && v[0].as_u64() == Some(version))
+    })
 }
 
 /// The least-squares slope of `readings` (bytes per cycle) over their cycles.
@@ -495,18 +500,16 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     stop(floor_server).await?;
     let replies = report.statuses.get(&200).copied().unwrap_or(0);
     let per_request_us = |rows_per_cpu_second: f64| 1e6 * candidates as f64 / rows_per_cpu_second;
+    let (model_us, floor_us) =
+        (per_request_us(overhead.raw_rows_per_cpu_second), 1e6 * floor_cpu / replies.max(1) as f64);
     let floor = Floor {
         rate: saturation,
         replies,
         errors: report.statuses.values().sum::<u64>() - replies,
-        cpu_us_per_request: 1e6 * floor_cpu / replies.max(1) as f64,
-        model_cpu_us_per_request: per_request_us(overhead.raw_rows_per_cpu_second),
+        cpu_us_per_request: floor_us,
+        model_cpu_us_per_request: model_us,
         server_cpu_us_per_request: per_request_us(overhead.server_rows_per_cpu_second),
-        ratio_ceiling: 0.0,
-    };
-    let floor = Floor {
-        ratio_ceiling: floor.model_cpu_us_per_request / (floor.model_cpu_us_per_request + floor.cpu_us_per_request),
-        ..floor
+        ratio_ceiling: model_us / (model_us + floor_us),
     };
 
     let results = Results {
