@@ -28,7 +28,10 @@ struct Cli {
 
 /// mimalloc instead of glibc's malloc: event generation and serving allocate many small
 /// strings and maps per request, where glibc's allocator measured as the largest single cost
-/// (BENCHMARKS.md, world throughput).
+/// (BENCHMARKS.md, world throughput). Built with `no_thp`: otherwise mimalloc asks for
+/// transparent huge pages on its memory, and the kernel zeroes a whole 2 MiB page at the first
+/// touch of every region mimalloc has returned and takes back, which was 20% of the ingester's
+/// CPU samples (`clear_page_erms`); BENCHMARKS.md, feature store.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -192,10 +192,23 @@ async fn an_inactive_entity_reads_as_missing_never_stale() {
     let key = format!("{prefix}u:u2");
     let mut connection = adrank_featurestore::online::connect(&config).await.unwrap();
     let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut connection).await.unwrap();
-    assert!((1..=1_000).contains(&ttl), "PTTL {ttl}");
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // Deleted between one TTL and one and an eighth after the write.
+    assert!((1..=1_125).contains(&ttl), "PTTL {ttl}");
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
     let exists: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut connection).await.unwrap();
     assert!(!exists, "Redis expired the inactive user");
+
+    // A write skips the expiry call while more than a TTL is left, and renews it once less is:
+    // an entity written every 0.4 s outlives its 1 s TTL, and each write leaves it at least a TTL.
+    let key = format!("{prefix}u:u3");
+    for (i, next) in (2..7).enumerate() {
+        let mut updates = Updates::default();
+        updates.impression(&prefix, &impression(&format!("k{i}"), "u3", "a3", "v3", T0));
+        assert_eq!(apply(&mut writer, 1, Some(next - 1), next, &updates).await, Outcome::Applied);
+        let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut connection).await.unwrap();
+        assert!((900..=1_125).contains(&ttl), "write {i}: PTTL {ttl}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
 }
 
 #[tokio::test]

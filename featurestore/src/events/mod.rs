@@ -204,9 +204,19 @@ pub(crate) fn id(field: &str, value: &str) -> Result<(), EventError> {
     Ok(())
 }
 
+/// The latest event time accepted, the last millisecond of the year 9999: a later one is a
+/// mistake (seconds or microseconds for milliseconds), and the online store indexes its counter
+/// buckets with 32 bits.
+pub const MAX_EVENT_TIME_MS: i64 = 253_402_300_799_999;
+
 pub(crate) fn time(field: &str, value: i64) -> Result<(), EventError> {
-    if value < 0 {
-        return Err(EventError::new(field, format!("is {value}; expected milliseconds since the Unix epoch (>= 0)")));
+    if !(0..=MAX_EVENT_TIME_MS).contains(&value) {
+        return Err(EventError::new(
+            field,
+            format!(
+                "is {value}; expected milliseconds since the Unix epoch, from 0 to {MAX_EVENT_TIME_MS} (year 9999)"
+            ),
+        ));
     }
     Ok(())
 }

@@ -77,6 +77,8 @@ fn each_schema_violation_has_its_reason() {
         (json_with(|v| v["ad_id"] = "a".repeat(129).into()), "ad_id", "has 129 bytes"),
         (json_with(|v| v["request_id"] = "a\nb".into()), "request_id", "control character"),
         (json_with(|v| v["event_time_ms"] = (-5).into()), "event_time_ms", "is -5"),
+        // Microseconds for milliseconds: the year 57,000.
+        (json_with(|v| v["event_time_ms"] = 1_767_225_600_000_000i64.into()), "event_time_ms", "(year 9999)"),
         (json_with(|v| v["score"] = 1.5.into()), "score", "probability in [0, 1]"),
         (json_with(|v| v["bid"] = (-0.5).into()), "bid", "non-negative"),
         (json_with(|v| v["surface"] = " ".into()), "surface", "is empty"),

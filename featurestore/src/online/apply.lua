@@ -8,7 +8,9 @@
 -- ARGV[1]        number of partitions P, then P x (offsets field, expected watermark ('' =
 --                none), next watermark)
 -- then           TTL (ms), number of counter updates, number of attribute updates
--- then per counter update:   seen_ms, n, n x (finest bucket index, impressions, clicks)
+-- then per counter update:   one binary argument, little-endian: seen_ms (f64), n (u32), then
+--                            n x (finest bucket index, impressions, clicks) (u32 each), the
+--                            buckets ascending (numbers as text cost Redis a strtod each)
 -- then per attribute update: event_ms, created (0|1), n, n x (field, value)
 -- Returns {1} when applied; {0, position, current, …} listing the partitions (0-based) whose
 -- stored watermark is not the expected one, in which case nothing is applied.
@@ -27,15 +29,51 @@ if #fenced > 1 then
 end
 
 local a = 2 + 3 * partitions
-local ttl = ARGV[a]
+local ttl = tonumber(ARGV[a])
 local counters, attributes = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
 a = a + 3
 -- {window bucket in finest buckets, buckets in the ring, hash field}
 local windows = {__WINDOWS__}
 local fields, formats = {}, {}
+-- What a counter update reads: seen_ms, the rings, expires_ms.
+local reads = {'seen_ms'}
 for w = 1, #windows do
   fields[w] = windows[w][3]
   formats[w] = '<' .. string.rep('I4', 1 + 2 * windows[w][2])
+  reads[1 + w] = fields[w]
+end
+reads[#reads + 1] = 'expires_ms'
+
+-- Redis deletes an entity TTL to TTL + TTL/8 after its last write (wall clock): reads apply the
+-- TTL themselves, in event time, so this is only the garbage collection of inactive entities.
+-- Setting the deadline with a slack, and only when less than the TTL is left, spares nearly every
+-- write a PEXPIREAT call (a third of the calls a counter update makes); `expires_ms` remembers it.
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+-- As text: Redis would format a Lua number with an exponent.
+local deadline = string.format('%.0f', now + ttl + math.floor(ttl / 8))
+
+-- Adds `expires_ms` to an HSET's field list when the held deadline (or its absence) is too near.
+local function expiring(held, set)
+  if held == false or tonumber(held) < now + ttl then
+    set[#set + 1] = 'expires_ms'
+    set[#set + 1] = deadline
+    return true
+  end
+  return false
+end
+
+-- One counter update's argument as {seen_ms, n, bucket, impressions, clicks, …}; the formats
+-- are made once per event count.
+local layouts = {}
+local function counts_of(blob)
+  local n = struct.unpack('<I4', blob, 9)
+  local format = layouts[n]
+  if not format then
+    format = '<dI4' .. string.rep('I4I4I4', n)
+    layouts[n] = format
+  end
+  return {struct.unpack(format, blob)}
 end
 
 local function newer(value, stored)
@@ -51,10 +89,10 @@ end
 
 for i = 1, counters do
   local key = KEYS[1 + i]
-  local seen, n = ARGV[a], tonumber(ARGV[a + 1])
-  local first = a + 2
-  a = first + 3 * n
-  local held = redis.call('HMGET', key, 'seen_ms', unpack(fields))
+  local u = counts_of(ARGV[a])
+  a = a + 1
+  local seen, last_at = u[1], 3 * u[2]
+  local held = redis.call('HMGET', key, unpack(reads))
   local set = {}
   for w = 1, #windows do
     local width, size = windows[w][1], windows[w][2]
@@ -63,15 +101,15 @@ for i = 1, counters do
       value = false
     end
     -- The events' buckets come in ascending order: the last is the newest.
-    local last = math.floor(tonumber(ARGV[a - 3]) / width)
+    local last = math.floor(u[last_at] / width)
     local newest = value and struct.unpack('<I4', value)
     if value and last <= newest then
       -- The common case: the ring does not move, only the events' slots change.
-      for e = first, a - 1, 3 do
-        local bucket = math.floor(tonumber(ARGV[e]) / width)
+      for e = 3, last_at, 3 do
+        local bucket = math.floor(u[e] / width)
         -- An event older than the ring's oldest bucket has left the window: it no longer counts.
         if bucket > newest - size then
-          value = add(value, bucket % size, tonumber(ARGV[e + 1]), tonumber(ARGV[e + 2]))
+          value = add(value, bucket % size, u[e + 1], u[e + 2])
         end
       end
     else
@@ -92,12 +130,12 @@ for i = 1, counters do
         ring[2 + 2 * s], ring[3 + 2 * s] = 0, 0
       end
       ring[1] = last
-      for e = first, a - 1, 3 do
-        local bucket = math.floor(tonumber(ARGV[e]) / width)
+      for e = 3, last_at, 3 do
+        local bucket = math.floor(u[e] / width)
         if bucket > last - size then
           local s = bucket % size
-          ring[2 + 2 * s] = ring[2 + 2 * s] + tonumber(ARGV[e + 1])
-          ring[3 + 2 * s] = ring[3 + 2 * s] + tonumber(ARGV[e + 2])
+          ring[2 + 2 * s] = ring[2 + 2 * s] + u[e + 1]
+          ring[3 + 2 * s] = ring[3 + 2 * s] + u[e + 2]
         end
       end
       value = struct.pack(formats[w], unpack(ring))
@@ -107,17 +145,20 @@ for i = 1, counters do
   end
   if newer(seen, held[1]) then
     set[#set + 1] = 'seen_ms'
-    set[#set + 1] = seen
+    set[#set + 1] = string.format('%.0f', seen)
   end
+  local expire = expiring(held[#reads], set)
   redis.call('HSET', key, unpack(set))
-  redis.call('PEXPIRE', key, ttl)
+  if expire then
+    redis.call('PEXPIREAT', key, deadline)
+  end
 end
 
 for i = 1, attributes do
   local key = KEYS[1 + counters + i]
   local t, created, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   a = a + 3
-  local held = redis.call('HMGET', key, 'updated_ms', 'seen_ms')
+  local held = redis.call('HMGET', key, 'updated_ms', 'seen_ms', 'expires_ms')
   -- A snapshot replaces the attributes only when it is at least as new as the one held, so a
   -- replayed or late record cannot bring an old value back.
   if held[1] == false or tonumber(t) >= tonumber(held[1]) then
@@ -140,10 +181,17 @@ for i = 1, attributes do
   if created == '1' then
     redis.call('HSETNX', key, 'created_ms', t)
   end
+  local set = {}
   if newer(t, held[2]) then
-    redis.call('HSET', key, 'seen_ms', t)
+    set[1], set[2] = 'seen_ms', t
   end
-  redis.call('PEXPIRE', key, ttl)
+  local expire = expiring(held[3], set)
+  if #set > 0 then
+    redis.call('HSET', key, unpack(set))
+  end
+  if expire then
+    redis.call('PEXPIREAT', key, deadline)
+  end
 end
 
 local marks = {}

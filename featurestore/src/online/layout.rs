@@ -8,6 +8,8 @@
 //!   every entity also has:   seen_ms   the newest event time that touched it (read-time TTL)
 //!                            w1h, w1d, w7d  impression and click counters, one ring per window
 //!                            updated_ms the event time of the attributes held (last writer wins)
+//!                            expires_ms when Redis deletes the hash (wall clock; garbage
+//!                                       collection only: reads apply the TTL themselves)
 //! {prefix}ingest:offsets     {topic}:{partition} -> next offset to apply (exactly-once watermark)
 //! ```
 //!
@@ -59,11 +61,17 @@ impl Entity {
     /// The Redis key of one entity.
     pub fn key(self, prefix: &str, id: &str) -> String {
         let mut key = String::with_capacity(prefix.len() + 2 + id.len());
+        self.write_key(prefix, id, &mut key);
+        key
+    }
+
+    /// Writes the Redis key of one entity into `key`, replacing what it held.
+    pub fn write_key(self, prefix: &str, id: &str, key: &mut String) {
+        key.clear();
         key.push_str(prefix);
         key.push_str(self.tag());
         key.push(':');
         key.push_str(id);
-        key
     }
 }
 

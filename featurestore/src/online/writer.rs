@@ -8,9 +8,10 @@
 //! or another ingester that took the partition over) changes nothing and is reported as
 //! [`Outcome::Fenced`]. Batches of several partitions go in one pipelined round trip.
 
-use std::collections::{BTreeMap, HashMap};
-
 use redis::aio::MultiplexedConnection;
+// Entity keys are hashed three times per event on the ingester's hot path, twice more when
+// rounds merge: SipHash's protection against chosen collisions was most of that cost.
+use rustc_hash::FxHashMap;
 
 use super::layout::{self, ATTRIBUTE_PREFIX, Entity, WINDOWS};
 use crate::{
@@ -26,16 +27,51 @@ const FINEST_BUCKET_MS: i64 = WINDOWS[0].bucket_ms;
 /// touches far fewer (entity, bucket) pairs than it has events.
 #[derive(Debug, Default)]
 pub struct Updates {
-    counters: HashMap<String, EntityCounters>,
+    counters: FxHashMap<String, EntityCounters>,
     attributes: Vec<AttributeUpdate>,
     events: usize,
+    /// The key being looked up: an entity already counted this round (most are) costs no
+    /// allocation.
+    key: String,
 }
 
 #[derive(Debug, Default)]
 struct EntityCounters {
     seen_ms: i64,
-    /// Finest bucket index (time / the finest bucket) -> (impressions, clicks).
-    buckets: BTreeMap<i64, (u32, u32)>,
+    /// (finest bucket index (time / the finest bucket), (impressions, clicks)), ascending by
+    /// bucket, as the script wants them: a round's events of one entity fall in a bucket or two.
+    buckets: Vec<(i64, (u32, u32))>,
+}
+
+impl EntityCounters {
+    /// The script's binary argument for this entity (apply.lua): seen_ms as an f64, the bucket
+    /// count, then (bucket, impressions, clicks) per bucket, little-endian `u32`s. Event times
+    /// are validated to lie before the year 10,000, so both fit exactly.
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend((self.seen_ms as f64).to_le_bytes());
+        out.extend((self.buckets.len() as u32).to_le_bytes());
+        for &(bucket, (impressions, clicks)) in &self.buckets {
+            let bucket = u32::try_from(bucket).expect("validated event times have buckets that fit a u32");
+            for word in [bucket, impressions, clicks] {
+                out.extend(word.to_le_bytes());
+            }
+        }
+    }
+
+    fn add(&mut self, seen_ms: i64, bucket: i64, (impressions, clicks): (u32, u32)) {
+        self.seen_ms = self.seen_ms.max(seen_ms);
+        let at = match self.buckets.binary_search_by_key(&bucket, |&(b, _)| b) {
+            Ok(at) => at,
+            Err(at) => {
+                self.buckets.insert(at, (bucket, (0, 0)));
+                at
+            }
+        };
+        let slot = &mut self.buckets[at].1;
+        slot.0 += impressions;
+        slot.1 += clicks;
+    }
 }
 
 #[derive(Debug)]
@@ -98,15 +134,18 @@ impl Updates {
         });
     }
 
-    fn count(&mut self, prefix: &str, ids: [&str; 3], time_ms: i64, (impressions, clicks): (u32, u32)) {
+    fn count(&mut self, prefix: &str, ids: [&str; 3], time_ms: i64, counts: (u32, u32)) {
         self.events += 1;
         let bucket = time_ms.div_euclid(FINEST_BUCKET_MS);
         for (entity, id) in [Entity::User, Entity::Ad, Entity::Advertiser].into_iter().zip(ids) {
-            let counters = self.counters.entry(entity.key(prefix, id)).or_default();
-            counters.seen_ms = counters.seen_ms.max(time_ms);
-            let slot = counters.buckets.entry(bucket).or_default();
-            slot.0 += impressions;
-            slot.1 += clicks;
+            entity.write_key(prefix, id, &mut self.key);
+            if let Some(counters) = self.counters.get_mut(self.key.as_str()) {
+                counters.add(time_ms, bucket, counts);
+            } else {
+                let mut counters = EntityCounters::default();
+                counters.add(time_ms, bucket, counts);
+                self.counters.insert(self.key.clone(), counters);
+            }
         }
     }
 }
@@ -125,21 +164,18 @@ fn attribute_fields<'a>(
 /// Several batches' updates as one: counters summed per entity and bucket, attribute
 /// snapshots side by side (the script keeps the newest).
 struct Merged<'a> {
-    counters: HashMap<&'a str, EntityCounters>,
+    counters: FxHashMap<&'a str, EntityCounters>,
     attributes: Vec<&'a AttributeUpdate>,
 }
 
 impl<'a> Merged<'a> {
     fn of(updates: impl Iterator<Item = &'a Updates>) -> Self {
-        let mut merged = Self { counters: HashMap::new(), attributes: Vec::new() };
+        let mut merged = Self { counters: FxHashMap::default(), attributes: Vec::new() };
         for updates in updates {
             for (key, counters) in &updates.counters {
                 let into = merged.counters.entry(key.as_str()).or_default();
-                into.seen_ms = into.seen_ms.max(counters.seen_ms);
-                for (bucket, (impressions, clicks)) in &counters.buckets {
-                    let slot = into.buckets.entry(*bucket).or_default();
-                    slot.0 += impressions;
-                    slot.1 += clicks;
+                for &(bucket, counts) in &counters.buckets {
+                    into.add(counters.seen_ms, bucket, counts);
                 }
             }
             merged.attributes.extend(&updates.attributes);
@@ -294,11 +330,10 @@ impl Writer {
                 .arg(batch.next);
         }
         cmd.arg(self.ttl_ms).arg(merged.counters.len()).arg(merged.attributes.len());
+        let mut blob = Vec::new();
         for counters in merged.counters.values() {
-            cmd.arg(counters.seen_ms).arg(counters.buckets.len());
-            for (bucket, (impressions, clicks)) in &counters.buckets {
-                cmd.arg(bucket).arg(impressions).arg(clicks);
-            }
+            counters.encode(&mut blob);
+            cmd.arg(&blob);
         }
         for update in &merged.attributes {
             cmd.arg(update.event_time_ms).arg(u8::from(update.created)).arg(update.fields.len());
@@ -374,8 +409,15 @@ mod tests {
         assert_eq!(updates.counters.len(), 3);
         let user = &updates.counters["p:u:u-1"];
         assert_eq!(user.seen_ms, 2_000);
-        assert_eq!(user.buckets.get(&0), Some(&(2, 0)));
+        assert_eq!(user.buckets, [(0, (2, 0))]);
         let merged = Merged::of([&updates, &updates].into_iter());
-        assert_eq!(merged.counters["p:u:u-1"].buckets.get(&0), Some(&(4, 0)));
+        assert_eq!(merged.counters["p:u:u-1"].buckets, [(0, (4, 0))]);
+        // Buckets stay ascending whatever order the events come in (the script relies on it).
+        let mut late = Updates::default();
+        for minutes in [50, 5, 25, 50] {
+            impression.event_time_ms = minutes * 60_000;
+            late.impression("p:", &impression);
+        }
+        assert_eq!(late.counters["p:u:u-1"].buckets, [(0, (1, 0)), (2, (1, 0)), (5, (2, 0))]);
     }
 }
