@@ -249,6 +249,33 @@ impl Connection {
     }
 }
 
+/// Appends one command to `out` as Redis reads it: an array of bulk strings.
+pub(crate) fn command<const N: usize>(out: &mut Vec<u8>, args: [&[u8]; N]) {
+    // By hand: `write!` was 3-4% of an uncached read's client time.
+    fn header(out: &mut Vec<u8>, kind: u8, n: usize) {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = n;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.push(kind);
+        out.extend_from_slice(&digits[at..]);
+        out.extend_from_slice(b"\r\n");
+    }
+    header(out, b'*', N);
+    for arg in args {
+        header(out, b'$', arg.len());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// One line at `at`: its content and where the next begins (`None`: not all of it is here).
 fn line(buffer: &[u8], at: usize) -> Option<(&[u8], usize)> {
     let rest = buffer.get(at..)?;
@@ -261,11 +288,17 @@ fn protocol_error(detail: String) -> RedisError {
     RedisError::from((ErrorKind::Parse, "unexpected reply from Redis", detail))
 }
 
+/// A length or count: decimal digits, `-1` for a null.
 fn number(digits: &[u8]) -> std::result::Result<i64, RedisError> {
-    std::str::from_utf8(digits)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| protocol_error(format!("not a length: {:?}", String::from_utf8_lossy(digits))))
+    let (sign, magnitude) = match digits.split_first() {
+        Some((b'-', rest)) => (-1, rest),
+        _ => (1, digits),
+    };
+    // 18 digits cannot overflow an i64.
+    if magnitude.is_empty() || magnitude.len() > 18 || !magnitude.iter().all(u8::is_ascii_digit) {
+        return Err(protocol_error(format!("not a length: {:?}", String::from_utf8_lossy(digits))));
+    }
+    Ok(sign * magnitude.iter().fold(0i64, |n, &d| n * 10 + i64::from(d - b'0')))
 }
 
 /// Parses one reply starting at `at`, pushing its elements: `Ok(Some(end))` when complete,
@@ -347,6 +380,21 @@ mod tests {
                 .map(|i| replies.reply(i).map(|e| e.map(|b| String::from_utf8_lossy(b).into_owned())).collect())
                 .collect(),
         ))
+    }
+
+    #[test]
+    fn commands_are_arrays_of_bulk_strings() {
+        let mut out = Vec::new();
+        command(&mut out, [b"HGETALL".as_slice(), b"p:a:x"]);
+        command(&mut out, [b"GET".as_slice(), b""]);
+        command(&mut out, [&[b'k'; 1234][..]]);
+        assert_eq!(&out[..47], b"*2\r\n$7\r\nHGETALL\r\n$5\r\np:a:x\r\n*2\r\n$3\r\nGET\r\n$0\r\n\r\n");
+        assert_eq!(&out[47..60], b"*1\r\n$1234\r\nkk");
+        assert_eq!(number(b"-1").unwrap(), -1);
+        assert_eq!(number(b"120").unwrap(), 120);
+        for bad in [&b""[..], b"-", b"1a", b"+1", b"9999999999999999999"] {
+            assert!(number(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

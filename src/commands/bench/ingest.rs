@@ -179,11 +179,11 @@ fn render(r: &Results) -> String {
     let ms = |p: &Percentiles| format!("p50 {:.3} ms, p99 {:.3} ms", p.p50 * 1e3, p.p99 * 1e3);
     let reads = &r.reads;
     table.row(vec![
-        format!("read 1 user + {} ads, one round trip, spec's fields", reads.ads_per_read),
+        format!("read 1 user + {} ads, one round trip, spec's attributes", reads.ads_per_read),
         ms(&reads.pipelined_seconds),
         format!("{} reads; target p99 <= 1 ms", reads.reads),
     ]);
-    table.row(vec!["  the same, whole hashes".into(), ms(&reads.whole_hash_seconds), String::new()]);
+    table.row(vec!["  the same, every attribute kept".into(), ms(&reads.whole_hash_seconds), String::new()]);
     table.row(vec!["  the same, ad cache on".into(), ms(&reads.cached_seconds), String::new()]);
     table.row(vec![
         "  naive: one round trip per entity".into(),

@@ -40,9 +40,9 @@ impl Percentiles {
 pub(super) struct Results {
     pub(super) reads: usize,
     pub(super) ads_per_read: usize,
-    /// One round trip, reading whole hashes (`HGETALL`).
+    /// One round trip (`HGETALL` per entity), every stored attribute kept.
     pub(super) whole_hash_seconds: Percentiles,
-    /// One round trip, reading only the fields the feature spec needs (`HMGET`).
+    /// One round trip, keeping only the attributes the feature spec reads (what serving does).
     pub(super) pipelined_seconds: Percentiles,
     /// The same with the ad cache on.
     pub(super) cached_seconds: Percentiles,
