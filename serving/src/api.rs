@@ -100,6 +100,33 @@ pub async fn run(
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
+/// [`run`], with a deadline on the drain: once `shutdown` has completed, requests still in
+/// flight after `drain` are abandoned, so one stuck request or client cannot hold the exit
+/// (Triton's `--exit-timeout-secs`). Returns whether the drain finished in time.
+pub async fn run_with_drain_deadline(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: std::time::Duration,
+) -> std::io::Result<bool> {
+    let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
+    let server = run(listener, state, async move {
+        shutdown.await;
+        let _ = draining.send(());
+    });
+    let deadline = async move {
+        match drain_started.await {
+            Ok(()) => tokio::time::sleep(drain).await,
+            // The server ended without a shutdown: its own result decides.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = server => served.map(|()| true),
+        () = deadline => Ok(false),
+    }
+}
+
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     // A manager exists only once its first version is loaded and warmed.
     let default = state.models.default_version();

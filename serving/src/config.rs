@@ -49,6 +49,9 @@ pub struct ServingConfig {
     /// How often the registry is checked for a new version of the followed alias
     /// (milliseconds). A new version is loaded and warmed beside the serving one, then swapped in.
     pub registry_poll_ms: u64,
+    /// On SIGTERM or SIGINT: how long the server waits for the requests in flight, and then
+    /// for the impression log to reach the broker, each, before it exits anyway (milliseconds).
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for ServingConfig {
@@ -67,6 +70,7 @@ impl Default for ServingConfig {
             max_body_bytes: 1 << 20,
             impression_buffer: 100_000,
             registry_poll_ms: 5_000,
+            shutdown_timeout_ms: 30_000,
         }
     }
 }

@@ -5,6 +5,10 @@
 //! that a background task drains into the rdkafka producer (batched, lz4-compressed). When
 //! Kafka is slow or down, the producer's own queue fills, then this buffer; beyond its capacity
 //! the oldest impressions are dropped and counted, so serving is never held up by logging.
+//!
+//! On shutdown [`ImpressionLog::flush`] empties the buffer into the producer and waits for the
+//! broker's acknowledgements: rdkafka purges whatever a producer still holds when it is dropped,
+//! so without it the last moments of traffic would go unlogged.
 
 use std::{
     collections::VecDeque,
@@ -12,7 +16,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use adrank_featurestore::{
@@ -22,7 +26,7 @@ use adrank_featurestore::{
 };
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
-    producer::{FutureProducer, FutureRecord},
+    producer::{FutureProducer, FutureRecord, Producer as _},
 };
 use tokio::sync::Notify;
 
@@ -35,15 +39,25 @@ pub struct LogStats {
     pub delivered: u64,
     /// Dropped: the buffer was full (the oldest went), or the broker refused them.
     pub dropped: u64,
+    /// Handed to the producer, neither acknowledged nor refused yet.
+    pub in_flight: u64,
 }
 
-#[derive(Debug)]
 struct Shared {
     buffer: Mutex<VecDeque<Impression>>,
     capacity: usize,
     wake: Notify,
     delivered: AtomicU64,
     dropped: AtomicU64,
+    in_flight: AtomicU64,
+    /// Kept here too, so that [`ImpressionLog::flush`] can flush it.
+    producer: FutureProducer,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("capacity", &self.capacity).finish_non_exhaustive()
+    }
 }
 
 /// A handle to the impression log.
@@ -69,6 +83,8 @@ impl ImpressionLog {
             wake: Notify::new(),
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            producer: producer.clone(),
         });
         tokio::spawn(send_loop(producer, topic.to_string(), Arc::clone(&shared)));
         Ok(Self { shared })
@@ -94,13 +110,48 @@ impl ImpressionLog {
             buffered: self.shared.buffer.lock().expect("the buffer lock is never poisoned").len() as u64,
             delivered: self.shared.delivered.load(Ordering::Relaxed),
             dropped: self.shared.dropped.load(Ordering::Relaxed),
+            in_flight: self.shared.in_flight.load(Ordering::Relaxed),
         }
+    }
+
+    /// Sends everything logged so far and waits, at most `timeout`, until the broker has
+    /// acknowledged (or refused) all of it; what is left then is in the returned counts
+    /// (`buffered`, `in_flight`). For shutdown, once nothing logs any more.
+    pub async fn flush(&self, timeout: Duration) -> LogStats {
+        let deadline = Instant::now() + timeout;
+        let pause = Duration::from_millis(5);
+        // The sender empties the buffer into the producer.
+        while self.stats().buffered > 0 && Instant::now() < deadline {
+            self.shared.wake.notify_one();
+            tokio::time::sleep(pause).await;
+        }
+        // Then the producer sends what it holds (its linger would otherwise wait), blocking a
+        // thread of its own while it does.
+        let producer = self.shared.producer.clone();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(left)).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!(error = %e, "the impression log's producer did not flush in time");
+        }
+        // The delivery reports resolve on tasks of their own.
+        while self.stats().in_flight > 0 && Instant::now() < deadline {
+            tokio::time::sleep(pause).await;
+        }
+        self.stats()
     }
 }
 
 async fn send_loop(producer: FutureProducer, topic: String, shared: Arc<Shared>) {
     loop {
-        let next = shared.buffer.lock().expect("the buffer lock is never poisoned").pop_front();
+        let next = {
+            let mut buffer = shared.buffer.lock().expect("the buffer lock is never poisoned");
+            // Counted in flight as it leaves the buffer: a flush always sees it in one or the other.
+            let next = buffer.pop_front();
+            if next.is_some() {
+                shared.in_flight.fetch_add(1, Ordering::Relaxed);
+            }
+            next
+        };
         let Some(impression) = next else {
             // `Arc::strong_count` 1: every handle is gone and nothing is left to send.
             if Arc::strong_count(&shared) == 1 {
@@ -122,17 +173,23 @@ async fn send_loop(producer: FutureProducer, topic: String, shared: Arc<Shared>)
                             shared.dropped.fetch_add(1, Ordering::Relaxed)
                         }
                     };
+                    shared.in_flight.fetch_sub(1, Ordering::Relaxed);
                 });
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 // The producer's queue is full (the broker is slow or down): put it back and
                 // wait; meanwhile the buffer fills and drops its oldest.
-                shared.buffer.lock().expect("the buffer lock is never poisoned").push_front(impression);
+                {
+                    let mut buffer = shared.buffer.lock().expect("the buffer lock is never poisoned");
+                    buffer.push_front(impression);
+                    shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err((e, _)) => {
                 tracing::warn!(error = %e, "an impression could not be queued for Kafka; dropped");
                 shared.dropped.fetch_add(1, Ordering::Relaxed);
+                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
                 crate::metrics::impressions_dropped(1);
             }
         }

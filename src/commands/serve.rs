@@ -8,7 +8,7 @@ use adrank_featurestore::{
 };
 use adrank_registry::Registry;
 use adrank_serving::{
-    api::{AppState, MetricsRender, run},
+    api::{AppState, MetricsRender, run_with_drain_deadline},
     clicks::ClickSink,
     impressions::ImpressionLog,
     manager::{ManagerConfig, ModelManager},
@@ -90,12 +90,31 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     let state = Arc::new(AppState {
         models,
         reader,
-        impressions: Some(impressions),
+        impressions: Some(impressions.clone()),
         clicks: Some(clicks),
         metrics: Some(MetricsRender(Arc::new(move || recorder.render()))),
         config: config.serving.clone(),
     });
-    // On SIGINT or SIGTERM: stop accepting, answer what is in flight, then exit.
-    run(listener, state, super::ingest::shutdown_signal()).await?;
+    // On SIGINT or SIGTERM: stop accepting, answer what is in flight, send the impression log
+    // to Kafka, then exit; each of the two waits is bounded.
+    let timeout = std::time::Duration::from_millis(config.serving.shutdown_timeout_ms);
+    if !run_with_drain_deadline(listener, state, super::ingest::shutdown_signal(), timeout).await? {
+        tracing::warn!(
+            timeout_ms = config.serving.shutdown_timeout_ms,
+            "requests still in flight at the shutdown deadline were abandoned"
+        );
+    }
+    let log = impressions.flush(timeout).await;
+    if log.buffered + log.in_flight > 0 {
+        tracing::warn!(
+            unsent = log.buffered,
+            unacknowledged = log.in_flight,
+            delivered = log.delivered,
+            dropped = log.dropped,
+            "the impression log did not reach Kafka before the shutdown deadline"
+        );
+    } else {
+        tracing::info!(delivered = log.delivered, dropped = log.dropped, "impression log flushed");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -265,6 +265,14 @@ async fn windowed_counters_match_a_brute_force_count_over_random_rounds() {
         // Mostly minutes ahead, sometimes hours or days: the rings stay, move, or wrap.
         now += [0, 1, 3, 7, 25, 130, 500, 2_000, 9_000][next(9) as usize] * MINUTE;
         let mut updates = Updates::default();
+        if round == 60 {
+            // A backfill: one entity with thousands of buckets in one round.
+            for k in 0..3_000 {
+                let time = now - k * 10 * MINUTE;
+                updates.impression(&prefix, &impression(&format!("b{k}"), "u", "a", "v", time));
+                events.push((time, false));
+            }
+        }
         for e in 0..1 + next(4) {
             // Some events are late: minutes to days behind the newest.
             let lag = [0, 0, 0, 4, 45, 300, 1_500, 8_000][next(8) as usize] * MINUTE;

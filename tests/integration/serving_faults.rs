@@ -1,5 +1,6 @@
-//! Serving under faults: a graceful shutdown answers every accepted request; Kafka stopping
-//! mid-run and Redis stopping mid-run (a redis-server of the test's own) never fail a request.
+//! Serving under faults: a graceful shutdown answers every accepted request, within its drain
+//! deadline, and delivers the impression log; Kafka stopping mid-run and Redis stopping mid-run
+//! (a redis-server of the test's own) never fail a request.
 
 use std::{
     process::{Command, Stdio},
@@ -15,8 +16,8 @@ use adrank_featurestore::{
 use adrank_loadtest::world::{World, WorldConfig};
 use adrank_serving::{
     ServingConfig,
-    api::{AppState, run},
-    impressions::ImpressionLog,
+    api::{AppState, run, run_with_drain_deadline},
+    impressions::{ImpressionLog, LogStats},
     manager::ModelManager,
     rank::RankResponse,
 };
@@ -46,6 +47,12 @@ async fn models(dir: &std::path::Path, config: &ServingConfig) -> Arc<ModelManag
     Arc::new(ModelManager::start(manager_config(&registry, config)).await.unwrap())
 }
 
+/// A server's state with a model and nothing else (no Redis, Kafka or metrics).
+async fn model_only(dir: &std::path::Path, config: ServingConfig) -> Arc<AppState> {
+    let models = models(dir, &config).await;
+    Arc::new(AppState { models, reader: None, impressions: None, clicks: None, metrics: None, config })
+}
+
 fn world() -> World {
     World::new(WorldConfig { users: 300, advertisers: 30, ads: 300, ..WorldConfig::default() })
 }
@@ -56,14 +63,7 @@ async fn a_graceful_shutdown_answers_every_accepted_request() {
     // Requests wait up to 300 ms in the batcher, so they are accepted and in flight when the
     // shutdown starts.
     let config = ServingConfig { max_queue_delay_ms: 300, max_batch_rows: 100_000, ..ServingConfig::default() };
-    let state = Arc::new(AppState {
-        models: models(dir.path(), &config).await,
-        reader: None,
-        impressions: None,
-        clicks: None,
-        metrics: None,
-        config,
-    });
+    let state = model_only(dir.path(), config).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -86,6 +86,67 @@ async fn a_graceful_shutdown_answers_every_accepted_request() {
     }
     tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server stops").unwrap().unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "nothing listens after the shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_waits_for_stuck_requests_no_longer_than_its_drain_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServingConfig::default();
+    let state = model_only(dir.path(), config).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let drain = Duration::from_millis(300);
+    let server = tokio::spawn(run_with_drain_deadline(
+        listener,
+        state,
+        async {
+            let _ = stopped.await;
+        },
+        drain,
+    ));
+    // A client that sends its headers and then stalls halfway through the body: its request
+    // stays in flight until the drain deadline.
+    let mut stuck = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head =
+        "POST /v1/rank HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{";
+    tokio::io::AsyncWriteExt::write_all(&mut stuck, head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = Instant::now();
+    stop.send(()).unwrap();
+    let drained =
+        tokio::time::timeout(Duration::from_secs(4), server).await.expect("the server stops").unwrap().unwrap();
+    assert!(!drained, "the stuck request was abandoned, not answered");
+    assert!(stopping.elapsed() >= drain, "the drain waited its deadline: {:?}", stopping.elapsed());
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "nothing listens after the shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_impression_log_reaches_kafka_before_the_exit() {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    // Persistent: the memory engine's high watermarks are not exact.
+    let broker = adrank_testkit::broker::TestBroker::start_persistent().await;
+    admin::ensure_topics(&broker.config).await.unwrap();
+    let topic = broker.config.topics.impressions.clone();
+    let log = ImpressionLog::start(&broker.config, &topic.name, 10_000).unwrap();
+    // Logged in one go, then flushed at once: most are still in the buffer or the producer's
+    // queue (which a dropped producer purges) when the flush starts.
+    let impressions = (0..3_000).map(|i| {
+        adrank_featurestore::events::Impression::example(
+            &format!("i-{i}"),
+            adrank_featurestore::events::RawFeatures::new(),
+        )
+    });
+    log.log(impressions);
+    let stats = log.flush(Duration::from_secs(20)).await;
+    assert_eq!(stats, LogStats { buffered: 0, delivered: 3_000, dropped: 0, in_flight: 0 });
+    drop(log);
+    let consumer: BaseConsumer = adrank_featurestore::kafka::client_config(&broker.config).create().unwrap();
+    let mut on_broker = 0;
+    for partition in 0..topic.partitions.get() as i32 {
+        on_broker += consumer.fetch_watermarks(&topic.name, partition, Duration::from_secs(10)).unwrap().1;
+    }
+    assert_eq!(on_broker, 3_000, "every impression is on the broker");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

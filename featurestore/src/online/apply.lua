@@ -63,17 +63,16 @@ local function expiring(held, set)
   return false
 end
 
--- One counter update's argument as {seen_ms, n, bucket, impressions, clicks, …}; the formats
--- are made once per event count.
-local layouts = {}
+-- One counter update's argument as {seen_ms, n, bucket, impressions, clicks, …}, a bucket at a
+-- time: one unpack of them all would overflow Lua's stack for an entity with thousands of
+-- buckets in one round (a backfill).
 local function counts_of(blob)
-  local n = struct.unpack('<I4', blob, 9)
-  local format = layouts[n]
-  if not format then
-    format = '<dI4' .. string.rep('I4I4I4', n)
-    layouts[n] = format
+  local seen, n, at = struct.unpack('<dI4', blob)
+  local u = {seen, n}
+  for k = 1, n do
+    u[3 * k], u[3 * k + 1], u[3 * k + 2], at = struct.unpack('<I4I4I4', blob, at)
   end
-  return {struct.unpack(format, blob)}
+  return u
 end
 
 local function newer(value, stored)
