@@ -87,13 +87,15 @@ impl Run {
         offsets.values().sum()
     }
 
-    /// Every hash under the prefix, field by field (TTLs aside).
+    /// Every hash under the prefix, field by field (TTLs aside: the wall-clock deletion time
+    /// differs between runs by design).
     fn snapshot(&self, redis: &mut redis::Connection) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
         let keys: Vec<String> =
             redis.scan_match::<_, String>(format!("{}*", self.prefix)).unwrap().collect::<Result<_, _>>().unwrap();
         keys.into_iter()
             .map(|key| {
-                let fields: BTreeMap<String, Vec<u8>> = redis.hgetall(&key).unwrap();
+                let mut fields: BTreeMap<String, Vec<u8>> = redis.hgetall(&key).unwrap();
+                fields.remove(adrank_featurestore::online::layout::EXPIRES_FIELD);
                 (key.strip_prefix(&self.prefix).unwrap().to_string(), fields)
             })
             .collect()

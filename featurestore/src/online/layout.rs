@@ -89,6 +89,8 @@ pub fn offsets_field(topic: &str, partition: i32) -> String {
 pub const SEEN_FIELD: &str = "seen_ms";
 pub const UPDATED_FIELD: &str = "updated_ms";
 pub const CREATED_FIELD: &str = "created_ms";
+/// When Redis deletes the hash (wall clock): garbage collection, not an effect of the events.
+pub const EXPIRES_FIELD: &str = "expires_ms";
 /// Attribute fields carry this prefix, so no attribute name can collide with the fields above.
 pub const ATTRIBUTE_PREFIX: &str = "a:";
 
