@@ -3,7 +3,10 @@
 //! The trainer's offline evaluation and serving both score through this type, so an export bug
 //! shows up in evaluation exactly as it would in production.
 
+use std::sync::{Mutex, OnceLock, mpsc};
+
 use ort::{
+    environment::ThreadManager,
     session::{
         Session,
         builder::{GraphOptimizationLevel, SessionBuilder},
@@ -134,7 +137,68 @@ fn builder(ort: &OrtConfig, options: &SessionOptions) -> Result<SessionBuilder> 
     if options.intra_threads > 0 {
         builder = builder.with_intra_threads(options.intra_threads).map_err(|e| model_error(e.into()))?;
     }
-    Ok(builder)
+    builder.with_thread_manager(Spawner).map_err(|e| model_error(e.into()))
+}
+
+/// Starts ONNX Runtime's pool threads from one long-lived thread of their own, so that they run
+/// at the process's normal priority even when the session is built on a thread that lowered its
+/// own: serving loads and warms a new version at a low priority beside the serving one, and a
+/// thread inherits its creator's priority. [`start_spawner`] must first run at normal priority.
+struct Spawner;
+
+/// A thread to start: what it runs, and where its handle goes.
+type SpawnRequest = (Box<dyn FnOnce() + Send>, mpsc::Sender<std::io::Result<std::thread::JoinHandle<()>>>);
+
+static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+
+/// Starts the thread that starts every session's pool threads, if it is not running yet; from
+/// a thread at normal priority, since it passes its priority on.
+pub fn start_spawner() {
+    SPAWNER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("ort-spawner".into())
+            .spawn(move || {
+                for (work, reply) in incoming {
+                    let _ = reply.send(std::thread::Builder::new().name("ort-pool".into()).spawn(work));
+                }
+            })
+            .expect("the process can start a thread at startup");
+        Mutex::new(requests)
+    });
+}
+
+/// Lowers the calling thread's priority by `niceness` (a nice value; Linux keeps one per thread,
+/// and threads it starts inherit it). Raising it back takes a privilege most servers lack: lower
+/// only threads that end.
+#[allow(unsafe_code)]
+pub fn lower_thread_priority(niceness: i32) -> std::io::Result<()> {
+    // SAFETY: setpriority takes no pointers; `who` 0 is the calling thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, niceness) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl ThreadManager for Spawner {
+    type Thread = std::thread::JoinHandle<()>;
+
+    fn create(&self, work: impl FnOnce() + Send + 'static) -> ort::Result<Self::Thread> {
+        start_spawner();
+        let (reply, handle) = mpsc::channel();
+        let requests = SPAWNER.get().expect("started above").lock().expect("the spawner lock is never poisoned");
+        requests.send((Box::new(work), reply)).map_err(|_| ort::Error::new("the thread spawner is gone"))?;
+        drop(requests);
+        handle
+            .recv()
+            .map_err(|_| ort::Error::new("the thread spawner is gone"))?
+            .map_err(|e| ort::Error::new(format!("cannot start an ONNX Runtime pool thread: {e}")))
+    }
+
+    fn join(thread: Self::Thread) -> ort::Result<()> {
+        thread.join().map_err(|_| ort::Error::new("an ONNX Runtime pool thread panicked"))
+    }
 }
 
 /// A session on the CUDA execution provider, or why there is none.

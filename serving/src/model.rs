@@ -61,9 +61,9 @@ impl LoadedVersion {
         let onnx = request.registry.artifact(&manifest.onnx).await?;
         let options = SessionOptions::of(request.ort);
         let ort = request.ort.clone();
-        let session = tokio::task::spawn_blocking(move || ScoringSession::load(&onnx, &ort, options))
+        let session = in_background(move || ScoringSession::load(&onnx, &ort, options))
             .await
-            .map_err(|e| incompatible(format!("loading panicked: {e}")))??;
+            .map_err(|_| incompatible("loading did not finish: its thread panicked or could not start".into()))??;
         let expected = Signature::expected(transformer.id_width(), transformer.dense_width());
         let problems = session.signature().mismatches(&expected);
         if !problems.is_empty() {
@@ -72,7 +72,7 @@ impl LoadedVersion {
         let mut session = session;
         let sizes = warm_up_sizes(request.serving.max_batch_rows);
         let (ids, dense) = (transformer.id_width(), transformer.dense_width());
-        let session = tokio::task::spawn_blocking(move || {
+        let session = in_background(move || {
             for &rows in &sizes {
                 // Id 0 is every feature's "missing" bucket: always a valid input.
                 session
@@ -82,7 +82,7 @@ impl LoadedVersion {
             Ok::<_, (usize, String)>(session)
         })
         .await
-        .map_err(|e| incompatible(format!("warm-up panicked: {e}")))?
+        .map_err(|_| incompatible("the warm-up did not finish: its thread panicked or could not start".into()))?
         .map_err(|(rows, reason)| Error::WarmUp { name: name.into(), version, rows, reason })?;
         let provider = session.provider();
         let batcher = Batcher::spawn(session, request.serving.batcher());
@@ -104,6 +104,30 @@ impl LoadedVersion {
             dense: vec![0.0; rows * self.transformer.dense_width()],
         }
     }
+}
+
+/// How much lower than the serving threads' priority a version loads and warms (a nice value).
+const LOAD_NICENESS: i32 = 10;
+
+/// Runs `work` on a thread of its own at a lower priority: a new version's graph optimisation
+/// and warm-up runs, beside the serving version on the same cores, then take only the CPU the
+/// serving threads leave (a load beside serving was a swap's latency spike: BENCHMARKS.md). The
+/// session's pool threads start at normal priority all the same (`start_spawner`), and the
+/// thread ends with `work`, so nothing that serves keeps the low priority. The receiver errs
+/// when `work` panicked.
+fn in_background<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> tokio::sync::oneshot::Receiver<T> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    adrank_registry::scoring::start_spawner();
+    let started = std::thread::Builder::new().name("adrank-load".into()).spawn(move || {
+        if let Err(e) = adrank_registry::scoring::lower_thread_priority(LOAD_NICENESS) {
+            tracing::debug!(error = %e, "cannot lower the loading thread's priority");
+        }
+        let _ = done.send(work());
+    });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "cannot start a loading thread");
+    }
+    result
 }
 
 /// The batch sizes the batcher forms most: one request alone, a few merged, a full batch.

@@ -44,3 +44,37 @@ async fn a_version_is_verified_warmed_and_scores_and_bad_ones_are_refused() {
     // The version already loaded keeps serving.
     assert!(loaded.batcher.score(loaded.empty_rows(1), Instant::now() + Duration::from_secs(5)).await.is_ok());
 }
+
+/// The process's threads as (name, nice value), from /proc.
+fn threads() -> Vec<(String, i64)> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+            // pid (comm) state ppid … : the nice value is the 17th field after the name.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_string();
+            Some((name, rest.split_whitespace().nth(16)?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_loads_at_low_priority_and_its_pool_serves_at_normal_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path());
+    let (onnx, stats) = model_file(&Architecture::Dlrm { embedding_dim: 4, bottom: vec![8], top: vec![8], wide: true });
+    let version = registry.publish(draft(&onnx, &stats, "priorities")).await.unwrap().version;
+    // Two threads per run: ONNX Runtime starts one pool thread besides the caller.
+    let ort = adrank_registry::OrtConfig { intra_threads: 2, ..adrank_testkit::onnxruntime() };
+    let (spec, serving) = (adrank_testkit::spec(), ServingConfig::default());
+    let request = LoadRequest { registry: &registry, name: "ctr", version, spec: &spec, ort: &ort, serving: &serving };
+    let loaded = LoadedVersion::load(request).await.unwrap();
+    assert!(loaded.batcher.score(loaded.empty_rows(300), Instant::now() + Duration::from_secs(5)).await.is_ok());
+    // The session was built on a thread at a lower priority (threads inherit their creator's
+    // name and priority); its pool thread comes from the spawner all the same, at normal priority.
+    let threads = threads();
+    let pool: Vec<_> = threads.iter().filter(|(name, _)| name == "ort-pool").collect();
+    assert!(!pool.is_empty(), "the session's pool thread came from the spawner: {threads:?}");
+    assert!(pool.iter().all(|&&(_, nice)| nice == 0), "pool threads at normal priority: {threads:?}");
+}
