@@ -56,6 +56,10 @@ pub struct OrtConfig {
     /// of the server (HTTP, features, the next batch) and the machine need, and counts as busy
     /// when nothing runs; off by default.
     pub intra_spinning: bool,
+    /// ONNX Runtime's memory pattern: it plans a run's memory once per distinct input shape and
+    /// reuses the plan. Serving's batches come in many shapes (rows vary with every batch), and
+    /// a freshly loaded version plans each anew on its first runs; off by default.
+    pub memory_pattern: bool,
     /// Where models run: `cpu`, or `cuda` (needs adrank built with the `cuda` feature, the GPU
     /// build of ONNX Runtime and a device; when any is missing the model runs on the CPU and a
     /// warning says why).

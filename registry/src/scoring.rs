@@ -24,6 +24,8 @@ pub struct SessionOptions {
     pub graph_optimization: GraphOptimization,
     /// Pool threads spin-wait for work after a run.
     pub intra_spinning: bool,
+    /// Plan memory once per input shape (ONNX Runtime's memory pattern).
+    pub memory_pattern: bool,
     /// Where the model should run; a session that cannot get it runs on the CPU.
     pub provider: Provider,
     pub cuda_device: u32,
@@ -36,6 +38,7 @@ impl SessionOptions {
             intra_threads: config.intra_threads,
             graph_optimization: config.graph_optimization,
             intra_spinning: config.intra_spinning,
+            memory_pattern: config.memory_pattern,
             provider: config.execution_provider,
             cuda_device: config.cuda_device,
         }
@@ -47,6 +50,7 @@ impl SessionOptions {
             intra_threads: 1,
             graph_optimization: GraphOptimization::All,
             intra_spinning: false,
+            memory_pattern: false,
             provider: Provider::Cpu,
             cuda_device: 0,
         }
@@ -133,6 +137,8 @@ fn builder(ort: &OrtConfig, options: &SessionOptions) -> Result<SessionBuilder> 
         })
         .map_err(|e| model_error(e.into()))?
         .with_intra_op_spinning(options.intra_spinning)
+        .map_err(|e| model_error(e.into()))?
+        .with_memory_pattern(options.memory_pattern)
         .map_err(|e| model_error(e.into()))?;
     if options.intra_threads > 0 {
         builder = builder.with_intra_threads(options.intra_threads).map_err(|e| model_error(e.into()))?;

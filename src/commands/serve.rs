@@ -60,7 +60,12 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         })
         .await?,
     );
-    let default = models.default_version();
+    // Only what the banner needs: holding the version itself here kept the first version loaded
+    // (its session and model thread) for the process's life, whatever replaced it.
+    let (first_version, load_seconds) = {
+        let first = models.default_version();
+        (first.manifest.version, first.load_seconds)
+    };
     let reader = match Reader::connect(&config.redis).await {
         Ok(reader) => Some(reader.with_wanted(Wanted::from_spec(&spec))),
         Err(e) => {
@@ -79,10 +84,10 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     eprintln!(
         "serving {} version {} ({} follows it) on http://{} (loaded and warmed in {:.1} s)",
         args.name,
-        default.manifest.version,
+        first_version,
         args.follow,
         listener.local_addr()?,
-        default.load_seconds
+        load_seconds
     );
     let watcher = Arc::clone(&models);
     let poll = std::time::Duration::from_millis(config.serving.registry_poll_ms);

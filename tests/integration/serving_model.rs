@@ -60,7 +60,7 @@ fn threads() -> Vec<(String, i64)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_loads_at_low_priority_and_its_pool_serves_at_normal_priority() {
+async fn a_version_loading_at_low_priority_leaves_its_pool_at_normal_priority() {
     let dir = tempfile::tempdir().unwrap();
     let registry = registry(dir.path());
     let (onnx, stats) = model_file(&Architecture::Dlrm { embedding_dim: 4, bottom: vec![8], top: vec![8], wide: true });

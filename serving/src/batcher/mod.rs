@@ -15,6 +15,10 @@
 
 mod worker;
 
+/// The name of each loaded version's model thread (one per version; it ends, and frees the
+/// session, once the version is unloaded and its last request answered).
+pub const MODEL_THREAD: &str = "adrank-model";
+
 use std::{
     sync::{
         Arc,

@@ -5,11 +5,11 @@ use std::{sync::Arc, time::Instant};
 use adrank_registry::scoring::ScoringSession;
 use tokio::sync::mpsc::Receiver;
 
-use super::{Batch, BatchError, ModelState, Scored, admit};
+use super::{Batch, BatchError, MODEL_THREAD, ModelState, Scored, admit};
 
 pub(super) fn spawn_model_thread(mut session: ScoringSession, mut batches: Receiver<Batch>, model: Arc<ModelState>) {
     std::thread::Builder::new()
-        .name("adrank-model".into())
+        .name(MODEL_THREAD.into())
         .spawn(move || {
             // Ends when the batching task ends (every handle dropped).
             while let Some(batch) = batches.blocking_recv() {

@@ -94,6 +94,15 @@ fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
+/// How many of a process's threads carry this name.
+fn threads_named(pid: u32, name: &str) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
 #[derive(Debug, Clone, Serialize)]
 struct Latency {
     rate: f64,
@@ -445,8 +454,15 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         current = next;
-        // The old version's batcher thread ends, and frees its session, as its queue closes.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The old version's batcher thread frees its session and ends once its queue closes:
+        // wait for it (one batcher thread left, the new version's), or the reading may hold both
+        // sessions (a step of one model's memory, up at one reading and down at the next).
+        while threads_named(pid, adrank_serving::batcher::MODEL_THREAD) > 1 {
+            if waiting.elapsed() > Duration::from_secs(60) {
+                bail!("cycle {cycle}: the old version's batcher thread did not end within 60 s of the swap");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let rss = resident_bytes(pid)?;
         if cycle == 10.min(args.cycles) {
             rss_warm = rss;
