@@ -438,8 +438,7 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     // Load/unload cycles: each alias move loads the other version, warms it, swaps it in and
     // unloads the old one.
     let mut current = serving_version(addr).await.unwrap_or(1);
-    let mut rss_warm = 0;
-    let mut rss_series = Vec::new();
+    // (cycle, bytes) after every cycle from the 10th on.
     let mut rss_readings = Vec::new();
     for cycle in 1..=args.cycles {
         let next = if current == 1 { 2 } else { 1 };
@@ -463,17 +462,12 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let rss = resident_bytes(pid)?;
-        if cycle == 10.min(args.cycles) {
-            rss_warm = rss;
-        }
         if cycle >= 10.min(args.cycles) {
-            rss_readings.push((cycle, rss));
-        }
-        if cycle % 10 == 0 {
-            rss_series.push((cycle, rss));
+            rss_readings.push((cycle, resident_bytes(pid)?));
         }
     }
+    let rss_warm = rss_readings.first().map_or(0, |&(_, bytes)| bytes);
+    let rss_series: Vec<(u32, u64)> = rss_readings.iter().copied().filter(|(cycle, _)| cycle % 10 == 0).collect();
     // Growth by the trend: the least-squares line through every reading from cycle 10 on,
     // from its value at the first reading to its value at the last, against their mean.
     let rss_trend_growth = match (rss_readings.first(), rss_readings.last()) {
@@ -483,8 +477,7 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         }
         _ => 0.0,
     };
-    // Unloading happens when the old version's last request is done: give it a moment.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every cycle above waited for the old version's model thread to end.
     let rss_end = resident_bytes(pid)?;
     let reply = {
         let request = world.next_request();
