@@ -87,16 +87,22 @@ impl Run {
         offsets.values().sum()
     }
 
-    /// Every hash under the prefix, field by field (TTLs aside: the wall-clock deletion time
-    /// differs between runs by design).
-    fn snapshot(&self, redis: &mut redis::Connection) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
+    /// Every key under the prefix: the offsets hash field by field, each entity's record (its
+    /// wall-clock deletion time aside: that differs between runs by design).
+    fn snapshot(&self, redis: &mut redis::Connection) -> BTreeMap<String, String> {
+        use adrank_featurestore::online::layout::Record;
         let keys: Vec<String> =
             redis.scan_match::<_, String>(format!("{}*", self.prefix)).unwrap().collect::<Result<_, _>>().unwrap();
         keys.into_iter()
             .map(|key| {
-                let mut fields: BTreeMap<String, Vec<u8>> = redis.hgetall(&key).unwrap();
-                fields.remove(adrank_featurestore::online::layout::EXPIRES_FIELD);
-                (key.strip_prefix(&self.prefix).unwrap().to_string(), fields)
+                let name = key.strip_prefix(&self.prefix).unwrap().to_string();
+                if name == "ingest:offsets" {
+                    let offsets: BTreeMap<String, i64> = redis.hgetall(&key).unwrap();
+                    return (name, format!("{offsets:?}"));
+                }
+                let bytes: Vec<u8> = redis.get(&key).unwrap();
+                let record = Record::parse(&bytes).unwrap_or_else(|e| panic!("{key}: {e}"));
+                (name, format!("{:?}", Record { expires_ms: None, ..record }))
             })
             .collect()
     }

@@ -367,3 +367,43 @@ async fn a_fenced_partition_leaves_the_rest_of_the_round_applied() {
     let fetched = reader.fetch("u", &[], T0).await.unwrap();
     assert_eq!(num(&fetched.user, "user_impressions_7d"), Some(1.0), "only the unfenced partition counted");
 }
+
+/// A key that holds something other than a record of this layout (a hash of an older layout, a
+/// stray string) stops the whole round with an error naming it, before anything is written;
+/// the read counts such an entity as missing.
+#[tokio::test]
+async fn a_value_of_another_layout_fails_the_round_whole_and_reads_as_missing() {
+    let redis = TestRedis::new().await;
+    let mut writer = Writer::connect(&redis.config).await.unwrap();
+    let prefix = writer.prefix().to_string();
+    let mut connection = adrank_featurestore::online::connect(&redis.config).await.unwrap();
+    let ad_key = format!("{prefix}a:a");
+    let advertiser_key = format!("{prefix}v:v");
+    let _: () = redis::cmd("HSET").arg(&ad_key).arg("w1h").arg("x").query_async(&mut connection).await.unwrap();
+    let _: () = redis::cmd("SET").arg(&advertiser_key).arg("not a record").query_async(&mut connection).await.unwrap();
+
+    let mut updates = Updates::default();
+    updates.impression(&prefix, &impression("i", "u", "a", "v", T0));
+    let batch = PartitionBatch { topic: "t", partition: 0, expected: None, next: 1, updates: &updates };
+    let error = writer.apply(&[batch]).await.unwrap_err().to_string();
+    assert!(error.contains(&ad_key) || error.contains(&advertiser_key), "{error}");
+    // Nothing of the round: no user record, no watermark.
+    let user: Option<Vec<u8>> =
+        redis::cmd("GET").arg(format!("{prefix}u:u")).query_async(&mut connection).await.unwrap();
+    assert_eq!(user, None);
+    assert_eq!(writer.watermarks(&[("t", 0)]).await.unwrap(), [None]);
+
+    // Cleared, the same round applies.
+    let _: () = redis::cmd("DEL").arg(&ad_key).query_async(&mut connection).await.unwrap();
+    let batch = PartitionBatch { topic: "t", partition: 0, expected: None, next: 1, updates: &updates };
+    let error = writer.apply(&[batch]).await.unwrap_err().to_string();
+    assert!(error.contains(&advertiser_key) && error.contains("another layout"), "{error}");
+    // The reader: the stray string is a missing advertiser, the ad a live one.
+    let reader = Reader::connect(&RedisConfig { cache_ttl_ms: 0, ..redis.config.clone() }).await.unwrap();
+    let _: () = redis::cmd("DEL").arg(&advertiser_key).query_async(&mut connection).await.unwrap();
+    assert_eq!(apply(&mut writer, 0, None, 1, &updates).await, Outcome::Applied);
+    let _: () = redis::cmd("SET").arg(&advertiser_key).arg("not a record").query_async(&mut connection).await.unwrap();
+    let read = reader.fetch("u", &[AdRef { ad_id: "a", advertiser_id: "v" }], T0).await.unwrap();
+    assert_eq!((read.missing.users, read.missing.ads, read.missing.advertisers), (0, 0, 1));
+    assert_eq!(num(&read.ads[0].ad, "ad_impressions_1h"), Some(1.0));
+}

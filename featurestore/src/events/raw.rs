@@ -142,6 +142,13 @@ impl RawFeatures {
         self.entries.is_empty()
     }
 
+    /// Entries already in name order, each name once (a record built from a precomputed
+    /// layout): no comparisons.
+    pub(crate) fn from_sorted(entries: Vec<(Cow<'static, str>, RawValue)>) -> Self {
+        debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0), "entries out of order");
+        Self { entries }
+    }
+
     /// Sorts by name; of repeated names the last wins (as in a JSON object read by serde).
     fn from_unsorted(mut entries: Vec<(Cow<'static, str>, RawValue)>) -> Self {
         // Producers usually list names in order already: then there is nothing to do.

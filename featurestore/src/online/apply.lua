@@ -1,19 +1,22 @@
 -- Applies one round of the ingester (the merged updates of several topic partitions) to the
 -- online store, atomically with those partitions' applied-offset watermarks (see writer.rs).
 -- Redis runs a script to completion before any other command, so either all of the round and
--- the new watermarks are visible, or none of it.
+-- the new watermarks are visible, or none of it. Each entity is one record, a string whose
+-- layout is in layout.rs: this script reads and writes its header and rings, and replaces its
+-- attributes whole with what the writer encoded.
 --
 -- KEYS[1]        the offsets hash
--- KEYS[2..]      entity hashes: counter updates first, then attribute updates
+-- KEYS[2..]      entity records: counter updates first, then attribute updates
 -- ARGV[1]        number of partitions P, then P x (offsets field, expected watermark ('' =
 --                none), next watermark)
 -- then           TTL (ms), number of counter updates, number of attribute updates
 -- then per counter update:   one binary argument, little-endian: seen_ms (f64), n (u32), then
 --                            n x (finest bucket index, impressions, clicks) (u32 each), the
 --                            buckets ascending (numbers as text cost Redis a strtod each)
--- then per attribute update: event_ms, created (0|1), n, n x (field, value)
+-- then per attribute update: event_ms, created (0|1), the encoded attributes
 -- Returns {1} when applied; {0, position, current, …} listing the partitions (0-based) whose
--- stored watermark is not the expected one, in which case nothing is applied.
+-- stored watermark is not the expected one, in which case nothing is applied. A key that holds
+-- something other than a record of this layout is an error, also before anything is written.
 
 local partitions = tonumber(ARGV[1])
 local fenced = {0}
@@ -32,35 +35,70 @@ local a = 2 + 3 * partitions
 local ttl = tonumber(ARGV[a])
 local counters, attributes = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
 a = a + 3
--- {window bucket in finest buckets, buckets in the ring, hash field}
+
+local FORMAT = __FORMAT__
+local HAS_SEEN, HAS_CREATED, HAS_UPDATED, HAS_EXPIRES = __FLAGS__
+local HEADER = __HEADER__
+-- {window bucket in finest buckets, buckets in the ring}
 local windows = {__WINDOWS__}
-local fields, formats = {}, {}
--- What a counter update reads: seen_ms, the rings, expires_ms.
-local reads = {'seen_ms'}
+local formats, empty, lengths = {}, {}, {}
+local rings_end = HEADER
 for w = 1, #windows do
-  fields[w] = windows[w][3]
-  formats[w] = '<' .. string.rep('I4', 1 + 2 * windows[w][2])
-  reads[1 + w] = fields[w]
+  local size = windows[w][2]
+  formats[w] = '<' .. string.rep('I4', 1 + 2 * size)
+  lengths[w] = 4 + 8 * size
+  empty[w] = string.rep('\0', lengths[w])
+  rings_end = rings_end + lengths[w]
 end
-reads[#reads + 1] = 'expires_ms'
+-- Numbers given to redis.call are formatted with printf: these are given as text, made once.
+local header_last = tostring(rings_end - 1)
 
--- Redis deletes an entity TTL to TTL + TTL/8 after its last write (wall clock): reads apply the
--- TTL themselves, in event time, so this is only the garbage collection of inactive entities.
--- Setting the deadline with a slack, and only when less than the TTL is left, spares nearly every
--- write a PEXPIREAT call (a third of the calls a counter update makes); `expires_ms` remembers it.
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
--- As text: Redis would format a Lua number with an exponent.
-local deadline = string.format('%.0f', now + ttl + math.floor(ttl / 8))
-
--- Adds `expires_ms` to an HSET's field list when the held deadline (or its absence) is too near.
-local function expiring(held, set)
-  if held == false or tonumber(held) < now + ttl then
-    set[#set + 1] = 'expires_ms'
-    set[#set + 1] = deadline
-    return true
+-- Every entity of the round, read once and checked before anything is written (a script that
+-- fails midway keeps the writes it made), then held decoded until the end, where each is
+-- written once however many updates it had. Only the header and rings are read: the
+-- attributes are replaced whole or left where they are.
+local entities, order = {}, {}
+for i = 2, #KEYS do
+  local key = KEYS[i]
+  if entities[key] == nil then
+    -- '' when the key does not exist: a record is never empty.
+    local held = redis.pcall('GETRANGE', key, '0', header_last)
+    if type(held) == 'table' and held.err then
+      return redis.error_reply('entity ' .. key .. ' is not an online-store record: ' .. held.err)
+    end
+    local e
+    if held ~= '' then
+      if #held < rings_end or string.byte(held, 1) ~= FORMAT then
+        return redis.error_reply('entity ' .. key .. ' holds ' .. #held .. ' bytes of format '
+          .. tostring(string.byte(held, 1)) .. ', not a record of format ' .. FORMAT .. ' (another layout)')
+      end
+      -- One table per entity: its rings at [1..], the header by name.
+      local flags, seen, created, updated, expires = struct.unpack('<xBdddd', held)
+      e = {flags = flags, seen = seen, created = created, updated = updated, expires = expires}
+      local at = HEADER + 1
+      for w = 1, #windows do
+        e[w] = string.sub(held, at, at + lengths[w] - 1)
+        at = at + lengths[w]
+      end
+    else
+      e = {flags = 0, seen = 0, created = 0, updated = 0, expires = 0, new = true}
+      for w = 1, #windows do e[w] = empty[w] end
+    end
+    entities[key] = e
+    order[#order + 1] = key
   end
-  return false
+end
+
+local function has(e, flag)
+  return bit.band(e.flags, flag) ~= 0
+end
+
+-- The newest event time that touched the entity.
+local function saw(e, t)
+  if not has(e, HAS_SEEN) or t > e.seen then
+    e.seen = t
+    e.flags = bit.bor(e.flags, HAS_SEEN)
+  end
 end
 
 -- One counter update's argument as {seen_ms, n, bucket, impressions, clicks, …}, a bucket at a
@@ -75,10 +113,6 @@ local function counts_of(blob)
   return u
 end
 
-local function newer(value, stored)
-  return stored == false or tonumber(value) > tonumber(stored)
-end
-
 -- One slot's counts, added to in place: the ring as a string, with slot `s` (0-based) replaced.
 local function add(ring, s, impressions, clicks)
   local at = 5 + 8 * s
@@ -87,109 +121,105 @@ local function add(ring, s, impressions, clicks)
 end
 
 for i = 1, counters do
-  local key = KEYS[1 + i]
+  local e = entities[KEYS[1 + i]]
   local u = counts_of(ARGV[a])
   a = a + 1
-  local seen, last_at = u[1], 3 * u[2]
-  local held = redis.call('HMGET', key, unpack(reads))
-  local set = {}
+  local last_at = 3 * u[2]
   for w = 1, #windows do
     local width, size = windows[w][1], windows[w][2]
-    local value = held[1 + w]
-    if not (value and #value == 4 + 8 * size) then
-      value = false
-    end
+    local value = e[w]
     -- The events' buckets come in ascending order: the last is the newest.
     local last = math.floor(u[last_at] / width)
-    local newest = value and struct.unpack('<I4', value)
-    if value and last <= newest then
+    local newest = struct.unpack('<I4', value)
+    -- An all-zero ring (a new entity, or one known only from its attributes) holds nothing
+    -- to keep: it starts at the events' newest bucket.
+    if value == empty[w] then
+      newest = last
+      value = struct.pack('<I4', last) .. string.sub(value, 5)
+    end
+    if last <= newest then
       -- The common case: the ring does not move, only the events' slots change.
-      for e = 3, last_at, 3 do
-        local bucket = math.floor(u[e] / width)
+      for k = 3, last_at, 3 do
+        local bucket = math.floor(u[k] / width)
         -- An event older than the ring's oldest bucket has left the window: it no longer counts.
         if bucket > newest - size then
-          value = add(value, bucket % size, u[e + 1], u[e + 2])
+          value = add(value, bucket % size, u[k + 1], u[k + 2])
         end
       end
     else
-      -- The ring moves forward (or starts): as a table, [1] the newest bucket, then
-      -- impressions and clicks per slot.
-      local ring
-      if value then
-        ring = {struct.unpack(formats[w], value)}
-        ring[2 + 2 * size] = nil -- struct.unpack also returns the next position
-      else
-        ring = {last}
-        for k = 2, 1 + 2 * size do ring[k] = 0 end
-        newest = last
-      end
+      -- The ring moves forward: as a table, [1] the newest bucket, then impressions and
+      -- clicks per slot.
+      local ring = {struct.unpack(formats[w], value)}
+      ring[2 + 2 * size] = nil -- struct.unpack also returns the next position
       -- Slots of the buckets passed over start empty.
       for b = newest + 1, math.min(last, newest + size) do
         local s = b % size
         ring[2 + 2 * s], ring[3 + 2 * s] = 0, 0
       end
       ring[1] = last
-      for e = 3, last_at, 3 do
-        local bucket = math.floor(u[e] / width)
+      for k = 3, last_at, 3 do
+        local bucket = math.floor(u[k] / width)
         if bucket > last - size then
           local s = bucket % size
-          ring[2 + 2 * s] = ring[2 + 2 * s] + u[e + 1]
-          ring[3 + 2 * s] = ring[3 + 2 * s] + u[e + 2]
+          ring[2 + 2 * s] = ring[2 + 2 * s] + u[k + 1]
+          ring[3 + 2 * s] = ring[3 + 2 * s] + u[k + 2]
         end
       end
       value = struct.pack(formats[w], unpack(ring))
     end
-    set[#set + 1] = fields[w]
-    set[#set + 1] = value
+    e[w] = value
   end
-  if newer(seen, held[1]) then
-    set[#set + 1] = 'seen_ms'
-    set[#set + 1] = string.format('%.0f', seen)
-  end
-  local expire = expiring(held[#reads], set)
-  redis.call('HSET', key, unpack(set))
-  if expire then
-    redis.call('PEXPIREAT', key, deadline)
-  end
+  saw(e, u[1])
 end
 
 for i = 1, attributes do
-  local key = KEYS[1 + counters + i]
-  local t, created, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  a = a + 3
-  local held = redis.call('HMGET', key, 'updated_ms', 'seen_ms', 'expires_ms')
+  local e = entities[KEYS[1 + counters + i]]
+  local t, created = tonumber(ARGV[a]), ARGV[a + 1]
   -- A snapshot replaces the attributes only when it is at least as new as the one held, so a
   -- replayed or late record cannot bring an old value back.
-  if held[1] == false or tonumber(t) >= tonumber(held[1]) then
-    local keep = {}
-    local set = {'updated_ms', t}
-    for j = 0, n - 1 do
-      local field = ARGV[a + 2 * j]
-      keep[field] = true
-      set[#set + 1] = field
-      set[#set + 1] = ARGV[a + 2 * j + 1]
+  if not has(e, HAS_UPDATED) or t >= e.updated then
+    e.attributes = ARGV[a + 2]
+    e.updated = t
+    e.flags = bit.bor(e.flags, HAS_UPDATED)
+  end
+  if created == '1' and not has(e, HAS_CREATED) then
+    e.created = t
+    e.flags = bit.bor(e.flags, HAS_CREATED)
+  end
+  saw(e, t)
+  a = a + 3
+end
+
+-- Redis deletes an entity TTL to TTL + TTL/8 after its last write (wall clock): reads apply the
+-- TTL themselves, in event time, so this is only the garbage collection of inactive entities.
+-- A record's deadline moves (SET … PXAT) only when less than the TTL is left; otherwise the
+-- write keeps the key's expiry (KEEPTTL).
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local deadline = now + ttl + math.floor(ttl / 8)
+-- As text: Redis would format a Lua number with an exponent.
+local deadline_text = string.format('%.0f', deadline)
+for _, key in ipairs(order) do
+  local e = entities[key]
+  local moves = not has(e, HAS_EXPIRES) or e.expires < now + ttl
+  if moves then
+    e.expires = deadline
+    e.flags = bit.bor(e.flags, HAS_EXPIRES)
+  end
+  local head = struct.pack('<BBdddd', FORMAT, e.flags, e.seen, e.created, e.updated, e.expires) .. __RINGS__
+  if e.attributes or e.new then
+    -- A new record, or new attributes: the whole record (a new one always gets a deadline).
+    if moves then
+      redis.call('SET', key, head .. (e.attributes or ''), 'PXAT', deadline_text)
+    else
+      redis.call('SET', key, head .. e.attributes, 'KEEPTTL')
     end
-    for _, field in ipairs(redis.call('HKEYS', key)) do
-      if string.sub(field, 1, 2) == 'a:' and not keep[field] then
-        redis.call('HDEL', key, field)
-      end
+  else
+    -- Counters and times only: rewritten in place, the attributes and the expiry kept.
+    redis.call('SETRANGE', key, '0', head)
+    if moves then
+      redis.call('PEXPIREAT', key, deadline_text)
     end
-    redis.call('HSET', key, unpack(set))
-  end
-  a = a + 2 * n
-  if created == '1' then
-    redis.call('HSETNX', key, 'created_ms', t)
-  end
-  local set = {}
-  if newer(t, held[2]) then
-    set[1], set[2] = 'seen_ms', t
-  end
-  local expire = expiring(held[3], set)
-  if #set > 0 then
-    redis.call('HSET', key, unpack(set))
-  end
-  if expire then
-    redis.call('PEXPIREAT', key, deadline)
   end
 end
 

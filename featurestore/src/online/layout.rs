@@ -1,24 +1,38 @@
-//! How the online store lays entities out in Redis: one hash per entity, shaped for the read
-//! path (one `HGETALL` per entity, no per-feature round trips).
+//! How the online store lays entities out in Redis: one record per entity, shaped for the read
+//! path (all of a read's entities in one `MGET`, no per-feature round trips).
 //!
 //! ```text
-//! {prefix}u:{user_id}        a:segment, a:device, …   profile attributes (type-tagged values)
-//! {prefix}a:{ad_id}          a:category, a:format, a:advertiser_id, a:status, created_ms
-//! {prefix}v:{advertiser_id}  (counters only)
-//!   every entity also has:   seen_ms   the newest event time that touched it (read-time TTL)
-//!                            w1h, w1d, w7d  impression and click counters, one ring per window
-//!                            updated_ms the event time of the attributes held (last writer wins)
-//!                            expires_ms when Redis deletes the hash (wall clock; garbage
-//!                                       collection only: reads apply the TTL themselves)
-//! {prefix}ingest:offsets     {topic}:{partition} -> next offset to apply (exactly-once watermark)
+//! {prefix}u:{user_id}        the user's record: profile attributes and counters
+//! {prefix}a:{ad_id}          the ad's record: catalog attributes (category, format,
+//!                            advertiser_id, status …), creation time and counters
+//! {prefix}v:{advertiser_id}  the advertiser's record: counters only
+//! {prefix}ingest:offsets     hash: {topic}:{partition} -> next offset to apply (exactly-once
+//!                            watermark)
 //! ```
 //!
-//! The counters are ring buffers of time buckets, one field per window in [`WINDOWS`]: the
-//! newest bucket's index, then `(impressions, clicks)` per slot, little-endian `u32`s. One small
-//! field per window instead of one per bucket keeps a read of 400 entities small, and every
-//! value stays under Redis's 64-byte compact-hash limit. A read sums, per window, the buckets
-//! that lie in the window ending at the read's time, so counts age out exactly even for an
-//! entity nobody writes any more.
+//! A record is one Redis string, little-endian:
+//!
+//! ```text
+//! 0    u8       format (RECORD_FORMAT)
+//! 1    u8       flags: which of the four times below are held
+//! 2    4 x f64  seen_ms    the newest event time that touched it (read-time TTL)
+//!               created_ms an ad's first live catalog record (ad_age_hours)
+//!               updated_ms the event time of the attributes held (last writer wins)
+//!               expires_ms when Redis deletes the key (wall clock; garbage collection only:
+//!                          reads apply the TTL themselves)
+//! 34   rings    one per window in WINDOWS: the newest bucket's index, then (impressions,
+//!               clicks) per slot, u32s
+//! 198  attributes, as the writer encoded them: per attribute a LEB128 length and the name, a
+//!               LEB128 length and the type-tagged value (encode_value)
+//! ```
+//!
+//! Why one string and not a hash of fields: a read touches ~400 entities, and on a 2-core
+//! machine Redis spent 3.7 µs per ad in `HGETALL` (a command, a key lookup and 11 fields of
+//! reply each) against 1.1 µs per record in one `MGET` (BENCHMARKS.md). The ingester's script
+//! reads and writes whole records; only the reader parses attributes.
+//!
+//! A read sums, per window, the buckets that lie in the window ending at the read's time, so
+//! counts age out exactly even for an entity nobody writes any more.
 
 use crate::events::RawValue;
 
@@ -85,14 +99,29 @@ pub fn offsets_field(topic: &str, partition: i32) -> String {
     format!("{topic}:{partition}")
 }
 
-/// Hash fields that are not attributes.
-pub const SEEN_FIELD: &str = "seen_ms";
-pub const UPDATED_FIELD: &str = "updated_ms";
-pub const CREATED_FIELD: &str = "created_ms";
-/// When Redis deletes the hash (wall clock): garbage collection, not an effect of the events.
-pub const EXPIRES_FIELD: &str = "expires_ms";
-/// Attribute fields carry this prefix, so no attribute name can collide with the fields above.
-pub const ATTRIBUTE_PREFIX: &str = "a:";
+/// The format byte every record starts with. Changing the layout changes it: the script and the
+/// reader refuse records of another format instead of misreading them.
+pub const RECORD_FORMAT: u8 = 2;
+
+/// Flag bits: which optional times a record holds.
+pub const HAS_SEEN: u8 = 1;
+pub const HAS_CREATED: u8 = 2;
+pub const HAS_UPDATED: u8 = 4;
+pub const HAS_EXPIRES: u8 = 8;
+
+/// Format, flags and the four times.
+pub const HEADER_BYTES: usize = 2 + 4 * 8;
+
+/// Where the attributes start: after the header and every ring.
+pub const RINGS_END: usize = {
+    let mut end = HEADER_BYTES;
+    let mut i = 0;
+    while i < WINDOWS.len() {
+        end += ring_bytes(&WINDOWS[i]);
+        i += 1;
+    }
+    end
+};
 
 /// One counter window: a ring of `buckets` buckets of `bucket_ms` each, the newest being the
 /// bucket that holds the read time. A 7-day window of day buckets counts today and the six
@@ -101,8 +130,6 @@ pub const ATTRIBUTE_PREFIX: &str = "a:";
 pub struct Window {
     /// The suffix of its features: `user_clicks_{name}`.
     pub name: &'static str,
-    /// The hash field holding the ring.
-    pub field: &'static str,
     pub bucket_ms: i64,
     pub buckets: u32,
 }
@@ -110,14 +137,12 @@ pub struct Window {
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
 
-/// The counter windows. Each ring is one field of at most 60 bytes, so Redis keeps an entity's
-/// hash in its compact (listpack) encoding, which is several times cheaper to write and read
-/// than the hashtable a bigger value forces. Changing them changes the stored layout (a new key
-/// prefix is the migration).
+/// The counter windows, in the order of their rings in a record. Changing them changes the
+/// stored layout (and must change [`RECORD_FORMAT`]).
 pub const WINDOWS: [Window; 3] = [
-    Window { name: "1h", field: "w1h", bucket_ms: 10 * MINUTE_MS, buckets: 6 },
-    Window { name: "1d", field: "w1d", bucket_ms: 4 * HOUR_MS, buckets: 6 },
-    Window { name: "7d", field: "w7d", bucket_ms: 24 * HOUR_MS, buckets: 7 },
+    Window { name: "1h", bucket_ms: 10 * MINUTE_MS, buckets: 6 },
+    Window { name: "1d", bucket_ms: 4 * HOUR_MS, buckets: 6 },
+    Window { name: "7d", bucket_ms: 24 * HOUR_MS, buckets: 7 },
 ];
 
 /// A ring's bytes: the newest bucket index, then per slot (impressions, clicks), all
@@ -174,6 +199,123 @@ pub fn decode_value(bytes: &[u8]) -> Option<RawValue> {
     }
 }
 
+/// One entity's record, parsed in place.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Record<'a> {
+    pub seen_ms: Option<i64>,
+    pub created_ms: Option<i64>,
+    pub updated_ms: Option<i64>,
+    pub expires_ms: Option<i64>,
+    /// Every ring, in the order of [`WINDOWS`]: see [`Record::ring`].
+    pub rings: &'a [u8],
+    /// The encoded attributes: see [`Record::attributes`].
+    pub encoded_attributes: &'a [u8],
+}
+
+/// Why bytes are not a record of this layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordError {
+    /// Shorter than a header and the rings.
+    TooShort(usize),
+    /// Another format byte: written by another layout.
+    Format(u8),
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooShort(n) => write!(f, "{n} bytes, shorter than a record's {RINGS_END}"),
+            Self::Format(format) => write!(f, "format {format}, not this layout's {RECORD_FORMAT}"),
+        }
+    }
+}
+
+impl<'a> Record<'a> {
+    pub fn parse(bytes: &'a [u8]) -> std::result::Result<Self, RecordError> {
+        if bytes.len() < RINGS_END {
+            return Err(RecordError::TooShort(bytes.len()));
+        }
+        if bytes[0] != RECORD_FORMAT {
+            return Err(RecordError::Format(bytes[0]));
+        }
+        let flags = bytes[1];
+        // Event times are validated to lie in years 0-9999: exact in an f64, and the cast
+        // saturates whatever else a corrupt record holds.
+        let time = |i: usize, flag: u8| {
+            let at = 2 + 8 * i;
+            let value = f64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+            (flags & flag != 0).then_some(value as i64)
+        };
+        Ok(Self {
+            seen_ms: time(0, HAS_SEEN),
+            created_ms: time(1, HAS_CREATED),
+            updated_ms: time(2, HAS_UPDATED),
+            expires_ms: time(3, HAS_EXPIRES),
+            rings: &bytes[HEADER_BYTES..RINGS_END],
+            encoded_attributes: &bytes[RINGS_END..],
+        })
+    }
+
+    /// Window `w`'s ring (`w` indexes [`WINDOWS`]).
+    pub fn ring(&self, w: usize) -> &'a [u8] {
+        let start: usize = WINDOWS[..w].iter().map(ring_bytes).sum();
+        &self.rings[start..start + ring_bytes(&WINDOWS[w])]
+    }
+
+    /// The attributes: (name, type-tagged value) pairs. A truncated or garbled tail ends the
+    /// iteration (the reader's records are written by the script, byte for byte as encoded).
+    pub fn attributes(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + use<'a> {
+        let mut rest = self.encoded_attributes;
+        std::iter::from_fn(move || {
+            let name = take(&mut rest)?;
+            let value = take(&mut rest)?;
+            Some((name, value))
+        })
+    }
+}
+
+/// Takes a LEB128 length and that many bytes off the front of `bytes`.
+fn take<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let mut length = 0usize;
+    let mut shift = 0;
+    loop {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        length |= usize::from(byte & 0x7f).checked_shl(shift)?;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift >= usize::BITS {
+            return None;
+        }
+    }
+    let (taken, rest) = bytes.split_at_checked(length)?;
+    *bytes = rest;
+    Some(taken)
+}
+
+/// Appends a LEB128 length and `bytes`.
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut n = bytes.len();
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(bytes);
+}
+
+/// Encodes attributes as a record holds them: (name, value) pairs; missing values are left out.
+pub fn encode_attributes<'a>(attributes: impl IntoIterator<Item = (&'a str, &'a RawValue)>, out: &mut Vec<u8>) {
+    for (name, value) in attributes {
+        if let Some(value) = encode_value(value) {
+            put(out, name.as_bytes());
+            put(out, value.as_bytes());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,12 +349,61 @@ mod tests {
     }
 
     #[test]
-    fn every_ring_fits_redis_compact_hashes() {
+    fn windows_nest_in_the_finest_bucket() {
         for window in &WINDOWS {
-            // hash-max-listpack-value defaults to 64 bytes.
-            assert!(ring_bytes(window) <= 64, "{}", window.name);
             assert_eq!(window.bucket_ms % WINDOWS[0].bucket_ms, 0, "{}", window.name);
         }
+        assert_eq!(RINGS_END, 198);
+    }
+
+    /// A record as the script writes it.
+    fn record(flags: u8, times: [f64; 4], rings: &[u8], attributes: &[(&str, RawValue)]) -> Vec<u8> {
+        let mut bytes = vec![RECORD_FORMAT, flags];
+        for t in times {
+            bytes.extend(t.to_le_bytes());
+        }
+        bytes.extend(rings);
+        encode_attributes(attributes.iter().map(|(n, v)| (*n, v)), &mut bytes);
+        bytes
+    }
+
+    #[test]
+    fn records_parse_in_place() {
+        let mut rings = vec![0u8; RINGS_END - HEADER_BYTES];
+        rings[52] = 7; // the 1d ring's newest bucket
+        let attributes =
+            [("category", RawValue::from("shoes")), ("price", RawValue::Num(2.5)), ("gone", RawValue::Missing)];
+        let bytes = record(HAS_SEEN | HAS_CREATED, [1_000.0, 500.0, 9.0, 9.0], &rings, &attributes);
+        let parsed = Record::parse(&bytes).unwrap();
+        assert_eq!(
+            (parsed.seen_ms, parsed.created_ms, parsed.updated_ms, parsed.expires_ms),
+            (Some(1_000), Some(500), None, None)
+        );
+        assert_eq!(parsed.ring(1)[0], 7);
+        assert_eq!(parsed.ring(2).len(), ring_bytes(&WINDOWS[2]));
+        let read: Vec<_> = parsed.attributes().map(|(n, v)| (n, decode_value(v).unwrap())).collect();
+        assert_eq!(read, [(&b"category"[..], RawValue::from("shoes")), (&b"price"[..], RawValue::Num(2.5))]);
+
+        // A long name and value need more than one length byte.
+        let long = "x".repeat(300);
+        let bytes = record(HAS_SEEN, [0.0; 4], &rings, &[(long.as_str(), RawValue::from(long.as_str()))]);
+        let (name, value) = Record::parse(&bytes).unwrap().attributes().next().unwrap();
+        assert_eq!((name.len(), value.len()), (300, 301));
+
+        // Cut anywhere in the attributes: the whole pairs before the cut, no panic.
+        let bytes = record(HAS_SEEN, [0.0; 4], &rings, &attributes);
+        for cut in RINGS_END..bytes.len() {
+            let pairs = Record::parse(&bytes[..cut]).unwrap().attributes().count();
+            assert!(pairs < 2, "cut at {cut}: {pairs}");
+        }
+        assert_eq!(Record::parse(&bytes[..RINGS_END - 1]), Err(RecordError::TooShort(RINGS_END - 1)));
+        let mut other = bytes.clone();
+        other[0] = 1;
+        assert_eq!(Record::parse(&other), Err(RecordError::Format(1)));
+        // A length that claims more than usize holds.
+        let mut garbled = bytes[..RINGS_END].to_vec();
+        garbled.extend([0xff; 12]);
+        assert_eq!(Record::parse(&garbled).unwrap().attributes().count(), 0);
     }
 
     #[test]

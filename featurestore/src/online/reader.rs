@@ -1,5 +1,5 @@
 //! The online read client serving uses: one user and up to [`MAX_ADS`] ads with their
-//! advertisers in one pipelined round trip, with an optional short-lived in-process cache for
+//! advertisers in one round trip (one `MGET`), with an optional short-lived in-process cache for
 //! ads and advertisers.
 //!
 //! The answer is raw features named as the feature spec reads them: the stored attributes
@@ -7,7 +7,7 @@
 //! `ad_age_hours` and the ids. An entity that is absent, or that no event has touched for the
 //! entity TTL (in event time, against the read's time), contributes only its id: the transforms
 //! then apply the spec's defaults, and the read counts it as missing. Expiry is applied on
-//! every read, so a hash Redis has not deleted yet never shows a stale value.
+//! every read, so a record Redis has not deleted yet never shows a stale value.
 
 use std::{
     borrow::Cow,
@@ -20,7 +20,7 @@ use std::{
 use rustc_hash::FxHashMap;
 
 use super::{
-    layout::{self, ATTRIBUTE_PREFIX, CREATED_FIELD, Entity, SEEN_FIELD, WINDOWS},
+    layout::{self, Entity, Record, WINDOWS},
     resp::{self, Pool},
 };
 use crate::{
@@ -58,7 +58,7 @@ pub struct Fetched {
     /// Per requested ad, in order: the ad's and its advertiser's features.
     pub ads: Vec<AdFeatures>,
     pub missing: Missing,
-    /// Ad and advertiser hashes served from the in-process cache.
+    /// Ad and advertiser records served from the in-process cache.
     pub cache_hits: usize,
 }
 
@@ -121,52 +121,84 @@ impl AdFeatures {
     }
 }
 
-/// One entity's hash as read.
-#[derive(Debug, Default)]
+/// One entity's record as read.
+#[derive(Debug)]
 struct Stored {
     seen_ms: Option<i64>,
     created_ms: Option<i64>,
-    attributes: Vec<(Cow<'static, str>, RawValue)>,
-    /// The counter rings, in the order of [`WINDOWS`].
-    rings: [Option<Vec<u8>>; WINDOWS.len()],
+    attributes: Attributes,
+    /// The counter rings, in the order of [`WINDOWS`] (held here: no allocation per entity).
+    rings: [u8; RINGS],
     /// The entity's features as last computed, with the counter bucket they hold for: a cached
     /// entity is read by many requests, and its counters change only when the read time crosses
     /// into another bucket.
     features: Mutex<Option<(i64, Arc<RawFeatures>)>>,
 }
 
+/// The bytes of every ring of a record.
+const RINGS: usize = layout::RINGS_END - layout::HEADER_BYTES;
+
+/// An entity's stored attributes.
+#[derive(Debug)]
+enum Attributes {
+    /// Every one, by name.
+    All(Vec<(Cow<'static, str>, RawValue)>),
+    /// The wanted ones, by their place in the kind's [`Plan::names`].
+    Wanted(Vec<Option<RawValue>>),
+}
+
+impl Default for Stored {
+    /// An absent entity.
+    fn default() -> Self {
+        Self {
+            seen_ms: None,
+            created_ms: None,
+            attributes: Attributes::All(Vec::new()),
+            rings: [0; RINGS],
+            features: Mutex::default(),
+        }
+    }
+}
+
 impl Stored {
-    /// Parses an `HGETALL` reply: field, value, field, value, …; keeps only the `wanted`
-    /// attributes when given (under their shared names, with no allocation), else all.
-    fn parse<'a>(mut reply: impl Iterator<Item = Option<&'a [u8]>>, wanted: Option<&[&'static str]>) -> Self {
-        let mut stored = Self::default();
-        while let (Some(Some(field)), Some(Some(value))) = (reply.next(), reply.next()) {
-            let number = || std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
-            match field {
-                f if f == SEEN_FIELD.as_bytes() => stored.seen_ms = number(),
-                f if f == CREATED_FIELD.as_bytes() => stored.created_ms = number(),
-                f if let Some(w) = WINDOWS.iter().position(|w| w.field.as_bytes() == f) => {
-                    stored.rings[w] = Some(value.to_vec())
-                }
-                f => {
-                    let Some(name) = f.strip_prefix(ATTRIBUTE_PREFIX.as_bytes()) else { continue };
-                    let name = match wanted {
-                        Some(names) => match names.iter().find(|n| n.as_bytes() == name) {
-                            Some(n) => Cow::Borrowed(*n),
-                            None => continue,
-                        },
-                        None => match std::str::from_utf8(name) {
-                            Ok(name) => Cow::Owned(name.to_string()),
-                            Err(_) => continue,
-                        },
-                    };
-                    if let Some(value) = layout::decode_value(value) {
-                        stored.attributes.push((name, value));
+    /// Parses a record (`None`: absent); keeps only the attributes `layout` names when given
+    /// (by place, with no allocation), else all. A value that is not a record of this layout
+    /// reads as absent: the entity counts as missing.
+    fn parse(value: Option<&[u8]>, layout: Option<&Plan>) -> Self {
+        let Some(value) = value else { return Self::default() };
+        let record = match Record::parse(value) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::debug!(error = %e, "an online-store value is not a record: read as missing");
+                return Self::default();
+            }
+        };
+        let attributes = match layout {
+            Some(layout) => {
+                let mut values = vec![None; layout.names.len()];
+                for (name, value) in record.attributes() {
+                    if let Some(j) = layout.names.iter().position(|n| n.as_bytes() == name) {
+                        values[j] = layout::decode_value(value);
                     }
                 }
+                Attributes::Wanted(values)
             }
+            None => Attributes::All(
+                record
+                    .attributes()
+                    .filter_map(|(name, value)| {
+                        Some((Cow::Owned(std::str::from_utf8(name).ok()?.to_string()), layout::decode_value(value)?))
+                    })
+                    .collect(),
+            ),
+        };
+        Self {
+            seen_ms: record.seen_ms,
+            created_ms: record.created_ms,
+            attributes,
+            rings: record.rings.try_into().expect("a record's rings are RINGS bytes"),
+            features: Mutex::default(),
         }
-        stored
     }
 
     /// Whether the entity counts as present at `now_ms`.
@@ -174,22 +206,24 @@ impl Stored {
         self.seen_ms.is_some_and(|seen| now_ms.saturating_sub(seen) <= ttl_ms)
     }
 
-    /// Appends this entity's attributes and counters at `now_ms` to `out` (unsorted: the
-    /// record is sorted once, when complete).
-    fn features(&self, entity: Entity, now_ms: i64, out: &mut Vec<(Cow<'static, str>, RawValue)>) {
-        out.extend(self.attributes.iter().cloned());
-        let names = counter_names(entity);
-        for ((window, ring), (clicks, impressions)) in WINDOWS.iter().zip(&self.rings).zip(names) {
-            // No ring yet (an entity known only from its profile): zero counts.
-            let sum = ring.as_deref().and_then(|ring| layout::window_counts(window, ring, now_ms)).unwrap_or_default();
-            out.push((Cow::Borrowed(*clicks), RawValue::Num(sum.clicks as f64)));
-            out.push((Cow::Borrowed(*impressions), RawValue::Num(sum.impressions as f64)));
+    /// Clicks and impressions per window at `now_ms`, in the order of [`Counter`].
+    fn counts(&self, now_ms: i64) -> [f64; COUNTERS] {
+        let mut counts = [0.0; COUNTERS];
+        let mut rings = &self.rings[..];
+        for (w, window) in WINDOWS.iter().enumerate() {
+            let (ring, rest) = rings.split_at(layout::ring_bytes(window));
+            rings = rest;
+            // No counts yet (an all-zero ring): zero counts.
+            let sum = layout::window_counts(window, ring, now_ms).unwrap_or_default();
+            counts[2 * w] = sum.clicks as f64;
+            counts[2 * w + 1] = sum.impressions as f64;
         }
+        counts
     }
 
     /// The entity's id, attributes and counters at `now_ms`, as a record: computed once per
-    /// counter bucket and shared.
-    fn record(&self, entity: Entity, id: &str, now_ms: i64) -> Arc<RawFeatures> {
+    /// counter bucket and shared. `layout` is the one the record was parsed with.
+    fn record(&self, entity: Entity, id: &str, now_ms: i64, layout: Option<&Plan>) -> Arc<RawFeatures> {
         // Every window's buckets are whole multiples of the finest one, so the finest bucket
         // holding `now_ms` fixes every window's sum.
         let bucket = now_ms.div_euclid(FINEST_BUCKET_MS);
@@ -199,10 +233,37 @@ impl Stored {
         {
             return record.clone();
         }
-        let mut entries = Vec::with_capacity(1 + self.attributes.len() + 2 * WINDOWS.len());
-        entries.push((Cow::Borrowed(entity.id_feature()), RawValue::from(id)));
-        self.features(entity, now_ms, &mut entries);
-        let record = Arc::new(RawFeatures::from_iter(entries));
+        let counts = self.counts(now_ms);
+        let record = Arc::new(match (&self.attributes, layout) {
+            // Names in the layout's precomputed order: no sorting, no name comparisons.
+            (Attributes::Wanted(values), Some(layout)) => RawFeatures::from_sorted(
+                layout
+                    .order
+                    .iter()
+                    .filter_map(|&(name, from)| {
+                        let value = match from {
+                            Origin::Id => RawValue::from(id),
+                            Origin::Attribute(j) => values.get(j)?.clone()?,
+                            Origin::Counter(k) => RawValue::Num(counts[k]),
+                        };
+                        Some((Cow::Borrowed(name), value))
+                    })
+                    .collect(),
+            ),
+            (attributes, _) => {
+                let all = match attributes {
+                    Attributes::All(all) => &all[..],
+                    // Parsed with a layout, read without one: not how a reader works.
+                    Attributes::Wanted(_) => &[],
+                };
+                let mut entries = Vec::with_capacity(1 + all.len() + COUNTERS);
+                entries.push((Cow::Borrowed(entity.id_feature()), RawValue::from(id)));
+                entries.extend(all.iter().cloned());
+                let names = counter_names(entity);
+                entries.extend(names.iter().zip(counts).map(|(&name, n)| (Cow::Borrowed(name), RawValue::Num(n))));
+                RawFeatures::from_iter(entries)
+            }
+        });
         *memo = Some((bucket, record.clone()));
         record
     }
@@ -228,35 +289,70 @@ const FINEST_BUCKET_MS: i64 = {
     finest
 };
 
-/// `(clicks, impressions)` feature names per window, made once: reads would otherwise format
-/// six names per entity.
-fn counter_names(entity: Entity) -> &'static [(&'static str, &'static str)] {
-    static NAMES: OnceLock<[Vec<(&'static str, &'static str)>; 3]> = OnceLock::new();
+/// The counters an entity has: clicks and impressions per window.
+const COUNTERS: usize = 2 * WINDOWS.len();
+
+/// The counter feature names, clicks then impressions per window in the order of [`WINDOWS`]
+/// (`user_clicks_1h`, `user_impressions_1h`, …), made once: reads would otherwise format six
+/// names per entity.
+fn counter_names(entity: Entity) -> &'static [&'static str] {
+    static NAMES: OnceLock<[Vec<&'static str>; 3]> = OnceLock::new();
     let all = NAMES.get_or_init(|| {
         [Entity::User, Entity::Ad, Entity::Advertiser].map(|entity| {
             let prefix = entity.feature_prefix();
             let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
             WINDOWS
                 .iter()
-                .map(|w| {
-                    (leak(format!("{prefix}_clicks_{}", w.name)), leak(format!("{prefix}_impressions_{}", w.name)))
-                })
+                .flat_map(|w| [format!("{prefix}_clicks_{}", w.name), format!("{prefix}_impressions_{}", w.name)])
+                .map(leak)
                 .collect()
         })
     });
     &all[entity as usize]
 }
 
+/// Where a value of a record comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Id,
+    /// The wanted attribute at this place in [`Plan::names`].
+    Attribute(usize),
+    /// The counter at this place in [`counter_names`].
+    Counter(usize),
+}
+
+/// One entity kind's record when the wanted attributes are known: the attributes to keep, and
+/// every name of the record in order with where its value comes from, worked out once.
+#[derive(Debug, Clone, Default)]
+struct Plan {
+    names: Vec<&'static str>,
+    order: Vec<(&'static str, Origin)>,
+}
+
+impl Plan {
+    fn new(entity: Entity, names: Vec<&'static str>) -> Self {
+        let mut order: Vec<(&'static str, Origin)> = std::iter::once((entity.id_feature(), Origin::Id))
+            .chain(names.iter().enumerate().map(|(j, &name)| (name, Origin::Attribute(j))))
+            .chain(counter_names(entity).iter().enumerate().map(|(k, &name)| (name, Origin::Counter(k))))
+            .collect();
+        // Stable: of equal names the later source (counters, then attributes, then the id) wins,
+        // as when a record is sorted from its parts.
+        order.sort_by(|a, b| a.0.cmp(b.0));
+        order.reverse();
+        order.dedup_by(|later, kept| later.0 == kept.0);
+        order.reverse();
+        Self { names, order }
+    }
+}
+
 /// The attributes a reader keeps per entity kind (users, ads, advertisers), when it knows
 /// them: each read then skips the others, and names the kept ones without an allocation.
 /// [`Wanted::from_spec`] takes them from the feature spec.
 ///
-/// The read still asks for whole hashes (`HGETALL`): asking for only these fields (`HMGET`) cost
-/// Redis more per entity (an argument object and a listpack scan per field asked for) than
-/// sending the few fields more, once the client parsed replies in place (`bench ingest`).
+/// Redis still sends whole records: it cannot pick parts of a string, and a record is small.
 #[derive(Debug, Clone, Default)]
 pub struct Wanted {
-    per_entity: [Vec<&'static str>; 3],
+    per_entity: [Plan; 3],
 }
 
 impl Wanted {
@@ -294,12 +390,16 @@ impl Wanted {
     pub fn new(names: [Vec<String>; 3]) -> Self {
         // Attribute names are few and live as long as the process: leaked once, they go into
         // every read's features without an allocation.
-        let per_entity = names.map(|n| n.into_iter().map(|s| &*Box::leak(s.into_boxed_str())).collect());
+        let mut kinds = [Entity::User, Entity::Ad, Entity::Advertiser].into_iter();
+        let per_entity = names.map(|n| {
+            let entity = kinds.next().expect("three kinds");
+            Plan::new(entity, n.into_iter().map(|s| &*Box::leak(s.into_boxed_str())).collect())
+        });
         Self { per_entity }
     }
 }
 
-/// A short-lived cache of ad and advertiser hashes (including absent ones), by kind and id: a
+/// A short-lived cache of ad and advertiser records (including absent ones), by kind and id: a
 /// lookup neither formats the Redis key nor allocates.
 ///
 /// An entry is served for `ttl` after it was read, never longer. Past half of that, the read
@@ -314,7 +414,7 @@ struct Cache {
     entries: Mutex<[Entries; 2]>,
 }
 
-/// One cached hash.
+/// One cached entity.
 #[derive(Debug)]
 struct Entry {
     read_at: Instant,
@@ -323,7 +423,7 @@ struct Entry {
     refreshing: bool,
 }
 
-/// One kind's cached hashes by id.
+/// One kind's cached records by id.
 type Entries = FxHashMap<Box<str>, Entry>;
 
 impl Cache {
@@ -332,7 +432,7 @@ impl Cache {
         usize::from(entity == Entity::Advertiser)
     }
 
-    /// The cached hashes of `ids` (`None`: not cached or expired), and the positions of those
+    /// The cached records of `ids` (`None`: not cached or expired), and the positions of those
     /// due for a refresh, now marked as being refreshed.
     fn get(&self, ids: &[(Entity, &str)], now: Instant) -> (Vec<Option<Arc<Stored>>>, Vec<usize>) {
         let mut entries = self.entries.lock().expect("the cache lock is never poisoned: no panics while held");
@@ -406,9 +506,13 @@ impl Reader {
         Ok(Self { pool, prefix: config.key_prefix.clone(), ttl_ms: config.entity_ttl_ms(), cache, wanted: None })
     }
 
-    /// Reads only these attributes (and the counters, ids and ad age) instead of whole hashes.
+    /// Keeps only these attributes (and the counters, ids and ad age) of what it reads. The
+    /// reader gets a cache of its own: a cache holds entities as its reader keeps them.
     pub fn with_wanted(mut self, wanted: Wanted) -> Self {
         self.wanted = Some(Arc::new(wanted));
+        self.cache = self
+            .cache
+            .map(|cache| Arc::new(Cache { ttl: cache.ttl, capacity: cache.capacity, entries: Mutex::default() }));
         self
     }
 
@@ -473,11 +577,13 @@ impl Reader {
         let records: Vec<Arc<RawFeatures>> = entities
             .iter()
             .enumerate()
-            .map(
-                |(i, &(entity, id))| {
-                    if live[i] { held(i).record(entity, id, now_ms) } else { Arc::new(id_record(entity, id)) }
-                },
-            )
+            .map(|(i, &(entity, id))| {
+                if live[i] {
+                    held(i).record(entity, id, now_ms, self.plan(entity))
+                } else {
+                    Arc::new(id_record(entity, id))
+                }
+            })
             .collect();
         let user = (*records[0]).clone();
         let per_ad = slots
@@ -492,27 +598,40 @@ impl Reader {
         Ok(Fetched { user, ads: per_ad, missing, cache_hits })
     }
 
-    /// Reads these entities' hashes in one pipelined round trip.
-    async fn read<'a>(&self, entities: impl Iterator<Item = (Entity, &'a str)> + Clone) -> Result<Vec<Stored>> {
-        let mut commands = Vec::new();
+    /// How records of `entity` are read, when the wanted attributes are known.
+    fn plan(&self, entity: Entity) -> Option<&Plan> {
+        self.wanted.as_ref().map(|w| &w.per_entity[entity as usize])
+    }
+
+    /// Reads these entities' records in one round trip: one `MGET`.
+    async fn read<'a>(
+        &self,
+        entities: impl ExactSizeIterator<Item = (Entity, &'a str)> + Clone,
+    ) -> Result<Vec<Stored>> {
+        if entities.len() == 0 {
+            return Ok(Vec::new());
+        }
+        let mut command = Vec::with_capacity(16 + entities.len() * (16 + self.prefix.len()));
+        resp::array(&mut command, 1 + entities.len());
+        resp::bulk(&mut command, b"MGET");
         let mut key = String::new();
-        let mut count = 0;
         for (entity, id) in entities.clone() {
             entity.write_key(&self.prefix, id, &mut key);
-            resp::command(&mut commands, [b"HGETALL".as_slice(), key.as_bytes()]);
-            count += 1;
+            resp::bulk(&mut command, key.as_bytes());
         }
-        self.pool
-            .exchange(&commands, count, |replies| {
-                entities
-                    .enumerate()
-                    .map(|(i, (entity, _))| {
-                        let wanted = self.wanted.as_ref().map(|w| w.per_entity[entity as usize].as_slice());
-                        Stored::parse(replies.reply(i), wanted)
-                    })
-                    .collect()
+        let count = entities.len();
+        let read = self
+            .pool
+            .exchange(&command, 1, |replies| {
+                (replies.len(0) == count).then(|| {
+                    entities
+                        .zip(replies.reply(0))
+                        .map(|((entity, _), value)| Stored::parse(value, self.plan(entity)))
+                        .collect()
+                })
             })
-            .await
+            .await?;
+        read.ok_or_else(|| self.pool.unexpected(format!("an MGET of {count} keys was answered with another count")))
     }
 
     /// Reads cached entities again, off the request path (see [`Cache`]).
@@ -526,5 +645,53 @@ impl Reader {
                 cache.refresh_failed(&due);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as the apply script writes one: header, rings, attributes.
+    fn record(seen_ms: f64, attributes: &[(&str, RawValue)]) -> Vec<u8> {
+        let mut bytes = vec![layout::RECORD_FORMAT, layout::HAS_SEEN];
+        for t in [seen_ms, 0.0, 0.0, 0.0] {
+            bytes.extend(t.to_le_bytes());
+        }
+        // The 1h ring: newest bucket 7, slot 7 % 6 = 1 holds 3 impressions and 2 clicks.
+        let mut rings = [0u8; RINGS];
+        rings[..4].copy_from_slice(&7u32.to_le_bytes());
+        rings[12..16].copy_from_slice(&3u32.to_le_bytes());
+        rings[16..20].copy_from_slice(&2u32.to_le_bytes());
+        bytes.extend(rings);
+        layout::encode_attributes(attributes.iter().map(|(n, v)| (*n, v)), &mut bytes);
+        bytes
+    }
+
+    #[test]
+    fn a_plan_builds_the_same_record_as_sorting_does() {
+        let now = 7 * WINDOWS[0].bucket_ms + 1;
+        let bytes = record(
+            now as f64,
+            &[("zone", RawValue::from("z")), ("category", RawValue::from("c")), ("extra", RawValue::Num(1.0))],
+        );
+        let all = Stored::parse(Some(&bytes), None).record(Entity::Ad, "a1", now, None);
+        assert_eq!(all.get("ad_impressions_1h"), Some(&RawValue::Num(3.0)));
+        assert_eq!(all.get("ad_clicks_1h"), Some(&RawValue::Num(2.0)));
+        assert_eq!(all.get("extra"), Some(&RawValue::Num(1.0)));
+
+        // Wanted: two of the three, one absent from the record, and a name a counter also has
+        // (the counter wins, as when a record is sorted from its parts).
+        let wanted = Wanted::new([
+            vec![],
+            vec!["zone".into(), "category".into(), "missing".into(), "ad_clicks_1h".into()],
+            vec![],
+        ]);
+        let plan = &wanted.per_entity[1];
+        let planned = Stored::parse(Some(&bytes), Some(plan)).record(Entity::Ad, "a1", now, Some(plan));
+        let mut expected = (*all).clone();
+        expected.remove("extra");
+        assert_eq!(*planned, expected);
+        assert!(planned.keys().zip(planned.keys().skip(1)).all(|(a, b)| a < b));
     }
 }

@@ -13,10 +13,10 @@ use redis::aio::MultiplexedConnection;
 // rounds merge: SipHash's protection against chosen collisions was most of that cost.
 use rustc_hash::FxHashMap;
 
-use super::layout::{self, ATTRIBUTE_PREFIX, Entity, WINDOWS};
+use super::layout::{self, Entity, WINDOWS};
 use crate::{
     Error, RedisConfig, Result,
-    events::{AdRecord, AdStatus, Click, Impression, RawFeatures, UserProfile},
+    events::{AdRecord, AdStatus, Click, Impression, RawFeatures, RawValue, UserProfile},
 };
 
 /// The finest counter bucket: every window's bucket is a multiple of it, so increments
@@ -80,7 +80,8 @@ struct AttributeUpdate {
     event_time_ms: i64,
     /// Sets `created_ms` when the entity has none (an ad's first live record).
     created: bool,
-    fields: Vec<(String, String)>,
+    /// The attributes, encoded as a record holds them ([`layout::encode_attributes`]).
+    attributes: Vec<u8>,
 }
 
 impl Updates {
@@ -111,7 +112,7 @@ impl Updates {
             key: Entity::User.key(prefix, &profile.user_id),
             event_time_ms: profile.event_time_ms,
             created: false,
-            fields: attribute_fields(&profile.attributes, []),
+            attributes: encoded_attributes(&profile.attributes, []),
         });
     }
 
@@ -127,9 +128,9 @@ impl Updates {
             key: Entity::Ad.key(prefix, &ad.ad_id),
             event_time_ms: ad.event_time_ms,
             created: ad.status == AdStatus::Live,
-            fields: attribute_fields(
+            attributes: encoded_attributes(
                 &ad.attributes,
-                [("advertiser_id", ad.advertiser_id.as_str()), ("status", status)],
+                [("advertiser_id", RawValue::from(ad.advertiser_id.as_str())), ("status", RawValue::from(status))],
             ),
         });
     }
@@ -150,15 +151,13 @@ impl Updates {
     }
 }
 
-fn attribute_fields<'a>(
-    attributes: &RawFeatures,
-    extra: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Vec<(String, String)> {
-    attributes
-        .iter()
-        .filter_map(|(name, value)| Some((format!("{ATTRIBUTE_PREFIX}{name}"), layout::encode_value(value)?)))
-        .chain(extra.into_iter().map(|(name, value)| (format!("{ATTRIBUTE_PREFIX}{name}"), format!("s{value}"))))
-        .collect()
+/// A snapshot's attributes and the `extra` ones the record's own fields give (which win over
+/// attributes of the same name), encoded as a record holds them.
+fn encoded_attributes<const N: usize>(attributes: &RawFeatures, extra: [(&str, RawValue); N]) -> Vec<u8> {
+    let mut encoded = Vec::new();
+    let own = attributes.iter().filter(|(name, _)| !extra.iter().any(|(e, _)| e == name));
+    layout::encode_attributes(own.chain(extra.iter().map(|(name, value)| (*name, value))), &mut encoded);
+    encoded
 }
 
 /// Several batches' updates as one: counters summed per entity and bucket, attribute
@@ -336,10 +335,7 @@ impl Writer {
             cmd.arg(&blob);
         }
         for update in &merged.attributes {
-            cmd.arg(update.event_time_ms).arg(u8::from(update.created)).arg(update.fields.len());
-            for (field, value) in &update.fields {
-                cmd.arg(field).arg(value);
-            }
+            cmd.arg(update.event_time_ms).arg(u8::from(update.created)).arg(&update.attributes);
         }
         // {1} when applied; {0, position, current, position, current, …} when fenced.
         let reply: Vec<redis::Value> = cmd.query_async(&mut self.connection).await?;
@@ -375,15 +371,22 @@ impl Writer {
     }
 }
 
-/// The apply script, with the counter windows written in from [`WINDOWS`] so that the script
-/// and the reader cannot disagree on the layout.
+/// The apply script, with the record's format, flags, header and counter windows written in
+/// from [`layout`] so that the script and the reader cannot disagree on the layout.
 fn apply_script() -> String {
     // Windows in units of the finest bucket, which is what the script receives.
-    let windows: Vec<String> = WINDOWS
-        .iter()
-        .map(|w| format!("{{{}, {}, '{}'}}", w.bucket_ms / FINEST_BUCKET_MS, w.buckets, w.field))
-        .collect();
-    include_str!("apply.lua").replace("__WINDOWS__", &windows.join(", "))
+    let windows: Vec<String> =
+        WINDOWS.iter().map(|w| format!("{{{}, {}}}", w.bucket_ms / FINEST_BUCKET_MS, w.buckets)).collect();
+    let flags =
+        [layout::HAS_SEEN, layout::HAS_CREATED, layout::HAS_UPDATED, layout::HAS_EXPIRES].map(|f| f.to_string());
+    // The rings joined in one concatenation: `e[1] .. e[2] .. …`.
+    let rings: Vec<String> = (1..=WINDOWS.len()).map(|w| format!("e[{w}]")).collect();
+    include_str!("apply.lua")
+        .replace("__RINGS__", &rings.join(" .. "))
+        .replace("__FORMAT__", &layout::RECORD_FORMAT.to_string())
+        .replace("__FLAGS__", &flags.join(", "))
+        .replace("__HEADER__", &layout::HEADER_BYTES.to_string())
+        .replace("__WINDOWS__", &windows.join(", "))
 }
 
 #[cfg(test)]
