@@ -29,7 +29,8 @@
 //! Why one string and not a hash of fields: a read touches ~400 entities, and on a 2-core
 //! machine Redis spent 3.7 µs per ad in `HGETALL` (a command, a key lookup and 11 fields of
 //! reply each) against 1.1 µs per record in one `MGET` (BENCHMARKS.md). The ingester's script
-//! reads and writes whole records; only the reader parses attributes.
+//! reads and rewrites a record's header and rings in place (`GETRANGE`, `SETRANGE`) and replaces
+//! its attributes whole; only the reader parses attributes.
 //!
 //! A read sums, per window, the buckets that lie in the window ending at the read's time, so
 //! counts age out exactly even for an entity nobody writes any more.

@@ -161,10 +161,10 @@ impl Default for Stored {
 }
 
 impl Stored {
-    /// Parses a record (`None`: absent); keeps only the attributes `layout` names when given
+    /// Parses a record (`None`: absent); keeps only the attributes `plan` names when given
     /// (by place, with no allocation), else all. A value that is not a record of this layout
     /// reads as absent: the entity counts as missing.
-    fn parse(value: Option<&[u8]>, layout: Option<&Plan>) -> Self {
+    fn parse(value: Option<&[u8]>, plan: Option<&Plan>) -> Self {
         let Some(value) = value else { return Self::default() };
         let record = match Record::parse(value) {
             Ok(record) => record,
@@ -173,11 +173,11 @@ impl Stored {
                 return Self::default();
             }
         };
-        let attributes = match layout {
-            Some(layout) => {
-                let mut values = vec![None; layout.names.len()];
+        let attributes = match plan {
+            Some(plan) => {
+                let mut values = vec![None; plan.names.len()];
                 for (name, value) in record.attributes() {
-                    if let Some(j) = layout.names.iter().position(|n| n.as_bytes() == name) {
+                    if let Some(j) = plan.names.iter().position(|n| n.as_bytes() == name) {
                         values[j] = layout::decode_value(value);
                     }
                 }
@@ -206,7 +206,7 @@ impl Stored {
         self.seen_ms.is_some_and(|seen| now_ms.saturating_sub(seen) <= ttl_ms)
     }
 
-    /// Clicks and impressions per window at `now_ms`, in the order of [`Counter`].
+    /// Clicks and impressions per window at `now_ms`, in the order of [`counter_names`].
     fn counts(&self, now_ms: i64) -> [f64; COUNTERS] {
         let mut counts = [0.0; COUNTERS];
         let mut rings = &self.rings[..];
@@ -222,8 +222,8 @@ impl Stored {
     }
 
     /// The entity's id, attributes and counters at `now_ms`, as a record: computed once per
-    /// counter bucket and shared. `layout` is the one the record was parsed with.
-    fn record(&self, entity: Entity, id: &str, now_ms: i64, layout: Option<&Plan>) -> Arc<RawFeatures> {
+    /// counter bucket and shared. `plan` is the one the record was parsed with.
+    fn record(&self, entity: Entity, id: &str, now_ms: i64, plan: Option<&Plan>) -> Arc<RawFeatures> {
         // Every window's buckets are whole multiples of the finest one, so the finest bucket
         // holding `now_ms` fixes every window's sum.
         let bucket = now_ms.div_euclid(FINEST_BUCKET_MS);
@@ -234,11 +234,10 @@ impl Stored {
             return record.clone();
         }
         let counts = self.counts(now_ms);
-        let record = Arc::new(match (&self.attributes, layout) {
-            // Names in the layout's precomputed order: no sorting, no name comparisons.
-            (Attributes::Wanted(values), Some(layout)) => RawFeatures::from_sorted(
-                layout
-                    .order
+        let record = Arc::new(match (&self.attributes, plan) {
+            // Names in the plan's precomputed order: no sorting, no name comparisons.
+            (Attributes::Wanted(values), Some(plan)) => RawFeatures::from_sorted(
+                plan.order
                     .iter()
                     .filter_map(|&(name, from)| {
                         let value = match from {
@@ -253,7 +252,7 @@ impl Stored {
             (attributes, _) => {
                 let all = match attributes {
                     Attributes::All(all) => &all[..],
-                    // Parsed with a layout, read without one: not how a reader works.
+                    // Parsed with a plan, read without one: not how a reader works.
                     Attributes::Wanted(_) => &[],
                 };
                 let mut entries = Vec::with_capacity(1 + all.len() + COUNTERS);
