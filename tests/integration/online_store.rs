@@ -407,3 +407,36 @@ async fn a_value_of_another_layout_fails_the_round_whole_and_reads_as_missing() 
     assert_eq!((read.missing.users, read.missing.ads, read.missing.advertisers), (0, 0, 1));
     assert_eq!(num(&read.ads[0].ad, "ad_impressions_1h"), Some(1.0));
 }
+
+/// A read of 301 entities hands every candidate its own ad and advertiser, in order, however
+/// often it is repeated on the pooled connection.
+#[tokio::test]
+async fn a_big_read_keeps_every_entity_in_its_place() {
+    let redis = TestRedis::new().await;
+    let mut writer = Writer::connect(&redis.config).await.unwrap();
+    let prefix = writer.prefix().to_string();
+    let mut updates = Updates::default();
+    // Ad k (advertiser k) has k + 1 impressions.
+    for k in 0..150 {
+        for i in 0..=k {
+            let shown = impression(&format!("i{k}-{i}"), "u", &format!("a{k}"), &format!("v{k}"), T0 + i);
+            updates.impression(&prefix, &shown);
+        }
+    }
+    assert_eq!(apply(&mut writer, 0, None, 1, &updates).await, Outcome::Applied);
+    let reader = Reader::connect(&RedisConfig { cache_ttl_ms: 0, ..redis.config.clone() }).await.unwrap();
+    let ids: Vec<(String, String)> = (0..150).rev().map(|k| (format!("a{k}"), format!("v{k}"))).collect();
+    let ads: Vec<AdRef<'_>> = ids.iter().map(|(ad, v)| AdRef { ad_id: ad, advertiser_id: v }).collect();
+    for _ in 0..3 {
+        let read = reader.fetch("u", &ads, T0 + 1_000).await.unwrap();
+        assert_eq!(read.missing, Default::default());
+        assert_eq!(num(&read.user, "user_impressions_1h"), Some((150 * 151 / 2) as f64));
+        for (candidate, (ad, advertiser)) in read.ads.iter().zip(&ids) {
+            let k: f64 = ad[1..].parse().unwrap();
+            assert_eq!(candidate.ad.get("ad_id"), Some(&RawValue::from(ad.as_str())));
+            assert_eq!(candidate.advertiser.get("advertiser_id"), Some(&RawValue::from(advertiser.as_str())));
+            assert_eq!(num(&candidate.ad, "ad_impressions_1h"), Some(k + 1.0), "{ad}");
+            assert_eq!(num(&candidate.advertiser, "advertiser_impressions_1h"), Some(k + 1.0), "{advertiser}");
+        }
+    }
+}
