@@ -207,7 +207,7 @@ pub struct Record<'a> {
     pub created_ms: Option<i64>,
     pub updated_ms: Option<i64>,
     pub expires_ms: Option<i64>,
-    /// Every ring, in the order of [`WINDOWS`]: see [`Record::ring`].
+    /// Every ring, in the order of [`WINDOWS`]: see [`ring`].
     pub rings: &'a [u8],
     /// The encoded attributes: see [`Record::attributes`].
     pub encoded_attributes: &'a [u8],
@@ -257,12 +257,6 @@ impl<'a> Record<'a> {
         })
     }
 
-    /// Window `w`'s ring (`w` indexes [`WINDOWS`]).
-    pub fn ring(&self, w: usize) -> &'a [u8] {
-        let start: usize = WINDOWS[..w].iter().map(ring_bytes).sum();
-        &self.rings[start..start + ring_bytes(&WINDOWS[w])]
-    }
-
     /// The attributes: (name, type-tagged value) pairs. A truncated or garbled tail ends the
     /// iteration (the reader's records are written by the script, byte for byte as encoded).
     pub fn attributes(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + use<'a> {
@@ -273,6 +267,12 @@ impl<'a> Record<'a> {
             Some((name, value))
         })
     }
+}
+
+/// Window `w`'s ring (`w` indexes [`WINDOWS`]) in a record's `rings`.
+pub fn ring(rings: &[u8], w: usize) -> &[u8] {
+    let start: usize = WINDOWS[..w].iter().map(ring_bytes).sum();
+    &rings[start..start + ring_bytes(&WINDOWS[w])]
 }
 
 /// Takes a LEB128 length and that many bytes off the front of `bytes`.
@@ -321,7 +321,7 @@ pub fn encode_attributes<'a>(attributes: impl IntoIterator<Item = (&'a str, &'a 
 mod tests {
     use super::*;
 
-    fn ring(newest: u32, slots: &[(usize, u32, u32)]) -> Vec<u8> {
+    fn ring_of(newest: u32, slots: &[(usize, u32, u32)]) -> Vec<u8> {
         let mut words = [0u32; 1 + 2 * 7];
         words[0] = newest;
         for &(slot, impressions, clicks) in slots {
@@ -338,7 +338,7 @@ mod tests {
         let today = 20_000u32;
         let now = i64::from(today) * day + 3 * HOUR_MS;
         // Today (slot today % 7) and six days ago: both in the window.
-        let counts = ring(today, &[(today as usize % 7, 10, 1), ((today - 6) as usize % 7, 5, 2)]);
+        let counts = ring_of(today, &[(today as usize % 7, 10, 1), ((today - 6) as usize % 7, 5, 2)]);
         assert_eq!(window_counts(week, &counts, now), Some(WindowCounts { impressions: 15, clicks: 3 }));
         // Two days later, six days ago has left; today is still in.
         assert_eq!(window_counts(week, &counts, now + 2 * day), Some(WindowCounts { impressions: 10, clicks: 1 }));
@@ -380,8 +380,8 @@ mod tests {
             (parsed.seen_ms, parsed.created_ms, parsed.updated_ms, parsed.expires_ms),
             (Some(1_000), Some(500), None, None)
         );
-        assert_eq!(parsed.ring(1)[0], 7);
-        assert_eq!(parsed.ring(2).len(), ring_bytes(&WINDOWS[2]));
+        assert_eq!(ring(parsed.rings, 1)[0], 7);
+        assert_eq!(ring(parsed.rings, 2).len(), ring_bytes(&WINDOWS[2]));
         let read: Vec<_> = parsed.attributes().map(|(n, v)| (n, decode_value(v).unwrap())).collect();
         assert_eq!(read, [(&b"category"[..], RawValue::from("shoes")), (&b"price"[..], RawValue::Num(2.5))]);
 

@@ -209,12 +209,9 @@ impl Stored {
     /// Clicks and impressions per window at `now_ms`, in the order of [`counter_names`].
     fn counts(&self, now_ms: i64) -> [f64; COUNTERS] {
         let mut counts = [0.0; COUNTERS];
-        let mut rings = &self.rings[..];
         for (w, window) in WINDOWS.iter().enumerate() {
-            let (ring, rest) = rings.split_at(layout::ring_bytes(window));
-            rings = rest;
             // No counts yet (an all-zero ring): zero counts.
-            let sum = layout::window_counts(window, ring, now_ms).unwrap_or_default();
+            let sum = layout::window_counts(window, layout::ring(&self.rings, w), now_ms).unwrap_or_default();
             counts[2 * w] = sum.clicks as f64;
             counts[2 * w + 1] = sum.impressions as f64;
         }
