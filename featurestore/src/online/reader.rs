@@ -233,19 +233,23 @@ impl Stored {
         let counts = self.counts(now_ms);
         let record = Arc::new(match (&self.attributes, plan) {
             // Names in the plan's precomputed order: no sorting, no name comparisons.
-            (Attributes::Wanted(values), Some(plan)) => RawFeatures::from_sorted(
-                plan.order
-                    .iter()
-                    .filter_map(|&(name, from)| {
-                        let value = match from {
-                            Origin::Id => RawValue::from(id),
-                            Origin::Attribute(j) => values.get(j)?.clone()?,
-                            Origin::Counter(k) => RawValue::Num(counts[k]),
-                        };
-                        Some((Cow::Borrowed(name), value))
-                    })
-                    .collect(),
-            ),
+            (Attributes::Wanted(values), Some(plan)) => {
+                // Sized once: grown as it fills (a `filter_map` collect), the vector was copied
+                // twice per entity.
+                let mut entries = Vec::with_capacity(plan.order.len());
+                for &(name, from) in &plan.order {
+                    let value = match from {
+                        Origin::Id => RawValue::from(id),
+                        Origin::Attribute(j) => match values.get(j) {
+                            Some(Some(value)) => value.clone(),
+                            _ => continue,
+                        },
+                        Origin::Counter(k) => RawValue::Num(counts[k]),
+                    };
+                    entries.push((Cow::Borrowed(name), value));
+                }
+                RawFeatures::from_sorted(entries)
+            }
             (attributes, _) => {
                 let all = match attributes {
                     Attributes::All(all) => &all[..],
@@ -546,7 +550,7 @@ impl Reader {
         let wanted: Vec<usize> = (0..entities.len()).filter(|&i| stored[i].is_none()).collect();
         let read = self.read(wanted.iter().map(|&i| entities[i])).await?;
         for (&i, parsed) in wanted.iter().zip(read) {
-            stored[i] = Some(Arc::new(parsed));
+            stored[i] = Some(parsed);
         }
         if let Some(cache) = &self.cache {
             cache.put(wanted.iter().filter(|&&i| i > 0).map(|&i| (entities[i], stored[i].clone().expect("read"))), now);
@@ -603,7 +607,7 @@ impl Reader {
     async fn read<'a>(
         &self,
         entities: impl ExactSizeIterator<Item = (Entity, &'a str)> + Clone,
-    ) -> Result<Vec<Stored>> {
+    ) -> Result<Vec<Arc<Stored>>> {
         if entities.len() == 0 {
             return Ok(Vec::new());
         }
@@ -622,7 +626,8 @@ impl Reader {
                 (replies.len(0) == count).then(|| {
                     entities
                         .zip(replies.reply(0))
-                        .map(|((entity, _), value)| Stored::parse(value, self.plan(entity)))
+                        // Parsed into its `Arc`: a record is a few hundred bytes, moved otherwise.
+                        .map(|((entity, _), value)| Arc::new(Stored::parse(value, self.plan(entity))))
                         .collect()
                 })
             })
@@ -635,7 +640,7 @@ impl Reader {
         let Some(cache) = &self.cache else { return };
         let read_at = Instant::now();
         match self.read(due.iter().map(|(entity, id)| (*entity, &**id))).await {
-            Ok(read) => cache.put(due.iter().map(|(e, id)| (*e, &**id)).zip(read.into_iter().map(Arc::new)), read_at),
+            Ok(read) => cache.put(due.iter().map(|(e, id)| (*e, &**id)).zip(read), read_at),
             Err(e) => {
                 tracing::debug!(error = %e, entities = due.len(), "refreshing cached entities failed");
                 cache.refresh_failed(&due);

@@ -123,7 +123,8 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     let slower = raw_consume.min(raw_redis);
 
     eprintln!("online reads …");
-    let reads = reads::measure(&redis.config, &mut world, args.reads, Wanted::from_spec(&spec)).await?;
+    let reads =
+        reads::measure(&redis.config, &mut world, args.reads, Wanted::from_spec(&spec), [pids[0], pids[2]]).await?;
 
     eprintln!("freshness at half the ingest rate …");
     let rate = ingest / 2.0;
@@ -182,6 +183,13 @@ fn render(r: &Results) -> String {
         format!("read 1 user + {} ads, one round trip, spec's attributes", reads.ads_per_read),
         ms(&reads.pipelined_seconds),
         format!("{} reads; target p99 <= 1 ms", reads.reads),
+    ]);
+    let c = &reads.pipelined_cpu;
+    let us = |us: Option<f64>| us.map_or("(not local)".into(), |us| format!("{us:.0}"));
+    table.row(vec![
+        "  CPU per read: client / Redis".into(),
+        format!("{} / {} us", us(c.client_us), us(c.redis_us)),
+        String::new(),
     ]);
     table.row(vec!["  the same, every attribute kept".into(), ms(&reads.all_attributes_seconds), String::new()]);
     table.row(vec!["  the same, ad cache on".into(), ms(&reads.cached_seconds), String::new()]);

@@ -2,6 +2,7 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -12,7 +13,7 @@ use adrank_featurestore::{
     kafka,
     online::{self, AdRef, Reader, Wanted},
 };
-use adrank_loadtest::world::World;
+use adrank_loadtest::{generator::cpu_seconds, world::World};
 use anyhow::bail;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
@@ -44,10 +45,22 @@ pub(super) struct Results {
     pub(super) all_attributes_seconds: Percentiles,
     /// One round trip, keeping only the attributes the feature spec reads (what serving does).
     pub(super) pipelined_seconds: Percentiles,
+    /// The CPU those reads cost, per read.
+    pub(super) pipelined_cpu: CpuPerRead,
     /// The same with the ad cache on.
     pub(super) cached_seconds: Percentiles,
     pub(super) naive_reads: usize,
     pub(super) naive_seconds: Percentiles,
+}
+
+/// What one read costs each side, in CPU microseconds: with the latency, it tells the work from
+/// the waiting (a read is serial: Redis answers, then the client decodes).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(super) struct CpuPerRead {
+    /// This process: the read client, and the loop's own work between reads.
+    pub(super) client_us: Option<f64>,
+    /// Redis, when it runs on this machine: all of its work over the reads.
+    pub(super) redis_us: Option<f64>,
 }
 
 /// The sum of the applied-offset watermarks under `prefix`.
@@ -59,47 +72,59 @@ pub(super) async fn applied(connection: &mut redis::aio::MultiplexedConnection, 
 
 /// Times `reads` reads of the world's next requests (one user and its candidates), without
 /// and with the ad cache, and a tenth as many (at most 1,000) with one round trip per entity.
+/// `pids`: this process's and Redis's (when local), whose CPU the reads are charged.
 pub(super) async fn measure(
     redis: &RedisConfig,
     world: &mut World,
     reads: usize,
     wanted: Wanted,
+    pids: [Option<u32>; 2],
 ) -> anyhow::Result<Results> {
     let whole = Reader::connect(&RedisConfig { cache_ttl_ms: 0, ..redis.clone() }).await?;
     let plain = whole.clone().with_wanted(wanted.clone());
     let cached = Reader::connect(&RedisConfig { cache_ttl_ms: 1_000, ..redis.clone() }).await?.with_wanted(wanted);
-    let requests: Vec<_> = (0..reads.max(1))
-        .map(|_| {
-            let request = world.next_request();
-            world.rank_request(&request)
-        })
-        .collect();
+    let requests: Arc<Vec<_>> = Arc::new(
+        (0..reads.max(1))
+            .map(|_| {
+                let request = world.next_request();
+                world.rank_request(&request)
+            })
+            .collect(),
+    );
     let ads_per_read = requests[0].candidates.len();
-    let refs = |r: &adrank_featurestore::request::RankRequest| -> Vec<(String, String)> {
-        r.candidates.iter().map(|c| (c.ad_id.clone(), c.advertiser_id.clone())).collect()
-    };
+    // Each loop runs as a task of the runtime, as serving's request handlers do: awaited from
+    // the main thread (`block_on`), every reply would wake a worker that polls the sockets and
+    // then the main thread, a hop serving never takes.
     let timed = |reader: &Reader| {
         let reader = reader.clone();
-        let requests = &requests;
+        let requests = requests.clone();
         async move {
+            let cpu = || pids.map(|pid| pid.and_then(|pid| cpu_seconds(&format!("/proc/{pid}/stat"))));
+            let before = cpu();
             let mut samples = Vec::with_capacity(requests.len());
             for (i, request) in requests.iter().enumerate() {
-                let ids = refs(request);
-                let ads: Vec<AdRef<'_>> =
-                    ids.iter().map(|(ad, advertiser)| AdRef { ad_id: ad, advertiser_id: advertiser }).collect();
+                let ads: Vec<AdRef<'_>> = request
+                    .candidates
+                    .iter()
+                    .map(|c| AdRef { ad_id: &c.ad_id, advertiser_id: &c.advertiser_id })
+                    .collect();
                 let started = Instant::now();
-                reader.fetch(&request.user_id, &ads, request.context.event_time_ms).await?;
+                let fetched = reader.fetch(&request.user_id, &ads, request.context.event_time_ms).await?;
+                let elapsed = started.elapsed();
+                drop(fetched);
                 // The first hundred warm connections and caches up.
                 if i >= 100.min(requests.len() / 10) {
-                    samples.push(started.elapsed().as_secs_f64());
+                    samples.push(elapsed.as_secs_f64());
                 }
             }
-            anyhow::Ok(Percentiles::of(samples))
+            let after = cpu();
+            let us = |i: usize| Some(1e6 * (after[i]? - before[i]?) / requests.len() as f64);
+            anyhow::Ok((Percentiles::of(samples), CpuPerRead { client_us: us(0), redis_us: us(1) }))
         }
     };
-    let all_attributes_seconds = timed(&whole).await?;
-    let pipelined_seconds = timed(&plain).await?;
-    let cached_seconds = timed(&cached).await?;
+    let (all_attributes_seconds, _) = tokio::spawn(timed(&whole)).await??;
+    let (pipelined_seconds, pipelined_cpu) = tokio::spawn(timed(&plain)).await??;
+    let (cached_seconds, _) = tokio::spawn(timed(&cached)).await??;
 
     // Naive: one awaited GET per entity, as a feature server without a batched read does.
     let mut connection = online::connect(redis).await?;
@@ -122,6 +147,7 @@ pub(super) async fn measure(
         ads_per_read,
         all_attributes_seconds,
         pipelined_seconds,
+        pipelined_cpu,
         cached_seconds,
         naive_reads,
         naive_seconds: Percentiles::of(samples),
