@@ -126,22 +126,29 @@ pub(super) async fn measure(
     let (pipelined_seconds, pipelined_cpu) = tokio::spawn(timed(&plain)).await??;
     let (cached_seconds, _) = tokio::spawn(timed(&cached)).await??;
 
-    // Naive: one awaited GET per entity, as a feature server without a batched read does.
+    // Naive: one awaited GET per entity, as a feature server without a batched read does; a
+    // task too, so that both sides of the ratio wake the same way.
     let mut connection = online::connect(redis).await?;
     let naive_reads = (reads / 10).clamp(1, 1_000);
-    let mut samples = Vec::with_capacity(naive_reads);
-    for request in requests.iter().take(naive_reads) {
-        let started = Instant::now();
-        let mut keys = vec![online::layout::Entity::User.key(&redis.key_prefix, &request.user_id)];
-        for candidate in &request.candidates {
-            keys.push(online::layout::Entity::Ad.key(&redis.key_prefix, &candidate.ad_id));
-            keys.push(online::layout::Entity::Advertiser.key(&redis.key_prefix, &candidate.advertiser_id));
+    let prefix = redis.key_prefix.clone();
+    let naive = requests.clone();
+    let samples = tokio::spawn(async move {
+        let mut samples = Vec::with_capacity(naive_reads);
+        for request in naive.iter().take(naive_reads) {
+            let started = Instant::now();
+            let mut keys = vec![online::layout::Entity::User.key(&prefix, &request.user_id)];
+            for candidate in &request.candidates {
+                keys.push(online::layout::Entity::Ad.key(&prefix, &candidate.ad_id));
+                keys.push(online::layout::Entity::Advertiser.key(&prefix, &candidate.advertiser_id));
+            }
+            for key in keys {
+                let _: redis::Value = redis::cmd("GET").arg(key).query_async(&mut connection).await?;
+            }
+            samples.push(started.elapsed().as_secs_f64());
         }
-        for key in keys {
-            let _: redis::Value = redis::cmd("GET").arg(key).query_async(&mut connection).await?;
-        }
-        samples.push(started.elapsed().as_secs_f64());
-    }
+        anyhow::Ok(samples)
+    })
+    .await??;
     Ok(Results {
         reads: requests.len(),
         ads_per_read,
