@@ -35,10 +35,31 @@ struct Cli {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_decommits`, the sixth option of `mi_option_e` in its v3
+/// `mimalloc.h` (libmimalloc-sys names no constant for it); a test checks its default.
+const PURGE_DECOMMITS: libmimalloc_sys::mi_option_t = 5;
+
+/// mimalloc hands memory it has not used for a while (its purge delay, 1 s) back to the
+/// kernel, by default by decommitting it (`MADV_DONTNEED`): the next allocation there then
+/// takes a page fault per 4 KiB page. Online reads took ~9,200 faults in 4 s that way, in
+/// bursts after each purge, and the reads that paid them were the slowest (BENCHMARKS.md,
+/// feature store, a sixth machine). Purging by reset instead (`MADV_FREE`), the kernel takes the
+/// pages back only when it needs memory, and touching one it has not taken costs nothing.
+/// `MIMALLOC_PURGE_DECOMMITS` in the environment still decides.
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DECOMMITS").is_none() {
+        // SAFETY: an option is a plain value mimalloc reads when it next purges; this runs
+        // before any other thread exists.
+        unsafe { libmimalloc_sys::mi_option_set(PURGE_DECOMMITS, 0) };
+    }
+}
+
 /// Exit status for a configuration that cannot be used.
 const CONFIG_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     init_logging();
     let loaded = match config::load(cli.config.as_deref(), std::env::vars()) {
@@ -82,5 +103,23 @@ mod tests {
         // clap checks its own invariants (unique names, valid defaults) only when a command is
         // built: build them all here, not on a user's first run.
         super::Cli::command().debug_assert();
+    }
+
+    /// The option's place in mimalloc's list: it is a switch that is on by default, unlike its
+    /// neighbours (`arena_eager_commit` is 2, `allow_large_os_pages` 0, `purge_delay` 1000).
+    #[test]
+    #[allow(unsafe_code)]
+    fn purge_decommits_names_mimallocs_option() {
+        if std::env::var_os("MIMALLOC_PURGE_DECOMMITS").is_some() {
+            panic!("unset MIMALLOC_PURGE_DECOMMITS to run this test: it reads the option's default");
+        }
+        // SAFETY: reading an option.
+        let (this, delay) = unsafe {
+            (
+                libmimalloc_sys::mi_option_get(super::PURGE_DECOMMITS),
+                libmimalloc_sys::mi_option_get(super::PURGE_DECOMMITS + 10),
+            )
+        };
+        assert_eq!((this, delay), (1, 1000), "mimalloc's option list has moved: find purge_decommits in mimalloc.h");
     }
 }
