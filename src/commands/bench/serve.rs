@@ -83,15 +83,19 @@ pub(super) fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     cpu_seconds(&format!("/proc/{pid}/stat")).context("cannot read process CPU time from /proc")
 }
 
-/// Resident memory of process `pid` in bytes, from /proc.
+/// Resident memory of process `pid` in bytes, from /proc, less the pages its allocator has
+/// handed back lazily (`MADV_FREE`, `LazyFree`): those stay counted as resident until the kernel
+/// needs them, but the process no longer holds them (src/main.rs, `tune_allocator`).
 fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .context("no VmRSS in /proc status")?;
-    Ok(kb * 1024)
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let kb = |field: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .with_context(|| format!("no {field} in /proc/{pid}/smaps_rollup"))
+    };
+    Ok(kb("Rss:")?.saturating_sub(kb("LazyFree:")?) * 1024)
 }
 
 /// How many of a process's threads carry this name.
@@ -622,4 +626,17 @@ fn render(r: &Results) -> String {
         format!("{:+.1}% (target < 5%)", 100.0 * r.rss_trend_growth),
     );
     table.render()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn resident_memory_is_read_from_proc() {
+        let before = super::resident_bytes(std::process::id()).unwrap();
+        let held = vec![1u8; 64 << 20];
+        let after = super::resident_bytes(std::process::id()).unwrap();
+        assert!(before > 0, "this process has resident memory");
+        assert!(after >= before + (60 << 20), "64 MiB touched shows: {before} -> {after}");
+        drop(held);
+    }
 }
