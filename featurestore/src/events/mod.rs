@@ -9,6 +9,7 @@
 //! topics have the same partition count, so Kafka's key hashing puts them in the same partition
 //! and one ingester sees both. Profiles are keyed by user id, catalog records by ad id.
 
+mod intern;
 mod raw;
 
 use std::fmt;

@@ -45,7 +45,8 @@ impl From<f64> for RawValue {
 /// is deterministic byte for byte; a vector, because records have a few dozen entries and are
 /// built once per impression, where a tree's node allocations cost more than a binary search
 /// saves. Names are `Cow` so that producers with fixed names (serving, the world) build records
-/// without allocating a string per name; decoded records own theirs.
+/// without allocating a string per name; decoded records share theirs
+/// through `intern`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RawFeatures {
     entries: Vec<(Cow<'static, str>, RawValue)>,
@@ -208,8 +209,8 @@ impl<'de> de::Visitor<'de> for RawFeaturesVisitor {
 
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RawFeatures, A::Error> {
         let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
-        while let Some((name, value)) = map.next_entry::<String, RawValue>()? {
-            entries.push((Cow::Owned(name), value));
+        while let Some(name) = map.next_key_seed(NameSeed)? {
+            entries.push((name, map.next_value()?));
         }
         Ok(RawFeatures::from_unsorted(entries))
     }
@@ -233,6 +234,29 @@ impl<'de> Deserialize<'de> for RawValue {
     }
 }
 
+/// A feature name, shared with every other record that names it (see `intern`).
+struct NameSeed;
+
+impl<'de> de::DeserializeSeed<'de> for NameSeed {
+    type Value = Cow<'static, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl de::Visitor<'_> for NameSeed {
+    type Value = Cow<'static, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a feature name")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(super::intern::name(v))
+    }
+}
+
 struct RawValueVisitor;
 
 impl de::Visitor<'_> for RawValueVisitor {
@@ -243,11 +267,7 @@ impl de::Visitor<'_> for RawValueVisitor {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<RawValue, E> {
-        Ok(RawValue::Str(v.into()))
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<RawValue, E> {
-        Ok(RawValue::Str(v.into()))
+        Ok(RawValue::Str(super::intern::value(v)))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawValue, E> {
