@@ -208,7 +208,9 @@ impl<'de> de::Visitor<'de> for RawFeaturesVisitor {
     }
 
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RawFeatures, A::Error> {
-        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+        // JSON gives no length: room for an impression's couple of dozen entries at once
+        // (grown from nothing, the vector was reallocated three times per record).
+        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(32));
         while let Some(name) = map.next_key_seed(NameSeed)? {
             entries.push((name, map.next_value()?));
         }

@@ -73,8 +73,10 @@ pub struct Joiner {
     partition: i32,
     window_ms: i64,
     lateness_ms: i64,
-    /// Waiting impressions by (event time, offset): the order their windows close in.
-    pending: BTreeMap<(i64, i64), Pending>,
+    /// Waiting impressions by (event time, offset): the order their windows close in. Boxed:
+    /// windows close from the front, and a B-tree node shifts its entries on every removal
+    /// (unboxed, ~3 KB of memmove per closed impression, 3% of the ingester's CPU).
+    pending: BTreeMap<(i64, i64), Box<Pending>>,
     pending_ids: HashMap<String, (i64, i64)>,
     /// Clicks read before their impression, by (event time, offset) -> impression id.
     early: BTreeMap<(i64, i64), String>,
@@ -146,7 +148,7 @@ impl Joiner {
             }
         }
         self.pending_ids.insert(pending.impression.impression_id.clone(), (time, offset));
-        self.pending.insert((time, offset), pending);
+        self.pending.insert((time, offset), Box::new(pending));
         self.advance();
     }
 
@@ -195,7 +197,7 @@ impl Joiner {
                     break;
                 }
                 let pending = entry.remove();
-                self.close(pending);
+                self.close(*pending);
             }
             // Written ids are kept while a click for them could still be merely late rather
             // than lost: one more window and lateness past the close.
