@@ -28,26 +28,50 @@ const VALUE_SLOTS: usize = 1_024;
 /// The process's interned names.
 static NAMES: Mutex<Option<FxHashSet<&'static str>>> = Mutex::new(None);
 
-thread_local! {
+/// Positions in a record whose last name each thread remembers.
+const REMEMBERED_POSITIONS: usize = 64;
+
+/// A thread's view of the interned names.
+#[derive(Default)]
+struct LocalNames {
     /// The names this thread has met, from [`NAMES`]: looked up without a lock.
-    static LOCAL_NAMES: RefCell<FxHashSet<&'static str>> = RefCell::default();
+    known: FxHashSet<&'static str>,
+    /// By position in a record, the name the last record had there.
+    last: Vec<&'static str>,
+}
+
+thread_local! {
+    static LOCAL_NAMES: RefCell<LocalNames> = RefCell::default();
     /// Recent values by hash, one per slot.
     static VALUES: RefCell<Vec<Option<Arc<str>>>> = RefCell::new(vec![None; VALUE_SLOTS]);
 }
 
-/// A feature name as decoded: the interned copy when there is one.
-pub(crate) fn name(text: &str) -> Cow<'static, str> {
-    let local = LOCAL_NAMES.with_borrow(|names| names.get(text).copied());
-    if let Some(held) = local {
-        return Cow::Borrowed(held);
-    }
-    match global_name(text) {
-        Some(held) => {
-            LOCAL_NAMES.with_borrow_mut(|names| names.insert(held));
-            Cow::Borrowed(held)
+/// A feature name as decoded, the `position`th of its record: the interned copy when there is
+/// one. Records of a kind name the same features in the same order, so most names are the one
+/// the last record had at that position, found by one comparison instead of a hash lookup.
+pub(crate) fn name(position: usize, text: &str) -> Cow<'static, str> {
+    LOCAL_NAMES.with_borrow_mut(|names| {
+        if let Some(&held) = names.last.get(position).filter(|held| **held == text) {
+            return Cow::Borrowed(held);
         }
-        None => Cow::Owned(text.to_owned()),
-    }
+        let held = match names.known.get(text) {
+            Some(&held) => held,
+            None => match global_name(text) {
+                Some(held) => {
+                    names.known.insert(held);
+                    held
+                }
+                None => return Cow::Owned(text.to_owned()),
+            },
+        };
+        if position < REMEMBERED_POSITIONS {
+            if names.last.len() <= position {
+                names.last.resize(position + 1, "");
+            }
+            names.last[position] = held;
+        }
+        Cow::Borrowed(held)
+    })
 }
 
 /// The process's copy of `text`, made now if the bound allows.
@@ -86,13 +110,18 @@ mod tests {
 
     #[test]
     fn names_are_shared_up_to_the_bound() {
-        let (a, b) = (name("intern_test_name"), name("intern_test_name"));
+        let (a, b) = (name(0, "intern_test_name"), name(0, "intern_test_name"));
         assert!(matches!((&a, &b), (Cow::Borrowed(x), Cow::Borrowed(y)) if std::ptr::eq(*x, *y)));
+        // At another position, and after another name took this one's: the same copy.
+        assert_eq!(name(0, "intern_other_name"), "intern_other_name");
+        for position in [0, 1, 100] {
+            assert!(matches!(name(position, "intern_test_name"), Cow::Borrowed(x) if std::ptr::eq(x, a.as_ref())));
+        }
         // Too long to hold for good: owned, equal all the same.
         let long = "n".repeat(MAX_NAME_BYTES + 1);
-        assert!(matches!(name(&long), Cow::Owned(s) if s == long));
+        assert!(matches!(name(0, &long), Cow::Owned(s) if s == long));
         // Another thread finds the same copy.
-        let there = std::thread::spawn(|| name("intern_test_name")).join().unwrap();
+        let there = std::thread::spawn(|| name(0, "intern_test_name")).join().unwrap();
         assert!(matches!((&a, &there), (Cow::Borrowed(x), Cow::Borrowed(y)) if std::ptr::eq(*x, *y)));
     }
 

@@ -211,7 +211,7 @@ impl<'de> de::Visitor<'de> for RawFeaturesVisitor {
         // JSON gives no length: room for an impression's couple of dozen entries at once
         // (grown from nothing, the vector was reallocated three times per record).
         let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(32));
-        while let Some(name) = map.next_key_seed(NameSeed)? {
+        while let Some(name) = map.next_key_seed(NameSeed { position: entries.len() })? {
             entries.push((name, map.next_value()?));
         }
         Ok(RawFeatures::from_unsorted(entries))
@@ -236,8 +236,11 @@ impl<'de> Deserialize<'de> for RawValue {
     }
 }
 
-/// A feature name, shared with every other record that names it (see `intern`).
-struct NameSeed;
+/// A feature name, shared with every other record that names it (see `intern`), and its
+/// position in its record.
+struct NameSeed {
+    position: usize,
+}
 
 impl<'de> de::DeserializeSeed<'de> for NameSeed {
     type Value = Cow<'static, str>;
@@ -255,7 +258,7 @@ impl de::Visitor<'_> for NameSeed {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(super::intern::name(v))
+        Ok(super::intern::name(self.position, v))
     }
 }
 

@@ -39,7 +39,7 @@ use std::{
 use rdkafka::{
     ClientContext, Offset, TopicPartitionList,
     consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
-    message::OwnedMessage,
+    message::BorrowedMessage,
 };
 
 pub use config::IngestConfig;
@@ -249,10 +249,13 @@ impl Ingester {
     pub async fn run(mut self, options: RunOptions, shutdown: impl Future<Output = ()>) -> Result<Totals> {
         tokio::pin!(shutdown);
         let mut last_message = Instant::now();
+        // Messages are decoded where librdkafka holds them, so a round's borrow them from this
+        // handle, not from `self` (copying each out, `detach`, was 5% of the ingester's CPU).
+        let consumer = Arc::clone(&self.consumer);
         let result = loop {
             let batch = tokio::select! {
                 () = &mut shutdown => break Ok(()),
-                batch = self.poll() => batch,
+                batch = poll(&consumer, &self.config, &self.kafka) => batch,
             };
             let batch = match batch {
                 Ok(batch) => batch,
@@ -280,6 +283,7 @@ impl Ingester {
             self.commit_logs(true).await?;
             self.commit_offsets();
         }
+        drop(consumer);
         let Self { consumer, totals, .. } = self;
         // Closing a consumer blocks until it has left the group: not on the async runtime, and
         // this task holds the last reference.
@@ -289,24 +293,6 @@ impl Ingester {
         })
         .await;
         result.map(|()| totals)
-    }
-
-    /// Reads up to `max_batch_events`, waiting at most `max_batch_wait` after the first.
-    async fn poll(&self) -> Result<Vec<OwnedMessage>> {
-        let mut batch = Vec::new();
-        let first = tokio::time::timeout(Duration::from_millis(200), self.consumer.recv()).await;
-        match first {
-            Err(_) => return Ok(batch),
-            Ok(message) => batch.push(message.map_err(|e| kafka_error(&self.kafka, "reading", e))?.detach()),
-        }
-        let deadline = tokio::time::Instant::now() + self.config.max_batch_wait();
-        while batch.len() < self.config.max_batch_events {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Err(_) => break,
-                Ok(message) => batch.push(message.map_err(|e| kafka_error(&self.kafka, "reading", e))?.detach()),
-            }
-        }
-        Ok(batch)
     }
 
     /// Drops what the group took away; returns the revoked set.
@@ -372,6 +358,28 @@ impl Ingester {
             Err(e) => tracing::warn!(error = %e, "committing Kafka offsets failed; will retry"),
         }
     }
+}
+
+/// Reads up to `max_batch_events`, waiting at most `max_batch_wait` after the first.
+async fn poll<'c>(
+    consumer: &'c StreamConsumer<GroupContext>,
+    config: &IngestConfig,
+    kafka: &KafkaConfig,
+) -> Result<Vec<BorrowedMessage<'c>>> {
+    let mut batch = Vec::new();
+    let first = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+    match first {
+        Err(_) => return Ok(batch),
+        Ok(message) => batch.push(message.map_err(|e| kafka_error(kafka, "reading", e))?),
+    }
+    let deadline = tokio::time::Instant::now() + config.max_batch_wait();
+    while batch.len() < config.max_batch_events {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Err(_) => break,
+            Ok(message) => batch.push(message.map_err(|e| kafka_error(kafka, "reading", e))?),
+        }
+    }
+    Ok(batch)
 }
 
 fn kafka_error(config: &KafkaConfig, action: &'static str, source: rdkafka::error::KafkaError) -> Error {

@@ -5,7 +5,7 @@ use std::{
     time::Instant,
 };
 
-use rdkafka::{Message as _, message::OwnedMessage};
+use rdkafka::{Message as _, message::BorrowedMessage};
 
 use super::{Ingester, Kind, LogState, PartitionState, Refusal};
 use crate::{
@@ -24,7 +24,7 @@ enum Decoded {
     Ad(AdRecord),
 }
 
-fn decode(kind: Kind, message: &OwnedMessage) -> Result<Decoded, Refusal> {
+fn decode(kind: Kind, message: &BorrowedMessage<'_>) -> Result<Decoded, Refusal> {
     fn event<E: Event>(payload: &[u8], key: Option<&[u8]>) -> Result<E, Refusal> {
         let event = E::decode(payload).map_err(|e| Refusal::event(&e))?;
         if key != Some(event.key().as_bytes()) {
@@ -68,11 +68,11 @@ struct PendingBatch {
 }
 
 impl Ingester {
-    pub(super) async fn round(&mut self, batch: Vec<OwnedMessage>, idle: bool) -> Result<()> {
+    pub(super) async fn round(&mut self, batch: Vec<BorrowedMessage<'_>>, idle: bool) -> Result<()> {
         let started = Instant::now();
         let messages = batch.len();
         let revoked = self.take_revoked();
-        let batch: Vec<(Kind, OwnedMessage)> = batch
+        let batch: Vec<(Kind, BorrowedMessage<'_>)> = batch
             .into_iter()
             .filter_map(|m| Some((*self.topics.get(m.topic())?, m)))
             // A revoked partition's messages are its new owner's to apply.
@@ -147,7 +147,7 @@ impl Ingester {
     /// Loads the state of partitions seen for the first time: the Redis watermark and the
     /// training-log checkpoint. Where they need events before the first one read, seeks back
     /// and returns the partition so this round skips its messages (they come again).
-    async fn load(&mut self, batch: &[(Kind, OwnedMessage)]) -> Result<HashSet<(Kind, i32)>> {
+    async fn load(&mut self, batch: &[(Kind, BorrowedMessage<'_>)]) -> Result<HashSet<(Kind, i32)>> {
         let mut first: BTreeMap<(Kind, i32), i64> = BTreeMap::new();
         for (kind, message) in batch {
             let key = (*kind, message.partition());
