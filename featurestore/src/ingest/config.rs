@@ -71,6 +71,15 @@ impl IngestConfig {
         Duration::from_millis(self.max_batch_wait_ms)
     }
 
+    /// The consumer's `fetch.wait.max.ms`: the round wait, within librdkafka's bounds. A fetch
+    /// waits this long at most for data; tansu (0.6) holds every fetch this long even when it
+    /// has data to send, up to 5 MiB per answer, so this also bounds what a consumer can read
+    /// from it (librdkafka's default, 500 ms, read 112k events/s from a memory tansu where 50 ms
+    /// read 413k/s and 5 ms 1.1M/s: BENCHMARKS.md).
+    pub fn fetch_wait_ms(&self) -> u64 {
+        self.max_batch_wait_ms.clamp(1, 500)
+    }
+
     /// The training-log commit interval.
     pub fn log_commit_interval(&self) -> Duration {
         Duration::from_millis(self.log_commit_interval_ms)

@@ -219,7 +219,7 @@ impl Ingester {
             .set("statistics.interval.ms", "1000")
             // A caught-up consumer's fetch waits this long for new data at most: the default
             // (500 ms) would add up to half a second to freshness.
-            .set("fetch.wait.max.ms", config.max_batch_wait_ms.clamp(1, 500).to_string())
+            .set("fetch.wait.max.ms", config.fetch_wait_ms().to_string())
             .create_with_context(GroupContext::default())
             .map_err(|source| kafka_error(kafka_config, "creating the consumer", source))?;
         let topics = &kafka_config.topics;
