@@ -249,8 +249,9 @@ impl Ingester {
     pub async fn run(mut self, options: RunOptions, shutdown: impl Future<Output = ()>) -> Result<Totals> {
         tokio::pin!(shutdown);
         let mut last_message = Instant::now();
-        // Messages are decoded where librdkafka holds them, so a round's borrow them from this
-        // handle, not from `self` (copying each out, `detach`, was 5% of the ingester's CPU).
+        // Messages are decoded where librdkafka holds them, so a round's messages borrow from
+        // this handle, not from `self` (copying each out, `detach`, was 5% of the ingester's
+        // CPU).
         let consumer = Arc::clone(&self.consumer);
         let result = loop {
             let batch = tokio::select! {

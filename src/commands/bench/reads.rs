@@ -12,6 +12,7 @@ use adrank_featurestore::{
     ingest::{Ingester, RunOptions},
     kafka,
     online::{self, AdRef, Reader, Wanted},
+    request::RankRequest,
 };
 use adrank_loadtest::{generator::cpu_seconds, world::World};
 use anyhow::bail;
@@ -83,14 +84,7 @@ pub(super) async fn measure(
     let whole = Reader::connect(&RedisConfig { cache_ttl_ms: 0, ..redis.clone() }).await?;
     let plain = whole.clone().with_wanted(wanted.clone());
     let cached = Reader::connect(&RedisConfig { cache_ttl_ms: 1_000, ..redis.clone() }).await?.with_wanted(wanted);
-    let requests: Arc<Vec<_>> = Arc::new(
-        (0..reads.max(1))
-            .map(|_| {
-                let request = world.next_request();
-                world.rank_request(&request)
-            })
-            .collect(),
-    );
+    let requests = next_requests(world, reads.max(1));
     let ads_per_read = requests[0].candidates.len();
     // Each loop runs as a task of the runtime, as serving's request handlers do: awaited from
     // the main thread (`block_on`), every reply would wake a worker that polls the sockets and
@@ -103,15 +97,7 @@ pub(super) async fn measure(
             let before = cpu();
             let mut samples = Vec::with_capacity(requests.len());
             for (i, request) in requests.iter().enumerate() {
-                let ads: Vec<AdRef<'_>> = request
-                    .candidates
-                    .iter()
-                    .map(|c| AdRef { ad_id: &c.ad_id, advertiser_id: &c.advertiser_id })
-                    .collect();
-                let started = Instant::now();
-                let fetched = reader.fetch(&request.user_id, &ads, request.context.event_time_ms).await?;
-                let elapsed = started.elapsed();
-                drop(fetched);
+                let elapsed = timed_read(&reader, request).await?;
                 // The first hundred warm connections and caches up.
                 if i >= 100.min(requests.len() / 10) {
                     samples.push(elapsed.as_secs_f64());
@@ -161,20 +147,57 @@ pub(super) async fn measure(
     })
 }
 
+/// The world's next `n` requests, as serving receives them.
+fn next_requests(world: &mut World, n: usize) -> Arc<Vec<RankRequest>> {
+    Arc::new(
+        (0..n)
+            .map(|_| {
+                let request = world.next_request();
+                world.rank_request(&request)
+            })
+            .collect(),
+    )
+}
+
+/// One read of a request's user and candidates; the time until the answer, not its drop.
+async fn timed_read(reader: &Reader, request: &RankRequest) -> anyhow::Result<Duration> {
+    let ads: Vec<AdRef<'_>> =
+        request.candidates.iter().map(|c| AdRef { ad_id: &c.ad_id, advertiser_id: &c.advertiser_id }).collect();
+    let started = Instant::now();
+    let fetched = reader.fetch(&request.user_id, &ads, request.context.event_time_ms).await?;
+    let elapsed = started.elapsed();
+    drop(fetched);
+    Ok(elapsed)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Produces impressions stamped with the wall clock at `rate` per second for `secs` while an
 /// ingester runs, and measures for each the time until Redis's watermark covers its offset.
+/// What the paced phase measured.
+pub(super) struct Freshness {
+    /// Events whose freshness was measured.
+    pub(super) events: usize,
+    pub(super) seconds: Percentiles,
+    /// Reads made meanwhile, one every [`READ_EVERY`].
+    pub(super) reads: usize,
+    pub(super) read_seconds: Percentiles,
+}
+
+/// The pace of the reads made while the ingester applies the paced events.
+pub(super) const READ_EVERY: Duration = Duration::from_millis(5);
+
 pub(super) async fn freshness(
     kafka: &KafkaConfig,
     redis: &RedisConfig,
     ingest: &IngestConfig,
     world: &mut World,
+    reader: Reader,
     rate: f64,
     secs: u64,
-) -> anyhow::Result<(usize, Percentiles)> {
+) -> anyhow::Result<Freshness> {
     let ingester = Ingester::new(kafka, redis, ingest).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(ingester.run(RunOptions::default(), async move {
@@ -223,6 +246,25 @@ pub(super) async fn freshness(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // Meanwhile serving's read, as it would run beside the ingester: Redis runs one command at
+    // a time, so a read waits for whatever apply script is running.
+    let requests = next_requests(world, 1_000);
+    let reading = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut tick = tokio::time::interval(READ_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut samples = Vec::new();
+        for request in requests.iter().cycle() {
+            tick.tick().await;
+            if Instant::now() >= deadline {
+                break;
+            }
+            samples.push(timed_read(&reader, request).await?.as_secs_f64());
+        }
+        // The first few warm the connections up.
+        anyhow::Ok(samples.split_off(samples.len().min(20)))
+    });
+
     // Paced production; deliveries (partition, offset, event time) flow to the watcher.
     let (delivered_tx, mut delivered) = tokio::sync::mpsc::unbounded_channel::<(i32, i64, i64)>();
     let started = Instant::now();
@@ -270,5 +312,11 @@ pub(super) async fn freshness(
     }
     let _ = stop.send(());
     run.await??;
-    Ok((samples.len(), Percentiles::of(samples)))
+    let reads = reading.await??;
+    Ok(Freshness {
+        events: samples.len(),
+        seconds: Percentiles::of(samples),
+        reads: reads.len(),
+        read_seconds: Percentiles::of(reads),
+    })
 }
