@@ -25,7 +25,7 @@ use adrank_featurestore::{
     events::Event,
     ingest::{Ingester, RunOptions},
     kafka,
-    online::{self, Reader, Wanted},
+    online::{self, Wanted},
     spec::FeatureSpec,
 };
 use adrank_loadtest::{generator::cpu_seconds, world::World};
@@ -136,11 +136,9 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
 
     eprintln!("freshness at half the ingest rate …");
     let rate = ingest / 2.0;
-    let reader = Reader::connect(&RedisConfig { cache_ttl_ms: 0, ..redis.config.clone() })
-        .await?
-        .with_wanted(Wanted::from_spec(&spec));
+    let read = (RedisConfig { cache_ttl_ms: 0, ..redis.config.clone() }, Wanted::from_spec(&spec));
     let freshness =
-        reads::freshness(&broker.kafka, &redis.config, &ingest_config, &mut world, reader, rate, args.freshness_secs)
+        reads::freshness(&broker.kafka, &redis.config, &ingest_config, &mut world, read, rate, args.freshness_secs)
             .await?;
 
     let results = Results {

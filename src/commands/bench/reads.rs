@@ -194,7 +194,7 @@ pub(super) async fn freshness(
     redis: &RedisConfig,
     ingest: &IngestConfig,
     world: &mut World,
-    reader: Reader,
+    read: (RedisConfig, Wanted),
     rate: f64,
     secs: u64,
 ) -> anyhow::Result<Freshness> {
@@ -247,22 +247,29 @@ pub(super) async fn freshness(
     }
 
     // Meanwhile serving's read, as it would run beside the ingester: Redis runs one command at
-    // a time, so a read waits for whatever apply script is running.
+    // a time, so a read waits for whatever apply script is running. Serving is another
+    // process: the reads get a thread and a runtime of their own, so that they do not queue
+    // behind this process's ingester tasks.
     let requests = next_requests(world, 1_000);
-    let reading = tokio::spawn(async move {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        let mut tick = tokio::time::interval(READ_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut samples = Vec::new();
-        for request in requests.iter().cycle() {
-            tick.tick().await;
-            if Instant::now() >= deadline {
-                break;
+    let reading = std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            let (config, wanted) = read;
+            let reader = Reader::connect(&config).await?.with_wanted(wanted);
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            let mut tick = tokio::time::interval(READ_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut samples = Vec::new();
+            for request in requests.iter().cycle() {
+                tick.tick().await;
+                if Instant::now() >= deadline {
+                    break;
+                }
+                samples.push(timed_read(&reader, request).await?.as_secs_f64());
             }
-            samples.push(timed_read(&reader, request).await?.as_secs_f64());
-        }
-        // The first few warm the connections up.
-        anyhow::Ok(samples.split_off(samples.len().min(20)))
+            // The first few warm the connections up.
+            Ok(samples.split_off(samples.len().min(20)))
+        })
     });
 
     // Paced production; deliveries (partition, offset, event time) flow to the watcher.
@@ -312,7 +319,9 @@ pub(super) async fn freshness(
     }
     let _ = stop.send(());
     run.await??;
-    let reads = reading.await??;
+    let reads = tokio::task::spawn_blocking(move || reading.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the reading thread panicked"))??;
     Ok(Freshness {
         events: samples.len(),
         seconds: Percentiles::of(samples),
