@@ -117,6 +117,43 @@ impl Run {
     }
 }
 
+/// Asserts that a run's training log holds the clean run's examples, naming what differs: the
+/// ids missing and extra, and the first examples that differ (partition, offset, clicks).
+fn same_examples(run: &str, got: &[Example], expected: &[Example]) {
+    if got == expected {
+        return;
+    }
+    let by_id = |examples: &[Example]| -> BTreeMap<String, Example> {
+        examples.iter().map(|e| (e.impression.impression_id.clone(), e.clone())).collect()
+    };
+    let (got, expected) = (by_id(got), by_id(expected));
+    let missing: Vec<&String> = expected.keys().filter(|id| !got.contains_key(*id)).collect();
+    let extra: Vec<&String> = got.keys().filter(|id| !expected.contains_key(*id)).collect();
+    let differing: Vec<String> = expected
+        .iter()
+        .filter_map(|(id, e)| {
+            let g = got.get(id).filter(|g| *g != e)?;
+            Some(format!(
+                "{id}: partition {} offset {} clicks {} first click {:?} (clean: partition {} offset {} clicks {} first click {:?}; same impression: {})",
+                g.partition, g.offset, g.clicks, g.first_click_ms, e.partition, e.offset, e.clicks, e.first_click_ms,
+                g.impression == e.impression
+            ))
+        })
+        .collect();
+    panic!(
+        "{run}: the training log differs from the clean run: {} examples against {}; {} missing (first: {:?}), {} extra \
+         (first: {:?}), {} differ (first: {:?})",
+        got.len(),
+        expected.len(),
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(5).collect::<Vec<_>>(),
+        differing.len(),
+        differing.iter().take(5).collect::<Vec<_>>(),
+    );
+}
+
 /// The body of `GET /metrics` from `addr`.
 fn scrape(addr: &str) -> String {
     use std::io::{Read as _, Write as _};
@@ -241,7 +278,7 @@ async fn crashes_and_group_changes_leave_the_same_store_and_log_as_a_clean_run()
     for (key, fields) in &expected_store {
         assert_eq!(store.get(key), Some(fields), "crashed run: `{key}` differs from the clean run");
     }
-    assert!(crashed.examples().await == expected_examples, "crashed run: the training log differs from the clean run");
+    same_examples("crashed run", &crashed.examples().await, &expected_examples);
 
     // 3. A group: the second member joins mid-stream, takes half the partitions, the first dies.
     let grouped = Run::new(&fixture, "grouped");
@@ -279,5 +316,5 @@ async fn crashes_and_group_changes_leave_the_same_store_and_log_as_a_clean_run()
     for (key, fields) in &expected_store {
         assert_eq!(store.get(key), Some(fields), "group run: `{key}` differs from the clean run");
     }
-    assert!(grouped.examples().await == expected_examples, "group run: the training log differs from the clean run");
+    same_examples("group run", &grouped.examples().await, &expected_examples);
 }
