@@ -174,8 +174,6 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Produces impressions stamped with the wall clock at `rate` per second for `secs` while an
-/// ingester runs, and measures for each the time until Redis's watermark covers its offset.
 /// What the paced phase measured.
 pub(super) struct Freshness {
     /// Events whose freshness was measured.
@@ -189,6 +187,9 @@ pub(super) struct Freshness {
 /// The pace of the reads made while the ingester applies the paced events.
 pub(super) const READ_EVERY: Duration = Duration::from_millis(5);
 
+/// Produces impressions stamped with the wall clock at `rate` per second for `secs` while an
+/// ingester runs, and measures for each the time until Redis's watermark covers its offset;
+/// meanwhile reads one request every [`READ_EVERY`] with `read`'s config and wanted features.
 pub(super) async fn freshness(
     kafka: &KafkaConfig,
     redis: &RedisConfig,
