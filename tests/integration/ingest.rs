@@ -1,5 +1,6 @@
-//! The ingester in-process against a real tansu broker and the real Redis: dead letters, and
-//! training examples that keep the features logged at serving time.
+//! The ingester in-process against a real tansu broker and the real Redis: dead letters,
+//! training examples that keep the features logged at serving time, and partitions lost to
+//! another member's Redis apply or log commit, read again even after they went quiet.
 
 use std::time::Duration;
 
@@ -8,8 +9,8 @@ use adrank_featurestore::{
     events::{Click, Event, Impression, RawFeatures, RawValue, UserProfile},
     ingest::{Ingester, RunOptions, Totals},
     kafka::{self, admin},
-    online::Reader,
-    training_log::TrainingLog,
+    online::{Reader, Writer, layout},
+    training_log::{Checkpoint, CommitRequest, TrainingLog},
 };
 use adrank_testkit::{broker::TestBroker, redis::TestRedis};
 use rdkafka::{
@@ -215,4 +216,115 @@ async fn examples_keep_the_features_logged_at_serving_time() {
     let now = reader.fetch("u1", &[], T0 + 300_000).await.unwrap();
     assert_eq!(now.user.get("segment"), Some(&RawValue::from("s2")), "the online store moved on");
     assert!(fixture.dir.path().join("log").is_dir());
+}
+
+/// Another member's log commit can land where this member's was to go: a member the group took
+/// the partition from finishes the commit it had started after this one loaded the partition.
+/// This member's commit then loses, and it must read the partition again from the winner's
+/// checkpoint, even when the partition has gone quiet and no new message would bring it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_commit_lost_to_another_member_is_read_again_from_the_winners_checkpoint() {
+    let mut fixture = Fixture::new().await;
+    // No commit before the one at idle, so the other member's commits come first.
+    fixture.ingest.log_commit_interval_ms = 3_600_000;
+    fixture.ingest.log_commit_examples = usize::MAX;
+    let topics = fixture.broker.config.topics.clone();
+    let shown: Vec<Impression> =
+        (0..20).map(|i| impression(&format!("i{i}"), "u1", T0 + i * 1_000, RawFeatures::default())).collect();
+    for (i, shown) in shown.iter().enumerate() {
+        fixture.event(&topics.impressions.name, shown).await;
+        if i % 2 == 0 {
+            fixture.event(&topics.clicks.name, &click(shown, shown.event_time_ms + 5_000)).await;
+        }
+    }
+    // Clicks far past every window close them in each impression's partition (late clicks).
+    for shown in &shown {
+        fixture.event(&topics.clicks.name, &click(shown, T0 + 300_000)).await;
+    }
+
+    let ingester = Ingester::new(&fixture.broker.config, &fixture.redis.config, &fixture.ingest).await.unwrap();
+    let run =
+        tokio::spawn(ingester.run(RunOptions { exit_when_idle: Some(Duration::from_secs(2)) }, std::future::pending()));
+    // Once everything is applied, and before the ingester's commit at idle, another member
+    // commits every partition's first sequence number: no examples, everything still to read.
+    let mut writer = Writer::connect(&fixture.redis.config).await.unwrap();
+    let partitions: Vec<i32> = (0..topics.impressions.partitions.get() as i32).collect();
+    let names: Vec<(&str, i32)> = partitions.iter().map(|&p| (topics.impressions.name.as_str(), p)).collect();
+    let started = std::time::Instant::now();
+    loop {
+        let applied: i64 = writer.watermarks(&names).await.unwrap().into_iter().flatten().sum();
+        if applied == shown.len() as i64 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "applied {applied} impressions");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let log = TrainingLog::open(&fixture.ingest.training_log).unwrap();
+    for &partition in &partitions {
+        let request =
+            CommitRequest { partition, seq: 0, checkpoint: Checkpoint::default(), late_clicks: 0, orphan_clicks: 0 };
+        log.commit(request, Vec::new()).await.unwrap();
+    }
+
+    let totals =
+        tokio::time::timeout(Duration::from_secs(60), run).await.expect("the ingester goes idle").unwrap().unwrap();
+    assert_eq!(totals.applied[0], 20, "Redis applied each impression once: {totals:?}");
+    let commits = log.all_commits().await.unwrap();
+    let mut examples = log.read(&commits).await.unwrap();
+    examples.sort_by_key(|e| e.impression.event_time_ms);
+    let ids: Vec<&str> = examples.iter().map(|e| e.impression.impression_id.as_str()).collect();
+    let expected: Vec<&str> = shown.iter().map(|i| i.impression_id.as_str()).collect();
+    assert_eq!(ids, expected, "every example once, after the other member's empty commits: {commits:#?}");
+    for (i, example) in examples.iter().enumerate() {
+        assert_eq!(example.label(), i % 2 == 0, "{example:?}");
+    }
+}
+
+/// A fenced partition (another member moved its watermark) is loaded again from what Redis
+/// holds and read again from there, even when the fenced batch held its last message: nothing
+/// new would arrive to bring it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_partition_that_goes_quiet_is_still_applied() {
+    let fixture = Fixture::new().await;
+    let topics = fixture.broker.config.topics.clone();
+    let profile = |time: i64, segment: &str| UserProfile {
+        user_id: "u1".into(),
+        event_time_ms: time,
+        attributes: RawFeatures::from([("segment".into(), RawValue::from(segment))]),
+    };
+    fixture.event(&topics.users.name, &profile(T0, "s1")).await;
+    let ingester = Ingester::new(&fixture.broker.config, &fixture.redis.config, &fixture.ingest).await.unwrap();
+    let run =
+        tokio::spawn(ingester.run(RunOptions { exit_when_idle: Some(Duration::from_secs(3)) }, std::future::pending()));
+
+    // Once the profile is applied, another member's view of its partition: nothing applied.
+    let mut writer = Writer::connect(&fixture.redis.config).await.unwrap();
+    let names: Vec<(&str, i32)> =
+        (0..topics.users.partitions.get() as i32).map(|p| (topics.users.name.as_str(), p)).collect();
+    let started = std::time::Instant::now();
+    let partition = loop {
+        let applied = writer.watermarks(&names).await.unwrap();
+        if let Some(p) = applied.iter().position(|w| *w == Some(1)) {
+            break p as i32;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the profile was never applied: {applied:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut redis = redis::Client::open(fixture.redis.config.url.as_str()).unwrap().get_connection().unwrap();
+    let () = redis::cmd("HSET")
+        .arg(layout::offsets_key(writer.prefix()))
+        .arg(layout::offsets_field(&topics.users.name, partition))
+        .arg(0)
+        .query(&mut redis)
+        .unwrap();
+    // The partition's last message: its batch is fenced.
+    fixture.event(&topics.users.name, &profile(T0 + 1_000, "s2")).await;
+
+    let totals =
+        tokio::time::timeout(Duration::from_secs(60), run).await.expect("the ingester goes idle").unwrap().unwrap();
+    assert_eq!(totals.fenced, 1, "{totals:?}");
+    assert_eq!(writer.watermarks(&names[partition as usize..][..1]).await.unwrap(), [Some(2)]);
+    let reader = Reader::connect(&fixture.redis.config).await.unwrap();
+    let now = reader.fetch("u1", &[], T0 + 2_000).await.unwrap();
+    assert_eq!(now.user.get("segment"), Some(&RawValue::from("s2")), "the fenced batch's profile, read again");
 }

@@ -30,7 +30,7 @@ mod dead_letter;
 mod round;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     future::Future,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -188,6 +188,15 @@ pub struct Ingester {
     names: [String; 4],
     partitions: HashMap<(Kind, i32), PartitionState>,
     logs: HashMap<i32, LogState>,
+    /// Partitions forgotten while still assigned (a fence, or another member's log commit in
+    /// the place of this one's), to be loaded afresh at the next round whether or not it reads
+    /// their messages: the consumer's position is past what they still need, and a partition
+    /// that has gone quiet sends nothing that would bring them back.
+    reload: BTreeSet<(Kind, i32)>,
+    /// Log commits started for partitions since forgotten or taken away: awaited before such a
+    /// partition's log is loaded again, so that a commit which lands is read there, not met
+    /// later as another member's.
+    abandoned_commits: HashMap<i32, tokio::task::JoinHandle<Result<Commit>>>,
     /// The last round's apply, while Redis runs it.
     in_flight: Option<round::InFlight>,
     totals: Totals,
@@ -239,6 +248,8 @@ impl Ingester {
             names,
             partitions: HashMap::new(),
             logs: HashMap::new(),
+            reload: BTreeSet::new(),
+            abandoned_commits: HashMap::new(),
             in_flight: None,
             totals: Totals::default(),
         })
@@ -263,8 +274,11 @@ impl Ingester {
                 Err(e) => break Err(e),
             };
             // Idleness counts only while partitions are held: joining the group, or a
-            // rebalance, may take a while.
-            if !batch.is_empty() || !self.consumer.context().assigned.load(std::sync::atomic::Ordering::Relaxed) {
+            // rebalance, may take a while. A partition this round loads again is read again.
+            if !batch.is_empty()
+                || !self.reload.is_empty()
+                || !self.consumer.context().assigned.load(std::sync::atomic::Ordering::Relaxed)
+            {
                 last_message = Instant::now();
             }
             // Idle: nothing read for a while and nothing left to read (a slow broker's pause is
@@ -274,7 +288,14 @@ impl Ingester {
             if let Err(e) = self.round(batch, idle).await {
                 break Err(e);
             }
-            if idle && self.in_flight.is_none() && self.logs.values().all(|l| l.joiner.closed() == 0) {
+            // An idle round commits the log in full. A commit that found another member's in
+            // its place forgot the pair, which has to be read again from that commit's
+            // checkpoint before this member may leave.
+            if idle
+                && self.in_flight.is_none()
+                && self.reload.is_empty()
+                && self.logs.values().all(|l| l.joiner.closed() == 0)
+            {
                 break Ok(());
             }
         };
@@ -303,9 +324,10 @@ impl Ingester {
         let revoked: HashSet<(Kind, i32)> =
             revoked.into_iter().filter_map(|(topic, p)| Some((*self.topics.get(&topic)?, p))).collect();
         for &(kind, partition) in &revoked {
+            self.reload.remove(&(kind, partition));
             self.partitions.remove(&(kind, partition));
             if matches!(kind, Kind::Impressions | Kind::Clicks) {
-                self.logs.remove(&partition);
+                self.drop_log(partition);
             }
         }
         if !revoked.is_empty() {

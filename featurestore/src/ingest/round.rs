@@ -13,7 +13,7 @@ use crate::{
     events::{AdRecord, Click, Event, Impression, UserProfile},
     metrics,
     online::{Outcome, PartitionBatch, Updates},
-    training_log::{CommitRequest, Joiner},
+    training_log::{Commit, CommitRequest, Joiner},
 };
 
 /// A decoded message.
@@ -144,16 +144,21 @@ impl Ingester {
         Ok(())
     }
 
-    /// Loads the state of partitions seen for the first time: the Redis watermark and the
-    /// training-log checkpoint. Where they need events before the first one read, seeks back
+    /// Loads the state of partitions seen for the first time, and of those forgotten: the Redis
+    /// watermark and the training-log checkpoint. Where they need events before the first one
+    /// read (or, for a forgotten partition this round read nothing of, in any case), seeks back
     /// and returns the partition so this round skips its messages (they come again).
     async fn load(&mut self, batch: &[(Kind, BorrowedMessage<'_>)]) -> Result<HashSet<(Kind, i32)>> {
-        let mut first: BTreeMap<(Kind, i32), i64> = BTreeMap::new();
+        // The first offset this round read of each, if any.
+        let mut first: BTreeMap<(Kind, i32), Option<i64>> = BTreeMap::new();
         for (kind, message) in batch {
             let key = (*kind, message.partition());
             if !self.partitions.contains_key(&key) {
-                first.entry(key).or_insert(message.offset());
+                first.entry(key).or_insert(Some(message.offset()));
             }
+        }
+        for key in std::mem::take(&mut self.reload) {
+            first.entry(key).or_insert(None);
         }
         let mut sought = HashSet::new();
         if first.is_empty() {
@@ -178,11 +183,14 @@ impl Ingester {
             // beginning.
             let needed = applied.map(|a| a.min(log_needs));
             let first_read = first[&(kind, partition)];
-            if needed.is_none_or(|n| n < first_read) && first_read > 0 {
+            // Without a message read (a forgotten partition), the consumer's position is
+            // unknown, and likely past `needed`: seek in any case.
+            let behind = first_read.is_none_or(|read| needed.is_none_or(|n| n < read) && read > 0);
+            if behind {
                 self.seek(kind, partition, needed)?;
                 sought.insert((kind, partition));
             }
-            tracing::info!(topic = self.topic(kind), partition, ?applied, ?needed, first_read, "partition assigned");
+            tracing::info!(topic = self.topic(kind), partition, ?applied, ?needed, ?first_read, "partition assigned");
             self.partitions.insert(
                 (kind, partition),
                 PartitionState { applied, next: needed.unwrap_or(0), kafka_committed: None },
@@ -192,6 +200,17 @@ impl Ingester {
     }
 
     async fn load_log(&mut self, partition: i32) -> Result<()> {
+        if let Some(task) = self.abandoned_commits.remove(&partition) {
+            match task.await {
+                Ok(Ok(commit)) => {
+                    tracing::info!(partition, seq = commit.seq, "an abandoned log commit landed");
+                    self.count(&commit);
+                }
+                Ok(Err(e)) => tracing::info!(partition, error = %e, "an abandoned log commit did not land"),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => return Err(Error::TaskStopped(e.to_string())),
+            }
+        }
         let commits = self.log.commits(partition).await?;
         let removed = self.log.remove_uncommitted(partition, &commits).await?;
         let latest = commits.last();
@@ -215,9 +234,23 @@ impl Ingester {
 
     /// Forgets a partition pair (impressions, clicks and their log), to be loaded afresh.
     fn forget_pair(&mut self, partition: i32) {
-        self.logs.remove(&partition);
-        self.partitions.remove(&(Kind::Impressions, partition));
-        self.partitions.remove(&(Kind::Clicks, partition));
+        self.drop_log(partition);
+        self.forget(Kind::Impressions, partition);
+        self.forget(Kind::Clicks, partition);
+    }
+
+    /// Drops a partition's log state, keeping the commit it has under way (which cannot be
+    /// called back: its record may be written already).
+    pub(super) fn drop_log(&mut self, partition: i32) {
+        if let Some(task) = self.logs.remove(&partition).and_then(|log| log.committing) {
+            self.abandoned_commits.insert(partition, task);
+        }
+    }
+
+    /// Forgets one partition, to be loaded afresh at the next round.
+    fn forget(&mut self, kind: Kind, partition: i32) {
+        self.partitions.remove(&(kind, partition));
+        self.reload.insert((kind, partition));
     }
 
     /// Starts applying every partition's share in one round trip, in a task of its own, so
@@ -301,9 +334,7 @@ impl Ingester {
                     self.totals.fenced += 1;
                     match kind {
                         Kind::Impressions | Kind::Clicks => self.forget_pair(partition),
-                        Kind::Users | Kind::Ads => {
-                            self.partitions.remove(&(kind, partition));
-                        }
+                        Kind::Users | Kind::Ads => self.forget(kind, partition),
                     }
                 }
             }
@@ -343,6 +374,16 @@ impl Ingester {
         Ok(())
     }
 
+    /// Counts what a landed log commit wrote.
+    fn count(&mut self, commit: &Commit) {
+        self.totals.examples += commit.examples;
+        self.totals.late_clicks += commit.late_clicks;
+        self.totals.orphan_clicks += commit.orphan_clicks;
+        metrics::examples(commit.clicked, commit.examples - commit.clicked);
+        metrics::late_clicks(commit.late_clicks);
+        metrics::orphan_clicks(commit.orphan_clicks);
+    }
+
     /// Records the log commits that have finished (all of them, waiting, when `wait`).
     async fn finish_log_commits(&mut self, wait: bool) -> Result<()> {
         let partitions: Vec<i32> = self.logs.keys().copied().collect();
@@ -360,12 +401,7 @@ impl Ingester {
                     log.next_seq += 1;
                     log.committed = commit.checkpoint.clone();
                     log.last_commit = Instant::now();
-                    self.totals.examples += commit.examples;
-                    self.totals.late_clicks += commit.late_clicks;
-                    self.totals.orphan_clicks += commit.orphan_clicks;
-                    metrics::examples(commit.clicked, commit.examples - commit.clicked);
-                    metrics::late_clicks(commit.late_clicks);
-                    metrics::orphan_clicks(commit.orphan_clicks);
+                    self.count(&commit);
                 }
                 Err(Error::LogConflict { partition, seq }) => {
                     tracing::warn!(partition, seq, "another ingester committed this partition's log; reloading it");

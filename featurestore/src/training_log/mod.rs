@@ -9,8 +9,9 @@
 //! A commit writes its Parquet files first, then its commit record, created only if no record
 //! of that sequence number exists (a conditional put). The record is the commit point: it lists
 //! the files and carries the [`Checkpoint`] a restarted joiner continues from, so a crash before
-//! it leaves unlisted files (deleted by the next owner of the partition, and never read:
-//! readers go through the commit records) and a crash after it loses nothing. Two ingesters
+//! it leaves unlisted files (never read: readers go through the commit records; deleted by a
+//! later owner of the partition once a record of their sequence number exists) and a crash
+//! after it loses nothing. Two ingesters
 //! racing for one partition cannot both commit the same sequence number; the loser reloads.
 //! Data file names carry a random token so that the loser's files never overwrite the winner's.
 
@@ -116,9 +117,14 @@ impl TrainingLog {
         result.bytes().await.map_err(|e| self.error(format!("reading {path}"), e))
     }
 
-    /// Deletes a partition's data files that none of its `commits` lists: what a crash between
-    /// writing files and committing left behind. Call before the partition's next commit.
+    /// Deletes a partition's data files that none of its `commits` (oldest first) lists and
+    /// none ever will: those of a sequence number already committed, left by a crash between
+    /// writing files and committing, or by the loser of a race for that number. Files of a later
+    /// number stay: the partition's previous owner may still be writing that commit (a member
+    /// the group took the partition from finishes the commit it had started), and its record
+    /// would list them. They go at a later load, once a record of their number exists.
     pub async fn remove_uncommitted(&self, partition: i32, commits: &[Commit]) -> Result<usize> {
+        let Some(latest) = commits.last().map(|c| c.seq) else { return Ok(0) };
         let listed: std::collections::HashSet<&str> =
             commits.iter().flat_map(|c| c.files.iter().map(String::as_str)).collect();
         let own = format!("p{partition:03}-");
@@ -127,7 +133,11 @@ impl TrainingLog {
         for meta in files {
             let path = meta.location.to_string();
             let name = meta.location.filename().unwrap_or_default();
-            if path.starts_with("hour=") && name.starts_with(&own) && !listed.contains(path.as_str()) {
+            let abandoned = name
+                .strip_prefix(&own)
+                .and_then(|rest| rest.split('-').next()?.parse::<u64>().ok())
+                .is_some_and(|seq| seq <= latest);
+            if path.starts_with("hour=") && abandoned && !listed.contains(path.as_str()) {
                 self.store.delete(&meta.location).await.map_err(|e| self.error(format!("deleting {path}"), e))?;
                 removed += 1;
             }
@@ -317,6 +327,36 @@ mod tests {
         // A window inside one hour still reads that hour's file.
         assert_eq!(TrainingLog::files_between(&commits, t(3) + 60_000, t(3) + 120_000).len(), 1);
         assert!(TrainingLog::files_between(&commits, t(5), t(5)).is_empty());
+    }
+
+    /// A restart removes what a failed attempt at a committed number left, and keeps what a
+    /// commit still under way elsewhere may list.
+    #[tokio::test]
+    async fn only_files_of_committed_numbers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = TrainingLog::open(&dir.path().display().to_string()).unwrap();
+        let mut impression = crate::events::Impression::example("i1", Default::default());
+        impression.event_time_ms = 1_767_225_600_000;
+        let example = Example { impression, partition: 0, offset: 0, clicks: 0, first_click_ms: None };
+        let request =
+            CommitRequest { partition: 0, seq: 0, checkpoint: Checkpoint::default(), late_clicks: 0, orphan_clicks: 0 };
+        log.commit(request, vec![example]).await.unwrap();
+        let hour = dir.path().join("hour=2026-01-01T00");
+        let stray = |name: &str| {
+            std::fs::write(hour.join(name), b"not parquet").unwrap();
+            hour.join(name)
+        };
+        let (lost_race, under_way, other) = (
+            stray("p000-0000000000-00000bad.parquet"),
+            stray("p000-0000000001-0000cafe.parquet"),
+            stray("p001-0000000000-0000beef.parquet"),
+        );
+        let commits = log.commits(0).await.unwrap();
+        assert_eq!(log.remove_uncommitted(0, &commits).await.unwrap(), 1);
+        assert!(!lost_race.exists(), "seq 0 is committed without this file");
+        assert!(under_way.exists(), "seq 1 may still be committed by someone else");
+        assert!(other.exists(), "another partition's file");
+        assert_eq!(log.read(&commits).await.unwrap().len(), 1, "the committed file stays");
     }
 
     #[test]
