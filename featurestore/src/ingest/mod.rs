@@ -10,8 +10,10 @@
 //!   -> load new partitions' state: Redis watermark, training-log checkpoint (seek back if needed)
 //!   -> decode; refusals go to the dead-letter topic (confirmed before anything moves past them)
 //!   -> fold into per-partition Updates and feed the partition's Joiner
-//!   -> wait for the previous round's Redis apply (it ran while this round was read and decoded)
-//!   -> start this round's: one script call, per partition updates + watermark, atomically
+//!   -> wait for the Redis apply of the round before the previous one (it ran while this
+//!      round was read and decoded); the previous round's may still run
+//!   -> queue this round's behind it: one script call, per partition updates + watermark
+//!      (expecting the watermark the apply before it leaves), atomically
 //!   -> record finished training-log commits; start due ones in the background (Parquet
 //!      files, then the commit record; one at a time per partition)
 //!   -> commit Kafka offsets: the lower of what Redis (as settled) and the log still need
@@ -159,6 +161,12 @@ impl ConsumerContext for GroupContext {
 struct PartitionState {
     /// The Redis watermark: the next offset whose effect is not yet in Redis.
     applied: Option<i64>,
+    /// The watermark the latest apply still in flight leaves, if any: what the next batch
+    /// expects.
+    queued: Option<i64>,
+    /// Which load of the partition this state is: outcomes of batches sent for an earlier one
+    /// tell nothing about it.
+    load: u64,
     /// The next offset this member expects to read.
     next: i64,
     /// The offset last committed to Kafka.
@@ -198,7 +206,9 @@ pub struct Ingester {
     /// later as another member's.
     abandoned_commits: HashMap<i32, tokio::task::JoinHandle<Result<Commit>>>,
     /// The last round's apply, while Redis runs it.
-    in_flight: Option<round::InFlight>,
+    in_flight: std::collections::VecDeque<round::InFlight>,
+    /// Partition loads so far, numbering [`PartitionState::load`].
+    loads: u64,
     totals: Totals,
 }
 
@@ -250,7 +260,8 @@ impl Ingester {
             logs: HashMap::new(),
             reload: BTreeSet::new(),
             abandoned_commits: HashMap::new(),
-            in_flight: None,
+            in_flight: std::collections::VecDeque::new(),
+            loads: 0,
             totals: Totals::default(),
         })
     }
@@ -292,7 +303,7 @@ impl Ingester {
             // its place forgot the pair, which has to be read again from that commit's
             // checkpoint before this member may leave.
             if idle
-                && self.in_flight.is_none()
+                && self.in_flight.is_empty()
                 && self.reload.is_empty()
                 && self.logs.values().all(|l| l.joiner.closed() == 0)
             {
@@ -301,7 +312,7 @@ impl Ingester {
         };
         if result.is_ok() {
             // A last commit of everything applied and closed, so a clean stop replays nothing.
-            self.settle().await?;
+            self.settle(0).await?;
             self.commit_logs(true).await?;
             self.commit_offsets();
         }

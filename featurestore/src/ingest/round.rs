@@ -42,6 +42,10 @@ fn decode(kind: Kind, message: &BorrowedMessage<'_>) -> Result<Decoded, Refusal>
     })
 }
 
+/// Applies a round may find in flight when it sends its own, its own included: while Redis runs
+/// one, the next is queued behind it, so Redis never waits for a round to be decoded.
+const APPLIES_QUEUED: usize = 2;
+
 /// Messages decoded between yields to the runtime.
 const YIELD_EVERY: usize = 256;
 
@@ -63,6 +67,8 @@ struct PendingBatch {
     kind: Kind,
     partition: i32,
     next: i64,
+    /// The partition's load the batch was sent for.
+    load: u64,
     events: usize,
     event_times: Vec<i64>,
 }
@@ -122,9 +128,12 @@ impl Ingester {
         }
         let decoded = started.elapsed();
         self.dead_letters.confirm(deliveries).await?;
-        // The previous round's apply ran in Redis while this round was read and decoded; its
-        // outcome fixes the watermarks this round's batches expect.
-        self.settle().await?;
+        // Earlier rounds' applies ran in Redis while this round was read and decoded. The one
+        // before this round's may stay in flight (this round's batches expect what it leaves);
+        // any older one is waited for, so that Redis never holds more than a round's queue. A
+        // round with nothing to apply settles them all: nothing would come to wait for them.
+        let keep = if shares.is_empty() { 0 } else { APPLIES_QUEUED - 1 };
+        self.settle(keep).await?;
         let settled = started.elapsed();
         self.start_apply(shares);
         // Let the apply task run at once: spawned from this worker, it waits in this worker's
@@ -191,10 +200,15 @@ impl Ingester {
                 sought.insert((kind, partition));
             }
             tracing::info!(topic = self.topic(kind), partition, ?applied, ?needed, ?first_read, "partition assigned");
-            self.partitions.insert(
-                (kind, partition),
-                PartitionState { applied, next: needed.unwrap_or(0), kafka_committed: None },
-            );
+            self.loads += 1;
+            let state = PartitionState {
+                applied,
+                queued: None,
+                load: self.loads,
+                next: needed.unwrap_or(0),
+                kafka_committed: None,
+            };
+            self.partitions.insert((kind, partition), state);
         }
         Ok(sought)
     }
@@ -256,24 +270,31 @@ impl Ingester {
     /// Starts applying every partition's share in one round trip, in a task of its own, so
     /// that Redis runs this round's script while the next round is read and decoded (the two
     /// took turns before, each idle half the time). [`Ingester::settle`] collects the outcome.
+    ///
+    /// The applies still in flight need not have landed: a batch expects the watermark the
+    /// latest of them leaves. Redis runs one connection's scripts in the order they were sent,
+    /// so they chain; and if one is fenced, every later batch of that partition expects a
+    /// watermark Redis does not hold, and is fenced too.
     fn start_apply(&mut self, shares: BTreeMap<(Kind, i32), Share>) {
-        debug_assert!(self.in_flight.is_none(), "the previous apply is settled first");
         let mut batches = Vec::new();
         let mut pending = Vec::new();
         for ((kind, partition), share) in shares {
             // A partition fenced while this round was decoded is gone: its share goes with it.
-            let Some(state) = self.partitions.get(&(kind, partition)) else { continue };
-            if state.applied.is_some_and(|applied| applied >= state.next) {
+            let Some(state) = self.partitions.get_mut(&(kind, partition)) else { continue };
+            let expected = state.queued.or(state.applied);
+            if expected.is_some_and(|expected| expected >= state.next) {
                 continue; // a replay of what Redis already holds
             }
+            state.queued = Some(state.next);
             pending.push(PendingBatch {
                 kind,
                 partition,
                 next: state.next,
+                load: state.load,
                 events: share.updates.events(),
                 event_times: share.event_times,
             });
-            batches.push((self.names[kind as usize].clone(), partition, state.applied, state.next, share.updates));
+            batches.push((self.names[kind as usize].clone(), partition, expected, state.next, share.updates));
         }
         if batches.is_empty() {
             return;
@@ -295,51 +316,70 @@ impl Ingester {
             metrics::write_seconds(started.elapsed().as_secs_f64());
             Ok((outcomes, crate::training_log::now_ms()))
         });
-        self.in_flight = Some(InFlight { task, batches: pending });
+        self.in_flight.push_back(InFlight { task, batches: pending });
     }
 
-    /// Waits for the apply in flight, if any, and records its outcome: applied partitions move
-    /// their watermark, fenced ones are forgotten (to be loaded afresh).
-    pub(super) async fn settle(&mut self) -> Result<()> {
-        let Some(InFlight { task, batches }) = self.in_flight.take() else { return Ok(()) };
-        let (outcomes, applied_ms) = match task.await {
-            Ok(result) => result?,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => return Err(Error::TaskStopped(e.to_string())),
-        };
-        for (batch, outcome) in batches.into_iter().zip(outcomes) {
-            let PendingBatch { kind, partition, next, events, event_times } = batch;
-            match outcome {
-                Outcome::Applied => {
-                    // Watermarks only move forward. The partition may have been revoked and
-                    // assigned again meanwhile, its state loaded afresh from a watermark read
-                    // before or after this apply landed: either way the later one holds.
-                    if let Some(state) = self.partitions.get_mut(&(kind, partition)) {
-                        state.applied = state.applied.max(Some(next));
-                    }
-                    self.totals.applied[kind as usize] += events as u64;
-                    metrics::applied(self.topic(kind), events);
-                    for time in event_times {
-                        metrics::freshness_seconds((applied_ms - time).max(0) as f64 / 1000.0);
-                    }
-                }
-                Outcome::Fenced { current } => {
-                    tracing::warn!(
-                        topic = self.topic(kind),
-                        partition,
-                        ?current,
-                        "another ingester moved this partition's watermark; reloading it"
-                    );
-                    metrics::fenced(self.topic(kind));
-                    self.totals.fenced += 1;
-                    match kind {
-                        Kind::Impressions | Kind::Clicks => self.forget_pair(partition),
-                        Kind::Users | Kind::Ads => self.forget(kind, partition),
-                    }
-                }
+    /// Waits for the oldest applies in flight until at most `keep` are, and records their
+    /// outcomes: applied partitions move their watermark, fenced ones are forgotten (to be
+    /// loaded afresh).
+    pub(super) async fn settle(&mut self, keep: usize) -> Result<()> {
+        while self.in_flight.len() > keep {
+            let InFlight { task, batches } = self.in_flight.pop_front().expect("more than `keep` are queued");
+            let (outcomes, applied_ms) = match task.await {
+                Ok(result) => result?,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => return Err(Error::TaskStopped(e.to_string())),
+            };
+            for (batch, outcome) in batches.into_iter().zip(outcomes) {
+                self.record(batch, outcome, applied_ms);
             }
         }
         Ok(())
+    }
+
+    /// Records one batch's outcome.
+    fn record(&mut self, batch: PendingBatch, outcome: Outcome, applied_ms: i64) {
+        let PendingBatch { kind, partition, next, load, events, event_times } = batch;
+        // The batch was sent for the partition's current load (not one since forgotten or
+        // taken away).
+        let current = self.partitions.get(&(kind, partition)).is_some_and(|state| state.load == load);
+        match outcome {
+            Outcome::Applied => {
+                // Watermarks only move forward. The partition may have been revoked and
+                // assigned again meanwhile, its state loaded afresh from a watermark read
+                // before or after this apply landed: either way the later one holds.
+                if let Some(state) = self.partitions.get_mut(&(kind, partition)) {
+                    state.applied = state.applied.max(Some(next));
+                    if current && state.queued == Some(next) {
+                        state.queued = None; // no later batch of it in flight
+                    }
+                }
+                self.totals.applied[kind as usize] += events as u64;
+                metrics::applied(self.topic(kind), events);
+                for time in event_times {
+                    metrics::freshness_seconds((applied_ms - time).max(0) as f64 / 1000.0);
+                }
+            }
+            Outcome::Fenced { current: stored } => {
+                metrics::fenced(self.topic(kind));
+                self.totals.fenced += 1;
+                // A fence of an earlier load says nothing about this one: that load read the
+                // watermark after this batch was sent (one connection, in order).
+                if !current {
+                    return;
+                }
+                tracing::warn!(
+                    topic = self.topic(kind),
+                    partition,
+                    ?stored,
+                    "another ingester moved this partition's watermark; reloading it"
+                );
+                match kind {
+                    Kind::Impressions | Kind::Clicks => self.forget_pair(partition),
+                    Kind::Users | Kind::Ads => self.forget(kind, partition),
+                }
+            }
+        }
     }
 
     /// Moves the training log on: records the commits that finished, and starts one for every
