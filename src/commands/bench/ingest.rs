@@ -51,6 +51,10 @@ pub(crate) struct Args {
     /// Seconds of paced traffic for the freshness measurement.
     #[arg(long, default_value_t = 10)]
     freshness_secs: u64,
+    /// Events per second of the paced traffic instead of half the measured ingest rate: to
+    /// compare builds at one load on a machine whose speed drifts.
+    #[arg(long, value_name = "EVENTS_PER_SECOND")]
+    freshness_rate: Option<f64>,
     /// The feature spec whose user, ad and advertiser attributes the targeted reads fetch.
     #[arg(long, value_name = "PATH", default_value = "config/features.toml")]
     spec: PathBuf,
@@ -99,6 +103,9 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     if args.events < 10_000 {
         bail!("--events is {}; expected at least 10000", args.events);
     }
+    if let Some(rate) = args.freshness_rate.filter(|r| !(r.is_finite() && *r >= 1.0)) {
+        bail!("--freshness-rate is {rate}; expected at least 1 event per second");
+    }
     let config = &loaded.config;
     let spec = FeatureSpec::load(&args.spec)?;
     let tansu = (!config.stack.tansu_binary.is_empty()).then(|| std::path::Path::new(&config.stack.tansu_binary));
@@ -134,8 +141,8 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     let reads =
         reads::measure(&redis.config, &mut world, args.reads, Wanted::from_spec(&spec), [pids[0], pids[2]]).await?;
 
-    eprintln!("freshness at half the ingest rate …");
-    let rate = ingest / 2.0;
+    let rate = args.freshness_rate.unwrap_or(ingest / 2.0);
+    eprintln!("freshness at {rate:.0} events/s …");
     let read = (RedisConfig { cache_ttl_ms: 0, ..redis.config.clone() }, Wanted::from_spec(&spec));
     let freshness =
         reads::freshness(&broker.kafka, &redis.config, &ingest_config, &mut world, read, rate, args.freshness_secs)
