@@ -363,8 +363,9 @@ impl Ingester {
             Outcome::Fenced { current: stored } => {
                 metrics::fenced(self.topic(kind));
                 self.totals.fenced += 1;
-                // A fence of an earlier load says nothing about this one: that load read the
-                // watermark after this batch was sent (one connection, in order).
+                // A fence of an earlier load says nothing about this one: a fenced batch
+                // changed nothing, and this load read the watermark from Redis itself (if
+                // another member moved it since, this load's own batches are fenced too).
                 if !current {
                     return;
                 }
