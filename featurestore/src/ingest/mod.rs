@@ -32,7 +32,7 @@ mod dead_letter;
 mod round;
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     future::Future,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -206,7 +206,7 @@ pub struct Ingester {
     /// later as another member's.
     abandoned_commits: HashMap<i32, tokio::task::JoinHandle<Result<Commit>>>,
     /// The last round's apply, while Redis runs it.
-    in_flight: std::collections::VecDeque<round::InFlight>,
+    in_flight: VecDeque<round::InFlight>,
     /// Partition loads so far, numbering [`PartitionState::load`].
     loads: u64,
     totals: Totals,
@@ -260,7 +260,7 @@ impl Ingester {
             logs: HashMap::new(),
             reload: BTreeSet::new(),
             abandoned_commits: HashMap::new(),
-            in_flight: std::collections::VecDeque::new(),
+            in_flight: VecDeque::new(),
             loads: 0,
             totals: Totals::default(),
         })

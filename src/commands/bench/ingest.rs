@@ -9,8 +9,8 @@
 //!    of the ingester, the broker and Redis (from /proc) says what the rate would cost.
 //! 5. Reads: online reads of one user and the request's candidates, beside a naive loop with
 //!    one round trip per entity, and with the ad cache.
-//! 6. Freshness: events stamped with the wall clock are produced at half the ingest rate while
-//!    an ingester runs; each event's delay until Redis's watermark covers it is measured from
+//! 6. Freshness: events stamped with the wall clock are produced at half the ingest rate (or at
+//!    `--freshness-rate`) while an ingester runs; each event's delay until Redis's watermark covers it is measured from
 //!    outside the ingester. Meanwhile a read every 5 ms shows what serving's reads get while
 //!    the ingester's scripts hold Redis.
 
