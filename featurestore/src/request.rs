@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::{self, EventError, RawFeatures};
+use crate::events::{self, EventError, RawFeatures, integer, object};
 
 /// A user, a context and the candidate ads to rank.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,13 +16,15 @@ pub struct RankRequest {
     /// The caller's id for this request; echoed in impressions.
     pub request_id: String,
     pub user_id: String,
+    #[serde(deserialize_with = "object::one")]
     pub context: RequestContext,
+    #[serde(deserialize_with = "object::many")]
     pub candidates: Vec<Candidate>,
-    /// How many ranked candidates to return (default: all).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// How many ranked candidates to return (default: the slots the server shows).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "integer::opt")]
     pub top_k: Option<u32>,
     /// How long the caller waits, in milliseconds (default: the server's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "integer::opt")]
     pub deadline_ms: Option<u32>,
 }
 
@@ -32,6 +34,7 @@ pub struct RankRequest {
 pub struct RequestContext {
     pub surface: String,
     /// Milliseconds since the Unix epoch.
+    #[serde(deserialize_with = "integer::int")]
     pub event_time_ms: i64,
     /// Other context-sourced raw features (for example `hour`).
     #[serde(default, skip_serializing_if = "RawFeatures::is_empty")]
@@ -164,6 +167,20 @@ mod tests {
             (error.field.as_str(), error.reason.as_str()),
             ("candidates", "has 3 entries; at most 2 are accepted")
         );
+    }
+
+    #[test]
+    fn arrays_in_place_of_objects_are_refused() {
+        let good = r#"{"request_id":"r","user_id":"u","context":{"surface":"f","event_time_ms":0},"candidates":[{"ad_id":"a","advertiser_id":"v","bid":1}]}"#;
+        object::from_slice::<RankRequest>(good.as_bytes()).unwrap();
+        for bad in [
+            r#"["r","u",{"surface":"f","event_time_ms":0},[]]"#,
+            r#"{"request_id":"r","user_id":"u","context":["f",0],"candidates":[]}"#,
+            r#"{"request_id":"r","user_id":"u","context":{"surface":"f","event_time_ms":0},"candidates":[["a","v",1]]}"#,
+        ] {
+            let error = object::from_slice::<RankRequest>(bad.as_bytes()).unwrap_err().to_string();
+            assert!(error.contains("expected a JSON object"), "{bad}: {error}");
+        }
     }
 
     #[test]

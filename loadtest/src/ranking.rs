@@ -41,7 +41,9 @@ struct ModelRef {
 struct RankedAd {
     ad_id: String,
     pctr: f64,
-    impression_id: String,
+    /// Present for the candidates the server logged as shown.
+    #[serde(default)]
+    impression_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,8 +279,8 @@ impl Ranking {
         for mut click in served.clicks.iter().cloned() {
             // The world names impressions its own way; the server's id is the one it logged.
             let position = served.impressions.iter().position(|i| i.impression_id == click.impression_id);
-            let Some(ranked) = position.and_then(|p| reply.ranked.get(p)) else { continue };
-            click.impression_id.clone_from(&ranked.impression_id);
+            let Some(id) = position.and_then(|p| reply.ranked.get(p)?.impression_id.as_ref()) else { continue };
+            click.impression_id.clone_from(id);
             if let Some(clicks) = clicks.as_ref() {
                 let _ = clicks.send(Bytes::from(serde_json::to_vec(&click).expect("clicks serialise")));
             }

@@ -5,11 +5,18 @@
 
 use std::{future::Future, sync::Arc, time::Instant};
 
-use adrank_featurestore::{online::Reader, request::RankRequest};
+use adrank_featurestore::{
+    events::{
+        self,
+        object::{self, Object},
+    },
+    online::Reader,
+    request::RankRequest,
+};
 use axum::{
     Json, Router,
-    body::Bytes,
-    extract::{DefaultBodyLimit, Extension, State},
+    body::{Body, Bytes},
+    extract::{Extension, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -35,7 +42,8 @@ pub const PIN_HEADER: &str = "x-adrank-model-version";
 #[derive(Debug)]
 pub struct AppState {
     pub models: Arc<ModelManager>,
-    /// `None` when the online store could not be reached at start: every request is degraded.
+    /// The online store (`None`: none configured, every request is degraded). A reader made
+    /// with [`Reader::lazy`] keeps trying to reach it.
     pub reader: Option<Reader>,
     /// Where served impressions go (`None`: not logged).
     pub impressions: Option<ImpressionLog>,
@@ -64,7 +72,8 @@ struct ErrorBody {
 
 #[derive(Debug, Serialize)]
 struct ErrorDetail {
-    /// `invalid_request`, `overloaded`, `deadline_exceeded`, `unavailable`, `internal`.
+    /// `invalid_request`, `unsupported_media_type`, `payload_too_large`, `body_timeout`,
+    /// `unknown_model_version`, `overloaded`, `deadline_exceeded`, `unavailable`, `internal`.
     kind: &'static str,
     /// The offending field (`candidates[3].bid`), when one is to blame.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -78,7 +87,6 @@ fn error(status: StatusCode, kind: &'static str, field: String, message: String)
 
 /// The router over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
-    let limit = state.config.max_body_bytes;
     let admission = Admission::new(state.config.admission());
     Router::new()
         .route("/v1/rank", post(timed_rank).layer(Extension(admission)))
@@ -87,7 +95,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
@@ -97,7 +104,11 @@ pub async fn run(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let limits = crate::connections::ConnectionLimits {
+        max_connections: state.config.connection_limit(),
+        header_timeout: std::time::Duration::from_millis(state.config.header_timeout_ms),
+    };
+    crate::connections::serve(listener, router(state), limits, shutdown).await
 }
 
 /// [`run`], with a deadline on the drain: once `shutdown` has completed, requests still in
@@ -127,17 +138,34 @@ pub async fn run_with_drain_deadline(
     }
 }
 
-async fn ready(State(state): State<Arc<AppState>>) -> Response {
+/// How long `/readyz` waits for the online store to answer its probe.
+const STORE_PROBE: std::time::Duration = std::time::Duration::from_millis(500);
+
+async fn ready(State(state): State<Arc<AppState>>, uri: axum::http::Uri) -> Response {
     // A manager exists only once its first version is loaded and warmed.
     let default = state.models.default_version();
     let m = &default.manifest;
+    // Without the online store the server still ranks, with the spec's defaults (degraded):
+    // ready, unless the caller requires features (`?require=features`).
+    let store = match &state.reader {
+        None => "none",
+        Some(reader) => match tokio::time::timeout(STORE_PROBE, reader.ping()).await {
+            Ok(Ok(())) => "ok",
+            _ => "unreachable",
+        },
+    };
+    let required = uri.query().is_some_and(|q| q.split('&').any(|p| p == "require=features"));
+    let ready = !(required && store != "ok");
     let body = serde_json::json!({
-        "ready": true,
+        "ready": ready,
+        "features": if store == "ok" { "online" } else { "defaults (degraded)" },
+        "online_store": store,
         "model": { "name": m.name, "version": m.version, "provider": default.provider },
         "loaded_versions": state.models.loaded(),
         "extra": state.models.extra(),
     });
-    Json(body).into_response()
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
 }
 
 /// The API's OpenAPI 3.1 document (`serving/openapi.json`; a test keeps it in step with the
@@ -182,13 +210,78 @@ impl Drop for InFlight {
     }
 }
 
+/// Reads a JSON body: another media type is 415, a body over `serving.max_body_bytes` 413, one
+/// that does not arrive within `serving.body_timeout_ms` 408 (a client trickling its body
+/// would otherwise hold its connection and a task for ever), all with the JSON error shape.
+async fn json_body(headers: &HeaderMap, body: Body, config: &ServingConfig) -> Result<Bytes, Refused> {
+    let refuse = |status: StatusCode, kind: &'static str, field: &'static str, message: String| {
+        Err(Refused { status, kind, field, message })
+    };
+    let media = headers.get(header::CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).to_string());
+    let json = media.as_deref().is_some_and(|m| {
+        let m = m.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        m == "application/json" || m.ends_with("+json")
+    });
+    if !json {
+        let message = match media {
+            Some(given) => format!("the body is {given}; send application/json"),
+            None => "no content-type header; send the body as application/json".to_string(),
+        };
+        return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "content-type", message);
+    }
+    let limit = config.max_body_bytes;
+    let too_large = || format!("the body is larger than {limit} bytes (serving.max_body_bytes)");
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "", too_large());
+    }
+    let deadline = std::time::Duration::from_millis(config.body_timeout_ms);
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let limited = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit exceeded");
+            if limited {
+                refuse(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "", too_large())
+            } else {
+                refuse(StatusCode::BAD_REQUEST, "invalid_request", "", format!("the body could not be read: {e}"))
+            }
+        }
+        Err(_) => refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "",
+            format!("the body did not arrive within {} ms (serving.body_timeout_ms)", config.body_timeout_ms),
+        ),
+    }
+}
+
+/// A body the server will not read, as [`json_body`] says why.
+#[derive(Debug)]
+struct Refused {
+    status: StatusCode,
+    kind: &'static str,
+    field: &'static str,
+    message: String,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(self.status, self.kind, self.field.to_string(), self.message)
+    }
+}
+
 async fn timed_rank(
     state: State<Arc<AppState>>,
     Extension(admission): Extension<Arc<Admission>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let started = Instant::now();
+    let body = match json_body(&headers, body, &state.config).await {
+        Ok(body) => body,
+        Err(refused) => return observed("rank", started, refused.into_response()),
+    };
     // Before any parsing: a refused request costs next to nothing.
     let Some(_place) = admission.acquire().await else {
         let message = format!(
@@ -204,9 +297,13 @@ async fn timed_rank(
     observed("rank", started, rank_handler(state, headers, body).await)
 }
 
-async fn timed_click(state: State<Arc<AppState>>, body: Bytes) -> Response {
+async fn timed_click(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    observed("click", started, click_handler(state, body).await)
+    let response = match json_body(&headers, body, &state.config).await {
+        Ok(body) => click_handler(state, body).await,
+        Err(refused) => refused.into_response(),
+    };
+    observed("click", started, response)
 }
 
 async fn click_handler(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
@@ -214,7 +311,7 @@ async fn click_handler(State(state): State<Arc<AppState>>, body: Bytes) -> Respo
         let message = "this server does not publish clicks (no Kafka producer)".to_string();
         return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", String::new(), message);
     };
-    match sink.accept(&body).await {
+    match sink.accept(&body, state.config.max_event_time_skew_ms()).await {
         Ok(click) => {
             let body = serde_json::json!({ "accepted": click.click_id, "impression_id": click.impression_id });
             (StatusCode::ACCEPTED, Json(body)).into_response()
@@ -249,10 +346,10 @@ async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
     };
     // The plain parser first; only a body it refuses is parsed again, tracking the path, to
     // name the field (tracking every field of every valid request cost 5% of the CPU).
-    let request: RankRequest = match serde_json::from_slice(&body) {
+    let request: RankRequest = match object::from_slice(&body) {
         Ok(request) => request,
         Err(_) => match serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body)) {
-            Ok(request) => request,
+            Ok(Object(request)) => request,
             Err(e) => {
                 let field = e.path().to_string();
                 let field = if field == "." { String::new() } else { field };
@@ -266,7 +363,11 @@ async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
             }
         },
     };
-    if let Err(e) = request.validate(state.config.max_candidates) {
+    let checked = request.validate(state.config.max_candidates).and_then(|()| {
+        let skew = state.config.max_event_time_skew_ms();
+        events::not_ahead("context.event_time_ms", request.context.event_time_ms, events::now_ms(), skew)
+    });
+    if let Err(e) = checked {
         return error(StatusCode::BAD_REQUEST, "invalid_request", e.field.clone(), e.to_string());
     }
     match rank(&request, &version, state.reader.as_ref(), &state.config).await {
@@ -357,7 +458,7 @@ mod tests {
             bid: 1.0,
             pctr: 0.1,
             expected_value: 0.1,
-            impression_id: "r:0".into(),
+            impression_id: Some("r:0".into()),
             position: 0,
         };
         let timing = Timing { features_ms: 0.0, queue_ms: 0.0, inference_ms: 0.0, total_ms: 0.0, batch_rows: 1 };

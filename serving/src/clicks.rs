@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use adrank_featurestore::{
     KafkaConfig,
-    events::{Click, Event as _, EventError},
+    events::{self, Click, Event as _, EventError},
     kafka,
 };
 use rdkafka::{
@@ -51,8 +51,10 @@ impl ClickSink {
 
     /// Decodes, validates and publishes one click (keyed by its impression id, so it lands in
     /// its impression's partition); returns it once the broker has it.
-    pub async fn accept(&self, body: &[u8]) -> Result<Click, ClickError> {
+    /// A click more than `max_skew_ms` ahead of this server's clock is refused.
+    pub async fn accept(&self, body: &[u8], max_skew_ms: i64) -> Result<Click, ClickError> {
         let click = Click::decode(body)?;
+        events::not_ahead("event_time_ms", click.event_time_ms, events::now_ms(), max_skew_ms)?;
         let payload = click.encode();
         let record = FutureRecord::to(&self.topic).key(click.key()).payload(&payload);
         self.producer.send(record, self.timeout).await.map_err(|(e, _)| ClickError::Unavailable(e))?;

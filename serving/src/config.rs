@@ -41,8 +41,26 @@ pub struct ServingConfig {
     pub default_deadline_ms: u64,
     /// The most candidates one request may rank.
     pub max_candidates: usize,
+    /// How many ranked candidates the product shows. A request without `top_k` gets this many
+    /// back; only these are impressions (given ids, logged). A request may ask for more with
+    /// `top_k` (to merge with other sources, say): those past the slots are scored, not logged.
+    pub slots: u32,
+    /// How far a request's or a click's `event_time_ms` may be ahead of this server's clock, in
+    /// seconds, before it is refused (400): it allows for callers' clocks running ahead. A
+    /// far-future time would be logged and upset the feature store's event-time windows.
+    pub max_event_time_skew_secs: u64,
     /// The largest request body accepted (bytes); larger ones get 413.
     pub max_body_bytes: usize,
+    /// How long a client has to send a request's headers, counted from when it connected or
+    /// its previous request ended (milliseconds): also how long an idle connection is kept.
+    /// Shorter frees the places of silent clients sooner; longer keeps more connections warm.
+    pub header_timeout_ms: u64,
+    /// How long a client has to send a request's whole body (milliseconds), else 408.
+    pub body_timeout_ms: u64,
+    /// The most connections open at once; at the limit, the oldest without a request in
+    /// progress is closed to make room. 0: the file limit (raised to its hard limit at start)
+    /// less 256 for the process's other files.
+    pub max_connections: usize,
     /// Impressions buffered for Kafka beyond the producer's own queue; when Kafka is down and
     /// it is full, the oldest are dropped (and counted) so serving never waits on logging.
     pub impression_buffer: usize,
@@ -67,7 +85,12 @@ impl Default for ServingConfig {
             admission_wait_ms: 5,
             default_deadline_ms: 100,
             max_candidates: 1000,
+            slots: 5,
+            max_event_time_skew_secs: 600,
             max_body_bytes: 1 << 20,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            max_connections: 0,
             impression_buffer: 100_000,
             registry_poll_ms: 5_000,
             shutdown_timeout_ms: 30_000,
@@ -127,11 +150,19 @@ impl ServingConfig {
                 format!("is {}; expected 1 to {}", self.max_candidates, adrank_featurestore::online::reader::MAX_ADS),
             ));
         }
+        if !(1..=u32::from(u16::MAX)).contains(&self.slots) {
+            problems.push(ConfigProblem::new("slots", format!("is {}; expected 1 to 65535", self.slots)));
+        }
         if self.registry_poll_ms < 100 {
             problems.push(ConfigProblem::new(
                 "registry_poll_ms",
                 format!("is {}; expected at least 100", self.registry_poll_ms),
             ));
+        }
+        for (key, value) in [("header_timeout_ms", self.header_timeout_ms), ("body_timeout_ms", self.body_timeout_ms)] {
+            if !(1..=600_000).contains(&value) {
+                problems.push(ConfigProblem::new(key, format!("is {value}; expected 1 to 600000 (ten minutes)")));
+            }
         }
         if self.max_body_bytes < 1024 {
             problems.push(ConfigProblem::new(
@@ -140,6 +171,16 @@ impl ServingConfig {
             ));
         }
         problems
+    }
+
+    /// The connection limit in force: `max_connections`, or the default from the file limit.
+    pub fn connection_limit(&self) -> usize {
+        if self.max_connections == 0 { crate::connections::default_max_connections() } else { self.max_connections }
+    }
+
+    /// The event-time skew allowed, in milliseconds.
+    pub fn max_event_time_skew_ms(&self) -> i64 {
+        (self.max_event_time_skew_secs as i64).saturating_mul(1000)
     }
 
     /// The admission limiter's settings.

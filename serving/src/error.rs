@@ -20,5 +20,13 @@ pub enum Error {
     WarmUp { name: String, version: u64, rows: usize, reason: String },
 }
 
+impl Error {
+    /// Whether the failure was to read the version (the object store failed), which a later
+    /// try may not meet, rather than the version being bad.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Registry(adrank_registry::Error::Store { .. }))
+    }
+}
+
 /// Serving's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

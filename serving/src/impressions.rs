@@ -98,7 +98,7 @@ impl ImpressionLog {
             if buffer.len() > self.shared.capacity {
                 buffer.pop_front();
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::impressions_dropped(1);
+                crate::metrics::impressions_dropped(1, "buffer_full", None);
             }
         }
         drop(buffer);
@@ -166,10 +166,15 @@ async fn send_loop(producer: FutureProducer, topic: String, shared: Arc<Shared>)
             Ok(delivery) => {
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
-                    match delivery.await {
-                        Ok(Ok(_)) => shared.delivered.fetch_add(1, Ordering::Relaxed),
-                        _ => {
-                            crate::metrics::impressions_dropped(1);
+                    let failure = match delivery.await {
+                        Ok(Ok(_)) => None,
+                        Ok(Err((e, _))) => Some(e.to_string()),
+                        Err(_) => Some("the producer went away before the broker answered".to_string()),
+                    };
+                    match failure {
+                        None => shared.delivered.fetch_add(1, Ordering::Relaxed),
+                        Some(e) => {
+                            crate::metrics::impressions_dropped(1, "not_delivered", Some(&e));
                             shared.dropped.fetch_add(1, Ordering::Relaxed)
                         }
                     };
@@ -187,10 +192,9 @@ async fn send_loop(producer: FutureProducer, topic: String, shared: Arc<Shared>)
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err((e, _)) => {
-                tracing::warn!(error = %e, "an impression could not be queued for Kafka; dropped");
                 shared.dropped.fetch_add(1, Ordering::Relaxed);
                 shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-                crate::metrics::impressions_dropped(1);
+                crate::metrics::impressions_dropped(1, "not_queued", Some(&e));
             }
         }
     }

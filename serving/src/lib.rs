@@ -8,6 +8,7 @@
 //!
 //! - [`config`]: the `[serving]` section of `adrank.toml`.
 //! - [`api`]: the HTTP API (axum): validation to 4xx naming the field, overload to 429.
+//! - [`connections`]: accepting connections within a limit, with header and idle deadlines.
 //! - [`clicks`]: `POST /v1/events/click`, published to Kafka and acknowledged before 202.
 //! - [`impressions`]: the served top-k to Kafka with the exact features used, never blocking.
 //! - [`manager`]: the loaded versions, the default one, hot swaps when the followed alias moves.
@@ -23,12 +24,15 @@ pub mod api;
 pub mod batcher;
 pub mod clicks;
 pub mod config;
+pub mod connections;
 mod error;
+pub mod ids;
 pub mod impressions;
 pub mod manager;
 pub mod metrics;
 pub mod model;
 pub mod rank;
+mod throttle;
 
 pub use config::ServingConfig;
 pub use error::{Error, Result};

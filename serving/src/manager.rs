@@ -4,9 +4,11 @@
 //! resolves the alias; when it names another version, that version is loaded, verified and
 //! warmed while the current one keeps serving, then swapped in with one pointer store. Requests
 //! already holding the old version finish on it; its batcher and ONNX Runtime session are freed
-//! when the last of them is done. A version that fails to load is refused, remembered (not
-//! retried until the alias moves again) and the current one keeps serving. [`ModelManager::watch`]
-//! refreshes on an interval.
+//! when the last of them is done. A version that is bad (damaged, for another spec, refused by
+//! ONNX Runtime or its warm-up) is refused and remembered: not tried again until the alias moves.
+//! A version that could not be *read* (the object store failed) is tried again, at the next
+//! refresh and then after 1, 3, 7 … (at most 63) refreshes; meanwhile the current one keeps
+//! serving. [`ModelManager::watch`] refreshes on an interval.
 //!
 //! More references (`also`: aliases such as `candidate` or `shadow`, or numbers) keep their
 //! versions loaded beside the default one, followed the same way: requests can pin them, and the
@@ -23,7 +25,7 @@ use adrank_featurestore::spec::FeatureSpec;
 use adrank_registry::{OrtConfig, Registry};
 
 use crate::{
-    Result, ServingConfig,
+    Error, Result, ServingConfig,
     model::{LoadRequest, LoadedVersion},
 };
 
@@ -52,12 +54,12 @@ pub struct ModelManager {
 struct State {
     default: Arc<LoadedVersion>,
     loaded: BTreeMap<u64, Arc<LoadedVersion>>,
-    /// The last version refused, so a broken version is not reloaded every poll.
-    refused: Option<u64>,
+    /// The last version that failed to load, so a broken version is not reloaded every poll.
+    failed: Option<Failed>,
     /// Each extra reference's version, while it names one that loaded.
     extra: BTreeMap<String, u64>,
-    /// Each extra reference's last refused version (not retried until the reference moves).
-    extra_refused: BTreeMap<String, u64>,
+    /// Each extra reference's last version that failed to load.
+    extra_failed: BTreeMap<String, Failed>,
 }
 
 impl State {
@@ -69,6 +71,45 @@ impl State {
     }
 }
 
+/// A version that failed to load, and when to try it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Failed {
+    version: u64,
+    /// Bad (refused for good) or unreadable (retried).
+    bad: bool,
+    /// Failures in a row to read it.
+    failures: u32,
+    /// Refreshes left before the next try.
+    wait: u32,
+}
+
+impl Failed {
+    /// After a failure to load `version`, following `previous`.
+    fn after(error: &Error, version: u64, previous: Option<&Failed>) -> Self {
+        let failures = previous.filter(|p| p.version == version).map_or(0, |p| p.failures) + 1;
+        // 0, 1, 3, 7 … refreshes skipped: backing off, and never longer than 63 polls.
+        let wait = (1u32 << (failures - 1).min(6)) - 1;
+        Self { version, bad: !error.is_transient(), failures, wait }
+    }
+
+    /// Whether `target` is held back at this refresh; counts the wait down.
+    fn holds_back(failed: &mut Option<Self>, target: u64) -> bool {
+        match failed {
+            Some(f) if f.version == target => {
+                if f.bad {
+                    return true;
+                }
+                if f.wait > 0 {
+                    f.wait -= 1;
+                    return true;
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+}
+
 /// What one refresh did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refresh {
@@ -77,10 +118,19 @@ pub enum Refresh {
         from: u64,
         to: u64,
     },
-    /// The followed version could not be loaded (the reason was logged); `current` serves on.
+    /// The followed version is bad (the reason was logged); `current` serves on, and it is not
+    /// tried again until the alias moves.
     Refused {
         version: u64,
         current: u64,
+        reason: String,
+    },
+    /// The followed version could not be read now; `current` serves on, and it is tried again
+    /// (`failures` in a row so far).
+    Retrying {
+        version: u64,
+        current: u64,
+        failures: u32,
         reason: String,
     },
 }
@@ -94,9 +144,9 @@ impl ModelManager {
         let state = State {
             default: Arc::clone(&loaded),
             loaded: BTreeMap::from([(version, loaded)]),
-            refused: None,
+            failed: None,
             extra: BTreeMap::new(),
-            extra_refused: BTreeMap::new(),
+            extra_failed: BTreeMap::new(),
         };
         let manager = Self { config, state: RwLock::new(state) };
         manager.refresh_extra().await;
@@ -133,21 +183,31 @@ impl ModelManager {
 
     async fn refresh_default(&self) -> Result<Refresh> {
         let target = self.config.registry.resolve(&self.config.name, &self.config.follow).await?;
-        let (current, refused) = {
-            let state = self.state.read().expect("the state lock is never poisoned");
-            (state.default.manifest.version, state.refused)
+        let (current, held_back) = {
+            let mut state = self.state.write().expect("the state lock is never poisoned");
+            (state.default.manifest.version, Failed::holds_back(&mut state.failed, target))
         };
-        if target == current || refused == Some(target) {
+        if target == current || held_back {
             return Ok(Refresh::Unchanged);
         }
         let loaded = match LoadedVersion::load(request(&self.config, target)).await {
             Ok(loaded) => Arc::new(loaded),
             Err(e) => {
-                tracing::warn!(name = %self.config.name, version = target, error = %e, "refused a model version; the current one keeps serving");
                 let mut state = self.state.write().expect("the state lock is never poisoned");
-                state.refused = Some(target);
-                crate::metrics::versions(state.loaded.len(), "refused");
-                return Ok(Refresh::Refused { version: target, current, reason: e.to_string() });
+                let failed = Failed::after(&e, target, state.failed.as_ref());
+                state.failed = Some(failed);
+                let reason = e.to_string();
+                if failed.bad {
+                    tracing::warn!(name = %self.config.name, version = target, error = %e, "refused a model version; the current one keeps serving");
+                    crate::metrics::versions(state.loaded.len(), "refused");
+                    return Ok(Refresh::Refused { version: target, current, reason });
+                }
+                tracing::warn!(
+                    name = %self.config.name, version = target, failures = failed.failures, error = %e,
+                    "cannot read a model version now; the current one keeps serving, it is tried again"
+                );
+                crate::metrics::versions(state.loaded.len(), "unreadable");
+                return Ok(Refresh::Retrying { version: target, current, failures: failed.failures, reason });
             }
         };
         let mut state = self.state.write().expect("the state lock is never poisoned");
@@ -156,7 +216,7 @@ impl ModelManager {
         // The old version leaves the map unless an extra reference holds it; requests holding
         // it finish, then it is freed.
         state.prune();
-        state.refused = None;
+        state.failed = None;
         crate::metrics::versions(state.loaded.len(), "swapped");
         tracing::info!(name = %self.config.name, from = old, to = target, "swapped the serving model version");
         Ok(Refresh::Swapped { from: old, to: target })
@@ -175,11 +235,16 @@ impl ModelManager {
                     continue;
                 }
             };
-            let (current, refused) = {
-                let state = self.state.read().expect("the state lock is never poisoned");
-                (state.extra.get(reference).copied(), state.extra_refused.get(reference).copied())
+            let (current, held_back) = {
+                let mut state = self.state.write().expect("the state lock is never poisoned");
+                let mut failed = state.extra_failed.get(reference).copied();
+                let held_back = target.is_some_and(|t| Failed::holds_back(&mut failed, t));
+                if let Some(failed) = failed {
+                    state.extra_failed.insert(reference.clone(), failed);
+                }
+                (state.extra.get(reference).copied(), held_back)
             };
-            if target == current || (target.is_some() && target == refused) {
+            if target == current || held_back {
                 continue;
             }
             let loaded = match target {
@@ -189,17 +254,19 @@ impl ModelManager {
                     None => match LoadedVersion::load(request(&self.config, version)).await {
                         Ok(loaded) => Some(Arc::new(loaded)),
                         Err(e) => {
-                            tracing::warn!(reference, version, error = %e, "refused a model version for an extra reference");
                             let mut state = self.state.write().expect("the state lock is never poisoned");
-                            state.extra_refused.insert(reference.clone(), version);
-                            crate::metrics::versions(state.loaded.len(), "refused");
+                            let failed = Failed::after(&e, version, state.extra_failed.get(reference));
+                            state.extra_failed.insert(reference.clone(), failed);
+                            let outcome = if failed.bad { "refused" } else { "unreadable" };
+                            tracing::warn!(reference, version, error = %e, outcome, failures = failed.failures, "an extra reference's version did not load");
+                            crate::metrics::versions(state.loaded.len(), outcome);
                             continue;
                         }
                     },
                 },
             };
             let mut state = self.state.write().expect("the state lock is never poisoned");
-            state.extra_refused.remove(reference);
+            state.extra_failed.remove(reference);
             match loaded {
                 Some(loaded) => {
                     let version = loaded.manifest.version;
@@ -244,5 +311,38 @@ fn request(config: &ManagerConfig, version: u64) -> LoadRequest<'_> {
         spec: &config.spec,
         ort: &config.ort,
         serving: &config.serving,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreadable() -> Error {
+        let source = object_store::Error::Generic { store: "test", source: "connection reset".into() };
+        Error::Registry(adrank_registry::Error::Store { location: "s3://x".into(), action: "reading", source })
+    }
+
+    #[test]
+    fn a_bad_version_is_held_back_until_the_reference_moves() {
+        let bad = Error::Incompatible { name: "ctr".into(), version: 3, reason: "another spec".into() };
+        let mut failed = Some(Failed::after(&bad, 3, None));
+        assert!((0..100).all(|_| Failed::holds_back(&mut failed, 3)));
+        assert!(!Failed::holds_back(&mut failed, 4), "another version is tried");
+    }
+
+    #[test]
+    fn an_unreadable_version_is_tried_again_backing_off() {
+        let mut failed: Option<Failed> = None;
+        let mut tried = Vec::new();
+        for refresh in 0..40 {
+            if !Failed::holds_back(&mut failed, 7) {
+                tried.push(refresh);
+                failed = Some(Failed::after(&unreadable(), 7, failed.as_ref()));
+            }
+        }
+        assert_eq!(tried, [0, 1, 3, 7, 15, 31], "tried at once, then after 1, 3, 7, 15 refreshes");
+        let last = failed.unwrap();
+        assert!(!last.bad && last.failures == 6, "{last:?}");
     }
 }

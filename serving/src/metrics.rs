@@ -4,6 +4,8 @@
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
+use crate::throttle::Throttle;
+
 pub const REQUESTS: &str = "adrank_serving_requests_total";
 pub const REQUEST_SECONDS: &str = "adrank_serving_request_seconds";
 pub const STAGE_SECONDS: &str = "adrank_serving_stage_seconds";
@@ -17,6 +19,7 @@ pub const LOADED_VERSIONS: &str = "adrank_serving_loaded_versions";
 pub const VERSION_CHANGES: &str = "adrank_serving_version_changes_total";
 pub const IMPRESSIONS_DROPPED: &str = "adrank_serving_impressions_dropped_total";
 pub const ORT_ERRORS: &str = "adrank_serving_inference_errors_total";
+pub const CONNECTIONS_CLOSED: &str = "adrank_serving_connections_closed_total";
 
 /// Registers every metric's help text.
 pub fn describe() {
@@ -31,11 +34,21 @@ pub fn describe() {
         "Ranking requests refused with 429 (no place within the admission wait, or the model's queue full)."
     );
     describe_gauge!(ADMISSION_LIMIT, "Ranking requests admitted at once: the adaptive limit.");
-    describe_counter!(DEGRADED, "Ranking requests answered with default features (online store slow or down).");
+    describe_counter!(
+        DEGRADED,
+        "Ranking requests answered with default features, by reason (unreachable, timeout, error)."
+    );
     describe_gauge!(LOADED_VERSIONS, "Model versions loaded.");
     describe_counter!(VERSION_CHANGES, "Model version changes, by outcome (swapped, refused).");
-    describe_counter!(IMPRESSIONS_DROPPED, "Impressions not logged: buffer full or refused by Kafka.");
+    describe_counter!(
+        IMPRESSIONS_DROPPED,
+        "Impressions not logged, by reason (buffer_full, not_queued, not_delivered)."
+    );
     describe_counter!(ORT_ERRORS, "Model runs that failed in ONNX Runtime.");
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Connections the server closed or refused, by reason (evicted, refused, accept_failed)."
+    );
 }
 
 pub(crate) fn request(route: &'static str, status: u16, seconds: f64) {
@@ -72,8 +85,14 @@ pub(crate) fn shed() {
     counter!(SHED).increment(1);
 }
 
-pub(crate) fn degraded() {
-    counter!(DEGRADED).increment(1);
+/// Why a request ranked with default features: `unreachable` (no connection to the online
+/// store), `timeout` (the read took more than half the request's budget), `error` (the store
+/// answered with an error, or the connection broke).
+static DEGRADED_LOG: Throttle = Throttle::every_ms(10_000);
+
+pub(crate) fn degraded(reason: &'static str, error: Option<&dyn std::fmt::Display>) {
+    counter!(DEGRADED, "reason" => reason).increment(1);
+    warn_throttled(&DEGRADED_LOG, reason, error, "ranking with default features: the online store read failed");
 }
 
 pub(crate) fn versions(loaded: usize, outcome: &'static str) {
@@ -81,6 +100,24 @@ pub(crate) fn versions(loaded: usize, outcome: &'static str) {
     counter!(VERSION_CHANGES, "outcome" => outcome).increment(1);
 }
 
-pub(crate) fn impressions_dropped(n: u64) {
-    counter!(IMPRESSIONS_DROPPED).increment(n);
+/// Why impressions were not logged: `buffer_full` (Kafka slow or down: the oldest went),
+/// `not_queued` (the producer would not take it), `not_delivered` (the broker refused it, or it
+/// timed out).
+static DROPPED_LOG: Throttle = Throttle::every_ms(10_000);
+
+pub(crate) fn impressions_dropped(n: u64, reason: &'static str, error: Option<&dyn std::fmt::Display>) {
+    counter!(IMPRESSIONS_DROPPED, "reason" => reason).increment(n);
+    warn_throttled(&DROPPED_LOG, reason, error, "impressions dropped, not logged to Kafka");
+}
+
+/// A warning for a failure counted by `reason`, at most once per the throttle's interval.
+fn warn_throttled(throttle: &Throttle, reason: &'static str, error: Option<&dyn std::fmt::Display>, what: &str) {
+    if let Some(skipped) = throttle.allow() {
+        let error = error.map(ToString::to_string).unwrap_or_default();
+        tracing::warn!(reason, %error, skipped, "{what}");
+    }
+}
+
+pub(crate) fn connection_closed(reason: &'static str) {
+    counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
 }

@@ -45,8 +45,11 @@ pub struct Ranked {
     pub pctr: f64,
     /// pCTR x bid.
     pub expected_value: f64,
-    /// Unique per served impression: `<request_id>:<position>`.
-    pub impression_id: String,
+    /// For the candidates shown (the first `serving.slots`): the impression's id, unique
+    /// whatever the request sent (clicks name it). Absent past the slots: scored, not shown,
+    /// not logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impression_id: Option<String>,
     /// 0 for the top.
     pub position: u32,
 }
@@ -177,17 +180,26 @@ pub async fn rank(
     // Features may use half the budget: the model needs the rest.
     let fetched = match reader {
         Some(reader) => {
-            tokio::time::timeout(budget / 2, reader.fetch(&request.user_id, &ads, request.context.event_time_ms))
+            match tokio::time::timeout(budget / 2, reader.fetch(&request.user_id, &ads, request.context.event_time_ms))
                 .await
-                .ok()
-                .and_then(Result::ok)
+            {
+                Ok(Ok(fetched)) => Some(fetched),
+                Ok(Err(e)) => {
+                    crate::metrics::degraded("error", Some(&e));
+                    None
+                }
+                Err(_) => {
+                    crate::metrics::degraded("timeout", None);
+                    None
+                }
+            }
         }
-        None => None,
+        None => {
+            crate::metrics::degraded("unreachable", None);
+            None
+        }
     };
     let degraded = fetched.is_none();
-    if degraded {
-        crate::metrics::degraded();
-    }
     let fetched = fetched.unwrap_or_else(|| Fetched::ids_only(&request.user_id, &ads));
     let features_ms = ms(started.elapsed());
 
@@ -216,16 +228,20 @@ pub async fn rank(
     let mut order: Vec<usize> = (0..request.candidates.len()).collect();
     let value = |i: usize| f64::from(scored.scores[i]) * request.candidates[i].bid;
     order.sort_by(|&a, &b| value(b).total_cmp(&value(a)).then(a.cmp(&b)));
-    order.truncate(request.top_k.map_or(order.len(), |k| k as usize));
+    // Without `top_k`, the slots the product shows; only those are impressions.
+    let slots = config.slots as usize;
+    order.truncate(request.top_k.map_or(slots, |k| k as usize));
+    let shown = order.len().min(slots);
+    let reply = crate::ids::reply();
     let manifest = &version.manifest;
-    let impressions = order
+    let impressions = order[..shown]
         .iter()
         .enumerate()
         .map(|(position, &i)| {
             let c = &request.candidates[i];
             let ad = fetched.ads[i].record();
             Impression {
-                impression_id: format!("{}:{position}", request.request_id),
+                impression_id: crate::ids::impression(&reply, position),
                 request_id: request.request_id.clone(),
                 event_time_ms: request.context.event_time_ms,
                 user_id: request.user_id.clone(),
@@ -255,7 +271,7 @@ pub async fn rank(
                 bid: c.bid,
                 pctr: f64::from(scored.scores[i]),
                 expected_value: value(i),
-                impression_id: format!("{}:{position}", request.request_id),
+                impression_id: (position < shown).then(|| crate::ids::impression(&reply, position)),
                 position: position as u32,
             }
         })

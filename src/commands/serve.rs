@@ -46,6 +46,11 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         .context("cannot install the metrics recorder")?;
     adrank_serving::metrics::describe();
     adrank_featurestore::metrics::describe();
+    // The soft file limit (often 1,024) caps connections far below what a server needs.
+    match adrank_serving::connections::raise_file_limit() {
+        Ok(limit) => tracing::debug!(limit, "file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file limit; connections are limited by the current one"),
+    }
     let spec = FeatureSpec::load(&args.spec)?;
     let registry = Registry::open(&config.registry)?;
     let models = Arc::new(
@@ -66,13 +71,16 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         let first = models.default_version();
         (first.manifest.version, first.load_seconds)
     };
-    let reader = match Reader::connect(&config.redis).await {
-        Ok(reader) => Some(reader.with_wanted(Wanted::from_spec(&spec))),
-        Err(e) => {
-            tracing::warn!(error = %e, "the online store is unreachable: every request uses the spec's defaults (degraded)");
-            None
-        }
-    };
+    // Connected on first use and again after every failure: a Redis that is down now is read
+    // as soon as it answers.
+    let reader = Reader::lazy(&config.redis)?.with_wanted(Wanted::from_spec(&spec));
+    if let Err(e) = reader.ping().await {
+        tracing::warn!(
+            error = %e,
+            "the online store does not answer: requests use the spec's defaults (degraded) until it does"
+        );
+    }
+    let reader = Some(reader);
     let topic = &config.kafka.topics.impressions.name;
     let impressions = ImpressionLog::start(&config.kafka, topic, config.serving.impression_buffer)
         .with_context(|| format!("cannot create the Kafka producer for {topic}"))?;

@@ -98,7 +98,20 @@ async fn every_kind_of_bad_record_is_dead_lettered_with_its_reason() {
     let mut negative_time = good.clone();
     negative_time.impression_id = "i-neg".into();
     negative_time.event_time_ms = -5;
+    // A day ahead of the clock: a click like it closed every waiting window of its partition.
+    let tomorrow = adrank_featurestore::events::now_ms() + 86_400_000;
+    let future = Impression { impression_id: "i-future".into(), event_time_ms: tomorrow, ..good.clone() };
+    let future_click = Click::on(&good, "c-future".into(), tomorrow).encode();
+    // A second impression under an id the join holds: it would take the first one's clicks.
+    let original = Impression { impression_id: "i-dup".into(), ..good.clone() };
+    let copy = Impression { impression_id: "i-dup".into(), ad_id: "a-other".into(), ..good.clone() };
+    fixture.event(&topics.impressions.name, &original).await;
     let bad: Vec<BadRecord<'_>> = vec![
+        (&topics.impressions.name, Some("i-dup"), Some(copy.encode()), "duplicate"),
+        (&topics.impressions.name, Some("i-future"), Some(future.encode()), "future"),
+        (&topics.clicks.name, Some("i-good"), Some(future_click), "future"),
+        // A positional array of a click's fields: serde's derive read it as a valid click.
+        (&topics.clicks.name, Some("i-good"), Some(br#"["c-1","i-good",1,"u1","a","v"]"#.to_vec()), "schema"),
         (&topics.impressions.name, Some("k"), Some(b"{not json".to_vec()), "json"),
         (&topics.impressions.name, Some("k"), Some(br#"{"impression_id": 5}"#.to_vec()), "schema"),
         (&topics.impressions.name, Some("i-neg"), Some(negative_time.encode()), "rule"),
@@ -131,7 +144,9 @@ async fn every_kind_of_bad_record_is_dead_lettered_with_its_reason() {
 
     let totals = fixture.ingest_until_idle().await;
     assert_eq!(totals.dead_letters, bad.len() as u64, "{totals:?}");
-    assert_eq!(totals.applied[0], 1, "the good impression after the bad ones is applied: {totals:?}");
+    // The good one after the bad ones, and both of i-dup: the online counters count what was
+    // shown; only the training log refuses the copy.
+    assert_eq!(totals.applied[0], 3, "{totals:?}");
     assert_eq!(totals.applied[2], 1, "{totals:?}");
 
     // The dead-letter topic holds each bad record with its payload, source and reason.
@@ -172,10 +187,18 @@ async fn every_kind_of_bad_record_is_dead_lettered_with_its_reason() {
             .unwrap_or_else(|| panic!("no dead letter for the {kind} case on {topic}: {letters:?}"));
         assert!(!letter.2.is_empty(), "a reason for the {kind} case");
         assert!(letter.4.starts_with(&format!("{topic}:")), "keyed by source position: {}", letter.4);
+        if *kind == "future" {
+            assert!(letter.2.contains("ahead of the receiving clock"), "{letter:?}");
+        }
+        if *kind == "duplicate" {
+            assert!(letter.2.contains("`i-dup` is the id of an earlier impression"), "{letter:?}");
+        }
     }
     let reasons: Vec<String> = letters.iter().map(|l| format!("{} {}", l.3, l.2)).collect();
     let joined = reasons.join("\n");
-    for expected in ["not valid JSON", "event_time_ms", "not-its-key", "no payload", "oracle_p", "paused"] {
+    for expected in
+        ["not valid JSON", "event_time_ms", "not-its-key", "no payload", "oracle_p", "paused", "expected a JSON object"]
+    {
         assert!(joined.contains(expected), "no reason mentions `{expected}`:\n{joined}");
     }
 }

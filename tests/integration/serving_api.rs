@@ -143,10 +143,13 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     assert_eq!(body["top_k"], 5, "the world asks for the slots it shows");
     body["top_k"] = serde_json::Value::Null;
     let candidates = body["candidates"].as_array().unwrap().len();
+    body["request_id"] = "no-top-k".into();
     let (status, _, text) = http(addr, "POST", "/v1/rank", body.to_string().as_bytes()).await;
     assert_eq!(status, 200, "{text}");
     let response: RankResponse = serde_json::from_str(&text).unwrap();
-    assert_eq!(response.ranked.len(), candidates);
+    assert!(candidates > config.slots as usize, "the test needs more candidates than slots");
+    assert_eq!(response.ranked.len(), config.slots as usize, "without top_k, the slots the product shows");
+    assert!(response.ranked.iter().all(|r| r.impression_id.is_some()));
     assert_eq!((response.model.name.as_str(), response.model.version), ("ctr", 1));
     assert!(!response.degraded, "Redis answered: not degraded");
     assert!(response.ranked.windows(2).all(|w| w[0].expected_value >= w[1].expected_value), "ranked by expected value");
@@ -164,7 +167,7 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     let logged = read_impressions(&broker.config, &topic, "top-five", 5).await;
     for (served, logged) in top.ranked.iter().zip(&logged) {
         assert_eq!((&logged.ad_id, logged.position as u32), (&served.ad_id, served.position));
-        assert_eq!(logged.impression_id, served.impression_id);
+        assert_eq!(Some(&logged.impression_id), served.impression_id.as_ref());
         assert_eq!(logged.model_version, "1");
         assert!((logged.score - served.pctr).abs() < 1e-9);
         assert_eq!(logged.features.get("bid"), Some(&adrank_featurestore::events::RawValue::Num(served.bid)));
@@ -172,6 +175,21 @@ async fn ranks_world_requests_and_names_every_bad_field() {
         assert!(!logged.features.contains_key("position"), "the slot is the impression's, not a logged feature");
     }
     assert_eq!(log.stats().dropped, 0);
+
+    // A caller reusing its request id, asking for more than the slots: the shown slots get ids
+    // of their own, the rest none, and only the slots are logged.
+    body["top_k"] = 8.into();
+    let (status, _, text) = http(addr, "POST", "/v1/rank", body.to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+    let again = serde_json::from_str::<RankResponse>(&text).unwrap();
+    assert_eq!(again.ranked.len(), 8);
+    assert!(again.ranked[5..].iter().all(|r| r.impression_id.is_none()), "past the slots: not shown");
+    let both = read_impressions(&broker.config, &topic, "top-five", 10).await;
+    let ids: std::collections::HashSet<&str> = both.iter().map(|i| i.impression_id.as_str()).collect();
+    assert_eq!(ids.len(), 10, "a reused request id never reuses an impression id: {ids:?}");
+    for served in &again.ranked[..5] {
+        assert!(ids.contains(served.impression_id.as_deref().unwrap()));
+    }
 
     // A click on the top impression, over HTTP, reaches the clicks topic under its key.
     let click = Click::on(&logged[0], "c-1".into(), logged[0].event_time_ms + 1000);
@@ -198,6 +216,11 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     let (status, _, text) = http(addr, "POST", "/v1/events/click", bad.to_string().as_bytes()).await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("event_time_ms"), "{text}");
+    let tomorrow = adrank_featurestore::events::now_ms() + 86_400_000;
+    bad["event_time_ms"] = tomorrow.into();
+    let (status, _, text) = http(addr, "POST", "/v1/events/click", bad.to_string().as_bytes()).await;
+    assert_eq!(status, 400, "a click a day ahead of the clock: {text}");
+    assert!(text.contains("ahead of the receiving clock"), "{text}");
 
     // Redis stalls (CLIENT PAUSE: the real server stops answering for 600 ms): the request
     // still answers within its deadline, with the spec's defaults, marked degraded.
@@ -230,6 +253,10 @@ async fn ranks_world_requests_and_names_every_bad_field() {
         (bad(&|b| b["top_k"] = 0.into()), "top_k"),
         (bad(&|b| b["surprise"] = 1.into()), ""),
         (bad(&|b| b["user_id"] = "".into()), "user_id"),
+        (bad(&|b| b["context"]["event_time_ms"] = tomorrow.into()), "context.event_time_ms"),
+        // Positional arrays in place of objects: serde's derive read them as valid.
+        (bad(&|b| b["candidates"][0] = serde_json::json!(["a-x", "v-x", 1.0])), "candidates[0]"),
+        (bad(&|b| b["context"] = serde_json::json!(["feed", 0])), "context"),
     ];
     for (request, field) in cases {
         let (status, _, text) = http(addr, "POST", "/v1/rank", request.as_bytes()).await;
@@ -242,7 +269,25 @@ async fn ranks_world_requests_and_names_every_bad_field() {
         assert!(!error["error"]["message"].as_str().unwrap().is_empty());
     }
     let huge = vec![b' '; 300_000];
-    assert_eq!(http(addr, "POST", "/v1/rank", &huge).await.0, 413);
+    let (status, _, text) = http(addr, "POST", "/v1/rank", &huge).await;
+    assert_eq!(status, 413, "{text:.200}");
+    let error: serde_json::Value = serde_json::from_str(&text).expect("a 413 has the JSON error shape");
+    assert_eq!(error["error"]["kind"], "payload_too_large", "{text}");
+    // A body that is not JSON by its media type is refused, with the JSON error shape.
+    let valid = body.to_string();
+    for media in ["text/plain", "application/x-www-form-urlencoded"] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v1/rank HTTP/1.1\r\nhost: test\r\ncontent-type: {media}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            valid.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(valid.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 415"), "{media}: {response:.300}");
+        assert!(response.contains("\"unsupported_media_type\""), "{response}");
+    }
 
     // Requests by route and status, stage times, batch sizes.
     let (status, _, metrics) = http(addr, "GET", "/metrics", b"").await;
@@ -253,8 +298,10 @@ async fn ranks_world_requests_and_names_every_bad_field() {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
     assert!(value("adrank_serving_requests_total{route=\"rank\",status=\"200\"}") >= 2.0);
-    assert!(value("adrank_serving_requests_total{route=\"rank\",status=\"400\"}") >= 8.0);
+    assert!(value("adrank_serving_requests_total{route=\"rank\",status=\"400\"}") >= 11.0);
     assert!(value("adrank_serving_requests_total{route=\"click\",status=\"202\"}") >= 1.0);
+    // Redis's stall above, counted by its reason.
+    assert!(value("adrank_serving_degraded_total{reason=\"timeout\"}") >= 1.0);
     for name in ["adrank_serving_stage_seconds", "adrank_serving_batch_rows", "adrank_serving_in_flight_requests"] {
         assert!(metrics.contains(name), "{name} not in:\n{metrics}");
     }
@@ -375,9 +422,25 @@ async fn a_new_version_swaps_in_under_traffic_and_a_broken_one_is_refused() {
     registry.change("ctr", alias(3, 2)).await.unwrap();
     assert!(matches!(models.refresh().await.unwrap(), Refresh::Refused { version: 3, current: 2, .. }));
     assert_eq!(models.refresh().await.unwrap(), Refresh::Unchanged);
+
+    // A version that cannot be read for now (an I/O error, not a bad file) is tried again at
+    // the next refresh; it was refused until the alias moved before.
+    let third = adrank_trainer::onnx::export(&adrank_trainer::model::Model::new(&architecture, &shape, 0.02, 11), &[]);
+    let v4 = registry.publish(draft(&third, &stats, "v4")).await.unwrap();
+    let file = dir.path().join("registry").join(&v4.onnx.path);
+    let aside = file.with_extension("aside");
+    std::fs::rename(&file, &aside).unwrap();
+    // A link to itself: opening it fails with ELOOP, an I/O error the object store reports.
+    std::os::unix::fs::symlink(&file, &file).unwrap();
+    registry.change("ctr", alias(4, 3)).await.unwrap();
+    let refresh = models.refresh().await.unwrap();
+    assert!(matches!(refresh, Refresh::Retrying { version: 4, current: 2, failures: 1, .. }), "{refresh:?}");
+    std::fs::remove_file(&file).unwrap();
+    std::fs::rename(&aside, &file).unwrap();
+    assert_eq!(models.refresh().await.unwrap(), Refresh::Swapped { from: 2, to: 4 });
     let (status, _, text) = http(addr, "POST", "/v1/rank", request.as_bytes()).await;
     let answer: RankResponse = serde_json::from_str(&text).unwrap();
-    assert_eq!((status, answer.model.version), (200, 2));
+    assert_eq!((status, answer.model.version), (200, 4));
     assert!(answer.degraded, "without an online store every answer is degraded, never an error");
 }
 

@@ -22,6 +22,7 @@ use adrank_serving::{
     rank::RankResponse,
 };
 use adrank_trainer::model::Architecture;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{
     registry::{draft, model_file, registry},
@@ -224,6 +225,99 @@ async fn redis_stopping_mid_run_degrades_requests_instead_of_failing_them() {
         assert_eq!(status, 200, "{text}");
         assert!(!serde_json::from_str::<RankResponse>(&text).unwrap().degraded, "restart {restart}: {text:.200}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_is_read_once_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = adrank_testkit::free_port();
+    let redis_config = RedisConfig { url: format!("redis://127.0.0.1:{port}/0"), ..RedisConfig::default() };
+    assert!(Reader::connect(&redis_config).await.is_err(), "nothing listens on {port} yet");
+    let reader = Reader::lazy(&redis_config).unwrap().with_wanted(Wanted::from_spec(&adrank_testkit::spec()));
+    let config = ServingConfig::default();
+    let addr = serve(models(dir.path(), &config).await, Some(reader), None, config).await;
+    let mut world = world();
+    let (status, _, text) = http(addr, "POST", "/v1/rank", body(&mut world).as_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(serde_json::from_str::<RankResponse>(&text).unwrap().degraded, "{text:.200}");
+    // Ready (it ranks, with defaults), and honest about it; not ready for a caller that
+    // requires features.
+    let (status, _, text) = http(addr, "GET", "/readyz", b"").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"online_store\":\"unreachable\""), "{text}");
+    let (status, _, text) = http(addr, "GET", "/readyz?require=features", b"").await;
+    assert_eq!(status, 503, "{text}");
+
+    // It was degraded for life before: the reader never tried again.
+    let _redis = own_redis(port);
+    let (status, _, text) = http(addr, "POST", "/v1/rank", body(&mut world).as_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(!serde_json::from_str::<RankResponse>(&text).unwrap().degraded, "{text:.200}");
+    let (status, _, text) = http(addr, "GET", "/readyz?require=features", b"").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"online_store\":\"ok\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_beyond_the_limit_do_not_starve_real_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    // A long header deadline: making room, not the deadline, is what this tests.
+    let config = ServingConfig { max_connections: 20, header_timeout_ms: 60_000, ..ServingConfig::default() };
+    let addr = serve(models(dir.path(), &config).await, None, None, config).await;
+    // Twice the limit in clients that connect and say nothing, or half a header.
+    let mut silent = Vec::new();
+    for i in 0..40 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if i % 2 == 1 {
+            stream.write_all(b"POST /v1/rank HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        }
+        silent.push(stream);
+    }
+    let mut world = world();
+    for _ in 0..10 {
+        let (status, _, text) = http(addr, "POST", "/v1/rank", body(&mut world).as_bytes()).await;
+        assert_eq!(status, 200, "{text:.200}");
+        assert_eq!(http(addr, "GET", "/healthz", b"").await.0, 200);
+    }
+    // The server closed the oldest silent ones to make room.
+    let mut closed = 0;
+    for stream in &mut silent[..20] {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 10, "only {closed} of the oldest silent connections were closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_header_and_half_a_body_are_cut_off_at_their_deadlines() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServingConfig { header_timeout_ms: 300, body_timeout_ms: 300, ..ServingConfig::default() };
+    let addr = serve(models(dir.path(), &config).await, None, None, config).await;
+    // Half a header: the connection is closed (it held a place and a file for ever before).
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"POST /v1/rank HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection is still open 30 s after a 300 ms header deadline");
+    // Half a body: 408 with the JSON error shape.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head =
+        "POST /v1/rank HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"req";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_string(&mut response)).await;
+    assert!(read.is_ok(), "no answer 30 s after a 300 ms body deadline");
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("\"body_timeout\""), "{response}");
+    // An idle keep-alive connection is closed at the header deadline too.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut everything = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut everything)).await;
+    assert!(read.is_ok(), "an idle keep-alive connection is still open 30 s after the deadline");
+    assert!(String::from_utf8_lossy(&everything).starts_with("HTTP/1.1 200"));
 }
 
 /// A redis-server of the test's own on `port`, answering.

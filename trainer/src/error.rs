@@ -38,6 +38,11 @@ pub enum Error {
     #[error(transparent)]
     Registry(#[from] adrank_registry::Error),
 
+    /// The thread reading the training log stopped with a panic: training stops rather than
+    /// run on part of its window.
+    #[error("the training-log reader failed ({0}); training stopped rather than train on part of the window")]
+    Reader(String),
+
     /// ONNX Runtime failed to load or run a model.
     #[error("ONNX Runtime: {0}")]
     Runtime(String),

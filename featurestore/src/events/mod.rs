@@ -9,7 +9,9 @@
 //! topics have the same partition count, so Kafka's key hashing puts them in the same partition
 //! and one ingester sees both. Profiles are keyed by user id, catalog records by ad id.
 
+pub mod integer;
 mod intern;
+pub mod object;
 mod raw;
 
 use std::fmt;
@@ -33,11 +35,13 @@ pub struct Impression {
     /// The ranking request this impression answered.
     pub request_id: String,
     /// When it was served, milliseconds since the Unix epoch.
+    #[serde(deserialize_with = "integer::int")]
     pub event_time_ms: i64,
     pub user_id: String,
     pub ad_id: String,
     pub advertiser_id: String,
     /// The slot, 0 for the top.
+    #[serde(deserialize_with = "integer::int")]
     pub position: u16,
     /// Where it was shown (feed, search, …).
     pub surface: String,
@@ -88,6 +92,7 @@ pub struct Click {
     /// The impression clicked; the Kafka key.
     pub impression_id: String,
     /// When the click happened, milliseconds since the Unix epoch.
+    #[serde(deserialize_with = "integer::int")]
     pub event_time_ms: i64,
     /// Copied from the impression so counters can be updated without the join.
     pub user_id: String,
@@ -115,6 +120,7 @@ impl Click {
 pub struct UserProfile {
     /// The Kafka key.
     pub user_id: String,
+    #[serde(deserialize_with = "integer::int")]
     pub event_time_ms: i64,
     /// Attributes by name (segment, device, country, …), read by the feature spec's
     /// user-store features.
@@ -136,6 +142,7 @@ pub struct AdRecord {
     /// The Kafka key.
     pub ad_id: String,
     pub advertiser_id: String,
+    #[serde(deserialize_with = "integer::int")]
     pub event_time_ms: i64,
     pub status: AdStatus,
     /// Attributes by name (category, format, …), read by the ad-store features.
@@ -171,9 +178,12 @@ pub trait Event: Serialize + DeserializeOwned {
     /// Checks the rules the JSON shape cannot express.
     fn validate(&self) -> Result<(), EventError>;
 
+    /// When it happened, milliseconds since the Unix epoch.
+    fn event_time_ms(&self) -> i64;
+
     /// Decodes and validates one JSON message.
     fn decode(bytes: &[u8]) -> Result<Self, EventError> {
-        let event: Self = serde_json::from_slice(bytes).map_err(|e| EventError::new("", json_reason(&e)))?;
+        let event: Self = object::from_slice(bytes).map_err(|e| EventError::new("", json_reason(&e)))?;
         event.validate()?;
         Ok(event)
     }
@@ -209,6 +219,31 @@ pub(crate) fn id(field: &str, value: &str) -> Result<(), EventError> {
 /// mistake (seconds or microseconds for milliseconds), and the online store indexes its counter
 /// buckets with 32 bits.
 pub const MAX_EVENT_TIME_MS: i64 = 253_402_300_799_999;
+
+/// Refuses an event time more than `skew_ms` after `reference_ms`, a clock the receiver trusts
+/// (its own, or when the message was published). Past times are fine (backfills), but a future
+/// one would close every waiting window of its partition at once (a click) or never close and
+/// pin the replay point (an impression).
+pub fn not_ahead(field: &str, value: i64, reference_ms: i64, skew_ms: i64) -> Result<(), EventError> {
+    let ahead = value.saturating_sub(reference_ms);
+    if ahead > skew_ms {
+        return Err(EventError::new(
+            field,
+            format!(
+                "is {value}, {ahead} ms ahead of the receiving clock ({reference_ms}); at most {skew_ms} ms ahead \
+                 is accepted (a sender's clock set wrong, or seconds or microseconds for milliseconds?)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 pub(crate) fn time(field: &str, value: i64) -> Result<(), EventError> {
     if !(0..=MAX_EVENT_TIME_MS).contains(&value) {
@@ -254,6 +289,10 @@ impl Event for Impression {
         &self.impression_id
     }
 
+    fn event_time_ms(&self) -> i64 {
+        self.event_time_ms
+    }
+
     fn validate(&self) -> Result<(), EventError> {
         id("impression_id", &self.impression_id)?;
         id("request_id", &self.request_id)?;
@@ -281,6 +320,10 @@ impl Event for Click {
         &self.impression_id
     }
 
+    fn event_time_ms(&self) -> i64 {
+        self.event_time_ms
+    }
+
     fn validate(&self) -> Result<(), EventError> {
         id("click_id", &self.click_id)?;
         id("impression_id", &self.impression_id)?;
@@ -296,6 +339,10 @@ impl Event for UserProfile {
         &self.user_id
     }
 
+    fn event_time_ms(&self) -> i64 {
+        self.event_time_ms
+    }
+
     fn validate(&self) -> Result<(), EventError> {
         id("user_id", &self.user_id)?;
         time("event_time_ms", self.event_time_ms)?;
@@ -306,6 +353,10 @@ impl Event for UserProfile {
 impl Event for AdRecord {
     fn key(&self) -> &str {
         &self.ad_id
+    }
+
+    fn event_time_ms(&self) -> i64 {
+        self.event_time_ms
     }
 
     fn validate(&self) -> Result<(), EventError> {

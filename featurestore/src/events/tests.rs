@@ -66,6 +66,20 @@ fn malformed_json_is_named() {
 }
 
 #[test]
+fn positional_arrays_are_refused_on_every_topic() {
+    // serde's derive reads a struct from an array of its fields in order; each of these decoded
+    // as a valid event before.
+    let impression = br#"["i","r",1,"u","a","v",0,"feed","ctr","3",0.5,1.0,{}]"#;
+    let error = Impression::decode(impression).unwrap_err();
+    assert!(error.reason.contains("invalid type: sequence, expected a JSON object"), "{error}");
+    let click = br#"["c-1","imp-1",1,"u","a","adv"]"#;
+    assert!(Click::decode(click).unwrap_err().reason.contains("expected a JSON object"));
+    assert!(UserProfile::decode(br#"["u",0,{}]"#).unwrap_err().reason.contains("expected a JSON object"));
+    let ad = br#"["a","adv",0,"live",{}]"#;
+    assert!(AdRecord::decode(ad).unwrap_err().reason.contains("expected a JSON object"));
+}
+
+#[test]
 fn each_schema_violation_has_its_reason() {
     let cases: Vec<(Vec<u8>, &str, &str)> = vec![
         (json_with(|v| drop(v.as_object_mut().unwrap().remove("ad_id"))), "", "missing field `ad_id`"),

@@ -23,6 +23,11 @@ pub struct IngestConfig {
     /// partition, so its label does not depend on how far the ingester had read. Clicks later
     /// than that are counted as late, never silently dropped.
     pub allowed_lateness_secs: u64,
+    /// How far an event time may be ahead of when its message was published (the broker's
+    /// timestamp, capped at the ingester's clock), in seconds; later ones are dead-lettered. It
+    /// allows for producers' clocks running ahead; a far-future click would close every waiting
+    /// window of its partition at once, a far-future impression would never close.
+    pub max_event_time_skew_secs: u64,
     /// The most events one poll round applies in one Redis round trip. Bigger rounds write
     /// more efficiently; smaller ones make events visible sooner.
     pub max_batch_events: usize,
@@ -46,6 +51,7 @@ impl Default for IngestConfig {
             training_log: ".adrank/training-log".into(),
             attribution_window_secs: 15 * 60,
             allowed_lateness_secs: 10 * 60,
+            max_event_time_skew_secs: 10 * 60,
             max_batch_events: 5_000,
             max_batch_wait_ms: 50,
             log_commit_interval_ms: 5_000,
@@ -64,6 +70,11 @@ impl IngestConfig {
     /// The allowed lateness in milliseconds.
     pub fn lateness_ms(&self) -> i64 {
         (self.allowed_lateness_secs as i64).saturating_mul(1000)
+    }
+
+    /// The event-time skew allowed, in milliseconds.
+    pub fn max_event_time_skew_ms(&self) -> i64 {
+        (self.max_event_time_skew_secs as i64).saturating_mul(1000)
     }
 
     /// The longest wait for a poll round.

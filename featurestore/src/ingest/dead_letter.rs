@@ -37,6 +37,24 @@ impl Refusal {
         Self { kind: "key", field: String::new(), reason: format!("has {got}; the event's key is `{expected}`") }
     }
 
+    /// An event time too far ahead of when its message was published.
+    pub fn future(error: &EventError) -> Self {
+        Self { kind: "future", field: error.field.clone(), reason: error.reason.clone() }
+    }
+
+    /// An impression whose id another impression of its partition holds in the join: joined,
+    /// one would take the other's clicks.
+    pub fn duplicate(id: &str) -> Self {
+        Self {
+            kind: "duplicate",
+            field: "impression_id".into(),
+            reason: format!(
+                "`{id}` is the id of an earlier impression still in the join's memory; kept out of the training log \
+                 so that neither is mislabelled (the online counters count it)"
+            ),
+        }
+    }
+
     /// A message that did not decode or broke a rule.
     pub fn event(error: &EventError) -> Self {
         let kind = if !error.field.is_empty() {

@@ -24,22 +24,49 @@ enum Decoded {
     Ad(AdRecord),
 }
 
-fn decode(kind: Kind, message: &BorrowedMessage<'_>) -> Result<Decoded, Refusal> {
-    fn event<E: Event>(payload: &[u8], key: Option<&[u8]>) -> Result<E, Refusal> {
-        let event = E::decode(payload).map_err(|e| Refusal::event(&e))?;
-        if key != Some(event.key().as_bytes()) {
-            return Err(Refusal::key(event.key(), key));
+/// The clock event times are bounded against: how far ahead of it they may be, and now.
+#[derive(Clone, Copy)]
+struct Clock {
+    now_ms: i64,
+    skew_ms: i64,
+}
+
+fn decode(kind: Kind, message: &BorrowedMessage<'_>, clock: Clock) -> Result<Decoded, Refusal> {
+    let payload = message.payload().filter(|p| !p.is_empty()).ok_or_else(Refusal::empty)?;
+    // When the message was published, as the broker records it, is what the bound is measured
+    // from: a replay reads the same timestamp, so it decides as the first read did. The
+    // ingester's clock caps it, so a producer's clock set ahead cannot widen the bound.
+    let reference = match message.timestamp().to_millis() {
+        Some(published) if published >= 0 => published.min(clock.now_ms),
+        _ => clock.now_ms,
+    };
+    let read = Read { payload, key: message.key(), reference, skew_ms: clock.skew_ms };
+    Ok(match kind {
+        Kind::Impressions => Decoded::Impression(read.event()?),
+        Kind::Clicks => Decoded::Click(read.event()?),
+        Kind::Users => Decoded::User(read.event()?),
+        Kind::Ads => Decoded::Ad(read.event()?),
+    })
+}
+
+/// One message to decode, with what its event must agree with.
+struct Read<'a> {
+    payload: &'a [u8],
+    key: Option<&'a [u8]>,
+    reference: i64,
+    skew_ms: i64,
+}
+
+impl Read<'_> {
+    fn event<E: Event>(&self) -> Result<E, Refusal> {
+        let event = E::decode(self.payload).map_err(|e| Refusal::event(&e))?;
+        if self.key != Some(event.key().as_bytes()) {
+            return Err(Refusal::key(event.key(), self.key));
         }
+        crate::events::not_ahead("event_time_ms", event.event_time_ms(), self.reference, self.skew_ms)
+            .map_err(|e| Refusal::future(&e))?;
         Ok(event)
     }
-    let payload = message.payload().filter(|p| !p.is_empty()).ok_or_else(Refusal::empty)?;
-    let key = message.key();
-    Ok(match kind {
-        Kind::Impressions => Decoded::Impression(event(payload, key)?),
-        Kind::Clicks => Decoded::Click(event(payload, key)?),
-        Kind::Users => Decoded::User(event(payload, key)?),
-        Kind::Ads => Decoded::Ad(event(payload, key)?),
-    })
 }
 
 /// Applies a round may find in flight when it sends its own, its own included: while Redis runs
@@ -87,6 +114,7 @@ impl Ingester {
         let sought = self.load(&batch).await?;
 
         let prefix = self.writer.prefix().to_string();
+        let clock = Clock { now_ms: crate::events::now_ms(), skew_ms: self.config.max_event_time_skew_ms() };
         let mut shares: BTreeMap<(Kind, i32), Share> = BTreeMap::new();
         let mut deliveries = Vec::new();
         for (i, (kind, message)) in batch.into_iter().enumerate() {
@@ -109,7 +137,7 @@ impl Ingester {
             let apply = state.applied.is_none_or(|applied| offset >= applied);
             let share = shares.entry((kind, partition)).or_default();
             let joiner = self.logs.get_mut(&partition).map(|l| &mut l.joiner);
-            match decode(kind, &message) {
+            match decode(kind, &message, clock) {
                 Err(refusal) => {
                     if apply {
                         let source = (message.topic(), partition, offset);
@@ -122,7 +150,14 @@ impl Ingester {
                     if apply {
                         fold(&mut share.updates, &mut share.event_times, &prefix, &decoded);
                     }
-                    feed(joiner, kind, offset, Some(decoded));
+                    // The join may refuse it (a duplicate id): out of the log, into the
+                    // dead-letter topic, whether or not Redis had it already (the log's replay
+                    // point and Redis's watermark differ).
+                    if let Some(refusal) = feed(joiner, kind, offset, Some(decoded)) {
+                        let source = (message.topic(), partition, offset);
+                        deliveries.push(self.dead_letters.send(source, message.payload(), &refusal)?);
+                        self.totals.dead_letters += 1;
+                    }
                 }
             }
         }
@@ -478,14 +513,26 @@ fn fold(updates: &mut Updates, times: &mut Vec<i64>, prefix: &str, decoded: &Dec
     times.push(time);
 }
 
-/// Feeds impressions and clicks (or the position of a refused one) to the partition's joiner.
-fn feed(joiner: Option<&mut Joiner>, kind: Kind, offset: i64, decoded: Option<Decoded>) {
-    let Some(joiner) = joiner else { return };
+/// Feeds impressions and clicks (or the position of a refused one) to the partition's joiner;
+/// returns why the joiner refused an impression, if it did.
+fn feed(joiner: Option<&mut Joiner>, kind: Kind, offset: i64, decoded: Option<Decoded>) -> Option<Refusal> {
+    let joiner = joiner?;
     match (kind, decoded) {
-        (Kind::Impressions, Some(Decoded::Impression(e))) => joiner.impression(offset, Some(e)),
-        (Kind::Impressions, _) => joiner.impression(offset, None),
-        (Kind::Clicks, Some(Decoded::Click(e))) => joiner.click(offset, Some(&e)),
-        (Kind::Clicks, _) => joiner.click(offset, None),
-        (Kind::Users | Kind::Ads, _) => {}
+        (Kind::Impressions, Some(Decoded::Impression(e))) => {
+            joiner.impression(offset, Some(e)).map(|refused| Refusal::duplicate(&refused.impression_id))
+        }
+        (Kind::Impressions, _) => {
+            joiner.impression(offset, None);
+            None
+        }
+        (Kind::Clicks, Some(Decoded::Click(e))) => {
+            joiner.click(offset, Some(&e));
+            None
+        }
+        (Kind::Clicks, _) => {
+            joiner.click(offset, None);
+            None
+        }
+        (Kind::Users | Kind::Ads, _) => None,
     }
 }

@@ -495,7 +495,26 @@ pub struct Reader {
 impl Reader {
     /// Connects; the cache follows `cache_ttl_ms` (0: none).
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
-        let pool = Arc::new(Pool::connect(config).await?);
+        Ok(Self::with_pool(config, Pool::connect(config).await?))
+    }
+
+    /// A reader that connects when it first reads, and again after every failure: serving
+    /// started while Redis is down reads features as soon as it answers. Fails only on a bad URL.
+    pub fn lazy(config: &RedisConfig) -> Result<Self> {
+        Ok(Self::with_pool(config, Pool::lazy(config)?))
+    }
+
+    /// One round trip (an `MGET` of one key): whether the online store answers now.
+    pub async fn ping(&self) -> Result<()> {
+        let mut command = Vec::with_capacity(32 + self.prefix.len());
+        resp::array(&mut command, 2);
+        resp::bulk(&mut command, b"MGET");
+        resp::bulk(&mut command, format!("{}ping", self.prefix).as_bytes());
+        self.pool.exchange(&command, 1, |_| ()).await
+    }
+
+    fn with_pool(config: &RedisConfig, pool: Pool) -> Self {
+        let pool = Arc::new(pool);
         let cache = (config.cache_ttl_ms > 0 && config.cache_entries > 0).then(|| {
             Arc::new(Cache {
                 ttl: Duration::from_millis(config.cache_ttl_ms),
@@ -503,7 +522,7 @@ impl Reader {
                 entries: Mutex::default(),
             })
         });
-        Ok(Self { pool, prefix: config.key_prefix.clone(), ttl_ms: config.entity_ttl_ms(), cache, wanted: None })
+        Self { pool, prefix: config.key_prefix.clone(), ttl_ms: config.entity_ttl_ms(), cache, wanted: None }
     }
 
     /// Keeps only these attributes (and the counters, ids and ad age) of what it reads. The

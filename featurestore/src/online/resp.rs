@@ -77,6 +77,15 @@ impl<'a> Replies<'a> {
 impl Pool {
     /// A pool for the configured Redis; connects once, so an unreachable Redis fails here.
     pub(crate) async fn connect(config: &RedisConfig) -> Result<Self> {
+        let pool = Self::lazy(config)?;
+        let connection = pool.open().await.map_err(|source| pool.error(source))?;
+        pool.put_back(connection);
+        Ok(pool)
+    }
+
+    /// A pool that connects when first used (every exchange opens a connection when none is
+    /// idle), so a Redis that is down now is used once it answers. Fails only on a bad URL.
+    pub(crate) fn lazy(config: &RedisConfig) -> Result<Self> {
         let problem = |detail: String| Error::Redis {
             url: config.url.clone(),
             source: RedisError::from((ErrorKind::InvalidClientConfig, "unsupported Redis URL", detail)),
@@ -92,7 +101,7 @@ impl Pool {
             other => return Err(problem(format!("{other:?}: the read client speaks plain TCP or a Unix socket"))),
         };
         let settings = info.redis_settings();
-        let pool = Self {
+        Ok(Self {
             url: config.url.clone(),
             address,
             db: settings.db(),
@@ -100,10 +109,7 @@ impl Pool {
             password: settings.password().map(str::to_string),
             timeout: config.connect_timeout(),
             idle: Mutex::default(),
-        };
-        let connection = pool.open().await.map_err(|source| pool.error(source))?;
-        pool.put_back(connection);
-        Ok(pool)
+        })
     }
 
     /// Sends `commands` (packed RESP, `count` commands) and hands their replies to `parse`.

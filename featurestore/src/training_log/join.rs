@@ -127,16 +127,23 @@ impl Joiner {
     }
 
     /// Reads one impression. `None` for a message that was not a valid impression (it still
-    /// moves the read position).
-    pub fn impression(&mut self, offset: i64, impression: Option<Impression>) {
+    /// moves the read position). Gives the impression back when it is refused: its id is
+    /// that of another impression the joiner holds (waiting, or written recently enough that
+    /// a click could still name it). Joined, one of the two would take the other's clicks; so
+    /// the second stays out of the log, for the caller to dead-letter.
+    pub fn impression(&mut self, offset: i64, impression: Option<Impression>) -> Option<Impression> {
         if offset < self.impressions_next {
             // Before the replay point, or read twice: already accounted for.
-            return;
+            return None;
         }
         self.impressions_next = offset + 1;
-        let Some(impression) = impression else { return };
+        let impression = impression?;
         if offset < self.restored.impressions_next && self.written_offsets.contains(&offset) {
-            return;
+            return None;
+        }
+        let id = &impression.impression_id;
+        if self.pending_ids.contains_key(id) || self.written_ids.contains_key(id) {
+            return Some(impression);
         }
         let time = impression.event_time_ms;
         self.impression_max_ms = Some(self.impression_max_ms.map_or(time, |m| m.max(time)));
@@ -150,6 +157,7 @@ impl Joiner {
         self.pending_ids.insert(pending.impression.impression_id.clone(), (time, offset));
         self.pending.insert((time, offset), Box::new(pending));
         self.advance();
+        None
     }
 
     /// Reads one click. `None` for a message that was not a valid click.

@@ -165,3 +165,22 @@ fn crashes_and_interleavings_change_no_example() {
         assert_eq!(crashed, clean, "round {round}: a crashed run writes exactly the clean run's examples");
     }
 }
+
+#[test]
+fn a_second_impression_with_a_known_id_is_refused_not_mislabelled() {
+    let mut joiner = Joiner::new(0, W, L, Checkpoint::default());
+    assert!(joiner.impression(0, Some(impression("i-0", 1_000))).is_none());
+    // The same id again, waiting or written: one of the two would take the other's click.
+    assert!(joiner.impression(1, Some(impression("i-0", 2_000))).is_some(), "refused while the first waits");
+    joiner.click(0, Some(&click("i-0", 3_000)));
+    joiner.click(1, Some(&click("x", 2_000 + W + L + 1)));
+    let (examples, checkpoint) = joiner.take_closed();
+    assert_eq!(examples.len(), 1, "only the first is logged");
+    assert_eq!((examples[0].offset, examples[0].clicks), (0, 1));
+    assert!(joiner.impression(2, Some(impression("i-0", 4_000))).is_some(), "refused while a click can name it");
+    assert_eq!(checkpoint.impressions_resume, 2, "the refused one is not waited for");
+    // Read again (a replay), the first is accounted for and the refusal stands.
+    let mut replay = Joiner::new(0, W, L, Checkpoint::default());
+    assert!(replay.impression(0, Some(impression("i-0", 1_000))).is_none());
+    assert!(replay.impression(1, Some(impression("i-0", 2_000))).is_some());
+}
