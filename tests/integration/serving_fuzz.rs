@@ -1,5 +1,8 @@
 //! 100k generated request bodies thrown at the ranking handler (the real router, a real model,
-//! the machine's Redis): no panic, no 500, no 5xx except a 504 for a deadline the body set.
+//! the machine's Redis): no panic, no 500, no 5xx except a 504 for a deadline the body set. And
+//! the API document and the server are one truth: every body that parses is also judged by the
+//! `RankRequest` schema of `serving/openapi.json`; the server must accept what the schema
+//! accepts (save for the rules the document lists beyond the schema) and refuse the rest.
 
 use std::sync::Arc;
 
@@ -102,6 +105,152 @@ fn body(base: &Value, rng: &mut Rng) -> Vec<u8> {
     value.to_string().into_bytes()
 }
 
+/// Whether `value` satisfies `schema`, for the JSON Schema keywords the API document uses
+/// (`$ref` within the document, `type`, `enum`, `properties`, `required`, `additionalProperties`,
+/// `items`, `minItems`, `maxItems`, `minLength`, `maxLength`, `minimum`, `maximum`). A keyword
+/// it does not know fails the test, so the document cannot outgrow the checker unnoticed.
+fn satisfies(doc: &Value, schema: &Value, value: &Value) -> bool {
+    const KNOWN: [&str; 14] = [
+        "$ref",
+        "type",
+        "enum",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "minItems",
+        "maxItems",
+        "minLength",
+        "maxLength",
+        "minimum",
+        "maximum",
+        "description",
+    ];
+    let schema = schema.as_object().expect("a schema is an object");
+    if let Some(unknown) = schema.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        panic!("the checker does not know the keyword `{unknown}`: teach it");
+    }
+    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+        let target = doc.pointer(reference.trim_start_matches('#')).expect("a $ref within the document");
+        return satisfies(doc, target, value);
+    }
+    let is = |kind: &str| match kind {
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "boolean" => value.is_boolean(),
+        "null" => value.is_null(),
+        "number" => value.is_number(),
+        // JSON Schema: a number whose fraction is zero (1190.0 included).
+        "integer" => value.as_f64().is_some_and(|x| x.fract() == 0.0),
+        other => panic!("unknown type {other}"),
+    };
+    let typed = match schema.get("type") {
+        None => true,
+        Some(Value::String(kind)) => is(kind),
+        Some(Value::Array(kinds)) => kinds.iter().any(|k| is(k.as_str().unwrap())),
+        Some(other) => panic!("type {other}"),
+    };
+    if !typed || schema.get("enum").and_then(Value::as_array).is_some_and(|allowed| !allowed.contains(value)) {
+        return false;
+    }
+    let bound = |key: &str| schema.get(key).and_then(Value::as_f64);
+    if let Some(x) = value.as_f64() {
+        // Compared as decimals where both are integers (u64::MAX does not fit an f64 exactly).
+        let exceeds = |limit: f64, above: bool| match (
+            value.as_i64().map(i128::from).or(value.as_u64().map(i128::from)),
+            limit.fract() == 0.0,
+        ) {
+            (Some(n), true) => {
+                if above {
+                    n > limit as i128
+                } else {
+                    n < limit as i128
+                }
+            }
+            _ => {
+                if above {
+                    x > limit
+                } else {
+                    x < limit
+                }
+            }
+        };
+        if bound("minimum").is_some_and(|m| exceeds(m, false)) || bound("maximum").is_some_and(|m| exceeds(m, true)) {
+            return false;
+        }
+    }
+    if let Some(text) = value.as_str() {
+        let chars = text.chars().count() as f64;
+        if bound("minLength").is_some_and(|m| chars < m) || bound("maxLength").is_some_and(|m| chars > m) {
+            return false;
+        }
+    }
+    if let Some(items) = value.as_array() {
+        let n = items.len() as f64;
+        if bound("minItems").is_some_and(|m| n < m) || bound("maxItems").is_some_and(|m| n > m) {
+            return false;
+        }
+        if let Some(item) = schema.get("items")
+            && !items.iter().all(|v| satisfies(doc, item, v))
+        {
+            return false;
+        }
+    }
+    if let Some(object) = value.as_object() {
+        let properties = schema.get("properties").and_then(Value::as_object);
+        let required = schema.get("required").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        if required.iter().any(|r| !object.contains_key(r.as_str().unwrap())) {
+            return false;
+        }
+        for (key, v) in object {
+            let ok = match (properties.and_then(|p| p.get(key)), schema.get("additionalProperties")) {
+                (Some(property), _) => satisfies(doc, property, v),
+                (None, Some(Value::Bool(allowed))) => *allowed,
+                (None, Some(extra)) => satisfies(doc, extra, v),
+                (None, None) => true,
+            };
+            if !ok {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// The rules the document states beyond its schema (`RankRequest`'s description), as the
+/// server words them: a schema-valid body may be refused for these and nothing else.
+const RULES_BEYOND_THE_SCHEMA: [&str; 6] = [
+    "each ad may be ranked once",
+    "ids have at most",
+    "control character",
+    "is empty",
+    "evaluation-only",
+    "has an empty name",
+];
+
+#[test]
+fn the_schema_checker_knows_integers_and_bounds() {
+    let doc: Value = serde_json::from_str(adrank_serving::api::OPENAPI).unwrap();
+    let schema = &doc["components"]["schemas"]["RankRequest"];
+    let good = json!({"request_id": "r", "user_id": "u", "context": {"surface": "feed", "event_time_ms": 1190.0},
+        "candidates": [{"ad_id": "a", "advertiser_id": "v", "bid": 1}], "top_k": null});
+    assert!(satisfies(&doc, schema, &good));
+    for (pointer, bad) in [
+        ("/top_k", json!(0)),
+        ("/top_k", json!(2.5)),
+        ("/top_k", json!(u64::MAX)),
+        ("/context/event_time_ms", json!(-1)),
+        ("/candidates", json!([])),
+        ("/candidates/0", json!(["a", "v", 1])),
+        ("/request_id", json!("")),
+    ] {
+        let mut body = good.clone();
+        *body.pointer_mut(pointer).unwrap() = bad.clone();
+        assert!(!satisfies(&doc, schema, &body), "{pointer} = {bad}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_generated_bodies_get_no_server_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -141,8 +290,12 @@ async fn a_hundred_thousand_generated_bodies_get_no_server_error() {
     base["top_k"] = 3.into();
     base["deadline_ms"] = 50.into();
 
+    let doc: Value = serde_json::from_str(adrank_serving::api::OPENAPI).unwrap();
+    let schema = &doc["components"]["schemas"]["RankRequest"];
+    assert!(satisfies(&doc, schema, &base), "the base request satisfies the document");
     let mut rng = Rng::new(7, 1);
     let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+    let mut judged = [0u32; 2];
     for i in 0..100_000 {
         let body = body(&base, &mut rng);
         let request =
@@ -151,15 +304,34 @@ async fn a_hundred_thousand_generated_bodies_get_no_server_error() {
         let status = response.status().as_u16();
         *statuses.entry(status).or_default() += 1;
         let text = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
-        let deadline_set = serde_json::from_slice::<Value>(&body).ok().is_some_and(|b| b.get("deadline_ms").is_some());
-        assert!(
-            status < 500 || (status == 504 && deadline_set),
-            "body {i} got {status}: {}\nbody: {}",
-            String::from_utf8_lossy(&text),
-            String::from_utf8_lossy(&body)
-        );
+        let parsed = serde_json::from_slice::<Value>(&body).ok();
+        let deadline_set = parsed.as_ref().is_some_and(|b| b.get("deadline_ms").is_some_and(|d| !d.is_null()));
+        let show = || {
+            format!(
+                "body {i} got {status}: {}\nbody: {}",
+                String::from_utf8_lossy(&text),
+                String::from_utf8_lossy(&body)
+            )
+        };
+        assert!(status < 500 || (status == 504 && deadline_set), "{}", show());
+        if let Some(parsed) = parsed {
+            let valid = satisfies(&doc, schema, &parsed);
+            judged[usize::from(valid)] += 1;
+            if valid {
+                let message = String::from_utf8_lossy(&text);
+                let beyond = status == 400 && RULES_BEYOND_THE_SCHEMA.iter().any(|rule| message.contains(rule));
+                assert!(
+                    status == 200 || status == 504 || beyond,
+                    "the schema accepts it, the server does not: {}",
+                    show()
+                );
+            } else {
+                assert_eq!(status, 400, "the schema refuses it, the server does not: {}", show());
+            }
+        }
     }
-    eprintln!("statuses: {statuses:?}");
+    eprintln!("statuses: {statuses:?}; judged by the schema: {} invalid, {} valid", judged[0], judged[1]);
+    assert!(judged.iter().all(|&n| n > 1_000), "both kinds judged: {judged:?}");
     assert!(
         statuses.get(&200).is_some_and(|&n| n > 100),
         "some mutated bodies stay valid and are ranked: {statuses:?}"
