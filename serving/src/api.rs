@@ -239,9 +239,8 @@ async fn json_body(headers: &HeaderMap, body: Body, config: &ServingConfig) -> R
     match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) => {
-            let limited = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit exceeded");
-            if limited {
+            // axum's error is the body's own: `Limited`'s when the limit was passed.
+            if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
                 refuse(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "", too_large())
             } else {
                 refuse(StatusCode::BAD_REQUEST, "invalid_request", "", format!("the body could not be read: {e}"))

@@ -273,6 +273,17 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     assert_eq!(status, 413, "{text:.200}");
     let error: serde_json::Value = serde_json::from_str(&text).expect("a 413 has the JSON error shape");
     assert_eq!(error["error"]["kind"], "payload_too_large", "{text}");
+    // The same without a declared length: the limit holds on what arrives.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = "POST /v1/rank HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let _ = stream.write_all(format!("{:x}\r\n", huge.len()).as_bytes()).await;
+    let _ = stream.write_all(&huge).await;
+    let _ = stream.write_all(b"\r\n0\r\n\r\n").await;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    assert!(response.starts_with("HTTP/1.1 413"), "{response:.300}");
+    assert!(response.contains("\"payload_too_large\""), "{response:.300}");
     // A body that is not JSON by its media type is refused, with the JSON error shape.
     let valid = body.to_string();
     for media in ["text/plain", "application/x-www-form-urlencoded"] {

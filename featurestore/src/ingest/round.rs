@@ -137,10 +137,10 @@ impl Ingester {
             let apply = state.applied.is_none_or(|applied| offset >= applied);
             let share = shares.entry((kind, partition)).or_default();
             let joiner = self.logs.get_mut(&partition).map(|l| &mut l.joiner);
+            let source = (message.topic(), partition, offset);
             match decode(kind, &message, clock) {
                 Err(refusal) => {
                     if apply {
-                        let source = (message.topic(), partition, offset);
                         deliveries.push(self.dead_letters.send(source, message.payload(), &refusal)?);
                         self.totals.dead_letters += 1;
                     }
@@ -154,7 +154,6 @@ impl Ingester {
                     // dead-letter topic, whether or not Redis had it already (the log's replay
                     // point and Redis's watermark differ).
                     if let Some(refusal) = feed(joiner, kind, offset, Some(decoded)) {
-                        let source = (message.topic(), partition, offset);
                         deliveries.push(self.dead_letters.send(source, message.payload(), &refusal)?);
                         self.totals.dead_letters += 1;
                     }
