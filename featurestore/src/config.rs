@@ -5,25 +5,9 @@
 
 use std::{net::SocketAddr, num::NonZeroU32, time::Duration};
 
+use adrank_contracts::ConfigProblem;
 use redis::IntoConnectionInfo as _;
 use serde::{Deserialize, Serialize};
-
-/// One problem found while checking a config section: the key (relative to the section) and
-/// what is wrong with it, including what would be accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    /// The key below the section, for example `topics.clicks.partitions`.
-    pub key: String,
-    /// What is wrong and what is allowed.
-    pub problem: String,
-}
-
-impl ConfigProblem {
-    /// A problem with `key`.
-    pub fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self { key: key.into(), problem: problem.into() }
-    }
-}
 
 /// Where the Kafka brokers are and which topics adrank reads and writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

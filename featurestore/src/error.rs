@@ -30,13 +30,9 @@ pub enum Error {
     #[error("an online read asked for {asked} ads; at most {max} are read at once")]
     TooManyAds { asked: usize, max: usize },
 
-    /// The training log's storage refused an operation.
-    #[error("training log at {location}: {action} failed: {reason}")]
-    TrainingLog { location: String, action: String, reason: String },
-
-    /// Another ingester committed the same training-log sequence number first.
-    #[error("training log partition {partition}: commit {seq} was made by another ingester")]
-    LogConflict { partition: i32, seq: u64 },
+    /// The training log refused a read, a write or a commit.
+    #[error(transparent)]
+    Log(#[from] adrank_contracts::Error),
 
     /// A task of the ingester (a round's apply, a log commit) ended without an answer: the
     /// runtime is shutting down.

@@ -2,8 +2,8 @@
 //! write from the same events, without Kafka in between (the same joiner labels them), for the
 //! trainer's tests, benchmarks and first model.
 
-use adrank_featurestore::{
-    Result,
+use adrank_contracts::Result;
+use adrank_contracts::{
     eval::{Quality, quality},
     training_log::{CommitRequest, Joiner, TrainingLog},
 };

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use adrank_featurestore::{
+use adrank_contracts::{
     eval::{Quality, quality},
     events::{Click, Impression},
 };

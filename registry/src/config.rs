@@ -1,6 +1,6 @@
 //! The `[registry]` and `[onnxruntime]` config sections.
 
-use adrank_featurestore::ConfigProblem;
+use adrank_contracts::ConfigProblem;
 use serde::{Deserialize, Serialize};
 
 /// Where model versions are kept.
@@ -20,7 +20,7 @@ impl Default for RegistryConfig {
 }
 
 /// A parsed registry location (the feature store's storage locations).
-pub use adrank_featurestore::storage::Location;
+pub use adrank_contracts::storage::Location;
 
 impl RegistryConfig {
     /// The location, parsed.

@@ -30,6 +30,10 @@ pub enum Error {
     #[error("the aliases of `{name}` changed (state {found}, expected {expected}); read them again and retry")]
     Conflict { name: String, expected: u64, found: u64 },
 
+    /// Another process holds, or took over, a lease this one needed.
+    #[error("the {what} lease of `{name}` is held by {holder}, until {expires}; one {what} runs at a time")]
+    LeaseHeld { name: String, what: String, holder: String, expires: String },
+
     /// Publishers kept taking the version number this one tried.
     #[error("could not publish `{name}`: {attempts} version numbers were taken by concurrent publishers")]
     Contended { name: String, attempts: u32 },

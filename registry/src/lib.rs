@@ -16,10 +16,14 @@
 //! - [`versions`]: publishing (crash-safe: a version is visible only when complete), listing
 //!   and reading versions and their files.
 //! - [`state`]: aliases changed by compare-and-swap; the sequence of states is the audit log.
+//! - [`records`]: create-once JSON records for the control plane's own state (retrain cycles).
+//! - [`lease`]: one holder at a time for control-plane work, with expiry and renewal.
 
 pub mod config;
 mod error;
+pub mod lease;
 pub mod manifest;
+pub mod records;
 pub mod runtime;
 pub mod scoring;
 pub mod state;
@@ -32,6 +36,7 @@ use object_store::ObjectStore;
 
 pub use config::{Location, OrtConfig, Provider, RegistryConfig};
 pub use error::{Error, Result};
+pub use lease::{Acquired, Lease, LeaseRecord};
 pub use manifest::{Artifact, Manifest, Signature, TensorSignature, TrainingInfo};
 pub use state::{Change, PRODUCTION, State};
 pub use versions::Draft;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use adrank_featurestore::spec::TransformStats;
+use adrank_contracts::spec::TransformStats;
 use serde::{Deserialize, Serialize};
 
 /// One immutable model version.
@@ -37,6 +37,10 @@ pub struct Manifest {
     /// Headline metrics (validation log loss and the like), by name.
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
+    /// Free-form labels set at publication, for example the retraining cycle that made it
+    /// (`retrain_cycle`), so that a resumed cycle finds its version instead of publishing twice.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// A stored file, addressed by its content.

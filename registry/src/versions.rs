@@ -34,10 +34,11 @@ pub struct Draft {
     pub checkpoint: Option<Bytes>,
     pub spec_version: String,
     pub signature: Signature,
-    pub transform_stats: adrank_featurestore::spec::TransformStats,
+    pub transform_stats: adrank_contracts::spec::TransformStats,
     pub training: Option<TrainingInfo>,
     pub parent: Option<u64>,
     pub metrics: std::collections::BTreeMap<String, f64>,
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// How many times a publisher retries after losing a race for a version number.
@@ -75,6 +76,7 @@ impl Registry {
                 training: draft.training.clone(),
                 parent: draft.parent,
                 metrics: draft.metrics.clone(),
+                tags: draft.tags.clone(),
             };
             let bytes = serde_json::to_vec_pretty(&manifest).expect("manifests serialise; this is a bug");
             if self.create(&version_path(&draft.name, version), bytes).await? {
@@ -179,6 +181,14 @@ impl Registry {
             Ok(result) => Ok(Some(result.bytes().await.map_err(|e| self.store_error("reading", e))?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.store_error("reading", e)),
+        }
+    }
+
+    /// Deletes an object (absent already is fine).
+    pub(crate) async fn delete(&self, path: &str) -> Result<()> {
+        match self.store.delete(&Path::from(path)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.store_error("deleting", e)),
         }
     }
 

@@ -5,14 +5,14 @@
 
 use std::{future::Future, sync::Arc, time::Instant};
 
-use adrank_featurestore::{
+use adrank_contracts::{
     events::{
         self,
         object::{self, Object},
     },
-    online::Reader,
     request::RankRequest,
 };
+use adrank_featurestore::online::Reader;
 use axum::{
     Json, Router,
     body::{Body, Bytes},
@@ -398,7 +398,7 @@ async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
 
 #[cfg(test)]
 mod tests {
-    use adrank_featurestore::{
+    use adrank_contracts::{
         events::{Click, Impression},
         request::{Candidate, RankRequest, RequestContext},
     };

@@ -6,11 +6,8 @@
 
 use std::time::Duration;
 
-use adrank_featurestore::{
-    KafkaConfig,
-    events::{self, Click, Event as _, EventError},
-    kafka,
-};
+use adrank_contracts::events::{self, Click, Event as _, EventError};
+use adrank_featurestore::{KafkaConfig, kafka};
 use rdkafka::{
     error::KafkaError,
     producer::{FutureProducer, FutureRecord},

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use adrank_featurestore::ConfigProblem;
+use adrank_contracts::ConfigProblem;
 use serde::{Deserialize, Serialize};
 
 use crate::batcher::BatcherConfig;

@@ -13,7 +13,7 @@ pub enum Error {
 
     /// The feature spec and the version's statistics do not fit together.
     #[error(transparent)]
-    Spec(#[from] adrank_featurestore::spec::SpecError),
+    Spec(#[from] adrank_contracts::spec::SpecError),
 
     /// The model ran but failed while warming up.
     #[error("{name} version {version} failed its warm-up at {rows} rows: {reason}")]

@@ -19,11 +19,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use adrank_featurestore::{
-    KafkaConfig,
-    events::{Event as _, Impression},
-    kafka,
-};
+use adrank_contracts::events::{Event as _, Impression};
+use adrank_featurestore::{KafkaConfig, kafka};
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
     producer::{FutureProducer, FutureRecord, Producer as _},

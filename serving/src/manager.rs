@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use adrank_featurestore::spec::FeatureSpec;
+use adrank_contracts::spec::FeatureSpec;
 use adrank_registry::{OrtConfig, Registry};
 
 use crate::{

@@ -7,7 +7,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use adrank_featurestore::spec::{FeatureSpec, Transformer, short_version};
+use adrank_contracts::spec::{FeatureSpec, Transformer, short_version};
 use adrank_registry::{
     Manifest, OrtConfig, Provider, Registry, Signature,
     scoring::{ScoringSession, SessionOptions},

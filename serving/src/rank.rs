@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use adrank_featurestore::{
+use adrank_contracts::{
     events::{Impression, Input, Lookup, RawFeatures, RawValue},
-    online::{AdFeatures, AdRef, Fetched, Reader},
     request::RankRequest,
     spec::POSITION_FIELD,
 };
+use adrank_featurestore::online::{AdFeatures, AdRef, Fetched, Reader};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -300,7 +300,7 @@ fn ms(d: Duration) -> f64 {
 mod tests {
     use std::path::Path;
 
-    use adrank_featurestore::spec::{FeatureSpec, TransformStats, Transformer};
+    use adrank_contracts::spec::{FeatureSpec, TransformStats, Transformer};
 
     use super::*;
 

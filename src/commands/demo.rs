@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use adrank_featurestore::training_log::utc_hour;
+use adrank_contracts::training_log::utc_hour;
 use anyhow::bail;
 
 use super::child::{free_addr, run_step, start_server, stop};

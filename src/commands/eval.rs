@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use adrank_featurestore::{spec::FeatureSpec, training_log::utc_hour};
+use adrank_contracts::{spec::FeatureSpec, training_log::utc_hour};
 use adrank_registry::{PRODUCTION, Registry};
 use adrank_trainer::{
     data::LogWindow,

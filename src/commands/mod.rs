@@ -11,6 +11,7 @@ mod eval;
 mod ingest;
 mod loadtest;
 mod registry;
+mod retrain;
 mod serve;
 mod sim;
 mod train;
@@ -50,6 +51,11 @@ pub(crate) enum Command {
     Eval(eval::Args),
     /// The model registry: list, show, import, alias, history.
     Registry(registry::Args),
+    /// The retraining loop: a cycle trains a candidate on final hours (warm-started from
+    /// production), evaluates it against production on newer hours, applies the gates and
+    /// records the decision; `--loop` runs cycles on triggers, one at a time across processes;
+    /// `history` lists them.
+    Retrain(retrain::Args),
     /// Load on the ranking API (wrk2's open model: a fixed schedule, latency from each intended
     /// send time) with requests from the synthetic world; rate sweeps; closed-loop runs where
     /// the world clicks; JSON and HTML reports.
@@ -77,6 +83,7 @@ impl Command {
             Self::Train(args) => train::run(args, loaded).await,
             Self::Eval(args) => eval::run(args, loaded).await,
             Self::Registry(args) => registry::run(args, loaded).await,
+            Self::Retrain(args) => retrain::run(args, loaded).await,
             Self::Serve(args) => serve::run_command(args, loaded).await,
             Self::Loadtest(args) => loadtest::run_command(args, loaded).await,
         }

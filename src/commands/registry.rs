@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use adrank_featurestore::{
+use adrank_contracts::{
     spec::{FeatureSpec, TransformStats, Transformer},
     training_log::utc_hour,
 };
@@ -146,6 +146,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
                 training: None,
                 parent: None,
                 metrics: Default::default(),
+                tags: Default::default(),
             };
             let manifest = registry.publish(draft).await?;
             println!("imported {} as {} version {}", file.display(), manifest.name, manifest.version);

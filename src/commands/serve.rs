@@ -2,10 +2,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
-use adrank_featurestore::{
-    online::{Reader, Wanted},
-    spec::FeatureSpec,
-};
+use adrank_contracts::spec::FeatureSpec;
+use adrank_featurestore::online::{Reader, Wanted};
 use adrank_registry::Registry;
 use adrank_serving::{
     api::{AppState, MetricsRender, run_with_drain_deadline},

@@ -2,7 +2,7 @@
 
 use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 
-use adrank_featurestore::{spec::FeatureSpec, training_log::utc_hour};
+use adrank_contracts::{spec::FeatureSpec, training_log::utc_hour};
 use adrank_registry::{Change, Registry};
 use adrank_trainer::{
     data::LogWindow,
@@ -99,6 +99,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
         created_by: created_by.clone(),
         reason: args.reason.clone(),
         parent,
+        tags: Default::default(),
     };
     let manifest = publish(&registry, &trained, request).await?;
     if let Some(alias) = &args.alias {

@@ -1,6 +1,6 @@
 //! Time-window flags shared by `train` and `eval`.
 
-use adrank_featurestore::training_log::{parse_utc, utc_hour};
+use adrank_contracts::training_log::{parse_utc, utc_hour};
 use adrank_trainer::data::{Window, log_span};
 use anyhow::{Context as _, bail};
 

@@ -6,7 +6,7 @@
 //! needs no quotes.
 
 /// Variables with the `ADRANK_` prefix that are not overrides.
-const NOT_OVERRIDES: [&str; 3] = ["ADRANK_CONFIG", "ADRANK_LOG", "ADRANK_CACHE_DIR"];
+const NOT_OVERRIDES: [&str; 4] = ["ADRANK_CONFIG", "ADRANK_LOG", "ADRANK_CACHE_DIR", "ADRANK_RETRAIN_STALL"];
 
 /// One override taken from the environment.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,11 +7,12 @@ mod env;
 mod load;
 pub(crate) mod report;
 
-use adrank_featurestore::{ConfigProblem, IngestConfig, KafkaConfig, RedisConfig};
+use adrank_contracts::ConfigProblem;
+use adrank_featurestore::{IngestConfig, KafkaConfig, RedisConfig};
 use adrank_loadtest::world::WorldConfig;
 use adrank_registry::{OrtConfig, RegistryConfig};
 use adrank_serving::ServingConfig;
-use adrank_trainer::TrainingConfig;
+use adrank_trainer::{TrainingConfig, retrain::RetrainConfig};
 use serde::{Deserialize, Serialize};
 
 pub(crate) use load::{Loaded, load};
@@ -30,6 +31,7 @@ pub(crate) struct AdrankConfig {
     pub(crate) onnxruntime: OrtConfig,
     pub(crate) serving: ServingConfig,
     pub(crate) training: TrainingConfig,
+    pub(crate) retrain: RetrainConfig,
     pub(crate) stack: StackConfig,
     pub(crate) world: WorldConfig,
 }
@@ -37,7 +39,7 @@ pub(crate) struct AdrankConfig {
 impl AdrankConfig {
     /// Every cross-field and value problem, keyed by the full dotted key.
     pub(crate) fn problems(&self) -> Vec<ConfigProblem> {
-        let sections: [(&str, Vec<ConfigProblem>); 9] = [
+        let sections: [(&str, Vec<ConfigProblem>); 10] = [
             ("kafka", self.kafka.problems()),
             ("redis", self.redis.problems()),
             ("ingest", self.ingest.problems()),
@@ -45,6 +47,7 @@ impl AdrankConfig {
             ("onnxruntime", self.onnxruntime.problems()),
             ("serving", self.serving.problems()),
             ("training", self.training.problems()),
+            ("retrain", self.retrain.problems()),
             ("stack", self.stack.problems()),
             ("world", self.world.problems()),
         ];

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use adrank_featurestore::ConfigProblem;
+use adrank_contracts::ConfigProblem;
 use serde::{Deserialize, Serialize};
 
 /// How `adrank up` runs the local stack.

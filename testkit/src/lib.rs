@@ -24,9 +24,9 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// The shipped feature spec, `config/features.toml`.
-pub fn spec() -> adrank_featurestore::spec::FeatureSpec {
+pub fn spec() -> adrank_contracts::spec::FeatureSpec {
     let path = workspace_root().join("config").join("features.toml");
-    adrank_featurestore::spec::FeatureSpec::load(&path).unwrap_or_else(|e| panic!("the shipped spec loads: {e}"))
+    adrank_contracts::spec::FeatureSpec::load(&path).unwrap_or_else(|e| panic!("the shipped spec loads: {e}"))
 }
 
 /// A registry in a temporary folder, removed when the returned guard drops.

@@ -4,9 +4,9 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
+use adrank_contracts::events::{Click, Event as _, Impression};
 use adrank_featurestore::{
     KafkaConfig,
-    events::{Click, Event as _, Impression},
     kafka::{self, admin},
     online::{Reader, Wanted},
 };

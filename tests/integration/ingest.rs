@@ -4,13 +4,15 @@
 
 use std::time::Duration;
 
+use adrank_contracts::{
+    events::{Click, Event, Impression, RawFeatures, RawValue, UserProfile},
+    training_log::{Checkpoint, CommitRequest, TrainingLog},
+};
 use adrank_featurestore::{
     IngestConfig,
-    events::{Click, Event, Impression, RawFeatures, RawValue, UserProfile},
     ingest::{Ingester, RunOptions, Totals},
     kafka::{self, admin},
     online::{Reader, Writer, layout},
-    training_log::{Checkpoint, CommitRequest, TrainingLog},
 };
 use adrank_testkit::{broker::TestBroker, redis::TestRedis};
 use rdkafka::{
@@ -99,7 +101,7 @@ async fn every_kind_of_bad_record_is_dead_lettered_with_its_reason() {
     negative_time.impression_id = "i-neg".into();
     negative_time.event_time_ms = -5;
     // A day ahead of the clock: a click like it closed every waiting window of its partition.
-    let tomorrow = adrank_featurestore::events::now_ms() + 86_400_000;
+    let tomorrow = adrank_contracts::events::now_ms() + 86_400_000;
     let future = Impression { impression_id: "i-future".into(), event_time_ms: tomorrow, ..good.clone() };
     let future_click = Click::on(&good, "c-future".into(), tomorrow).encode();
     // A second impression under an id the join holds: it would take the first one's clicks.

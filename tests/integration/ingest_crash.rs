@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use adrank_featurestore::training_log::{Example, TrainingLog};
+use adrank_contracts::training_log::{Example, TrainingLog};
 use adrank_testkit::workspace_root;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use redis::Commands as _;

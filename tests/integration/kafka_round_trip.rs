@@ -111,7 +111,7 @@ fn consumer(config: &adrank_featurestore::KafkaConfig, group: &str) -> StreamCon
 /// two topics: the ingester's join depends on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_impression_and_its_click_share_a_partition() {
-    use adrank_featurestore::events::{Click, Event as _, Impression, RawFeatures};
+    use adrank_contracts::events::{Click, Event as _, Impression, RawFeatures};
 
     let broker = TestBroker::start().await;
     let config = &broker.config;

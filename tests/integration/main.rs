@@ -14,6 +14,7 @@ mod online_store;
 mod onnxruntime;
 mod redis_round_trip;
 mod registry;
+mod retrain;
 mod serving_api;
 mod serving_faults;
 mod serving_fuzz;

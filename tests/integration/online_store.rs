@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use adrank_contracts::events::{AdRecord, AdStatus, Click, Impression, RawFeatures, RawValue, UserProfile};
 use adrank_featurestore::{
     RedisConfig,
-    events::{AdRecord, AdStatus, Click, Impression, RawFeatures, RawValue, UserProfile},
     online::{AdRef, Outcome, PartitionBatch, Reader, Updates, Wanted, Writer},
 };
 use adrank_testkit::redis::TestRedis;

@@ -4,10 +4,11 @@
 use std::{
     path::Path,
     process::{Command, Stdio},
+    time::Duration,
 };
 
-use adrank_featurestore::spec::{TransformStats, Transformer};
-use adrank_registry::{Change, Draft, Error, Registry, RegistryConfig};
+use adrank_contracts::spec::{TransformStats, Transformer};
+use adrank_registry::{Acquired, Change, Draft, Error, Registry, RegistryConfig};
 use adrank_trainer::{
     model::{Architecture, InputShape, Model},
     onnx::export,
@@ -40,6 +41,7 @@ pub(crate) fn draft(onnx: &[u8], stats: &TransformStats, reason: &str) -> Draft 
         training: None,
         parent: None,
         metrics: Default::default(),
+        tags: Default::default(),
     }
 }
 
@@ -86,6 +88,48 @@ async fn aliases_change_only_by_compare_and_swap_and_every_change_is_audited() {
     assert_eq!(registry.resolve("ctr", "latest").await.unwrap(), 2);
     assert!(registry.resolve("ctr", "nope").await.is_err());
     assert_eq!(registry.models().await.unwrap(), vec!["ctr"]);
+}
+
+#[tokio::test]
+async fn a_lease_has_one_holder_is_renewed_and_is_taken_over_after_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path());
+    let ttl = Duration::from_millis(600);
+    let Acquired::Held(mut a) = registry.acquire_lease("ctr", "retrain", "a", ttl).await.unwrap() else {
+        panic!("a free lease is taken")
+    };
+    // Held: b is told who holds it, and cannot take it.
+    match registry.acquire_lease("ctr", "retrain", "b", ttl).await.unwrap() {
+        Acquired::Busy(record) => assert_eq!((record.holder.as_str(), record.seq), ("a", 1)),
+        Acquired::Held(_) => panic!("two holders of one lease"),
+    }
+    a.renew().await.unwrap();
+    a.check().await.unwrap();
+    // Two contenders for an expired lease: exactly one wins.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    assert!(a.check().await.is_err(), "an expired lease no longer checks");
+    let (b, c) = tokio::join!(
+        registry.acquire_lease("ctr", "retrain", "b", ttl),
+        registry.acquire_lease("ctr", "retrain", "c", ttl)
+    );
+    let (b, c) = (b.unwrap(), c.unwrap());
+    let winners = [&b, &c].iter().filter(|x| matches!(x, Acquired::Held(_))).count();
+    assert_eq!(winners, 1, "{b:?} / {c:?}");
+    let Acquired::Held(winner) = (if matches!(b, Acquired::Held(_)) { b } else { c }) else { unreachable!() };
+    // The old holder cannot renew over the new one, and says who holds it.
+    let lost = a.renew().await.unwrap_err().to_string();
+    assert!(lost.contains(winner.holder()), "{lost}");
+    // Released, it is free at once; renewals keep the sequence short.
+    let holder = winner.holder().to_string();
+    winner.release().await.unwrap();
+    let Acquired::Held(mut d) = registry.acquire_lease("ctr", "retrain", "d", ttl).await.unwrap() else {
+        panic!("a released lease ({holder}) is free")
+    };
+    for _ in 0..40 {
+        d.renew().await.unwrap();
+    }
+    let kept = registry.record_keys("ctr", "leases/retrain").await.unwrap();
+    assert!(kept.len() <= 17, "old lease records are pruned: {} kept", kept.len());
 }
 
 #[tokio::test]

@@ -4,9 +4,9 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
+use adrank_contracts::events::{Click, Event as _, Impression};
 use adrank_featurestore::{
     KafkaConfig,
-    events::{Click, Event as _, Impression},
     kafka::{self, admin},
     online::{Reader, Wanted},
 };
@@ -170,7 +170,7 @@ async fn ranks_world_requests_and_names_every_bad_field() {
         assert_eq!(Some(&logged.impression_id), served.impression_id.as_ref());
         assert_eq!(logged.model_version, "1");
         assert!((logged.score - served.pctr).abs() < 1e-9);
-        assert_eq!(logged.features.get("bid"), Some(&adrank_featurestore::events::RawValue::Num(served.bid)));
+        assert_eq!(logged.features.get("bid"), Some(&adrank_contracts::events::RawValue::Num(served.bid)));
         assert!(logged.features.contains_key("surface") && logged.features.contains_key("user_id"));
         assert!(!logged.features.contains_key("position"), "the slot is the impression's, not a logged feature");
     }
@@ -216,7 +216,7 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     let (status, _, text) = http(addr, "POST", "/v1/events/click", bad.to_string().as_bytes()).await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("event_time_ms"), "{text}");
-    let tomorrow = adrank_featurestore::events::now_ms() + 86_400_000;
+    let tomorrow = adrank_contracts::events::now_ms() + 86_400_000;
     bad["event_time_ms"] = tomorrow.into();
     let (status, _, text) = http(addr, "POST", "/v1/events/click", bad.to_string().as_bytes()).await;
     assert_eq!(status, 400, "a click a day ahead of the clock: {text}");

@@ -133,10 +133,7 @@ async fn the_impression_log_reaches_kafka_before_the_exit() {
     // Logged in one go, then flushed at once: most are still in the buffer or the producer's
     // queue (which a dropped producer purges) when the flush starts.
     let impressions = (0..3_000).map(|i| {
-        adrank_featurestore::events::Impression::example(
-            &format!("i-{i}"),
-            adrank_featurestore::events::RawFeatures::new(),
-        )
+        adrank_contracts::events::Impression::example(&format!("i-{i}"), adrank_contracts::events::RawFeatures::new())
     });
     log.log(impressions);
     let stats = log.flush(Duration::from_secs(20)).await;

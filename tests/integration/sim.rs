@@ -53,7 +53,7 @@ fn requests_print_api_bodies_and_oracle_reads_files() {
     let config = config.to_str().unwrap();
     let output = adrank(&["--config", config, "sim", "requests", "-n", "3"], dir.path(), &[]);
     assert!(output.status.success());
-    let lines: Vec<adrank_featurestore::request::RankRequest> = String::from_utf8_lossy(&output.stdout)
+    let lines: Vec<adrank_contracts::request::RankRequest> = String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("each line is a ranking request"))
         .collect();

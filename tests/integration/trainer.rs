@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use adrank_featurestore::{spec::FeatureSpec, training_log::TrainingLog};
+use adrank_contracts::{spec::FeatureSpec, training_log::TrainingLog};
 use adrank_loadtest::{
     history::{HistoryOptions, write_history},
     world::{World, WorldConfig},
@@ -55,7 +55,7 @@ fn fit(data: &LogWindow, spec: &FeatureSpec, config: &TrainingConfig) -> Trained
 }
 
 /// Rows of the held-out window as the trainer builds them.
-fn rows(data: &LogWindow, transformer: &adrank_featurestore::spec::Transformer) -> Batch {
+fn rows(data: &LogWindow, transformer: &adrank_contracts::spec::Transformer) -> Batch {
     let mut batch = Batch::default();
     for chunk in RowStream::spawn(data, data.window, |examples| examples) {
         for example in &chunk.unwrap() {
@@ -106,7 +106,7 @@ async fn trained_models_export_to_onnx_with_parity_and_beat_a_constant() {
 
         // Parity: ONNX Runtime scores the exported graph as the trainer's forward pass does, on
         // 10k logged rows (the held-out hours first).
-        let transformer = adrank_featurestore::spec::Transformer::new(&spec, &trained.stats).unwrap();
+        let transformer = adrank_contracts::spec::Transformer::new(&spec, &trained.stats).unwrap();
         let mut batch = rows(&test, &transformer);
         let more = rows(&data, &transformer);
         batch.ids.extend(more.ids);
@@ -137,6 +137,7 @@ async fn trained_models_export_to_onnx_with_parity_and_beat_a_constant() {
             created_by: "test".into(),
             reason: format!("{architecture:?}"),
             parent: None,
+            tags: Default::default(),
         };
         versions.push(publish(&registry, &trained, request).await.unwrap());
         models.push(trained.model);

@@ -1,6 +1,6 @@
 //! The `[training]` config section.
 
-use adrank_featurestore::ConfigProblem;
+use adrank_contracts::ConfigProblem;
 use serde::{Deserialize, Serialize};
 
 use crate::{

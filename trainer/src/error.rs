@@ -7,20 +7,20 @@ use crate::data::Window;
 pub enum Error {
     /// The training log could not be read.
     #[error(transparent)]
-    Log(#[from] adrank_featurestore::Error),
+    Log(#[from] adrank_contracts::Error),
 
     /// The window holds no committed examples.
     #[error(
         "the training log at {location} has no examples between {} and {} (UTC); run the ingester \
          (`adrank ingest`) or `adrank sim history`, or choose another window",
-        adrank_featurestore::training_log::utc_hour(window.since_ms),
-        adrank_featurestore::training_log::utc_hour(window.until_ms - 1)
+        adrank_contracts::training_log::utc_hour(window.since_ms),
+        adrank_contracts::training_log::utc_hour(window.until_ms - 1)
     )]
     NoData { location: String, window: Window },
 
     /// The feature spec and the model's statistics do not fit together.
     #[error(transparent)]
-    Spec(#[from] adrank_featurestore::spec::SpecError),
+    Spec(#[from] adrank_contracts::spec::SpecError),
 
     /// An operating-system call failed.
     #[error("{action} failed: {source}")]
@@ -42,6 +42,10 @@ pub enum Error {
     /// run on part of its window.
     #[error("the training-log reader failed ({0}); training stopped rather than train on part of the window")]
     Reader(String),
+
+    /// The retraining lease was taken by another holder (after this one failed to renew it).
+    #[error("the retraining lease was lost ({0}); another loop runs the cycles now")]
+    LeaseLost(String),
 
     /// ONNX Runtime failed to load or run a model.
     #[error("ONNX Runtime: {0}")]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use adrank_featurestore::{
+use adrank_contracts::{
     eval::{Quality, quality},
     events::RawValue,
     spec::{FeatureSpec, Transformer, short_version},

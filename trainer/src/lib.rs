@@ -1,4 +1,5 @@
-//! The trainer: datasets, models, optimisers, ONNX export and offline evaluation.
+//! The trainer: datasets, models, optimisers, ONNX export, offline evaluation and the
+//! retraining loop.
 //!
 //! # Layout
 //!
@@ -12,6 +13,9 @@
 //! - [`onnx`]: export to an ONNX graph that any ONNX Runtime loads.
 //! - [`optim`]: Adam/Adagrad for dense tensors, row-wise sparse Adagrad for embeddings.
 //! - [`publish`]: export, check with ONNX Runtime, publish to the registry; warm starts.
+//! - [`retrain`]: the retraining loop: final hours, a candidate warm-started from production,
+//!   evaluation against it, the gates, resumable recorded steps, a lease across processes.
+//! - [`metrics`]: every metric the retraining loop emits.
 //! - `rng`: the seeded generator behind initial weights and shuffling.
 
 pub mod checkpoint;
@@ -19,10 +23,12 @@ pub mod config;
 pub mod data;
 mod error;
 pub mod evaluate;
+pub mod metrics;
 pub mod model;
 pub mod onnx;
 pub mod optim;
 pub mod publish;
+pub mod retrain;
 mod rng;
 pub mod train;
 

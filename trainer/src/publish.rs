@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use adrank_featurestore::spec::{FeatureSpec, Transformer};
+use adrank_contracts::spec::{FeatureSpec, Transformer};
 use adrank_registry::{
     Draft, Manifest, OrtConfig, Registry, Signature, TrainingInfo,
     scoring::{ScoringSession, SessionOptions},
@@ -20,6 +20,8 @@ pub struct PublishRequest<'a> {
     pub created_by: String,
     pub reason: String,
     pub parent: Option<u64>,
+    /// Labels kept in the manifest (the retraining cycle that made it).
+    pub tags: BTreeMap<String, String>,
 }
 
 /// Exports, checks and publishes `trained`.
@@ -56,6 +58,7 @@ pub async fn publish(registry: &Registry, trained: &Trained, request: PublishReq
         }),
         parent: request.parent,
         metrics,
+        tags: request.tags,
     };
     Ok(registry.publish(draft).await?)
 }
@@ -75,7 +78,7 @@ pub fn checked_signature(onnx: &[u8], ort: &OrtConfig, transformer: &Transformer
 pub async fn warm_start(
     registry: &Registry,
     manifest: &Manifest,
-) -> Result<(crate::model::Model, adrank_featurestore::spec::TransformStats)> {
+) -> Result<(crate::model::Model, adrank_contracts::spec::TransformStats)> {
     let artifact = manifest.checkpoint.as_ref().ok_or_else(|| {
         Error::Settings(format!(
             "version {} of `{}` has no trainer checkpoint (it was imported); train without a parent",

@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use adrank_featurestore::{
+use adrank_contracts::{
     events::RawFeatures,
     spec::{FeatureSpec, TransformStats, Transformer},
 };

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ConfigProblem;
+use adrank_contracts::ConfigProblem;
 
 /// How the ingester batches, joins and logs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,8 @@ use rdkafka::{
     producer::{DeliveryFuture, FutureProducer, FutureRecord},
 };
 
-use crate::{Error, KafkaConfig, Result, events::EventError, kafka, metrics};
+use crate::{Error, KafkaConfig, Result, kafka, metrics};
+use adrank_contracts::events::EventError;
 
 /// Why a message was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]

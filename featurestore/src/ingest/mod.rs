@@ -47,11 +47,8 @@ use rdkafka::{
 pub use config::IngestConfig;
 pub use dead_letter::Refusal;
 
-use crate::{
-    Error, KafkaConfig, RedisConfig, Result, kafka, metrics,
-    online::Writer,
-    training_log::{Checkpoint, Commit, Joiner, TrainingLog},
-};
+use crate::{Error, KafkaConfig, RedisConfig, Result, kafka, metrics, online::Writer};
+use adrank_contracts::training_log::{Checkpoint, Commit, Joiner, TrainingLog};
 use dead_letter::DeadLetters;
 
 /// Which topic a message came from.

@@ -9,10 +9,11 @@ use rdkafka::{Message as _, message::BorrowedMessage};
 
 use super::{Ingester, Kind, LogState, PartitionState, Refusal};
 use crate::{
-    Error, Result,
-    events::{AdRecord, Click, Event, Impression, UserProfile},
-    metrics,
+    Error, Result, metrics,
     online::{Outcome, PartitionBatch, Updates},
+};
+use adrank_contracts::{
+    events::{AdRecord, Click, Event, Impression, UserProfile},
     training_log::{Commit, CommitRequest, Joiner},
 };
 
@@ -63,7 +64,7 @@ impl Read<'_> {
         if self.key != Some(event.key().as_bytes()) {
             return Err(Refusal::key(event.key(), self.key));
         }
-        crate::events::not_ahead("event_time_ms", event.event_time_ms(), self.reference, self.skew_ms)
+        adrank_contracts::events::not_ahead("event_time_ms", event.event_time_ms(), self.reference, self.skew_ms)
             .map_err(|e| Refusal::future(&e))?;
         Ok(event)
     }
@@ -114,7 +115,7 @@ impl Ingester {
         let sought = self.load(&batch).await?;
 
         let prefix = self.writer.prefix().to_string();
-        let clock = Clock { now_ms: crate::events::now_ms(), skew_ms: self.config.max_event_time_skew_ms() };
+        let clock = Clock { now_ms: adrank_contracts::events::now_ms(), skew_ms: self.config.max_event_time_skew_ms() };
         let mut shares: BTreeMap<(Kind, i32), Share> = BTreeMap::new();
         let mut deliveries = Vec::new();
         for (i, (kind, message)) in batch.into_iter().enumerate() {
@@ -348,7 +349,7 @@ impl Ingester {
                 .collect();
             let outcomes = writer.apply(&borrowed).await?;
             metrics::write_seconds(started.elapsed().as_secs_f64());
-            Ok((outcomes, crate::training_log::now_ms()))
+            Ok((outcomes, adrank_contracts::events::now_ms()))
         });
         self.in_flight.push_back(InFlight { task, batches: pending });
     }
@@ -441,7 +442,8 @@ impl Ingester {
             let (late_clicks, orphan_clicks) = log.joiner.take_counts();
             let request = CommitRequest { partition, seq: log.next_seq, checkpoint, late_clicks, orphan_clicks };
             let training_log = self.log.clone();
-            log.committing = Some(tokio::spawn(async move { training_log.commit(request, examples).await }));
+            log.committing =
+                Some(tokio::spawn(async move { training_log.commit(request, examples).await.map_err(Error::from) }));
         }
         if force {
             self.finish_log_commits(true).await?;
@@ -478,7 +480,7 @@ impl Ingester {
                     log.last_commit = Instant::now();
                     self.count(&commit);
                 }
-                Err(Error::LogConflict { partition, seq }) => {
+                Err(Error::Log(adrank_contracts::Error::LogConflict { partition, seq })) => {
                     tracing::warn!(partition, seq, "another ingester committed this partition's log; reloading it");
                     self.forget_pair(partition);
                 }

@@ -35,7 +35,7 @@
 //! A read sums, per window, the buckets that lie in the window ending at the read's time, so
 //! counts age out exactly even for an entity nobody writes any more.
 
-use crate::events::RawValue;
+use adrank_contracts::events::RawValue;
 
 /// The kinds of entity the online store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

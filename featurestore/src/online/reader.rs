@@ -23,10 +23,9 @@ use super::{
     layout::{self, Entity, Record, WINDOWS},
     resp::{self, Pool},
 };
-use crate::{
-    Error, RedisConfig, Result,
+use crate::{Error, RedisConfig, Result, metrics};
+use adrank_contracts::{
     events::{RawFeatures, RawValue},
-    metrics,
     spec::{FeatureSpec, Source},
 };
 

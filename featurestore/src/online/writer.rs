@@ -14,10 +14,8 @@ use redis::aio::MultiplexedConnection;
 use rustc_hash::FxHashMap;
 
 use super::layout::{self, Entity, WINDOWS};
-use crate::{
-    Error, RedisConfig, Result,
-    events::{AdRecord, AdStatus, Click, Impression, RawFeatures, RawValue, UserProfile},
-};
+use crate::{Error, RedisConfig, Result};
+use adrank_contracts::events::{AdRecord, AdStatus, Click, Impression, RawFeatures, RawValue, UserProfile};
 
 /// The finest counter bucket: every window's bucket is a multiple of it, so increments
 /// aggregated per finest bucket land in the right bucket of every window.

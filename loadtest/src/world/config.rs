@@ -1,6 +1,6 @@
 //! The `[world]` config section: the synthetic ads world's size and its truth.
 
-use adrank_featurestore::ConfigProblem;
+use adrank_contracts::ConfigProblem;
 use serde::{Deserialize, Serialize};
 
 /// The synthetic world. Same config and seed, same events, byte for byte.

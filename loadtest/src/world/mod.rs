@@ -19,7 +19,7 @@ mod names;
 pub mod rng;
 pub mod truth;
 
-use adrank_featurestore::{
+use adrank_contracts::{
     events::{AdRecord, AdStatus, Click, Impression, RawFeatures, RawValue, UserProfile},
     request::{Candidate, RankRequest, RequestContext},
 };

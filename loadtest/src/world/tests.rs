@@ -1,4 +1,4 @@
-use adrank_featurestore::events::Event as _;
+use adrank_contracts::events::Event as _;
 
 use super::*;
 use crate::oracle::oracle_quality;
@@ -56,7 +56,7 @@ fn requests_have_distinct_live_candidates_and_match_the_api_shape() {
         assert!(relevant >= 100, "at least the relevant half comes from favourite categories ({relevant})");
         world.rank_request(&request).validate(1_000).expect("the world's requests pass serving's rules");
         let json = serde_json::to_vec(&world.rank_request(&request)).unwrap();
-        let back: adrank_featurestore::request::RankRequest = serde_json::from_slice(&json).unwrap();
+        let back: adrank_contracts::request::RankRequest = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, world.rank_request(&request));
     }
 }
@@ -67,29 +67,26 @@ fn events_follow_the_contract() {
     let served = run(&mut world, 500);
     assert_eq!(served.impressions.len(), 500 * 5);
     for impression in &served.impressions {
-        let decoded = adrank_featurestore::events::Impression::decode(&impression.encode()).unwrap();
+        let decoded = adrank_contracts::events::Impression::decode(&impression.encode()).unwrap();
         assert_eq!(&decoded, impression);
     }
     for click in &served.clicks {
-        adrank_featurestore::events::Click::decode(&click.encode()).unwrap();
+        adrank_contracts::events::Click::decode(&click.encode()).unwrap();
         assert!(served.impressions.iter().any(|i| i.impression_id == click.impression_id && i.key() == click.key()));
     }
     // The logged features are the ones the shipped feature spec reads.
-    let spec = adrank_featurestore::spec::FeatureSpec::load(std::path::Path::new(concat!(
+    let spec = adrank_contracts::spec::FeatureSpec::load(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../config/features.toml"
     )))
     .unwrap();
     for feature in &spec.features {
         // Crosses read other features; the position is the log's, not a logged feature.
-        if matches!(
-            feature.source,
-            adrank_featurestore::spec::Source::Cross | adrank_featurestore::spec::Source::Position
-        ) {
+        if matches!(feature.source, adrank_contracts::spec::Source::Cross | adrank_contracts::spec::Source::Position) {
             continue;
         }
         let mut names = Vec::new();
-        if feature.kind != adrank_featurestore::spec::Kind::Rate {
+        if feature.kind != adrank_contracts::spec::Kind::Rate {
             names.push(feature.input_name());
         }
         names.extend(feature.clicks.as_deref());
@@ -166,8 +163,8 @@ fn drift_makes_old_truth_worse() {
     let pairs = |truth: &Truth| -> Vec<(f64, bool)> {
         served.situations.iter().zip(&labels).filter(|(s, _)| known(s)).map(|(s, y)| (truth.p(s), *y)).collect()
     };
-    let now = adrank_featurestore::eval::quality(&pairs(world.truth())).unwrap();
-    let old = adrank_featurestore::eval::quality(&pairs(&day0)).unwrap();
+    let now = adrank_contracts::eval::quality(&pairs(world.truth())).unwrap();
+    let old = adrank_contracts::eval::quality(&pairs(&day0)).unwrap();
     assert!(now.examples > 20_000, "enough day-7 impressions of ads that existed on day 0");
     assert!(old.log_loss > now.log_loss * 1.005, "day-0 truth {} vs day-7 truth {}", old.log_loss, now.log_loss);
     // Drift moves the truth, not the click-through rate.

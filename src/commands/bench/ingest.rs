@@ -20,13 +20,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use adrank_contracts::{events::Event, spec::FeatureSpec};
 use adrank_featurestore::{
     IngestConfig, KafkaConfig, RedisConfig,
-    events::Event,
     ingest::{Ingester, RunOptions},
     kafka,
     online::{self, Wanted},
-    spec::FeatureSpec,
 };
 use adrank_loadtest::{generator::cpu_seconds, world::World};
 use anyhow::{Context as _, bail};

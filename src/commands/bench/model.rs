@@ -5,7 +5,7 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Instant};
 
-use adrank_featurestore::spec::{FeatureSpec, Transformer};
+use adrank_contracts::spec::{FeatureSpec, Transformer};
 use adrank_registry::{
     Manifest, OrtConfig, Provider, Registry,
     scoring::{ScoringSession, SessionOptions},

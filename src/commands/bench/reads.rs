@@ -6,13 +6,12 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use adrank_contracts::{events::Event as _, request::RankRequest};
 use adrank_featurestore::{
     IngestConfig, KafkaConfig, RedisConfig,
-    events::Event as _,
     ingest::{Ingester, RunOptions},
     kafka,
     online::{self, AdRef, Reader, Wanted},
-    request::RankRequest,
 };
 use adrank_loadtest::{generator::cpu_seconds, world::World};
 use anyhow::bail;
@@ -228,7 +227,7 @@ pub(super) async fn freshness(
         if impressions.is_empty() {
             impressions.extend(world.serve_baseline().impressions);
         }
-        let mut impression: adrank_featurestore::events::Impression =
+        let mut impression: adrank_contracts::events::Impression =
             impressions.pop_front().expect("the world serves at least one impression per request");
         impression.event_time_ms = now_ms();
         impression

@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use adrank_featurestore::{spec::FeatureSpec, training_log::utc_hour};
+use adrank_contracts::{spec::FeatureSpec, training_log::utc_hour};
 use adrank_loadtest::{
     generator::{Arrivals, Progress, RunConfig, RunReport, Slo, Step, SweepPlan, cpu_seconds, knee, run},
     ranking::{Ranking, ServerTimings},

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use adrank_featurestore::events::Event as _;
+use adrank_contracts::events::Event as _;
 use adrank_loadtest::world::World;
 use serde::Serialize;
 

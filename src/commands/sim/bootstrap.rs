@@ -8,7 +8,8 @@ use std::{
 
 use super::publish::Publisher;
 use crate::{config::Loaded, table::Table};
-use adrank_featurestore::{eval::quality, kafka::admin};
+use adrank_contracts::eval::quality;
+use adrank_featurestore::kafka::admin;
 use anyhow::{Context as _, bail};
 
 /// Generate and publish simulated history.

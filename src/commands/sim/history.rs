@@ -2,7 +2,7 @@
 
 use std::{process::ExitCode, time::Instant};
 
-use adrank_featurestore::training_log::{TrainingLog, utc_hour};
+use adrank_contracts::training_log::{TrainingLog, utc_hour};
 use adrank_loadtest::history::{HistoryOptions, write_history};
 use anyhow::bail;
 

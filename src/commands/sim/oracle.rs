@@ -7,11 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use adrank_featurestore::{
-    KafkaConfig,
-    events::{Click, Event as _, Impression},
-    kafka,
-};
+use adrank_contracts::events::{Click, Event as _, Impression};
+use adrank_featurestore::{KafkaConfig, kafka};
 use adrank_loadtest::oracle::oracle_quality;
 use anyhow::{Context as _, bail};
 use rdkafka::{

@@ -2,7 +2,8 @@
 
 use std::{collections::VecDeque, time::Duration};
 
-use adrank_featurestore::{KafkaConfig, events::Event, kafka};
+use adrank_contracts::events::Event;
+use adrank_featurestore::{KafkaConfig, kafka};
 use anyhow::Context as _;
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},

@@ -10,7 +10,7 @@
 mod shuffle;
 mod stream;
 
-use adrank_featurestore::{
+use adrank_contracts::{
     events::RawValue,
     spec::{POSITION_FIELD, Transformer},
     training_log::{Example, TrainingLog},
@@ -51,7 +51,7 @@ pub async fn log_span(location: &str) -> Result<Option<Window>> {
         .iter()
         .flat_map(|c| &c.files)
         .filter_map(|f| f.strip_prefix("hour=")?.split('/').next())
-        .filter_map(adrank_featurestore::training_log::parse_utc);
+        .filter_map(adrank_contracts::training_log::parse_utc);
     let (first, last) = hours.fold((None::<i64>, None::<i64>), |(lo, hi), h| {
         (Some(lo.map_or(h, |l| l.min(h))), Some(hi.map_or(h, |x| x.max(h))))
     });
@@ -92,7 +92,7 @@ impl LogWindow {
 }
 
 /// The raw record a model row is made from: what serving logged, plus the slot it was shown in.
-pub fn raw_features(example: &Example) -> adrank_featurestore::events::RawFeatures {
+pub fn raw_features(example: &Example) -> adrank_contracts::events::RawFeatures {
     let mut raw = example.impression.features.clone();
     raw.insert(POSITION_FIELD, RawValue::Num(f64::from(example.impression.position)));
     raw

@@ -5,7 +5,7 @@ use std::{
     thread::JoinHandle,
 };
 
-use adrank_featurestore::training_log::Example;
+use adrank_contracts::training_log::Example;
 
 use super::{LogWindow, Window};
 use crate::{Error, Result};

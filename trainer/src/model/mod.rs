@@ -2,7 +2,7 @@
 //! backward passes (checked against finite differences in `tests.rs`).
 //!
 //! Both read one row as `id_width` int64 ids (one per id feature, each below its feature's
-//! cardinality) and `dense_width` float32 numbers, the [`adrank_featurestore::spec::Transformer`]'s
+//! cardinality) and `dense_width` float32 numbers, the [`adrank_contracts::spec::Transformer`]'s
 //! output, and produce one logit; pCTR is its sigmoid. The ONNX export ([`crate::onnx`]) writes
 //! the same computation as a graph.
 
@@ -13,7 +13,7 @@ mod logistic;
 #[cfg(test)]
 mod tests;
 
-use adrank_featurestore::spec::{FeatureSpec, Output};
+use adrank_contracts::spec::{FeatureSpec, Output};
 use serde::{Deserialize, Serialize};
 
 pub use dlrm::Dlrm;

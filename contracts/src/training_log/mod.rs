@@ -162,7 +162,7 @@ impl TrainingLog {
             late_clicks: request.late_clicks,
             orphan_clicks: request.orphan_clicks,
             checkpoint: request.checkpoint,
-            committed_at_ms: now_ms(),
+            committed_at_ms: crate::events::now_ms(),
         };
         for (hour, examples) in by_hour {
             commit.examples += examples.len() as u64;
@@ -222,11 +222,6 @@ impl TrainingLog {
         files.sort();
         files
     }
-}
-
-/// Wall-clock milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A token that differs between commit attempts (time and process), for file names.

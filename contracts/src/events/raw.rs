@@ -145,7 +145,7 @@ impl RawFeatures {
 
     /// Entries already in name order, each name once (a record built from a precomputed
     /// layout): no comparisons.
-    pub(crate) fn from_sorted(entries: Vec<(Cow<'static, str>, RawValue)>) -> Self {
+    pub fn from_sorted(entries: Vec<(Cow<'static, str>, RawValue)>) -> Self {
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0), "entries out of order");
         Self { entries }
     }
