@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use adrank_contracts::{spec::FeatureSpec, training_log::utc_hour};
 use adrank_registry::Registry;
-use adrank_trainer::retrain::{Cycle, CycleOutcome, Outcome, Retrainer, Step, cycles, lease::holder_name};
+use adrank_trainer::retrain::{Cycle, CycleOutcome, Launch, Outcome, Retrainer, Step, cycles, lease::holder_name};
 use anyhow::Context as _;
 use clap::Subcommand;
 
@@ -72,6 +72,11 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
         retrain: config.retrain.clone(),
         promote: args.promote,
         holder: holder_name(),
+        launch: Launch {
+            exe: std::env::current_exe().context("cannot find the adrank executable to launch training with")?,
+            config: loaded.file.as_deref().map(std::path::absolute).transpose()?,
+            spec: std::path::absolute(&args.spec)?,
+        },
     };
     let name = &config.retrain.model;
     if args.run_loop {
@@ -159,7 +164,7 @@ fn describe(outcome: &Outcome) -> String {
             format!("no alias moved; audit entry {state_seq}")
         }
         Outcome::Publish { aliases, state_seq } => {
-            format!("{} -> candidate version; audit entry {state_seq}", aliases.join(", "))
+            format!("{} now points at the candidate; audit entry {state_seq}", aliases.join(", "))
         }
         Outcome::Done { decision, version, error } => match (decision, error) {
             (_, Some(error)) => format!("failed: {error}"),

@@ -5,8 +5,10 @@ use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 use adrank_contracts::{spec::FeatureSpec, training_log::utc_hour};
 use adrank_registry::{Change, Registry};
 use adrank_trainer::{
+    collective::{Collective as _, Mpi},
     data::LogWindow,
     model::Architecture,
+    parallel::Parallel,
     publish::{PublishRequest, publish, warm_start},
     train::{TrainRequest, train},
 };
@@ -47,6 +49,29 @@ pub(crate) struct Args {
     /// Also write the training report as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
+    /// Data-parallel across the ranks `mpirun` started (`mpirun -np 2 adrank train
+    /// --distributed`): each rank reads its shards of the window, gradients are exchanged every
+    /// step, rank 0 publishes.
+    #[arg(long)]
+    distributed: bool,
+    /// Data shards (default: one per rank). The model depends on the shards, not on the ranks:
+    /// one rank with `--shards 2` trains the model two ranks train.
+    #[arg(long, value_name = "N", requires = "distributed")]
+    shards: Option<usize>,
+    /// Publish only while this holder holds the retraining lease of the model (the retraining
+    /// loop passes its own name, so that a training it launched and then lost cannot publish).
+    #[arg(long, value_name = "HOLDER")]
+    lease_holder: Option<String>,
+    /// A label kept in the manifest, KEY=VALUE (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+}
+
+fn parse_tag(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
@@ -83,10 +108,25 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
         data.files().len()
     );
     let progress = std::io::stderr().is_terminal();
-    let trained = {
+    let trained = if args.distributed {
+        let mpi = Mpi::init().context("MPI was initialised twice in this process")?;
+        let (rank, ranks) = (mpi.rank(), mpi.size());
+        let parallel = Parallel { collective: &mpi, shards: args.shards.unwrap_or(ranks) };
+        eprintln!("rank {rank} of {ranks}: shards {:?} of {}", parallel.owned(), parallel.shards);
+        // MPI calls stay on this thread (initialised here, serialised).
+        let trained = tokio::task::block_in_place(|| {
+            train(TrainRequest { data: &data, spec: &spec, config: &training, warm_start: warm, progress, parallel })
+        })?;
+        if rank != 0 {
+            eprintln!("rank {rank}: trained; rank 0 publishes");
+            return Ok(ExitCode::SUCCESS);
+        }
+        trained
+    } else {
         let (spec, training) = (spec.clone(), training.clone());
         tokio::task::spawn_blocking(move || {
-            train(TrainRequest { data: &data, spec: &spec, config: &training, warm_start: warm, progress })
+            let parallel = Parallel::local();
+            train(TrainRequest { data: &data, spec: &spec, config: &training, warm_start: warm, progress, parallel })
         })
         .await
         .context("the training thread failed")??
@@ -99,8 +139,21 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
         created_by: created_by.clone(),
         reason: args.reason.clone(),
         parent,
-        tags: Default::default(),
+        tags: args.tags.iter().cloned().collect(),
     };
+    if let Some(holder) = &args.lease_holder {
+        let lease = registry.newest_lease(&args.name, adrank_trainer::retrain::lease::WHAT).await?;
+        let now = adrank_contracts::events::now_ms();
+        match lease {
+            Some(l) if &l.holder == holder && !l.released && now < l.expires_at_ms => {}
+            other => anyhow::bail!(
+                "not publishing: the retraining lease of `{}` is no longer held by {holder} (now: {}); the loop that \
+                 holds it trains this cycle again",
+                args.name,
+                other.map_or("nobody".into(), |l| l.holder)
+            ),
+        }
+    }
     let manifest = publish(&registry, &trained, request).await?;
     if let Some(alias) = &args.alias {
         let state = registry.state(&args.name).await?;

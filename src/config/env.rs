@@ -6,7 +6,9 @@
 //! needs no quotes.
 
 /// Variables with the `ADRANK_` prefix that are not overrides.
-const NOT_OVERRIDES: [&str; 4] = ["ADRANK_CONFIG", "ADRANK_LOG", "ADRANK_CACHE_DIR", "ADRANK_RETRAIN_STALL"];
+/// (The last two are test hooks: docs/trainer.md.)
+const NOT_OVERRIDES: [&str; 5] =
+    ["ADRANK_CONFIG", "ADRANK_LOG", "ADRANK_CACHE_DIR", "ADRANK_RETRAIN_STALL", "ADRANK_TRAIN_DIE_RANK"];
 
 /// One override taken from the environment.
 #[derive(Debug, Clone, PartialEq)]

@@ -13,7 +13,7 @@
 pub mod broker;
 pub mod redis;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use adrank_registry::{OrtConfig, RegistryConfig, runtime};
 
@@ -65,4 +65,15 @@ pub fn free_port() -> u16 {
 pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
     static HEAVY: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
     HEAVY.get_or_init(|| tokio::sync::Mutex::new(())).lock().await
+}
+
+/// An `adrank.toml` for the `adrank` processes of a test: the registry and training log at the
+/// given places, the ONNX Runtime library found here, then `extra` (more TOML).
+pub fn adrank_config(registry: &Path, log: &Path, extra: &str) -> String {
+    format!(
+        "[registry]\nlocation = \"{}\"\n[ingest]\ntraining_log = \"{}\"\n[onnxruntime]\nlibrary_path = \"{}\"\n{extra}",
+        registry.display(),
+        log.display(),
+        onnxruntime().library_path
+    )
 }

@@ -5,7 +5,7 @@
 
 use std::{path::Path, process::Stdio, time::Duration};
 
-use adrank_contracts::training_log::{CommitRequest, TrainingLog};
+use adrank_contracts::training_log::{CommitRequest, TrainingLog, utc_hour};
 use adrank_loadtest::{
     history::{HistoryOptions, write_history},
     world::{World, WorldConfig},
@@ -15,7 +15,7 @@ use adrank_trainer::{
     TrainingConfig,
     model::Architecture,
     retrain::{
-        CYCLE_TAG, Cycle, CycleOutcome, Decision, GatesConfig, Outcome, RetrainConfig, Retrainer, Step, cycles,
+        CYCLE_TAG, Cycle, CycleOutcome, Decision, GatesConfig, Launch, Outcome, RetrainConfig, Retrainer, Step, cycles,
         windows::{final_hours, plan},
     },
 };
@@ -81,6 +81,11 @@ fn retrainer(registry: &Registry, log: &str, promote: bool) -> Retrainer {
         retrain: retrain_config(),
         promote,
         holder: "test".into(),
+        launch: Launch {
+            exe: env!("CARGO_BIN_EXE_adrank").into(),
+            config: None,
+            spec: adrank_testkit::workspace_root().join("config/features.toml"),
+        },
     }
 }
 
@@ -243,6 +248,35 @@ async fn a_candidate_trained_on_shuffled_labels_is_refused_with_reasons() {
     assert_eq!(registry.state("ctr").await.unwrap().aliases.get("candidate"), None);
 }
 
+/// A small config for the `adrank` processes of a test, in `dir`; `extra` is appended (TOML).
+fn write_config(dir: &Path, log: &Path, extra: &str) {
+    let extra = format!(
+        r#"
+[training]
+epochs = 1
+threads = 1
+shuffle_buffer = 5000
+mpi_launcher = "mpirun --allow-run-as-root --oversubscribe"
+[training.model]
+kind = "logistic"
+[retrain]
+train_hours = 24
+eval_hours = 4
+lease_secs = 3
+poll_secs = 1
+{extra}
+[retrain.gates]
+calibration_min = 0.7
+calibration_max = 1.4
+min_examples = 2000
+min_clicks = 40
+min_slice_examples = 2000
+"#
+    );
+    let config = adrank_testkit::adrank_config(&dir.join("registry"), log, &extra);
+    std::fs::write(dir.join("adrank.toml"), config).unwrap();
+}
+
 /// `adrank` with its own small config in `dir`.
 fn adrank(dir: &Path, args: &[&str]) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_adrank"));
@@ -282,37 +316,7 @@ async fn a_cycle_killed_inside_each_step_resumes_with_one_candidate_and_a_waitin
     let dir = tempfile::tempdir().unwrap();
     let location = dir.path().join("log");
     history(&mut world(), &TrainingLog::open(&location.display().to_string()).unwrap(), 1.5).await;
-    let config = format!(
-        r#"
-[registry]
-location = "{registry}"
-[ingest]
-training_log = "{log}"
-[onnxruntime]
-library_path = "{ort}"
-[training]
-epochs = 1
-threads = 1
-shuffle_buffer = 5000
-[training.model]
-kind = "logistic"
-[retrain]
-train_hours = 24
-eval_hours = 4
-lease_secs = 3
-poll_secs = 1
-[retrain.gates]
-calibration_min = 0.7
-calibration_max = 1.4
-min_examples = 2000
-min_clicks = 40
-min_slice_examples = 2000
-"#,
-        registry = dir.path().join("registry").display(),
-        log = location.display(),
-        ort = adrank_testkit::onnxruntime().library_path,
-    );
-    std::fs::write(dir.path().join("adrank.toml"), config).unwrap();
+    write_config(dir.path(), &location, "");
     let registry = open_registry(dir.path(), "registry");
 
     for (n, step) in Step::ALL.iter().enumerate() {
@@ -381,4 +385,38 @@ async fn on_a_drifting_world_a_model_retrained_on_the_newest_days_beats_the_stal
     let verdict = fresh.verdict().unwrap();
     assert_eq!(verdict.decision, Decision::Blessed, "{verdict:?}");
     assert_eq!(registry.state("ctr").await.unwrap().aliases.get(PRODUCTION), fresh.version().as_ref());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_trains_on_two_mpi_ranks_and_only_the_lease_holder_may_publish() {
+    let _heavy = adrank_testkit::heavy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("log");
+    history(&mut world(), &TrainingLog::open(&location.display().to_string()).unwrap(), 1.5).await;
+    write_config(dir.path(), &location, "ranks = 2");
+    let registry = open_registry(dir.path(), "registry");
+
+    let output = adrank(dir.path(), &["retrain"]).output().await.unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("shards [0] of 2") && stderr.contains("shards [1] of 2"), "{stderr}");
+    assert!(stdout.contains("cycle 1: version 1 "), "{stdout}");
+    let cycle = cycles(&registry, "ctr").await.unwrap().pop().unwrap();
+    assert_eq!(cycle.version(), Some(1));
+    let manifest = registry.version("ctr", 1).await.unwrap();
+    assert_eq!(manifest.tags.get(CYCLE_TAG).map(String::as_str), Some("1"));
+    let report = &manifest.training.as_ref().unwrap().report;
+    assert_eq!(report["threads"], 1, "one thread per rank");
+
+    // A training launched by a loop that has lost the lease does not publish.
+    let (since, until) = (utc_hour(cycle.plan().unwrap().0.train.0), utc_hour(cycle.plan().unwrap().0.train.1));
+    let args = ["train", "--since", &since, "--until", &until, "--lease-holder", "a-loop-that-lost-it"];
+    let output = adrank(dir.path(), &args).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("not publishing: the retraining lease of `ctr` is no longer held by a-loop-that-lost-it"),
+        "{stderr}"
+    );
+    assert_eq!(registry.versions("ctr").await.unwrap().len(), 1);
 }

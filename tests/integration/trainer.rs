@@ -18,6 +18,7 @@ use adrank_trainer::{
     data::{LogWindow, RowStream, Window, push_row},
     evaluate::{EvalRequest, evaluate},
     model::{Architecture, Batch},
+    parallel::Parallel,
     publish::{PublishRequest, publish, warm_start},
     train::{TrainRequest, Trained, train},
 };
@@ -51,7 +52,7 @@ fn small(model: Architecture) -> TrainingConfig {
 }
 
 fn fit(data: &LogWindow, spec: &FeatureSpec, config: &TrainingConfig) -> Trained {
-    train(TrainRequest { data, spec, config, warm_start: None, progress: false }).unwrap()
+    train(TrainRequest { data, spec, config, warm_start: None, progress: false, parallel: Parallel::local() }).unwrap()
 }
 
 /// Rows of the held-out window as the trainer builds them.
@@ -84,7 +85,14 @@ async fn trained_models_export_to_onnx_with_parity_and_beat_a_constant() {
     let beyond = LogWindow::open(&location, beyond).await.unwrap();
     let (spec2, config) = (spec.clone(), TrainingConfig { epochs: 1, ..small(Architecture::Logistic) });
     let refused = tokio::task::spawn_blocking(move || {
-        train(TrainRequest { data: &beyond, spec: &spec2, config: &config, warm_start: None, progress: false })
+        train(TrainRequest {
+            data: &beyond,
+            spec: &spec2,
+            config: &config,
+            warm_start: None,
+            progress: false,
+            parallel: Parallel::local(),
+        })
     })
     .await
     .unwrap();

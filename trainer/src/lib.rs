@@ -4,6 +4,8 @@
 //! # Layout
 //!
 //! - [`checkpoint`]: model weights as bytes, for warm starts from a registry version.
+//! - [`collective`]: all-gather across ranks: one process, or OpenMPI (`mpirun`).
+//! - [`parallel`]: data shards and ranks: who reads what, and one global step from many.
 //! - [`config`]: the `[training]` section of `adrank.toml`.
 //! - [`data`]: a window of the Parquet training log as shuffled, transformed rows.
 //! - [`train`]: the training loop: epochs, validation, early stopping.
@@ -19,6 +21,7 @@
 //! - `rng`: the seeded generator behind initial weights and shuffling.
 
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod data;
 mod error;
@@ -27,6 +30,7 @@ pub mod metrics;
 pub mod model;
 pub mod onnx;
 pub mod optim;
+pub mod parallel;
 pub mod publish;
 pub mod retrain;
 mod rng;

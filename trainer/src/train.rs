@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Result, TrainingConfig,
-    data::{self, LogWindow, RowStream, Shuffler, Window},
+    data::{self, LogWindow, RowStream, Window},
     model::{Batch, Grads, InputShape, Model},
     optim::Optimizer,
+    parallel::{Parallel, ShardStream, Step, decode_sums, encode_sums},
     rng::Rng,
 };
 
@@ -30,6 +31,8 @@ pub struct TrainRequest<'a> {
     pub warm_start: Option<(Model, TransformStats)>,
     /// Draw a progress bar on the terminal.
     pub progress: bool,
+    /// The ranks and data shards ([`Parallel::local`]: this process, one stream).
+    pub parallel: Parallel<'a>,
 }
 
 /// A trained model with what it needs to be served and what happened.
@@ -79,8 +82,16 @@ pub fn train(request: TrainRequest<'_>) -> Result<Trained> {
     let (train_window, validation_window) =
         (Window { since_ms: window.since_ms, until_ms: split }, Window { since_ms: split, until_ms: window.until_ms });
     let threads = config.threads();
+    let parallel = request.parallel;
+    if parallel.shards < parallel.collective.size() {
+        return Err(crate::Error::Settings(format!(
+            "{} data shards cannot feed {} ranks; use at least as many shards as ranks",
+            parallel.shards,
+            parallel.collective.size()
+        )));
+    }
 
-    let scan = scan(request.data, train_window, config.stats_sample, config.seed)?;
+    let scan = scan(request.data, train_window, config, &parallel)?;
     if scan.examples == 0 {
         return Err(crate::Error::NoData { location: request.data.location().into(), window: train_window });
     }
@@ -118,34 +129,42 @@ pub fn train(request: TrainRequest<'_>) -> Result<Trained> {
     for epoch in 1..=config.epochs {
         let epoch_started = Instant::now();
         let bar = progress_bar(request.progress, scan.examples, epoch, config.epochs);
-        let mut shuffler = Shuffler::new(shape.clone(), config.shuffle_buffer, config.seed ^ u64::from(epoch));
-        let mut pending = Batch::default();
+        let buffer = config.shuffle_buffer.div_ceil(parallel.shards);
+        let mut streams: Vec<(usize, ShardStream)> = parallel
+            .owned()
+            .into_iter()
+            .map(|shard| {
+                let seed = parallel.seed(config.seed ^ u64::from(epoch), shard);
+                let data = request.data.shard(shard, parallel.shards);
+                (shard, ShardStream::new(&data, train_window, &transformer, &shape, (buffer, seed)))
+            })
+            .collect();
         let (mut loss, mut seen) = (0.0, 0u64);
-        let mut consume = |pending: &mut Batch, all: bool| {
-            let mut start = 0;
-            while pending.rows() - start >= config.batch_size || (all && start < pending.rows()) {
-                let end = (start + config.batch_size).min(pending.rows());
-                let (batch_loss, grads) = gradients(&model, pending, &shape, start..end, threads);
-                optimizer.apply(&mut model, &grads, end - start);
-                loss += batch_loss;
-                seen += (end - start) as u64;
-                bar.set_position(seen);
-                start = end;
+        loop {
+            let mut mine = Vec::with_capacity(streams.len());
+            for (shard, stream) in &mut streams {
+                let batch = stream.next_rows(parallel.share(config.batch_size, *shard))?;
+                if batch.rows() > 0 {
+                    let (loss, grads) = gradients(&model, &batch, &shape, 0..batch.rows(), threads);
+                    mine.push((*shard, Step { rows: batch.rows(), loss, grads }));
+                }
             }
-            let (f, d) = (shape.id_width(), shape.dense_width);
-            pending.ids.drain(..start * f);
-            pending.dense.drain(..start * d);
-            pending.labels.drain(..start);
-        };
-        for chunk in rows(request.data, train_window, &transformer) {
-            shuffler.push(&chunk?, &mut pending);
-            consume(&mut pending, false);
+            let mut steps = parallel.gather(mine, Step::encode, Step::decode).into_iter().map(|(_, step)| step);
+            let Some(mut total) = steps.next() else { break };
+            for step in steps {
+                total.rows += step.rows;
+                total.loss += step.loss;
+                total.grads.absorb(step.grads);
+            }
+            optimizer.apply(&mut model, &total.grads, total.rows);
+            die_if_asked(parallel.collective.rank());
+            loss += total.loss;
+            seen += total.rows as u64;
+            bar.set_position(seen);
         }
-        shuffler.drain(&mut pending);
-        consume(&mut pending, true);
         bar.finish_and_clear();
         let (validation_loss, validation_examples, validation_clicks) =
-            validate(&model, request.data, validation_window, &transformer, threads)?;
+            validate(&model, request.data, validation_window, &transformer, (threads, &parallel))?;
         if validation_examples == 0 {
             // A loss over nothing would be NaN: no version may be judged, or published, on it.
             // (The newest examples of a log wait for their attribution window to close.)
@@ -188,30 +207,52 @@ struct Scan {
     sample: Vec<RawFeatures>,
 }
 
-/// Reservoir sampling (Algorithm R), seeded: the same log gives the same sample.
-fn scan(data: &LogWindow, window: Window, capacity: usize, seed: u64) -> Result<Scan> {
-    let mut rng = Rng::new(seed ^ 0x5CA1);
-    let mut result = Scan { examples: 0, clicks: 0, sample: Vec::new() };
-    for chunk in RowStream::spawn(data, window, |examples| examples) {
-        for example in chunk? {
-            result.examples += 1;
-            result.clicks += u64::from(example.label());
-            let raw = data::raw_features(&example);
-            if result.sample.len() < capacity {
-                result.sample.push(raw);
-            } else {
-                let slot = rng.below(result.examples as usize);
-                if slot < capacity {
-                    result.sample[slot] = raw;
+/// Reservoir sampling (Algorithm R) per shard, seeded, `stats_sample / shards` each: the same
+/// log and shards give the same sample whichever rank reads which shard.
+fn scan(data: &LogWindow, window: Window, config: &TrainingConfig, parallel: &Parallel<'_>) -> Result<Scan> {
+    let capacity = config.stats_sample.div_ceil(parallel.shards);
+    let mut mine = Vec::new();
+    for shard in parallel.owned() {
+        let mut rng = Rng::new(parallel.seed(config.seed, shard) ^ 0x5CA1);
+        let mut result = Scan { examples: 0, clicks: 0, sample: Vec::new() };
+        for chunk in RowStream::spawn(&data.shard(shard, parallel.shards), window, |examples| examples) {
+            for example in chunk? {
+                result.examples += 1;
+                result.clicks += u64::from(example.label());
+                let raw = data::raw_features(&example);
+                if result.sample.len() < capacity {
+                    result.sample.push(raw);
+                } else {
+                    let slot = rng.below(result.examples as usize);
+                    if slot < capacity {
+                        result.sample[slot] = raw;
+                    }
                 }
             }
         }
+        mine.push((shard, result));
     }
-    Ok(result)
+    let encode = |scan: &Scan, out: &mut Vec<u8>| {
+        let json = serde_json::to_vec(&(scan.examples, scan.clicks, &scan.sample)).expect("samples serialise");
+        out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        out.extend_from_slice(&json);
+    };
+    let decode = |bytes: &[u8]| -> Option<(Scan, usize)> {
+        let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+        let (examples, clicks, sample) = serde_json::from_slice(bytes.get(8..8 + n)?).ok()?;
+        Some((Scan { examples, clicks, sample }, 8 + n))
+    };
+    let mut total = Scan { examples: 0, clicks: 0, sample: Vec::new() };
+    for (_, scan) in parallel.gather(mine, encode, decode) {
+        total.examples += scan.examples;
+        total.clicks += scan.clicks;
+        total.sample.extend(scan.sample);
+    }
+    Ok(total)
 }
 
 /// Transformed rows of a window, one chunk per log file.
-fn rows(data: &LogWindow, window: Window, transformer: &Arc<Transformer>) -> RowStream<Batch> {
+pub(crate) fn rows(data: &LogWindow, window: Window, transformer: &Arc<Transformer>) -> RowStream<Batch> {
     let transformer = Arc::clone(transformer);
     RowStream::spawn(data, window, move |examples| {
         let mut batch = Batch::default();
@@ -256,28 +297,50 @@ fn split(range: std::ops::Range<usize>, parts: usize) -> Vec<std::ops::Range<usi
     (0..parts).map(|p| range.start + p * n / parts..range.start + (p + 1) * n / parts).collect()
 }
 
-/// Mean log loss of a window, its examples and its clicks.
+/// Mean log loss of a window, its examples and its clicks: each shard summed on its own, the
+/// sums added in shard order.
 fn validate(
     model: &Model,
     data: &LogWindow,
     window: Window,
     transformer: &Arc<Transformer>,
-    threads: usize,
+    (threads, parallel): (usize, &Parallel<'_>),
 ) -> Result<(f64, u64, u64)> {
     let shape = model.input_shape();
+    let mut mine = Vec::new();
+    for shard in parallel.owned() {
+        let (mut loss, mut n, mut clicks) = (0.0, 0u64, 0u64);
+        for chunk in rows(&data.shard(shard, parallel.shards), window, transformer) {
+            let chunk = chunk?;
+            let shards = split(0..chunk.rows(), threads);
+            loss += std::thread::scope(|scope| {
+                let handles: Vec<_> =
+                    shards.iter().map(|s| scope.spawn(|| model.loss(chunk.view(&shape, s.clone())))).collect();
+                handles.into_iter().map(|h| h.join().expect("a validation thread panicked; this is a bug")).sum::<f64>()
+            });
+            n += chunk.rows() as u64;
+            clicks += chunk.labels.iter().filter(|&&y| y > 0.5).count() as u64;
+        }
+        mine.push((shard, (loss, n, clicks)));
+    }
     let (mut loss, mut n, mut clicks) = (0.0, 0u64, 0u64);
-    for chunk in rows(data, window, transformer) {
-        let chunk = chunk?;
-        let shards = split(0..chunk.rows(), threads);
-        loss += std::thread::scope(|scope| {
-            let handles: Vec<_> =
-                shards.iter().map(|s| scope.spawn(|| model.loss(chunk.view(&shape, s.clone())))).collect();
-            handles.into_iter().map(|h| h.join().expect("a validation thread panicked; this is a bug")).sum::<f64>()
-        });
-        n += chunk.rows() as u64;
-        clicks += chunk.labels.iter().filter(|&&y| y > 0.5).count() as u64;
+    for (_, (l, count, c)) in parallel.gather(mine, encode_sums, decode_sums) {
+        loss += l;
+        n += count;
+        clicks += c;
     }
     Ok((if n > 0 { loss / n as f64 } else { f64::NAN }, n, clicks))
+}
+
+/// A test hook: `ADRANK_TRAIN_DIE_RANK=<rank>` aborts that rank after its first step, as a
+/// crashed rank would, so that a test can see the whole run fail.
+fn die_if_asked(rank: usize) {
+    static DIE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let die = DIE.get_or_init(|| std::env::var("ADRANK_TRAIN_DIE_RANK").ok());
+    if die.as_deref().is_some_and(|r| r == rank.to_string()) {
+        eprintln!("rank {rank}: dying on purpose (ADRANK_TRAIN_DIE_RANK)");
+        std::process::abort();
+    }
 }
 
 fn progress_bar(show: bool, total: u64, epoch: u32, epochs: u32) -> ProgressBar {

@@ -67,6 +67,13 @@ impl LogWindow {
         Ok(Self { log, location: location.into(), files, window })
     }
 
+    /// Shard `index` of `count`: every `count`-th file from the `index`-th (disjoint, together
+    /// the whole window).
+    pub fn shard(&self, index: usize, count: usize) -> Self {
+        let files = self.files.iter().enumerate().filter(|(i, _)| i % count == index).map(|(_, f)| f.clone()).collect();
+        Self { files, ..self.clone() }
+    }
+
     pub fn files(&self) -> &[String] {
         &self.files
     }

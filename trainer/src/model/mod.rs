@@ -142,6 +142,57 @@ impl Grads {
         }
         self.sparse.append(other.sparse);
     }
+
+    /// Little-endian bytes, for the exchange between ranks (bit for bit: floats are copied).
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        let floats = |values: &[f32], out: &mut Vec<u8>| {
+            out.extend_from_slice(&(values.len() as u64).to_le_bytes());
+            values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        };
+        out.extend_from_slice(&(self.dense.len() as u64).to_le_bytes());
+        for tensor in &self.dense {
+            floats(tensor, out);
+        }
+        out.extend_from_slice(&(self.sparse.rows.len() as u64).to_le_bytes());
+        self.sparse.rows.iter().for_each(|r| out.extend_from_slice(&(*r as u64).to_le_bytes()));
+        floats(&self.sparse.values, out);
+    }
+
+    /// What [`Grads::encode`] wrote, and the bytes it took.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<(Self, usize)> {
+        let mut cursor = Cursor { bytes, at: 0 };
+        let tensors = cursor.count()?;
+        let mut dense = Vec::with_capacity(tensors);
+        for _ in 0..tensors {
+            let n = cursor.count()?;
+            dense.push(cursor.floats(n)?);
+        }
+        let n_rows = cursor.count()?;
+        let rows = (0..n_rows).map(|_| cursor.count()).collect::<Option<Vec<usize>>>()?;
+        let n_values = cursor.count()?;
+        let values = cursor.floats(n_values)?;
+        Some((Self { dense, sparse: SparseGrad { rows, values } }, cursor.at))
+    }
+}
+
+/// Reads what [`Grads::encode`] wrote.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn count(&mut self) -> Option<usize> {
+        let word = self.bytes.get(self.at..self.at + 8)?;
+        self.at += 8;
+        Some(u64::from_le_bytes(word.try_into().ok()?) as usize)
+    }
+
+    fn floats(&mut self, n: usize) -> Option<Vec<f32>> {
+        let raw = self.bytes.get(self.at..self.at.checked_add(n.checked_mul(4)?)?)?;
+        self.at += 4 * n;
+        Some(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+    }
 }
 
 impl Model {

@@ -27,6 +27,10 @@ pub struct RetrainConfig {
     /// this long. It is renewed every third of it, so it must be far above the clock skew
     /// between machines.
     pub lease_secs: u64,
+    /// Ranks the candidate trains on. 1 trains inside the loop's process (threads); more start
+    /// `adrank train --distributed` through `[training] mpi_launcher` with `-np <ranks>` (on
+    /// Kubernetes, a launcher that submits an MPIJob and waits for it).
+    pub ranks: u32,
     /// Attempts at a failing cycle (each resumes from its last completed step) before it is
     /// recorded as failed and the loop waits for the next trigger.
     pub max_attempts: u32,
@@ -44,6 +48,7 @@ impl Default for RetrainConfig {
             min_new_hours: 6,
             poll_secs: 30,
             lease_secs: 60,
+            ranks: 1,
             max_attempts: 3,
             gates: GatesConfig::default(),
         }
@@ -117,6 +122,9 @@ impl RetrainConfig {
         }
         if self.lease_secs < 3 {
             problem("lease_secs", format!("is {}; expected at least 3 (it is renewed every third)", self.lease_secs));
+        }
+        if self.ranks == 0 {
+            problem("ranks", "is 0; expected at least 1".into());
         }
         if self.max_attempts == 0 {
             problem("max_attempts", "is 0; expected at least 1".into());

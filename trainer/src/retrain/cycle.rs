@@ -23,6 +23,7 @@ use crate::{
     Error, Result, TrainingConfig,
     data::LogWindow,
     evaluate::{EvalRequest, evaluate},
+    parallel::Parallel,
     publish::{PublishRequest, publish, warm_start},
     train::{TrainRequest, train},
 };
@@ -48,6 +49,17 @@ pub struct CycleRequest<'a> {
     pub lease: &'a LeaseGuard,
     /// Who runs it (the lease holder), for the records and the audit log.
     pub by: &'a str,
+    /// How to start `adrank train --distributed` when `retrain.ranks` > 1.
+    pub launch: &'a Launch,
+}
+
+/// What a launched training needs: the adrank executable, its config file and the spec, so that
+/// every rank reads what the loop reads.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub exe: std::path::PathBuf,
+    pub config: Option<std::path::PathBuf>,
+    pub spec: std::path::PathBuf,
 }
 
 /// What one call of [`run_cycle`] did.
@@ -186,11 +198,29 @@ async fn train_step(request: &CycleRequest<'_>, cycle: &Cycle) -> Result<Outcome
         }
     };
     let parent = if warm.is_some() { production } else { None };
+    if request.retrain.ranks > 1 {
+        launch(request, cycle.id, plan, parent).await?;
+        let published = request.registry.versions(name).await?.into_iter().find(|m| m.tags.get(CYCLE_TAG) == Some(&id));
+        return match published {
+            Some(manifest) => Ok(train_outcome(&manifest, cold_start)),
+            None => Err(Error::Settings(format!(
+                "the launched training of cycle {} ended without publishing a version tagged {CYCLE_TAG}={id}",
+                cycle.id
+            ))),
+        };
+    }
     let data = LogWindow::open(request.log, plan.train_window()).await?;
     let trained = {
         let (spec, config) = (request.spec.clone(), request.training.clone());
         tokio::task::spawn_blocking(move || {
-            train(TrainRequest { data: &data, spec: &spec, config: &config, warm_start: warm, progress: false })
+            train(TrainRequest {
+                data: &data,
+                spec: &spec,
+                config: &config,
+                warm_start: warm,
+                progress: false,
+                parallel: Parallel::local(),
+            })
         })
         .await
         .map_err(|e| Error::Reader(format!("the training thread failed: {e}")))??
@@ -210,6 +240,41 @@ async fn train_step(request: &CycleRequest<'_>, cycle: &Cycle) -> Result<Outcome
     )
     .await?;
     Ok(train_outcome(&manifest, cold_start))
+}
+
+/// Trains on `retrain.ranks` ranks through `[training] mpi_launcher`: `<launcher> -np <ranks>
+/// adrank train --distributed …`, tagged with the cycle and fenced by this loop's lease.
+async fn launch(request: &CycleRequest<'_>, cycle: u64, plan: super::windows::Plan, parent: Option<u64>) -> Result<()> {
+    let mut words = request.training.mpi_launcher.split_whitespace();
+    let program = words.next().ok_or_else(|| Error::Settings("[training] mpi_launcher is empty".into()))?;
+    let mut command = tokio::process::Command::new(program);
+    command.args(words).args(["-np", &request.retrain.ranks.to_string()]).arg(&request.launch.exe);
+    if let Some(config) = &request.launch.config {
+        command.arg("--config").arg(config);
+    }
+    command
+        .args(["train", "--distributed", "--name", &request.retrain.model, "--training-log", request.log])
+        .args(["--since", &utc_hour(plan.train.0), "--until", &utc_hour(plan.train.1)])
+        .arg("--spec")
+        .arg(&request.launch.spec)
+        .args(["--reason", &format!("retrain cycle {cycle}"), "--tag", &format!("{CYCLE_TAG}={cycle}")])
+        .args(["--lease-holder", request.by])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(parent) = parent {
+        command.args(["--parent", &parent.to_string()]);
+    }
+    tracing::info!(cycle, ranks = request.retrain.ranks, launcher = %request.training.mpi_launcher, "launching distributed training");
+    let status = command
+        .status()
+        .await
+        .map_err(|e| Error::Io { action: format!("starting the training launcher `{program}`"), source: e })?;
+    if !status.success() {
+        return Err(Error::Settings(format!(
+            "the distributed training of cycle {cycle} failed ({status}); the cycle retries the train step"
+        )));
+    }
+    Ok(())
 }
 
 fn train_outcome(manifest: &Manifest, cold_start: Option<String>) -> Outcome {

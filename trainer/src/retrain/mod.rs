@@ -20,7 +20,7 @@ pub mod runner;
 pub mod windows;
 
 pub use config::{GatesConfig, RetrainConfig};
-pub use cycle::{CANDIDATE, CYCLE_TAG, CycleOutcome};
+pub use cycle::{CANDIDATE, CYCLE_TAG, CycleOutcome, Launch};
 pub use gates::{Decision, Verdict};
 pub use records::{Cycle, Outcome, Step, StepRecord, cycles};
 pub use runner::{LoopSummary, Retrainer};

@@ -9,7 +9,7 @@ use adrank_registry::{LeaseRecord, OrtConfig, Registry};
 
 use super::{
     RetrainConfig,
-    cycle::{CycleOutcome, CycleRequest, fail_cycle, run_cycle},
+    cycle::{CycleOutcome, CycleRequest, Launch, fail_cycle, run_cycle},
     lease::LeaseGuard,
     records::{self, Cycle},
     windows::final_hours,
@@ -32,6 +32,8 @@ pub struct Retrainer {
     pub promote: bool,
     /// This process's name as a lease holder.
     pub holder: String,
+    /// How to start distributed training (`retrain.ranks` > 1).
+    pub launch: Launch,
 }
 
 /// What a loop did before it stopped.
@@ -176,6 +178,7 @@ impl Retrainer {
             promote: self.promote,
             lease,
             by: &self.holder,
+            launch: &self.launch,
         }
     }
 }
