@@ -20,7 +20,7 @@ TANSU_VERSION=0.6.0
 ORT_DIR=$ROOT/.adrank/onnxruntime
 TANSU=$CACHE/tansu-$TANSU_VERSION/bin/tansu
 APT_PACKAGES=(cmake pkg-config libcurl4-openssl-dev libssl-dev zlib1g-dev libclang-dev
-              openmpi-bin libopenmpi-dev redis-server python3 python3-pip g++ make)
+              openmpi-bin libopenmpi-dev redis-server python3 python3-pip python3-venv g++ make)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -86,6 +86,15 @@ setup_gpu() {
     say "            (CUDA 13 and cuDNN 9 libraries on LD_LIBRARY_PATH)"
 }
 
+# Python tools the tests use, in their own virtual environment: kubernetes-validate checks the
+# manifests under deploy/ against Kubernetes' schemas.
+setup_tools() {
+    [ -x "$ROOT/.adrank/tools/bin/kubernetes-validate" ] && return
+    say "installing kubernetes-validate into .adrank/tools"
+    python3 -m venv "$ROOT/.adrank/tools"
+    "$ROOT/.adrank/tools/bin/pip" install --quiet "kubernetes-validate==1.37.0"
+}
+
 setup_tansu() {
     [ -x "$TANSU" ] && return
     say "building the tansu $TANSU_VERSION broker into $CACHE (once per machine, about 10 minutes on 2 cores)"
@@ -97,6 +106,7 @@ setup() {
     setup_apt
     setup_rust
     setup_onnxruntime
+    setup_tools
     setup_tansu
 }
 

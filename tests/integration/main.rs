@@ -5,6 +5,7 @@ mod batcher;
 mod cli_config;
 mod closed_loop;
 mod demo;
+mod deploy;
 mod distributed;
 mod generator;
 mod ingest;

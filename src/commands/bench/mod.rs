@@ -8,6 +8,7 @@ mod model;
 mod reads;
 mod serve;
 mod stack;
+mod train;
 
 use std::process::ExitCode;
 
@@ -40,6 +41,9 @@ enum Command {
     /// saturation vs raw ONNX Runtime; latency at half saturation with its breakdown; version
     /// swaps under load; shedding at twice saturation; memory over load/unload cycles.
     Serve(serve::Args),
+    /// Training throughput: N MPI ranks beside one rank reading the same shards (one thread
+    /// each: the same model bit for bit), pair by pair on simulated history.
+    Train(train::Args),
     /// The least a ranking server does per request (`bench serve` runs it).
     #[command(hide = true)]
     FloorServer(floor::Args),
@@ -51,6 +55,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
         Command::Loadgen(args) => loadgen::run_command(args).await,
         Command::Model(args) => model::run(args, loaded).await,
         Command::Serve(args) => serve::run_command(args, loaded).await,
+        Command::Train(args) => train::run(args, loaded).await,
         Command::FloorServer(args) => floor::run(args, loaded).await,
     }
 }

@@ -17,6 +17,11 @@ pub(crate) struct Args {
     /// The training log to write (default: `ingest.training_log`).
     #[arg(long, value_name = "LOCATION")]
     training_log: Option<String>,
+    /// Continue a log that already holds history: the world first replays (unlogged) up to the
+    /// log's newest hour, then writes `--days` more after it. Impressions that were still
+    /// waiting for their attribution window when the earlier run ended are not written.
+    #[arg(long = "continue")]
+    continue_log: bool,
 }
 
 pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
@@ -26,8 +31,25 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     }
     let location = args.training_log.unwrap_or_else(|| config.ingest.training_log.clone());
     let log = TrainingLog::open(&location)?;
+    let span = adrank_trainer::data::log_span(&location).await?;
+    if let Some(span) = span
+        && !args.continue_log
+    {
+        bail!(
+            "the training log at {location} already holds history ({} .. {} UTC); the world starts at its \
+             beginning, so these hours would be written twice: pass --continue to add days after them, or \
+             write to a new --training-log",
+            utc_hour(span.since_ms),
+            utc_hour(span.until_ms)
+        );
+    }
     eprintln!("building the world ({} users, {} ads) …", config.world.users, config.world.ads);
     let mut world = super::world(loaded);
+    if let Some(span) = span {
+        let days = (span.until_ms - world.now_ms()) as f64 / 86_400_000.0;
+        eprintln!("replaying {days:.2} days the log already holds …");
+        world.replay_baseline_days(days);
+    }
     let options = HistoryOptions {
         days: args.days,
         attribution_window_ms: config.ingest.attribution_window_secs as i64 * 1000,

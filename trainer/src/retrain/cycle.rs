@@ -98,6 +98,12 @@ pub async fn run_cycle(request: &CycleRequest<'_>) -> Result<CycleOutcome> {
             Step::Gate => {
                 let report = cycle.report().expect("the evaluate step precedes the gate step; this is a bug");
                 let verdict = judge(report, &request.retrain.gates);
+                tracing::info!(
+                    cycle = cycle.id,
+                    decision = %verdict.decision,
+                    reasons = %verdict.reasons.join("; "),
+                    "retraining gates applied"
+                );
                 let version = cycle.version().expect("the train step precedes the gate step; this is a bug");
                 let json = serde_json::to_vec_pretty(&verdict).expect("verdicts serialise; this is a bug");
                 request.registry.put_report(name, version, "retrain-decision", json).await?;
@@ -239,6 +245,7 @@ async fn train_step(request: &CycleRequest<'_>, cycle: &Cycle) -> Result<Outcome
         },
     )
     .await?;
+    tracing::info!(cycle = cycle.id, version = manifest.version, parent, "candidate published (no alias yet)");
     Ok(train_outcome(&manifest, cold_start))
 }
 
@@ -313,6 +320,7 @@ async fn evaluate_step(request: &CycleRequest<'_>, cycle: &Cycle) -> Result<Outc
     .await?;
     let json = serde_json::to_vec_pretty(&report).expect("reports serialise; this is a bug");
     request.registry.put_report(name, version, "retrain-eval", json).await?;
+    tracing::info!(cycle = cycle.id, version, figures = %headline(&report), "candidate evaluated against production");
     Ok(Outcome::Evaluate { report })
 }
 
