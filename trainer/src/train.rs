@@ -145,7 +145,11 @@ pub fn train(request: TrainRequest<'_>) -> Result<Trained> {
             for (shard, stream) in &mut streams {
                 let batch = stream.next_rows(parallel.share(config.batch_size, *shard))?;
                 if batch.rows() > 0 {
-                    let (loss, grads) = gradients(&model, &batch, &shape, 0..batch.rows(), threads);
+                    let (loss, mut grads) = gradients(&model, &batch, &shape, 0..batch.rows(), threads);
+                    // Each embedding row once per shard: less to exchange and for every rank to
+                    // sort. One shard's update is unchanged; with more, a row's gradient is summed
+                    // shard by shard, the same way on any number of ranks.
+                    grads.sparse = grads.sparse.merged(model.embeddings().dim);
                     mine.push((*shard, Step { rows: batch.rows(), loss, grads }));
                 }
             }
