@@ -169,15 +169,20 @@ impl Lease {
             let theirs = self.registry.record::<LeaseRecord>(&self.name, &kind, &key).await?;
             return Err(self.held_by(&theirs.unwrap_or(next)));
         }
+        // Ours from here on, whatever the checks below find out.
+        self.current = next.clone();
         let keys = self.registry.record_keys(&self.name, &kind).await?;
         if keys.last() != Some(&key) {
             let newest = self.registry.newest_lease(&self.name, &self.what).await?;
             return Err(self.held_by(&newest.unwrap_or(next)));
         }
+        // Pruning is housekeeping: a failure leaves a longer sequence, not a lost lease.
         for old in keys.iter().filter(|k| k.parse::<u64>().is_ok_and(|s| s + KEEP < next.seq)) {
-            self.registry.delete_record(&self.name, &kind, old).await?;
+            if let Err(e) = self.registry.delete_record(&self.name, &kind, old).await {
+                tracing::warn!(error = %e, record = %old, "could not prune an old lease record");
+                break;
+            }
         }
-        self.current = next;
         Ok(())
     }
 }

@@ -116,7 +116,15 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
         // MPI calls stay on this thread (initialised here, serialised).
         let trained = tokio::task::block_in_place(|| {
             train(TrainRequest { data: &data, spec: &spec, config: &training, warm_start: warm, progress, parallel })
-        })?;
+        });
+        let trained = match trained {
+            Ok(trained) => trained,
+            Err(e) => {
+                // The other ranks wait in the next exchange: end them all, not only this one.
+                eprintln!("error: rank {rank}: {e}; ending every rank");
+                mpi.abort(1)
+            }
+        };
         if rank != 0 {
             eprintln!("rank {rank}: trained; rank 0 publishes");
             return Ok(ExitCode::SUCCESS);

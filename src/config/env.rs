@@ -6,9 +6,15 @@
 //! needs no quotes.
 
 /// Variables with the `ADRANK_` prefix that are not overrides.
-/// (The last two are test hooks: docs/trainer.md.)
-const NOT_OVERRIDES: [&str; 5] =
-    ["ADRANK_CONFIG", "ADRANK_LOG", "ADRANK_CACHE_DIR", "ADRANK_RETRAIN_STALL", "ADRANK_TRAIN_DIE_RANK"];
+/// (The last three are test hooks: docs/trainer.md.)
+const NOT_OVERRIDES: [&str; 6] = [
+    "ADRANK_CONFIG",
+    "ADRANK_LOG",
+    "ADRANK_CACHE_DIR",
+    "ADRANK_RETRAIN_STALL",
+    "ADRANK_TRAIN_DIE_RANK",
+    "ADRANK_TRAIN_FAIL_RANK",
+];
 
 /// One override taken from the environment.
 #[derive(Debug, Clone, PartialEq)]

@@ -129,10 +129,19 @@ wide = true
         assert!((p - q).abs() <= 1e-4, "{what}: {p} vs {q}");
     }
 
-    // A rank that dies fails the run: nothing is published.
-    let mut dying = train(2, &["--reason", "dies"]);
-    dying.env("ADRANK_TRAIN_DIE_RANK", "1");
-    let (ok, text) = run(dying).await;
-    assert!(!ok, "a run with a dead rank must fail:\n{text}");
-    assert_eq!(registry.versions("ctr").await.unwrap().len(), 2, "nothing published:\n{text}");
+    // A rank that dies, or whose training fails, fails the run (none left waiting in an
+    // exchange): nothing is published.
+    for (hook, rank) in
+        [("ADRANK_TRAIN_DIE_RANK", "1"), ("ADRANK_TRAIN_FAIL_RANK", "0"), ("ADRANK_TRAIN_FAIL_RANK", "1")]
+    {
+        let mut failing = train(2, &["--reason", "fails"]);
+        failing.env(hook, rank);
+        let (ok, text) = tokio::time::timeout(std::time::Duration::from_secs(300), run(failing))
+            .await
+            .unwrap_or_else(|_| panic!("{hook}={rank}: the run hung"));
+        assert!(!ok, "{hook}={rank}: the run must fail:\n{text}");
+        let told = if hook == "ADRANK_TRAIN_FAIL_RANK" { "ending every rank" } else { "dying on purpose" };
+        assert!(text.contains(told), "{hook}={rank}: {told:?} missing:\n{text}");
+        assert_eq!(registry.versions("ctr").await.unwrap().len(), 2, "{hook}={rank}: nothing published:\n{text}");
+    }
 }

@@ -1,6 +1,7 @@
 //! Collectives for data-parallel training: every rank contributes bytes and every rank gets every
 //! rank's bytes, in rank order. The trainer sums what it gathers in shard order itself, so a
-//! model trained on N ranks is the model trained on one rank that reads the same shards.
+//! model trained on N ranks is the model trained on one rank that reads the same shards (with the
+//! same number of gradient threads per rank: threads split a shard's rows and sum in their order).
 //!
 //! [`Local`] is one process (nothing to exchange); [`Mpi`] is OpenMPI through the `mpi` crate
 //! (`mpirun -np N adrank train --distributed`): one `MPI_Allgather` of the sizes, then one
@@ -63,6 +64,15 @@ impl Mpi {
     }
 }
 
+impl Mpi {
+    /// Ends every rank of the job (MPI_Abort): a rank that fails must not leave the others
+    /// waiting in a collective it will never join.
+    pub fn abort(&self, code: i32) -> ! {
+        use mpi::traits::Communicator as _;
+        self.world.abort(code)
+    }
+}
+
 impl Collective for Mpi {
     fn rank(&self) -> usize {
         self.world.rank() as usize
@@ -79,14 +89,14 @@ impl Collective for Mpi {
         send.push(1u8);
         send.extend_from_slice(mine);
         let size = self.size();
-        let length = i32::try_from(send.len()).expect("one rank's contribution fits in 2 GiB; this is a bug");
+        let length = i32::try_from(send.len()).expect("one rank's contribution is above MPI's 2 GiB of counts");
         let mut lengths = vec![0i32; size];
         self.world.all_gather_into(&length, &mut lengths[..]);
         let displacements: Vec<i32> = lengths
             .iter()
             .scan(0i32, |offset, &n| {
                 let at = *offset;
-                *offset += n;
+                *offset = offset.checked_add(n).expect("one exchange over all ranks is above MPI's 2 GiB of counts");
                 Some(at)
             })
             .collect();

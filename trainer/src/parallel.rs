@@ -4,7 +4,8 @@
 //! from every shard; each rank computes its shards' gradients, the ranks exchange them (dense
 //! tensors and the embedding rows the batch touched) and everyone sums them in shard order and
 //! applies the same update. So the model depends on `shards`, never on how many ranks share
-//! them: one rank reading two shards trains the model two ranks train.
+//! them: one rank reading two shards trains the model two ranks train (given the same gradient
+//! threads per rank; the retraining loop launches one per rank).
 
 use std::sync::Arc;
 

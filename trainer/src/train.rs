@@ -161,7 +161,7 @@ pub fn train(request: TrainRequest<'_>) -> Result<Trained> {
                 total.grads.absorb(step.grads);
             }
             optimizer.apply(&mut model, &total.grads, total.rows);
-            die_if_asked(parallel.collective.rank());
+            fault_if_asked(parallel.collective.rank())?;
             loss += total.loss;
             seen += total.rows as u64;
             bar.set_position(seen);
@@ -336,15 +336,22 @@ fn validate(
     Ok((if n > 0 { loss / n as f64 } else { f64::NAN }, n, clicks))
 }
 
-/// A test hook: `ADRANK_TRAIN_DIE_RANK=<rank>` aborts that rank after its first step, as a
-/// crashed rank would, so that a test can see the whole run fail.
-fn die_if_asked(rank: usize) {
-    static DIE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let die = DIE.get_or_init(|| std::env::var("ADRANK_TRAIN_DIE_RANK").ok());
-    if die.as_deref().is_some_and(|r| r == rank.to_string()) {
+/// Test hooks, after a rank's first step: `ADRANK_TRAIN_DIE_RANK=<rank>` aborts that rank, as a
+/// crashed rank would; `ADRANK_TRAIN_FAIL_RANK=<rank>` makes its training return an error, as a
+/// log it cannot read would. Tests check that either way the whole run fails, and none hangs.
+fn fault_if_asked(rank: usize) -> Result<()> {
+    static HOOKS: std::sync::OnceLock<[Option<String>; 2]> = std::sync::OnceLock::new();
+    let [die, fail] = HOOKS
+        .get_or_init(|| [std::env::var("ADRANK_TRAIN_DIE_RANK").ok(), std::env::var("ADRANK_TRAIN_FAIL_RANK").ok()]);
+    let me = rank.to_string();
+    if die.as_deref() == Some(&me) {
         eprintln!("rank {rank}: dying on purpose (ADRANK_TRAIN_DIE_RANK)");
         std::process::abort();
     }
+    if fail.as_deref() == Some(&me) {
+        return Err(crate::Error::Settings(format!("rank {rank} fails on purpose (ADRANK_TRAIN_FAIL_RANK)")));
+    }
+    Ok(())
 }
 
 fn progress_bar(show: bool, total: u64, epoch: u32, epochs: u32) -> ProgressBar {

@@ -140,7 +140,13 @@ pub async fn run_cycle(request: &CycleRequest<'_>) -> Result<CycleOutcome> {
 
 /// Ends an unfinished cycle as failed (after its attempts ran out), so the next trigger starts
 /// a new one.
-pub async fn fail_cycle(registry: &Registry, name: &str, by: &str, error: &str) -> Result<Option<u64>> {
+pub async fn fail_cycle(
+    registry: &Registry,
+    (name, by): (&str, &str),
+    lease: &LeaseGuard,
+    error: &str,
+) -> Result<Option<u64>> {
+    lease.check().await?;
     let Some(cycle) = records::newest(registry, name).await?.filter(|c| !c.is_done()) else { return Ok(None) };
     let now = now_ms();
     let record = StepRecord {
@@ -231,6 +237,8 @@ async fn train_step(request: &CycleRequest<'_>, cycle: &Cycle) -> Result<Outcome
         .await
         .map_err(|e| Error::Reader(format!("the training thread failed: {e}")))??
     };
+    // Training can outlast a lease that failed to renew: publish only while still holding it.
+    request.lease.check().await?;
     let manifest = publish(
         request.registry,
         &trained,
@@ -260,7 +268,9 @@ async fn launch(request: &CycleRequest<'_>, cycle: u64, plan: super::windows::Pl
         command.arg("--config").arg(config);
     }
     command
-        .args(["train", "--distributed", "--name", &request.retrain.model, "--training-log", request.log])
+        // One gradient thread per rank: the model then depends on the shards alone.
+        .args(["train", "--distributed", "--threads", "1", "--name", &request.retrain.model])
+        .args(["--training-log", request.log])
         .args(["--since", &utc_hour(plan.train.0), "--until", &utc_hour(plan.train.1)])
         .arg("--spec")
         .arg(&request.launch.spec)

@@ -71,11 +71,20 @@ impl LeaseGuard {
             async move {
                 loop {
                     tokio::time::sleep(period(ttl)).await;
-                    if let Err(e) = lease.lock().await.renew().await {
-                        tracing::error!(error = %e, "lost the retraining lease; the cycle stops before its next step");
-                        *lost.lock().expect("the lease flag is never poisoned") = Some(e.to_string());
-                        return;
-                    }
+                    let mut held = lease.lock().await;
+                    let reason = match held.renew().await {
+                        Ok(()) => continue,
+                        Err(e @ adrank_registry::Error::LeaseHeld { .. }) => e.to_string(),
+                        // A store error: try again until the lease would have expired.
+                        Err(e) if adrank_contracts::events::now_ms() < held.expires_at_ms() => {
+                            tracing::warn!(error = %e, "could not renew the retraining lease; trying again");
+                            continue;
+                        }
+                        Err(e) => format!("it expired while renewals failed: {e}"),
+                    };
+                    tracing::error!(reason = %reason, "lost the retraining lease; the cycle stops before its next step");
+                    *lost.lock().expect("the lease flag is never poisoned") = Some(reason);
+                    return;
                 }
             }
         });
@@ -87,8 +96,11 @@ impl LeaseGuard {
         if let Some(reason) = self.lost.lock().expect("the lease flag is never poisoned").clone() {
             return Err(Error::LeaseLost(reason));
         }
-        self.lease.lock().await.check().await?;
-        Ok(())
+        match self.lease.lock().await.check().await {
+            Ok(()) => Ok(()),
+            Err(e @ adrank_registry::Error::LeaseHeld { .. }) => Err(Error::LeaseLost(e.to_string())),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Lets the lease go so that a waiting loop need not wait for its expiry.

@@ -50,8 +50,7 @@ impl Retrainer {
         let guard = self.take_lease(None).await?;
         let request = self.request(&guard);
         let outcome = run_cycle(&request).await;
-        guard.release().await?;
-        crate::metrics::lease_held(false);
+        release(guard).await;
         outcome
     }
 
@@ -69,8 +68,7 @@ impl Retrainer {
             () = &mut shutdown => return Ok(LoopSummary::default()),
         };
         let result = self.cycles(&guard, max_cycles, &mut shutdown).await;
-        guard.release().await?;
-        crate::metrics::lease_held(false);
+        release(guard).await;
         result
     }
 
@@ -107,10 +105,8 @@ impl Retrainer {
                             crate::metrics::attempt_failed();
                             tracing::warn!(attempt = attempts, error = %e, "a retraining cycle failed; it resumes from its last step");
                             if attempts >= self.retrain.max_attempts {
-                                let by = &self.holder;
-                                if let Some(id) =
-                                    fail_cycle(&self.registry, &self.retrain.model, by, &e.to_string()).await?
-                                {
+                                let who = (self.retrain.model.as_str(), self.holder.as_str());
+                                if let Some(id) = fail_cycle(&self.registry, who, guard, &e.to_string()).await? {
                                     tracing::error!(cycle = id, attempts, error = %e, "retraining cycle failed for good");
                                     summary.cycles += 1;
                                 }
@@ -181,4 +177,13 @@ impl Retrainer {
             launch: &self.launch,
         }
     }
+}
+
+/// Lets the lease go; a failure only delays the next holder (until expiry), so it is logged, not
+/// returned in place of the cycle's own result.
+async fn release(guard: LeaseGuard) {
+    if let Err(e) = guard.release().await {
+        tracing::warn!(error = %e, "could not release the retraining lease; it expires on its own");
+    }
+    crate::metrics::lease_held(false);
 }

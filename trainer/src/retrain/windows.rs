@@ -5,7 +5,9 @@
 //! So a partition that has written an example of hour `H` will write nothing older than `H`
 //! again, and every hour before the oldest of the partitions' newest hours is final. This needs
 //! no clock (simulated history and compressed time work alike); a partition that stops writing
-//! holds the final hours back, which the cycle reports rather than train on a partial hour.
+//! holds the final hours back, which the cycle reports rather than train on a partial hour. A
+//! partition that has never written an example does not hold anything back (it may be one that
+//! has no traffic): its first examples, if they come, could still fall into a final hour.
 
 use adrank_contracts::training_log::{TrainingLog, parse_utc, utc_hour};
 
