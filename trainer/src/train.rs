@@ -203,6 +203,36 @@ pub fn train(request: TrainRequest<'_>) -> Result<Trained> {
     Ok(Trained { model, stats, report })
 }
 
+/// One epoch over rows already in memory, in a seeded random order, one thread: the trainer's own
+/// arithmetic (gathering each batch's rows, forward, backward, optimiser) without reading the log,
+/// for comparing with another framework on the same rows (`adrank bench train --pytorch`).
+/// Returns the model and the epoch's seconds.
+pub fn epoch_in_memory(config: &TrainingConfig, shape: &InputShape, rows: &Batch) -> (Model, f64) {
+    let n = rows.rows();
+    let base_rate = rows.labels.iter().map(|&y| f64::from(y)).sum::<f64>() / n.max(1) as f64;
+    let mut model = Model::new(&config.model, shape, base_rate, config.seed);
+    let mut optimizer = Optimizer::new(config.optimizer_config(), &model);
+    let mut rng = Rng::new(config.seed);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let (f, d) = (shape.id_width(), shape.dense_width);
+    let mut batch = Batch::default();
+    let started = Instant::now();
+    for chunk in order.chunks(config.batch_size.max(1)) {
+        batch.clear();
+        for &r in chunk {
+            batch.ids.extend_from_slice(&rows.ids[r * f..(r + 1) * f]);
+            batch.dense.extend_from_slice(&rows.dense[r * d..(r + 1) * d]);
+            batch.labels.push(rows.labels[r]);
+        }
+        let (_, grads) = model.loss_and_grads(batch.view(shape, 0..chunk.len()));
+        optimizer.apply(&mut model, &grads, chunk.len());
+    }
+    (model, started.elapsed().as_secs_f64())
+}
+
 /// What one pass over the training window learns before training: its size and a uniform
 /// sample of raw records for the transform statistics.
 struct Scan {

@@ -224,12 +224,26 @@ async fn against_pytorch(
     };
     let theirs = median(torch_runs.iter().filter_map(|r| r["examples_per_second"].as_f64()).collect());
     let ours = median(adrank.to_vec());
+    // adrank's own arithmetic on the same rows in memory, as many times.
+    let mut in_memory = Vec::new();
+    for _ in 0..adrank.len() {
+        let (rows, shape, config) = (batch.clone(), shape.clone(), config.clone());
+        let seconds =
+            tokio::task::spawn_blocking(move || adrank_trainer::train::epoch_in_memory(&config, &shape, &rows).1)
+                .await
+                .context("the in-memory epoch failed")?;
+        eprintln!("adrank, rows in memory: {:.0} examples/s", batch.rows() as f64 / seconds);
+        in_memory.push(batch.rows() as f64 / seconds);
+    }
+    let ours_in_memory = median(in_memory.clone());
     println!(
         "DLRM training, one thread: adrank {ours:.0} examples/s (median of its one-rank runs, reading Parquet, \
-         validation included) vs PyTorch {} {theirs:.0} examples/s (median of {} runs, rows in memory): {:.2}x",
+         validation included), {ours_in_memory:.0} examples/s on the rows in memory, vs PyTorch {} {theirs:.0} \
+         examples/s (median of {} runs, rows in memory): {:.2}x, {:.2}x in memory",
         torch_runs[0]["torch"].as_str().unwrap_or("?"),
         torch_runs.len(),
-        ours / theirs
+        ours / theirs,
+        ours_in_memory / theirs
     );
     Ok(
         serde_json::json!({ "pytorch": torch_runs, "adrank_examples_per_second": ours, "pytorch_examples_per_second": theirs, "ratio": ours / theirs }),
