@@ -67,6 +67,13 @@ pub(crate) struct Args {
     tags: Vec<(String, String)>,
 }
 
+/// One line to stderr in one write: mpirun merges the ranks' output, and a line written in
+/// pieces would interleave with another rank's.
+fn say(line: String) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().lock().write_all(format!("{line}\n").as_bytes());
+}
+
 fn parse_tag(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
@@ -112,7 +119,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
         let mpi = Mpi::init().context("MPI was initialised twice in this process")?;
         let (rank, ranks) = (mpi.rank(), mpi.size());
         let parallel = Parallel { collective: &mpi, shards: args.shards.unwrap_or(ranks) };
-        eprintln!("rank {rank} of {ranks}: shards {:?} of {}", parallel.owned(), parallel.shards);
+        say(format!("rank {rank} of {ranks}: shards {:?} of {}", parallel.owned(), parallel.shards));
         // MPI calls stay on this thread (initialised here, serialised).
         let trained = tokio::task::block_in_place(|| {
             train(TrainRequest { data: &data, spec: &spec, config: &training, warm_start: warm, progress, parallel })
@@ -121,12 +128,12 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
             Ok(trained) => trained,
             Err(e) => {
                 // The other ranks wait in the next exchange: end them all, not only this one.
-                eprintln!("error: rank {rank}: {e}; ending every rank");
+                say(format!("error: rank {rank}: {e}; ending every rank"));
                 mpi.abort(1)
             }
         };
         if rank != 0 {
-            eprintln!("rank {rank}: trained; rank 0 publishes");
+            say(format!("rank {rank}: trained; rank 0 publishes"));
             return Ok(ExitCode::SUCCESS);
         }
         trained
