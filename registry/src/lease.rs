@@ -32,6 +32,11 @@ impl LeaseRecord {
     fn is_free(&self, now_ms: i64) -> bool {
         self.released || now_ms >= self.expires_at_ms
     }
+
+    /// Whether `holder` holds it now (not released, not expired).
+    pub fn is_held_by(&self, holder: &str) -> bool {
+        self.holder == holder && !self.is_free(crate::now_ms())
+    }
 }
 
 /// A held lease. Renew it well within its TTL; check it before a side effect that only the

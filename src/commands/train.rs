@@ -158,9 +158,8 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     };
     if let Some(holder) = &args.lease_holder {
         let lease = registry.newest_lease(&args.name, adrank_trainer::retrain::lease::WHAT).await?;
-        let now = adrank_contracts::events::now_ms();
         match lease {
-            Some(l) if &l.holder == holder && !l.released && now < l.expires_at_ms => {}
+            Some(l) if l.is_held_by(holder) => {}
             other => anyhow::bail!(
                 "not publishing: the retraining lease of `{}` is no longer held by {holder} (now: {}); the loop that \
                  holds it trains this cycle again",

@@ -230,6 +230,11 @@ fn random_token() -> u32 {
     xxhash_rust::xxh3::xxh3_64(&[nanos.to_le_bytes(), u64::from(std::process::id()).to_le_bytes()].concat()) as u32
 }
 
+/// The event hour (ms) of a data file path, `hour=YYYY-MM-DDTHH/…`.
+pub fn file_hour(file: &str) -> Option<i64> {
+    parse_utc(file.strip_prefix("hour=")?.split('/').next()?)
+}
+
 /// `YYYY-MM-DDTHH` of a UTC time in milliseconds (proleptic Gregorian calendar).
 pub fn utc_hour(ms: i64) -> String {
     let hours = ms.div_euclid(3_600_000);

@@ -70,20 +70,18 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     let (since, until) = (utc_hour(summary.start_ms), utc_hour(summary.end_ms));
     eprintln!("{} examples of simulated history, {since} .. {until} UTC", summary.examples);
     let launcher = args.launcher.clone().unwrap_or_else(|| config.training.mpi_launcher.clone());
-    let exe = std::env::current_exe()?;
+    let launch = adrank_trainer::retrain::Launch {
+        exe: std::env::current_exe()?,
+        config: loaded.file.clone(),
+        spec: args.spec.clone(),
+    };
     let mut runs = Vec::new();
     let mut train_window = None;
     for round in 1..=args.rounds {
         let order = if round % 2 == 1 { [1, args.ranks] } else { [args.ranks, 1] };
         for ranks in order {
             let report = dir.path().join(format!("report-{round}-{ranks}.json"));
-            let mut words = launcher.split_whitespace();
-            let program = words.next().context("the launcher is empty")?;
-            let mut command = tokio::process::Command::new(program);
-            command.args(words).args(["-np", &ranks.to_string()]).arg(&exe);
-            if let Some(file) = &loaded.file {
-                command.arg("--config").arg(file);
-            }
+            let mut command = launch.command(&launcher, ranks)?;
             command
                 .args(["train", "--distributed", "--threads", "1", "--shards", &args.ranks.to_string()])
                 .args(["--epochs", &args.epochs.to_string(), "--name", "bench"])
@@ -92,7 +90,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
                 .arg(&report)
                 .env("ADRANK_REGISTRY__LOCATION", dir.path().join("registry"))
                 .stdout(std::process::Stdio::null());
-            let status = command.status().await.with_context(|| format!("cannot start {program}"))?;
+            let status = command.status().await.with_context(|| format!("cannot start `{launcher}`"))?;
             if !status.success() {
                 bail!("the {ranks}-rank training run failed ({status})");
             }

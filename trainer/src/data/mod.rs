@@ -47,11 +47,7 @@ pub struct LogWindow {
 /// `None` for an empty log.
 pub async fn log_span(location: &str) -> Result<Option<Window>> {
     let commits = TrainingLog::open(location)?.all_commits().await?;
-    let hours = commits
-        .iter()
-        .flat_map(|c| &c.files)
-        .filter_map(|f| f.strip_prefix("hour=")?.split('/').next())
-        .filter_map(adrank_contracts::training_log::parse_utc);
+    let hours = commits.iter().flat_map(|c| &c.files).filter_map(|f| adrank_contracts::training_log::file_hour(f));
     let (first, last) = hours.fold((None::<i64>, None::<i64>), |(lo, hi), h| {
         (Some(lo.map_or(h, |l| l.min(h))), Some(hi.map_or(h, |x| x.max(h))))
     });

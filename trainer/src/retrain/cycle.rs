@@ -62,6 +62,20 @@ pub struct Launch {
     pub spec: std::path::PathBuf,
 }
 
+impl Launch {
+    /// `<launcher words> -np <ranks> <exe> [--config <file>]`, for the caller to add the command.
+    pub fn command(&self, launcher: &str, ranks: usize) -> Result<tokio::process::Command> {
+        let mut words = launcher.split_whitespace();
+        let program = words.next().ok_or_else(|| Error::Settings("the MPI launcher command is empty".into()))?;
+        let mut command = tokio::process::Command::new(program);
+        command.args(words).args(["-np", &ranks.to_string()]).arg(&self.exe);
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        Ok(command)
+    }
+}
+
 /// What one call of [`run_cycle`] did.
 #[derive(Debug)]
 pub enum CycleOutcome {
@@ -260,13 +274,8 @@ async fn train_step(request: &CycleRequest<'_>, cycle: &Cycle) -> Result<Outcome
 /// Trains on `retrain.ranks` ranks through `[training] mpi_launcher`: `<launcher> -np <ranks>
 /// adrank train --distributed …`, tagged with the cycle and fenced by this loop's lease.
 async fn launch(request: &CycleRequest<'_>, cycle: u64, plan: super::windows::Plan, parent: Option<u64>) -> Result<()> {
-    let mut words = request.training.mpi_launcher.split_whitespace();
-    let program = words.next().ok_or_else(|| Error::Settings("[training] mpi_launcher is empty".into()))?;
-    let mut command = tokio::process::Command::new(program);
-    command.args(words).args(["-np", &request.retrain.ranks.to_string()]).arg(&request.launch.exe);
-    if let Some(config) = &request.launch.config {
-        command.arg("--config").arg(config);
-    }
+    let program = request.training.mpi_launcher.split_whitespace().next().unwrap_or_default().to_string();
+    let mut command = request.launch.command(&request.training.mpi_launcher, request.retrain.ranks as usize)?;
     command
         // One gradient thread per rank: the model then depends on the shards alone.
         .args(["train", "--distributed", "--threads", "1", "--name", &request.retrain.model])

@@ -9,7 +9,7 @@
 //! partition that has never written an example does not hold anything back (it may be one that
 //! has no traffic): its first examples, if they come, could still fall into a final hour.
 
-use adrank_contracts::training_log::{TrainingLog, parse_utc, utc_hour};
+use adrank_contracts::training_log::{TrainingLog, file_hour, utc_hour};
 
 use crate::{Result, data::Window};
 
@@ -38,7 +38,7 @@ pub async fn final_hours(location: &str) -> Result<Option<FinalHours>> {
     let mut newest: std::collections::BTreeMap<i32, i64> = Default::default();
     let mut first: Option<i64> = None;
     for commit in &commits {
-        for hour in commit.files.iter().filter_map(|f| parse_utc(f.strip_prefix("hour=")?.split('/').next()?)) {
+        for hour in commit.files.iter().filter_map(|f| file_hour(f)) {
             let entry = newest.entry(commit.partition).or_insert(hour);
             *entry = (*entry).max(hour);
             first = Some(first.map_or(hour, |f| f.min(hour)));
