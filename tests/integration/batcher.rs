@@ -44,9 +44,8 @@ async fn concurrent_jobs_merge_into_runs_that_score_like_single_runs() {
     let batcher = Batcher::spawn(session(), config);
     let deadline = Instant::now() + Duration::from_secs(120);
     // The batcher is work-conserving: an idle model runs each job at once. A big job first keeps
-    // the model busy, so the small ones arrive while it runs and must merge. Its size and the
-    // pause before the small jobs leave a wide margin on a loaded machine (100k rows and 20 ms
-    // once let the small jobs reach an idle model in CI).
+    // the model busy, so the small ones arrive while it runs and must merge; its size and the
+    // pause before the small jobs leave a wide margin on a loaded machine.
     let blocker = {
         let batcher = batcher.clone();
         tokio::spawn(async move { batcher.score(rows(400_000, 99), deadline).await })
