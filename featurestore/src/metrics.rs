@@ -14,6 +14,7 @@ pub const WRITE_SECONDS: &str = "adrank_ingest_redis_write_seconds";
 pub const FRESHNESS_SECONDS: &str = "adrank_ingest_freshness_seconds";
 pub const LATE_CLICKS: &str = "adrank_ingest_late_clicks_total";
 pub const ORPHAN_CLICKS: &str = "adrank_ingest_orphan_clicks_total";
+pub const RETRIED_CLICKS: &str = "adrank_ingest_retried_clicks_total";
 pub const EXAMPLES: &str = "adrank_training_log_examples_total";
 pub const LOG_COMMITS: &str = "adrank_training_log_commits_total";
 pub const FENCED: &str = "adrank_ingest_fenced_batches_total";
@@ -29,6 +30,7 @@ pub fn describe() {
     describe_histogram!(FRESHNESS_SECONDS, "From an event's time to its effect being visible in Redis.");
     describe_counter!(LATE_CLICKS, "Clicks that arrived after their impression's attribution window closed.");
     describe_counter!(ORPHAN_CLICKS, "Clicks whose impression never arrived.");
+    describe_counter!(RETRIED_CLICKS, "Clicks whose click id had already been counted: not counted again.");
     describe_counter!(EXAMPLES, "Training examples committed to the Parquet log, by label.");
     describe_counter!(LOG_COMMITS, "Training-log commits (Parquet files plus checkpoint).");
     describe_counter!(FENCED, "Partition batches refused because another ingester moved the watermark.");
@@ -51,6 +53,12 @@ pub(crate) fn online_missing(missing: Missing) {
 
 pub(crate) fn applied(topic: &str, events: usize) {
     counter!(EVENTS, "topic" => topic.to_string()).increment(events as u64);
+}
+
+pub(crate) fn retried_clicks(n: i64) {
+    if n > 0 {
+        counter!(RETRIED_CLICKS).increment(n as u64);
+    }
 }
 
 pub(crate) fn dead_letter(topic: &str, reason: &'static str) {

@@ -243,6 +243,38 @@ async fn examples_keep_the_features_logged_at_serving_time() {
     assert!(fixture.dir.path().join("log").is_dir());
 }
 
+/// A client's retried click (the same click id) counts once in the online counters and in the
+/// example's click count, also when the retry comes after a restart: the first ingester stops
+/// with the impression's window still open, the second replays it from the log's checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_click_counts_once_across_a_restart() {
+    let fixture = Fixture::new().await;
+    let topics = &fixture.broker.config.topics;
+    let shown = impression("i1", "u1", T0, RawFeatures::new());
+    let first = click(&shown, T0 + 1_000);
+    fixture.event(&topics.impressions.name, &shown).await;
+    fixture.event(&topics.clicks.name, &first).await;
+    fixture.event(&topics.clicks.name, &Click { event_time_ms: T0 + 1_200, ..first.clone() }).await;
+    let totals = fixture.ingest_until_idle().await;
+    assert_eq!(totals.examples, 0, "the window is still open: {totals:?}");
+
+    fixture.event(&topics.clicks.name, &Click { event_time_ms: T0 + 2_000, ..first.clone() }).await;
+    fixture.event(&topics.clicks.name, &click(&shown, T0 + 3_000)).await;
+    // Past the window and its lateness: closes i1's window (and is late itself).
+    fixture.event(&topics.clicks.name, &click(&shown, T0 + 200_000)).await;
+    let totals = fixture.ingest_until_idle().await;
+    assert_eq!(totals.examples, 1, "{totals:?}");
+
+    let log = TrainingLog::open(&fixture.ingest.training_log).unwrap();
+    let examples = log.read(&log.all_commits().await.unwrap()).await.unwrap();
+    assert_eq!(examples.len(), 1);
+    assert_eq!(examples[0].clicks, 2, "the first click and the distinct one, each once");
+    let reader = Reader::connect(&fixture.redis.config).await.unwrap();
+    let now = reader.fetch("u1", &[], T0 + 300_000).await.unwrap();
+    // The first click, the distinct one and the late one: three click ids.
+    assert_eq!(now.user.get("user_clicks_1h"), Some(&RawValue::Num(3.0)));
+}
+
 /// Another member's log commit can land where this member's was to go: a member the group took
 /// the partition from finishes the commit it had started after this one loaded the partition.
 /// This member's commit then loses, and it must read the partition again from the winner's

@@ -440,3 +440,40 @@ async fn a_big_read_keeps_every_entity_in_its_place() {
         }
     }
 }
+
+/// A retried click (its click id again: in the same batch, a later one, another partition's)
+/// counts once for its user, ad and advertiser; a distinct click still counts. The id's mark
+/// lasts the writer's dedup span.
+#[tokio::test]
+async fn a_retried_click_counts_once() {
+    let redis = TestRedis::new().await;
+    let (writer, prefix) = one_impression_applied(&redis.config).await;
+    let mut writer = writer.dedup_clicks_for(60_000);
+    let shown = impression("i", "u", "a", "v", T0);
+    let first = click(&shown, T0 + 1_000);
+    let retried = |time: i64| Click { event_time_ms: time, ..first.clone() };
+    let mut updates = Updates::default();
+    updates.click(&prefix, &first);
+    updates.click(&prefix, &retried(T0 + 1_500));
+    updates.click(&prefix, &Click::on(&shown, "c-other".into(), T0 + 2_000));
+    assert_eq!(apply(&mut writer, 0, Some(1), 4, &updates).await, Outcome::Applied);
+    let mut later = Updates::default();
+    later.click(&prefix, &retried(T0 + 3_600_000));
+    let batches = [
+        PartitionBatch { topic: "t", partition: 0, expected: Some(4), next: 5, updates: &later },
+        PartitionBatch { topic: "t", partition: 1, expected: None, next: 1, updates: &later },
+    ];
+    assert_eq!(writer.apply(&batches).await.unwrap(), [Outcome::Applied, Outcome::Applied]);
+
+    let reader = Reader::connect(&redis.config).await.unwrap();
+    let fetched = reader.fetch("u", &[AdRef { ad_id: "a", advertiser_id: "v" }], T0 + 2 * 3_600_000).await.unwrap();
+    let ad = &fetched.ads[0].record();
+    let counted = [num(&fetched.user, "user_clicks_7d"), num(ad, "ad_clicks_7d"), num(ad, "advertiser_clicks_7d")];
+    assert_eq!(counted, [Some(2.0); 3], "two distinct click ids");
+    assert_eq!(num(&fetched.user, "user_impressions_7d"), Some(1.0));
+
+    let mut connection = adrank_featurestore::online::connect(&redis.config).await.unwrap();
+    let key = format!("{prefix}click:{}", first.click_id);
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut connection).await.unwrap();
+    assert!((1..=60_000).contains(&ttl), "PTTL {ttl}");
+}

@@ -9,7 +9,9 @@
 //! impression*. That is what makes a replay after a crash produce the same examples.
 //!
 //! Clicks read before their impression wait for it; clicks for impressions already written are
-//! *late*, clicks whose impression never shows up are *orphans*; both are counted.
+//! *late*, clicks whose impression never shows up are *orphans*; both are counted. A click whose
+//! `click_id` the impression has already counted (a client's retry) counts nothing: the replay
+//! from a checkpoint reads every click a waiting impression counted, so it decides the same.
 //!
 //! [`Checkpoint`] is what a crash-safe restart needs: where to replay each topic from and which
 //! impressions past that point were already written. The replay rebuilds the rest, including
@@ -64,6 +66,8 @@ struct Pending {
     first_click_ms: Option<i64>,
     /// The oldest click offset attached, for the checkpoint's click replay point.
     first_click_offset: Option<i64>,
+    /// The ids of the clicks counted: a retry of one counts nothing.
+    click_ids: Vec<String>,
 }
 
 /// Joins one partition pair. Feed it every message of both partitions in offset order (per
@@ -78,8 +82,8 @@ pub struct Joiner {
     /// (unboxed, ~3 KB of memmove per closed impression, 3% of the ingester's CPU).
     pending: BTreeMap<(i64, i64), Box<Pending>>,
     pending_ids: HashMap<String, (i64, i64)>,
-    /// Clicks read before their impression, by (event time, offset) -> impression id.
-    early: BTreeMap<(i64, i64), String>,
+    /// Clicks read before their impression, by (event time, offset) -> (impression id, click id).
+    early: BTreeMap<(i64, i64), (String, String)>,
     early_ids: HashMap<String, Vec<(i64, i64)>>,
     /// Recently written impressions (id -> event time), to tell late clicks from orphans.
     written_ids: HashMap<String, i64>,
@@ -147,11 +151,19 @@ impl Joiner {
         }
         let time = impression.event_time_ms;
         self.impression_max_ms = Some(self.impression_max_ms.map_or(time, |m| m.max(time)));
-        let mut pending = Pending { impression, offset, clicks: 0, first_click_ms: None, first_click_offset: None };
+        let mut pending = Pending {
+            impression,
+            offset,
+            clicks: 0,
+            first_click_ms: None,
+            first_click_offset: None,
+            click_ids: Vec::new(),
+        };
         if let Some(clicks) = self.early_ids.remove(&pending.impression.impression_id) {
             for (click_time, click_offset) in clicks {
-                self.early.remove(&(click_time, click_offset));
-                self.attach(&mut pending, click_time, click_offset, click_offset < self.restored.clicks_next);
+                let Some((_, click_id)) = self.early.remove(&(click_time, click_offset)) else { continue };
+                let click = (click_time, click_offset, click_id);
+                self.attach(&mut pending, click, click_offset < self.restored.clicks_next);
             }
         }
         self.pending_ids.insert(pending.impression.impression_id.clone(), (time, offset));
@@ -172,21 +184,31 @@ impl Joiner {
         let replayed = offset < self.restored.clicks_next;
         if let Some(&key) = self.pending_ids.get(&click.impression_id) {
             let mut pending = self.pending.remove(&key).expect("pending_ids mirrors pending; this is a bug");
-            self.attach(&mut pending, time, offset, replayed);
+            self.attach(&mut pending, (time, offset, click.click_id.clone()), replayed);
             self.pending.insert(key, pending);
         } else if self.written_ids.contains_key(&click.impression_id) {
             if !replayed {
                 self.late += 1;
             }
         } else {
-            self.early.insert((time, offset), click.impression_id.clone());
+            self.early.insert((time, offset), (click.impression_id.clone(), click.click_id.clone()));
             self.early_ids.entry(click.impression_id.clone()).or_default().push((time, offset));
         }
         self.advance();
     }
 
-    fn attach(&mut self, pending: &mut Pending, click_time: i64, click_offset: i64, replayed: bool) {
+    /// Counts a click (time, offset, click id) for a waiting impression.
+    fn attach(
+        &mut self,
+        pending: &mut Pending,
+        (click_time, click_offset, click_id): (i64, i64, String),
+        replayed: bool,
+    ) {
+        if pending.click_ids.contains(&click_id) {
+            return; // a retry of a click counted already
+        }
         if click_time <= pending.impression.event_time_ms + self.window_ms {
+            pending.click_ids.push(click_id);
             pending.clicks += 1;
             pending.first_click_ms = Some(pending.first_click_ms.map_or(click_time, |t| t.min(click_time)));
             pending.first_click_offset = Some(pending.first_click_offset.map_or(click_offset, |o| o.min(click_offset)));
@@ -224,7 +246,7 @@ impl Joiner {
                 if time >= watermark {
                     break;
                 }
-                let id = entry.remove();
+                let (id, _) = entry.remove();
                 if let Some(held) = self.early_ids.get_mut(&id) {
                     held.retain(|&c| c != (time, offset));
                     if held.is_empty() {

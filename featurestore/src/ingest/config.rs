@@ -67,6 +67,12 @@ impl IngestConfig {
         (self.attribution_window_secs as i64).saturating_mul(1000)
     }
 
+    /// How long the online store remembers a counted click id: a retried click counts once
+    /// within the attribution window and its lateness.
+    pub fn click_dedup_ms(&self) -> i64 {
+        self.window_ms().saturating_add(self.lateness_ms())
+    }
+
     /// The allowed lateness in milliseconds.
     pub fn lateness_ms(&self) -> i64 {
         (self.allowed_lateness_secs as i64).saturating_mul(1000)

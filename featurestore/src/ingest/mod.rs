@@ -29,10 +29,11 @@
 
 mod config;
 mod dead_letter;
+mod partition;
 mod round;
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     future::Future,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -153,23 +154,6 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-/// One topic partition's progress.
-#[derive(Debug)]
-struct PartitionState {
-    /// The Redis watermark: the next offset whose effect is not yet in Redis.
-    applied: Option<i64>,
-    /// The watermark the latest apply still in flight leaves, if any: what the next batch
-    /// expects.
-    queued: Option<i64>,
-    /// Which load of the partition this state is: outcomes of batches sent for an earlier one
-    /// tell nothing about it.
-    load: u64,
-    /// The next offset this member expects to read.
-    next: i64,
-    /// The offset last committed to Kafka.
-    kafka_committed: Option<i64>,
-}
-
 /// One partition pair's training-log state.
 #[derive(Debug)]
 struct LogState {
@@ -191,21 +175,15 @@ pub struct Ingester {
     config: IngestConfig,
     topics: HashMap<String, Kind>,
     names: [String; 4],
-    partitions: HashMap<(Kind, i32), PartitionState>,
+    /// Where each partition's events stand in Redis (a partition pair's log is in `logs`).
+    progress: partition::Progress,
     logs: HashMap<i32, LogState>,
-    /// Partitions forgotten while still assigned (a fence, or another member's log commit in
-    /// the place of this one's), to be loaded afresh at the next round whether or not it reads
-    /// their messages: the consumer's position is past what they still need, and a partition
-    /// that has gone quiet sends nothing that would bring them back.
-    reload: BTreeSet<(Kind, i32)>,
     /// Log commits started for partitions since forgotten or taken away: awaited before such a
     /// partition's log is loaded again, so that a commit which lands is read there, not met
     /// later as another member's.
     abandoned_commits: HashMap<i32, tokio::task::JoinHandle<Result<Commit>>>,
     /// The last round's apply, while Redis runs it.
     in_flight: VecDeque<round::InFlight>,
-    /// Partition loads so far, numbering [`PartitionState::load`].
-    loads: u64,
     totals: Totals,
 }
 
@@ -218,7 +196,7 @@ impl std::fmt::Debug for Ingester {
 impl Ingester {
     /// Connects to Redis, opens the training log and joins the consumer group.
     pub async fn new(kafka_config: &KafkaConfig, redis: &RedisConfig, config: &IngestConfig) -> Result<Self> {
-        let writer = Writer::connect(redis).await?;
+        let writer = Writer::connect(redis).await?.dedup_clicks_for(config.click_dedup_ms());
         let log = TrainingLog::open(&config.training_log)?;
         let dead_letters = DeadLetters::new(kafka_config)?;
         let consumer: StreamConsumer<GroupContext> = kafka::client_config(kafka_config)
@@ -253,12 +231,10 @@ impl Ingester {
             config: config.clone(),
             topics: names.iter().cloned().zip(kinds).collect(),
             names,
-            partitions: HashMap::new(),
+            progress: partition::Progress::default(),
             logs: HashMap::new(),
-            reload: BTreeSet::new(),
             abandoned_commits: HashMap::new(),
             in_flight: VecDeque::new(),
-            loads: 0,
             totals: Totals::default(),
         })
     }
@@ -284,7 +260,7 @@ impl Ingester {
             // Idleness counts only while partitions are held: joining the group, or a
             // rebalance, may take a while. A partition this round loads again is read again.
             if !batch.is_empty()
-                || !self.reload.is_empty()
+                || self.progress.loading()
                 || !self.consumer.context().assigned.load(std::sync::atomic::Ordering::Relaxed)
             {
                 last_message = Instant::now();
@@ -301,7 +277,7 @@ impl Ingester {
             // checkpoint before this member may leave.
             if idle
                 && self.in_flight.is_empty()
-                && self.reload.is_empty()
+                && !self.progress.loading()
                 && self.logs.values().all(|l| l.joiner.closed() == 0)
             {
                 break Ok(());
@@ -332,8 +308,7 @@ impl Ingester {
         let revoked: HashSet<(Kind, i32)> =
             revoked.into_iter().filter_map(|(topic, p)| Some((*self.topics.get(&topic)?, p))).collect();
         for &(kind, partition) in &revoked {
-            self.reload.remove(&(kind, partition));
-            self.partitions.remove(&(kind, partition));
+            self.progress.revoke((kind, partition));
             if matches!(kind, Kind::Impressions | Kind::Clicks) {
                 self.drop_log(partition);
             }
@@ -358,20 +333,10 @@ impl Ingester {
 
     /// Commits Kafka offsets: per partition, the lowest offset Redis or the log still needs.
     fn commit_offsets(&mut self) {
+        let changed = self.progress.offsets_to_commit(|key| log_needs(&self.logs, key));
         let mut list = TopicPartitionList::new();
-        let mut changed = Vec::new();
-        for (&(kind, partition), state) in &self.partitions {
-            let Some(applied) = state.applied else { continue };
-            let log = self.logs.get(&partition).map(|l| &l.committed);
-            let needed = match (kind, log) {
-                (Kind::Impressions, Some(c)) => applied.min(c.impressions_resume),
-                (Kind::Clicks, Some(c)) => applied.min(c.clicks_resume),
-                _ => applied,
-            };
-            if state.kafka_committed != Some(needed) {
-                let _ = list.add_partition_offset(self.topic(kind), partition, Offset::Offset(needed));
-                changed.push(((kind, partition), needed));
-            }
+        for &((kind, partition), offset) in &changed {
+            let _ = list.add_partition_offset(self.topic(kind), partition, Offset::Offset(offset));
         }
         if list.count() == 0 {
             return;
@@ -380,14 +345,23 @@ impl Ingester {
         // truth, so a lost commit only means a longer replay.
         match self.consumer.commit(&list, CommitMode::Async) {
             Ok(()) => {
-                for (key, needed) in changed {
-                    if let Some(state) = self.partitions.get_mut(&key) {
-                        state.kafka_committed = Some(needed);
-                    }
+                for (key, offset) in changed {
+                    self.progress.committed(key, offset);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "committing Kafka offsets failed; will retry"),
         }
+    }
+}
+
+/// The oldest offset of a partition the training log still needs (none for the topics it does
+/// not read, or before its pair's log is loaded).
+fn log_needs(logs: &HashMap<i32, LogState>, (kind, partition): partition::Key) -> Option<i64> {
+    let log = &logs.get(&partition)?.committed;
+    match kind {
+        Kind::Impressions => Some(log.impressions_resume),
+        Kind::Clicks => Some(log.clicks_resume),
+        Kind::Users | Kind::Ads => None,
     }
 }
 

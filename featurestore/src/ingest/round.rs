@@ -7,7 +7,10 @@ use std::{
 
 use rdkafka::{Message as _, message::BorrowedMessage};
 
-use super::{Ingester, Kind, LogState, PartitionState, Refusal};
+use super::{
+    Ingester, Kind, LogState, Refusal,
+    partition::{Read as Progress, Send, Settled},
+};
 use crate::{
     Error, Result, metrics,
     online::{Outcome, PartitionBatch, Updates},
@@ -94,9 +97,7 @@ pub(super) struct InFlight {
 struct PendingBatch {
     kind: Kind,
     partition: i32,
-    next: i64,
-    /// The partition's load the batch was sent for.
-    load: u64,
+    sent: Send,
     events: usize,
     event_times: Vec<i64>,
 }
@@ -129,13 +130,12 @@ impl Ingester {
             if sought.contains(&(kind, partition)) {
                 continue;
             }
-            let Some(state) = self.partitions.get_mut(&(kind, partition)) else { continue };
-            if offset < state.next {
-                continue;
-            }
-            state.next = offset + 1;
-            // Below the watermark, Redis (and the dead-letter topic) already have this event.
-            let apply = state.applied.is_none_or(|applied| offset >= applied);
+            let apply = match self.progress.read((kind, partition), offset) {
+                Progress::Skip => continue,
+                // Below the watermark, Redis (and the dead-letter topic) already have this event.
+                Progress::Held => false,
+                Progress::New => true,
+            };
             let share = shares.entry((kind, partition)).or_default();
             let joiner = self.logs.get_mut(&partition).map(|l| &mut l.joiner);
             let source = (message.topic(), partition, offset);
@@ -194,16 +194,7 @@ impl Ingester {
     /// and returns the partition so this round skips its messages (they come again).
     async fn load(&mut self, batch: &[(Kind, BorrowedMessage<'_>)]) -> Result<HashSet<(Kind, i32)>> {
         // The first offset this round read of each, if any.
-        let mut first: BTreeMap<(Kind, i32), Option<i64>> = BTreeMap::new();
-        for (kind, message) in batch {
-            let key = (*kind, message.partition());
-            if !self.partitions.contains_key(&key) {
-                first.entry(key).or_insert(Some(message.offset()));
-            }
-        }
-        for key in std::mem::take(&mut self.reload) {
-            first.entry(key).or_insert(None);
-        }
+        let first = self.progress.to_load(batch.iter().map(|(kind, m)| ((*kind, m.partition()), m.offset())));
         let mut sought = HashSet::new();
         if first.is_empty() {
             return Ok(sought);
@@ -217,33 +208,20 @@ impl Ingester {
             }
         }
         for (&(kind, partition), applied) in keys.iter().zip(watermarks) {
-            let log = self.logs.get(&partition).map(|l| &l.committed);
-            let log_needs = match (kind, log) {
-                (Kind::Impressions, Some(c)) => c.impressions_resume,
-                (Kind::Clicks, Some(c)) => c.clicks_resume,
-                _ => i64::MAX,
-            };
-            // None: Redis holds nothing of this partition, so it needs the partition from its
-            // beginning.
-            let needed = applied.map(|a| a.min(log_needs));
+            let log_needs = super::log_needs(&self.logs, (kind, partition));
             let first_read = first[&(kind, partition)];
-            // Without a message read (a forgotten partition), the consumer's position is
-            // unknown, and likely past `needed`: seek in any case.
-            let behind = first_read.is_none_or(|read| needed.is_none_or(|n| n < read) && read > 0);
-            if behind {
-                self.seek(kind, partition, needed)?;
+            if let Some(to) = self.progress.loaded((kind, partition), applied, log_needs, first_read) {
+                self.seek(kind, partition, to)?;
                 sought.insert((kind, partition));
             }
-            tracing::info!(topic = self.topic(kind), partition, ?applied, ?needed, ?first_read, "partition assigned");
-            self.loads += 1;
-            let state = PartitionState {
-                applied,
-                queued: None,
-                load: self.loads,
-                next: needed.unwrap_or(0),
-                kafka_committed: None,
-            };
-            self.partitions.insert((kind, partition), state);
+            tracing::info!(
+                topic = self.topic(kind),
+                partition,
+                ?applied,
+                ?log_needs,
+                ?first_read,
+                "partition assigned"
+            );
         }
         Ok(sought)
     }
@@ -298,8 +276,7 @@ impl Ingester {
 
     /// Forgets one partition, to be loaded afresh at the next round.
     fn forget(&mut self, kind: Kind, partition: i32) {
-        self.partitions.remove(&(kind, partition));
-        self.reload.insert((kind, partition));
+        self.progress.forget((kind, partition));
     }
 
     /// Starts applying every partition's share in one round trip, in a task of its own, so
@@ -314,22 +291,17 @@ impl Ingester {
         let mut batches = Vec::new();
         let mut pending = Vec::new();
         for ((kind, partition), share) in shares {
-            // A partition fenced while this round was decoded is gone: its share goes with it.
-            let Some(state) = self.partitions.get_mut(&(kind, partition)) else { continue };
-            let expected = state.queued.or(state.applied);
-            if expected.is_some_and(|expected| expected >= state.next) {
-                continue; // a replay of what Redis already holds
-            }
-            state.queued = Some(state.next);
+            // None for a partition fenced while this round was decoded (its share goes with it),
+            // or a replay of what Redis already holds.
+            let Some(sent) = self.progress.send((kind, partition)) else { continue };
             pending.push(PendingBatch {
                 kind,
                 partition,
-                next: state.next,
-                load: state.load,
+                sent,
                 events: share.updates.events(),
                 event_times: share.event_times,
             });
-            batches.push((self.names[kind as usize].clone(), partition, expected, state.next, share.updates));
+            batches.push((self.names[kind as usize].clone(), partition, sent.expected, sent.next, share.updates));
         }
         if batches.is_empty() {
             return;
@@ -374,40 +346,30 @@ impl Ingester {
 
     /// Records one batch's outcome.
     fn record(&mut self, batch: PendingBatch, outcome: Outcome, applied_ms: i64) {
-        let PendingBatch { kind, partition, next, load, events, event_times } = batch;
-        // The batch was sent for the partition's current load (not one since forgotten or
-        // taken away).
-        let current = self.partitions.get(&(kind, partition)).is_some_and(|state| state.load == load);
-        match outcome {
-            Outcome::Applied => {
-                // Watermarks only move forward. The partition may have been revoked and
-                // assigned again meanwhile, its state loaded afresh from a watermark read
-                // before or after this apply landed: either way the later one holds.
-                if let Some(state) = self.partitions.get_mut(&(kind, partition)) {
-                    state.applied = state.applied.max(Some(next));
-                    if current && state.queued == Some(next) {
-                        state.queued = None; // no later batch of it in flight
-                    }
-                }
+        let PendingBatch { kind, partition, sent, events, event_times } = batch;
+        match self.progress.settle((kind, partition), sent, &outcome) {
+            Settled::Applied | Settled::Stale { applied: true } => {
+                // A stale batch's events are in Redis too (its load was forgotten after it was
+                // sent): they count, though they move nothing here.
                 self.totals.applied[kind as usize] += events as u64;
                 metrics::applied(self.topic(kind), events);
                 for time in event_times {
                     metrics::freshness_seconds((applied_ms - time).max(0) as f64 / 1000.0);
                 }
             }
-            Outcome::Fenced { current: stored } => {
+            // A fence of an earlier load says nothing about this one: a fenced batch changed
+            // nothing, and this load read the watermark from Redis itself.
+            Settled::Stale { applied: false } => {
                 metrics::fenced(self.topic(kind));
                 self.totals.fenced += 1;
-                // A fence of an earlier load says nothing about this one: a fenced batch
-                // changed nothing, and this load read the watermark from Redis itself (if
-                // another member moved it since, this load's own batches are fenced too).
-                if !current {
-                    return;
-                }
+            }
+            Settled::Fenced => {
+                metrics::fenced(self.topic(kind));
+                self.totals.fenced += 1;
                 tracing::warn!(
                     topic = self.topic(kind),
                     partition,
-                    ?stored,
+                    ?outcome,
                     "another ingester moved this partition's watermark; reloading it"
                 );
                 match kind {

@@ -22,9 +22,10 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
 /// The settings of every adrank producer: the client settings plus Java's key partitioner, so
 /// that a key lands in the same partition whichever client (Java or librdkafka) produced it.
 /// That is what puts an impression and its clicks, both keyed by the impression id, in the same
-/// partition of their two equally partitioned topics.
+/// partition of their two equally partitioned topics. Idempotent: the broker drops the
+/// duplicates of a batch the producer resent after a lost acknowledgement (and keeps order).
 pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = client_config(config);
-    client.set("partitioner", "murmur2_random");
+    client.set("partitioner", "murmur2_random").set("enable.idempotence", "true");
     client
 }

@@ -6,17 +6,24 @@
 -- attributes whole with what the writer encoded.
 --
 -- KEYS[1]        the offsets hash
--- KEYS[2..]      entity records: counter updates first, then attribute updates
+-- KEYS[2..]      entity records: counter updates first, then attribute updates; then one
+--                click-id mark per click
 -- ARGV[1]        number of partitions P, then P x (offsets field, expected watermark ('' =
 --                none), next watermark)
--- then           TTL (ms), number of counter updates, number of attribute updates
+-- then           TTL (ms), number of counter updates, number of attribute updates, number of
+--                clicks, how long a click-id mark lasts (ms)
 -- then per counter update:   one binary argument, little-endian: seen_ms (f64), n (u32), then
 --                            n x (finest bucket index, impressions, clicks) (u32 each), the
 --                            buckets ascending (numbers as text cost Redis a strtod each)
 -- then per attribute update: event_ms, created (0|1), the encoded attributes
--- Returns {1} when applied; {0, position, current, …} listing the partitions (0-based) whose
--- stored watermark is not the expected one, in which case nothing is applied. A key that holds
--- something other than a record of this layout is an error, also before anything is written.
+-- then per click:            one binary argument, little-endian u32s: the positions (1-based)
+--                            of its user's, ad's and advertiser's counter updates, its bucket
+-- Every click is in its entities' counter updates already; one whose click id is marked (a
+-- retry) is taken back out of them, the others are marked.
+-- Returns {1, retried clicks} when applied; {0, position, current, …} listing the partitions
+-- (0-based) whose stored watermark is not the expected one, in which case nothing is applied. A
+-- key that holds something other than a record of this layout is an error, also before anything
+-- is written.
 
 local partitions = tonumber(ARGV[1])
 local fenced = {0}
@@ -34,7 +41,9 @@ end
 local a = 2 + 3 * partitions
 local ttl = tonumber(ARGV[a])
 local counters, attributes = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-a = a + 3
+local clicks, click_ttl = tonumber(ARGV[a + 3]), ARGV[a + 4]
+a = a + 5
+local entity_keys = 1 + counters + attributes
 
 local FORMAT = __FORMAT__
 local HAS_SEEN, HAS_CREATED, HAS_UPDATED, HAS_EXPIRES = __FLAGS__
@@ -58,7 +67,7 @@ local header_last = tostring(rings_end - 1)
 -- written once however many updates it had. Only the header and rings are read: the
 -- attributes are replaced whole or left where they are.
 local entities, order = {}, {}
-for i = 2, #KEYS do
+for i = 2, entity_keys do
   local key = KEYS[i]
   if entities[key] == nil then
     -- '' when the key does not exist: a record is never empty.
@@ -120,10 +129,32 @@ local function add(ring, s, impressions, clicks)
   return string.sub(ring, 1, at - 1) .. struct.pack('<I4I4', i + impressions, c + clicks) .. string.sub(ring, at + 8)
 end
 
+-- Retried clicks, per counter update and bucket: {[update] = {[bucket] = clicks}}. Marked
+-- only now, every record having been checked (a script that fails keeps its writes).
+local retried, retries = {}, 0
+local c = a + counters + 3 * attributes
+for i = 1, clicks do
+  if not redis.call('SET', KEYS[entity_keys + i], '1', 'NX', 'PX', click_ttl) then
+    retries = retries + 1
+    local user, ad, advertiser, bucket = struct.unpack('<I4I4I4I4', ARGV[c + i - 1])
+    for _, update in ipairs({user, ad, advertiser}) do
+      local r = retried[update] or {}
+      r[bucket] = (r[bucket] or 0) + 1
+      retried[update] = r
+    end
+  end
+end
+
 for i = 1, counters do
   local e = entities[KEYS[1 + i]]
   local u = counts_of(ARGV[a])
   a = a + 1
+  local r = retried[i]
+  if r then
+    for k = 3, 3 * u[2], 3 do
+      u[k + 2] = u[k + 2] - (r[u[k]] or 0)
+    end
+  end
   local last_at = 3 * u[2]
   for w = 1, #windows do
     local width, size = windows[w][1], windows[w][2]
@@ -229,4 +260,4 @@ for i = 0, partitions - 1 do
   marks[#marks + 1] = ARGV[4 + 3 * i]
 end
 redis.call('HSET', KEYS[1], unpack(marks))
-return {1}
+return {1, retries}

@@ -90,6 +90,11 @@ impl Entity {
     }
 }
 
+/// The key marking a click id as counted (apply.lua), so that a retried click counts once.
+pub fn click_key(prefix: &str, click_id: &str) -> String {
+    format!("{prefix}click:{click_id}")
+}
+
 /// The hash holding each partition's applied-offset watermark.
 pub fn offsets_key(prefix: &str) -> String {
     format!("{prefix}ingest:offsets")

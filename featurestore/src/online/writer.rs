@@ -27,6 +27,7 @@ const FINEST_BUCKET_MS: i64 = WINDOWS[0].bucket_ms;
 pub struct Updates {
     counters: FxHashMap<String, EntityCounters>,
     attributes: Vec<AttributeUpdate>,
+    clicks: Vec<ClickMark>,
     events: usize,
     /// The key being looked up: an entity already counted this round (most are) costs no
     /// allocation.
@@ -72,6 +73,15 @@ impl EntityCounters {
     }
 }
 
+/// A click, counted in its entities' counters, and the key that marks its id as counted: the
+/// script takes a click whose id is marked already back out of those counters.
+#[derive(Debug)]
+struct ClickMark {
+    key: String,
+    entities: [String; 3],
+    bucket: u32,
+}
+
 #[derive(Debug)]
 struct AttributeUpdate {
     key: String,
@@ -98,9 +108,18 @@ impl Updates {
         );
     }
 
-    /// A click counts for its user, ad and advertiser, in the bucket of the click's own time.
+    /// A click counts for its user, ad and advertiser, in the bucket of the click's own time,
+    /// once per click id: a retry (the same `click_id` again) is taken back out by the script.
     pub fn click(&mut self, prefix: &str, click: &Click) {
-        self.count(prefix, [&click.user_id, &click.ad_id, &click.advertiser_id], click.event_time_ms, (0, 1));
+        let ids = [&click.user_id, &click.ad_id, &click.advertiser_id];
+        self.count(prefix, ids.map(String::as_str), click.event_time_ms, (0, 1));
+        let entities = [Entity::User, Entity::Ad, Entity::Advertiser];
+        let bucket = click.event_time_ms.div_euclid(FINEST_BUCKET_MS);
+        self.clicks.push(ClickMark {
+            key: layout::click_key(prefix, &click.click_id),
+            entities: [0, 1, 2].map(|i| entities[i].key(prefix, ids[i])),
+            bucket: u32::try_from(bucket).expect("validated event times have buckets that fit a u32"),
+        });
     }
 
     /// A user profile replaces the user's attributes (when it is newer than the ones held).
@@ -163,11 +182,12 @@ fn encoded_attributes<const N: usize>(attributes: &RawFeatures, extra: [(&str, R
 struct Merged<'a> {
     counters: FxHashMap<&'a str, EntityCounters>,
     attributes: Vec<&'a AttributeUpdate>,
+    clicks: Vec<&'a ClickMark>,
 }
 
 impl<'a> Merged<'a> {
     fn of(updates: impl Iterator<Item = &'a Updates>) -> Self {
-        let mut merged = Self { counters: FxHashMap::default(), attributes: Vec::new() };
+        let mut merged = Self { counters: FxHashMap::default(), attributes: Vec::new(), clicks: Vec::new() };
         for updates in updates {
             for (key, counters) in &updates.counters {
                 let into = merged.counters.entry(key.as_str()).or_default();
@@ -176,6 +196,7 @@ impl<'a> Merged<'a> {
                 }
             }
             merged.attributes.extend(&updates.attributes);
+            merged.clicks.extend(&updates.clicks);
         }
         merged
     }
@@ -209,6 +230,8 @@ pub struct Writer {
     url: String,
     prefix: String,
     ttl_ms: i64,
+    /// How long a counted click's id is remembered: a retry within it counts nothing.
+    click_dedup_ms: i64,
     script: String,
     sha: String,
 }
@@ -227,11 +250,19 @@ impl Writer {
             url: config.url.clone(),
             prefix: config.key_prefix.clone(),
             ttl_ms: config.entity_ttl_ms(),
+            click_dedup_ms: crate::IngestConfig::default().click_dedup_ms(),
             script,
             sha,
         };
         writer.load_script().await?;
         Ok(writer)
+    }
+
+    /// Remembers counted click ids for `span_ms` (at least a millisecond), so a retried click
+    /// counts once if it comes within it.
+    pub fn dedup_clicks_for(mut self, span_ms: i64) -> Self {
+        self.click_dedup_ms = span_ms.max(1);
+        self
     }
 
     /// The key prefix updates must be built with.
@@ -312,13 +343,19 @@ impl Writer {
     ) -> redis::RedisResult<Vec<(usize, Option<i64>)>> {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&self.sha)
-            .arg(1 + merged.counters.len() + merged.attributes.len())
+            .arg(1 + merged.counters.len() + merged.attributes.len() + merged.clicks.len())
             .arg(layout::offsets_key(&self.prefix));
-        for key in merged.counters.keys() {
+        // Counter updates by key, numbered from 1 as the script numbers them.
+        let mut position: FxHashMap<&str, u32> = FxHashMap::default();
+        for (key, at) in merged.counters.keys().zip(1..) {
             cmd.arg(*key);
+            position.insert(key, at);
         }
         for update in &merged.attributes {
             cmd.arg(&update.key);
+        }
+        for click in &merged.clicks {
+            cmd.arg(&click.key);
         }
         cmd.arg(batches.len());
         for batch in batches {
@@ -326,7 +363,11 @@ impl Writer {
                 .arg(batch.expected.map(|o| o.to_string()).unwrap_or_default())
                 .arg(batch.next);
         }
-        cmd.arg(self.ttl_ms).arg(merged.counters.len()).arg(merged.attributes.len());
+        cmd.arg(self.ttl_ms)
+            .arg(merged.counters.len())
+            .arg(merged.attributes.len())
+            .arg(merged.clicks.len())
+            .arg(self.click_dedup_ms);
         let mut blob = Vec::new();
         for counters in merged.counters.values() {
             counters.encode(&mut blob);
@@ -335,7 +376,16 @@ impl Writer {
         for update in &merged.attributes {
             cmd.arg(update.event_time_ms).arg(u8::from(update.created)).arg(&update.attributes);
         }
-        // {1} when applied; {0, position, current, position, current, …} when fenced.
+        for click in &merged.clicks {
+            blob.clear();
+            for entity in &click.entities {
+                blob.extend(position[entity.as_str()].to_le_bytes());
+            }
+            blob.extend(click.bucket.to_le_bytes());
+            cmd.arg(&blob);
+        }
+        // {1, retried clicks} when applied; {0, position, current, position, current, …} when
+        // fenced.
         let reply: Vec<redis::Value> = cmd.query_async(&mut self.connection).await?;
         let number = |value: &redis::Value| -> Option<i64> {
             match value {
@@ -345,6 +395,7 @@ impl Writer {
             }
         };
         if reply.first().and_then(number) == Some(1) {
+            crate::metrics::retried_clicks(reply.get(1).and_then(number).unwrap_or(0));
             return Ok(Vec::new());
         }
         let fenced: Vec<(usize, Option<i64>)> = reply

@@ -203,7 +203,7 @@ pub(super) async fn freshness(
     let run = tokio::spawn(ingester.run(RunOptions::default(), async move {
         let _ = stopped.await;
     }));
-    let producer: FutureProducer = kafka::producer_config(kafka).set("linger.ms", "1").set("acks", "1").create()?;
+    let producer: FutureProducer = kafka::producer_config(kafka).set("linger.ms", "1").create()?;
     let topic = kafka.topics.impressions.name.clone();
     let mut connection = online::connect(redis).await?;
     let watermarks = |connection: &mut redis::aio::MultiplexedConnection| {

@@ -184,3 +184,49 @@ fn a_second_impression_with_a_known_id_is_refused_not_mislabelled() {
     assert!(replay.impression(0, Some(impression("i-0", 1_000))).is_none());
     assert!(replay.impression(1, Some(impression("i-0", 2_000))).is_some());
 }
+
+/// A client's retry: the same click id again, read later.
+fn retry(of: &Click, time: i64) -> Click {
+    Click { event_time_ms: time, ..of.clone() }
+}
+
+#[test]
+fn a_retried_click_counts_once_whether_read_before_or_after_its_impression() {
+    let mut joiner = Joiner::new(0, W, L, Checkpoint::default());
+    let early = click("i-0", 3_000);
+    joiner.click(0, Some(&early));
+    joiner.click(1, Some(&retry(&early, 3_100)));
+    joiner.impression(0, Some(impression("i-0", 1_000)));
+    joiner.impression(1, Some(impression("i-1", 1_000)));
+    let after = click("i-1", 4_000);
+    joiner.click(2, Some(&after));
+    joiner.click(3, Some(&retry(&after, 4_200)));
+    // A second, distinct click on i-1 still counts.
+    joiner.click(4, Some(&click("i-1", 5_000)));
+    joiner.click(5, Some(&click("x", 1_000 + W + L + 1)));
+    let (examples, _) = joiner.take_closed();
+    let clicks: Vec<u32> = examples.iter().map(|e| e.clicks).collect();
+    assert_eq!(clicks, [1, 2]);
+    assert_eq!(joiner.take_counts(), (0, 0), "a retry is neither late nor an orphan");
+}
+
+#[test]
+fn a_retried_click_counts_once_across_a_restart() {
+    let mut joiner = Joiner::new(0, W, L, Checkpoint::default());
+    joiner.impression(0, Some(impression("i-0", 1_000)));
+    let first = click("i-0", 3_000);
+    joiner.click(0, Some(&first));
+    joiner.impression(1, Some(impression("i-1", 2_000)));
+    // Committed while i-0 waits: the checkpoint replays from its first click.
+    let (_, checkpoint) = joiner.take_closed();
+    assert_eq!(checkpoint.clicks_resume, 0);
+    let mut restarted = Joiner::new(0, W, L, checkpoint);
+    restarted.impression(0, Some(impression("i-0", 1_000)));
+    restarted.impression(1, Some(impression("i-1", 2_000)));
+    restarted.click(0, Some(&first));
+    restarted.click(1, Some(&retry(&first, 3_500)));
+    restarted.click(2, Some(&click("x", 2_000 + W + L + 1)));
+    let (examples, _) = restarted.take_closed();
+    let clicks: Vec<u32> = examples.iter().map(|e| e.clicks).collect();
+    assert_eq!(clicks, [1, 0]);
+}
