@@ -87,13 +87,17 @@ impl Run {
         offsets.values().sum()
     }
 
-    /// Every key under the prefix: the offsets hash field by field, each entity's record (its
-    /// wall-clock deletion time aside: that differs between runs by design).
+    /// Every key under the prefix but click-id marks: the offsets hash field by field, each
+    /// entity's record (its wall-clock deletion time aside: that differs between runs by
+    /// design).
     fn snapshot(&self, redis: &mut redis::Connection) -> BTreeMap<String, String> {
         use adrank_featurestore::online::layout::Record;
         let keys: Vec<String> =
             redis.scan_match::<_, String>(format!("{}*", self.prefix)).unwrap().collect::<Result<_, _>>().unwrap();
         keys.into_iter()
+            // Click-id marks expire in Redis's clock, so runs of different lengths keep
+            // different ones; the counters show that each click counted once.
+            .filter(|key| !key.starts_with(&format!("{}click:", self.prefix)))
             .map(|key| {
                 let name = key.strip_prefix(&self.prefix).unwrap().to_string();
                 if name == "ingest:offsets" {

@@ -477,3 +477,37 @@ async fn a_retried_click_counts_once() {
     let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut connection).await.unwrap();
     assert!((1..=60_000).contains(&ttl), "PTTL {ttl}");
 }
+
+/// A round cut into several batches of one partition, each expecting what the one before it
+/// leaves, applies in order across script calls; when the first is fenced, so is the rest.
+#[tokio::test]
+async fn a_partitions_batches_chain_across_script_calls() {
+    let redis = TestRedis::new().await;
+    let mut writer = Writer::connect(&redis.config).await.unwrap().records_per_call(3);
+    let prefix = writer.prefix().to_string();
+    let batch_of = |id: &str| {
+        let mut updates = Updates::default();
+        updates.impression(&prefix, &impression(id, "u", "a", "v", T0));
+        updates
+    };
+    let (first, second, third) = (batch_of("i1"), batch_of("i2"), batch_of("i3"));
+    let batches = [
+        PartitionBatch { topic: "t", partition: 0, expected: None, next: 1, updates: &first },
+        PartitionBatch { topic: "t", partition: 0, expected: Some(1), next: 2, updates: &second },
+        PartitionBatch { topic: "t", partition: 1, expected: None, next: 1, updates: &third },
+    ];
+    assert_eq!(writer.apply(&batches).await.unwrap(), vec![Outcome::Applied; 3]);
+    let reader = Reader::connect(&redis.config).await.unwrap();
+    let fetched = reader.fetch("u", &[], T0 + 1_000).await.unwrap();
+    assert_eq!(num(&fetched.user, "user_impressions_7d"), Some(3.0));
+
+    // Partition 0 holds 2: a replay from the start is fenced, and the batch behind it with it.
+    let replay = [
+        PartitionBatch { topic: "t", partition: 0, expected: None, next: 1, updates: &first },
+        PartitionBatch { topic: "t", partition: 0, expected: Some(1), next: 2, updates: &second },
+    ];
+    let fenced = Outcome::Fenced { current: Some(2) };
+    assert_eq!(writer.apply(&replay).await.unwrap(), [fenced.clone(), fenced]);
+    let fetched = reader.fetch("u", &[], T0 + 1_000).await.unwrap();
+    assert_eq!(num(&fetched.user, "user_impressions_7d"), Some(3.0));
+}

@@ -31,6 +31,11 @@ pub struct IngestConfig {
     /// The most events one poll round applies in one Redis round trip. Bigger rounds write
     /// more efficiently; smaller ones make events visible sooner.
     pub max_batch_events: usize,
+    /// The most records (entities, and click ids) one Redis script call writes: a round is
+    /// applied in calls of at most this many, one after another, so that a read waits behind
+    /// one short call rather than a whole round (4-13 µs of script per record, by machine).
+    /// Smaller calls aggregate less: Redis spends more per event, and the top ingest rate falls.
+    pub max_apply_records: usize,
     /// The longest a poll round waits for more events before applying what it has, in
     /// milliseconds: the bound on how stale Redis is when traffic is light.
     pub max_batch_wait_ms: u64,
@@ -53,6 +58,7 @@ impl Default for IngestConfig {
             allowed_lateness_secs: 10 * 60,
             max_event_time_skew_secs: 10 * 60,
             max_batch_events: 5_000,
+            max_apply_records: 100,
             max_batch_wait_ms: 50,
             log_commit_interval_ms: 5_000,
             log_commit_examples: 200_000,
@@ -111,6 +117,7 @@ impl IngestConfig {
         let positive = [
             ("attribution_window_secs", self.attribution_window_secs),
             ("max_batch_events", self.max_batch_events as u64),
+            ("max_apply_records", self.max_apply_records as u64),
             ("max_batch_wait_ms", self.max_batch_wait_ms),
             ("log_commit_interval_ms", self.log_commit_interval_ms),
             ("log_commit_examples", self.log_commit_examples as u64),

@@ -184,6 +184,8 @@ pub struct Ingester {
     abandoned_commits: HashMap<i32, tokio::task::JoinHandle<Result<Commit>>>,
     /// The last round's apply, while Redis runs it.
     in_flight: VecDeque<round::InFlight>,
+    /// Ends when the latest round's apply task has: the next one starts its calls after it.
+    applying: Option<tokio::sync::oneshot::Receiver<()>>,
     totals: Totals,
 }
 
@@ -196,7 +198,10 @@ impl std::fmt::Debug for Ingester {
 impl Ingester {
     /// Connects to Redis, opens the training log and joins the consumer group.
     pub async fn new(kafka_config: &KafkaConfig, redis: &RedisConfig, config: &IngestConfig) -> Result<Self> {
-        let writer = Writer::connect(redis).await?.dedup_clicks_for(config.click_dedup_ms());
+        let writer = Writer::connect(redis)
+            .await?
+            .dedup_clicks_for(config.click_dedup_ms())
+            .records_per_call(config.max_apply_records);
         let log = TrainingLog::open(&config.training_log)?;
         let dead_letters = DeadLetters::new(kafka_config)?;
         let consumer: StreamConsumer<GroupContext> = kafka::client_config(kafka_config)
@@ -235,6 +240,7 @@ impl Ingester {
             logs: HashMap::new(),
             abandoned_commits: HashMap::new(),
             in_flight: VecDeque::new(),
+            applying: None,
             totals: Totals::default(),
         })
     }

@@ -141,16 +141,18 @@ impl Progress {
         if live.applied.is_none_or(|applied| offset >= applied) { Read::New } else { Read::Held }
     }
 
-    /// The batch of what this round read new, if there is one to send: a partition forgotten
-    /// since the round read it has none, nor one whose reads Redis holds already.
-    pub(super) fn send(&mut self, key: Key) -> Option<Send> {
+    /// The batch of what this round read new before `until` (`None`: all of it), if there is
+    /// one to send: a partition forgotten since the round read it has none, nor one whose reads
+    /// Redis holds already. A round sends its batches of a partition in offset order.
+    pub(super) fn send(&mut self, key: Key, until: Option<i64>) -> Option<Send> {
         let Some(State::Live(live)) = self.states.get_mut(&key) else { return None };
+        let next = until.map_or(live.next, |until| until.min(live.next));
         let expected = live.queued.or(live.applied);
-        if expected.is_some_and(|expected| expected >= live.next) {
+        if expected.is_some_and(|expected| expected >= next) {
             return None;
         }
-        live.queued = Some(live.next);
-        Some(Send { expected, next: live.next, load: live.load })
+        live.queued = Some(next);
+        Some(Send { expected, next, load: live.load })
     }
 
     /// Records a batch's outcome.

@@ -80,11 +80,33 @@ const APPLIES_QUEUED: usize = 2;
 /// Messages decoded between yields to the runtime.
 const YIELD_EVERY: usize = 256;
 
-/// A partition's share of one round.
+/// A partition's share of one round, in chunks of about `max_apply_records` records, each
+/// applied as a batch of its own so that no script call holds Redis for long.
 #[derive(Default)]
 struct Share {
+    chunks: Vec<Chunk>,
+}
+
+#[derive(Default)]
+struct Chunk {
     updates: Updates,
     event_times: Vec<i64>,
+    /// The offset the next chunk starts at: the watermark this one leaves (`None` for the last,
+    /// which leaves where the round stopped reading).
+    until: Option<i64>,
+}
+
+impl Share {
+    /// The chunk the event at `offset` goes in: a new one once the current one is full.
+    fn chunk(&mut self, offset: i64, max_records: usize) -> &mut Chunk {
+        if self.chunks.last().is_none_or(|c| c.updates.records() >= max_records) {
+            if let Some(full) = self.chunks.last_mut() {
+                full.until = Some(offset);
+            }
+            self.chunks.push(Chunk::default());
+        }
+        self.chunks.last_mut().expect("one was pushed if there was none")
+    }
 }
 
 /// A round's apply, running in Redis while the next round is read.
@@ -118,6 +140,7 @@ impl Ingester {
         let prefix = self.writer.prefix().to_string();
         let clock = Clock { now_ms: adrank_contracts::events::now_ms(), skew_ms: self.config.max_event_time_skew_ms() };
         let mut shares: BTreeMap<(Kind, i32), Share> = BTreeMap::new();
+        let max_records = self.config.max_apply_records;
         let mut deliveries = Vec::new();
         for (i, (kind, message)) in batch.into_iter().enumerate() {
             // Decoding a round is tens of milliseconds of CPU: yield now and then, so that the
@@ -137,19 +160,21 @@ impl Ingester {
                 Progress::New => true,
             };
             let share = shares.entry((kind, partition)).or_default();
+            // A refused event goes in a chunk too, with no updates: the watermark moves past it.
+            let chunk = apply.then(|| share.chunk(offset, max_records));
             let joiner = self.logs.get_mut(&partition).map(|l| &mut l.joiner);
             let source = (message.topic(), partition, offset);
             match decode(kind, &message, clock) {
                 Err(refusal) => {
-                    if apply {
+                    if chunk.is_some() {
                         deliveries.push(self.dead_letters.send(source, message.payload(), &refusal)?);
                         self.totals.dead_letters += 1;
                     }
                     feed(joiner, kind, offset, None);
                 }
                 Ok(decoded) => {
-                    if apply {
-                        fold(&mut share.updates, &mut share.event_times, &prefix, &decoded);
+                    if let Some(chunk) = chunk {
+                        fold(&mut chunk.updates, &mut chunk.event_times, &prefix, &decoded);
                     }
                     // The join may refuse it (a duplicate id): out of the log, into the
                     // dead-letter topic, whether or not Redis had it already (the log's replay
@@ -279,35 +304,46 @@ impl Ingester {
         self.progress.forget((kind, partition));
     }
 
-    /// Starts applying every partition's share in one round trip, in a task of its own, so
-    /// that Redis runs this round's script while the next round is read and decoded (the two
-    /// took turns before, each idle half the time). [`Ingester::settle`] collects the outcome.
+    /// Starts applying every partition's share, in a task of its own, so that Redis runs this
+    /// round's scripts while the next round is read and decoded (the two took turns before,
+    /// each idle half the time). [`Ingester::settle`] collects the outcome.
     ///
     /// The applies still in flight need not have landed: a batch expects the watermark the
-    /// latest of them leaves. Redis runs one connection's scripts in the order they were sent,
-    /// so they chain; and if one is fenced, every later batch of that partition expects a
-    /// watermark Redis does not hold, and is fenced too.
+    /// latest of them leaves. Each round's task sends its script calls after the previous
+    /// round's task has finished, and Redis runs one connection's scripts in the order they were
+    /// sent, so they chain; and if one is fenced, a later batch of that partition expects a
+    /// watermark Redis holds only if another member left exactly that one, and is fenced
+    /// otherwise: either way, no offset is applied twice.
     fn start_apply(&mut self, shares: BTreeMap<(Kind, i32), Share>) {
         let mut batches = Vec::new();
         let mut pending = Vec::new();
         for ((kind, partition), share) in shares {
-            // None for a partition fenced while this round was decoded (its share goes with it),
-            // or a replay of what Redis already holds.
-            let Some(sent) = self.progress.send((kind, partition)) else { continue };
-            pending.push(PendingBatch {
-                kind,
-                partition,
-                sent,
-                events: share.updates.events(),
-                event_times: share.event_times,
-            });
-            batches.push((self.names[kind as usize].clone(), partition, sent.expected, sent.next, share.updates));
+            for chunk in share.chunks {
+                // None for a partition fenced while this round was decoded (its share goes with
+                // it), or a replay of what Redis already holds.
+                let Some(sent) = self.progress.send((kind, partition), chunk.until) else { continue };
+                pending.push(PendingBatch {
+                    kind,
+                    partition,
+                    sent,
+                    events: chunk.updates.events(),
+                    event_times: chunk.event_times,
+                });
+                batches.push((self.names[kind as usize].clone(), partition, sent.expected, sent.next, chunk.updates));
+            }
         }
         if batches.is_empty() {
             return;
         }
         let mut writer = self.writer.clone();
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let previous = self.applying.replace(finished);
         let task = tokio::spawn(async move {
+            // Dropped when this task ends, however it ends: the next round's task goes on.
+            let _done = done;
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
             let started = Instant::now();
             let borrowed: Vec<PartitionBatch<'_>> = batches
                 .iter()

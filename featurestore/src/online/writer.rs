@@ -98,6 +98,11 @@ impl Updates {
         self.events
     }
 
+    /// Records the script writes for these updates: entities, attribute snapshots, click ids.
+    pub fn records(&self) -> usize {
+        self.counters.len() + self.attributes.len() + self.clicks.len()
+    }
+
     /// An impression counts for its user, ad and advertiser.
     pub fn impression(&mut self, prefix: &str, impression: &Impression) {
         self.count(
@@ -232,6 +237,8 @@ pub struct Writer {
     ttl_ms: i64,
     /// How long a counted click's id is remembered: a retry within it counts nothing.
     click_dedup_ms: i64,
+    /// The most records one script call writes (at least one batch goes in each call).
+    records_per_call: usize,
     script: String,
     sha: String,
 }
@@ -251,6 +258,7 @@ impl Writer {
             prefix: config.key_prefix.clone(),
             ttl_ms: config.entity_ttl_ms(),
             click_dedup_ms: crate::IngestConfig::default().click_dedup_ms(),
+            records_per_call: usize::MAX,
             script,
             sha,
         };
@@ -262,6 +270,14 @@ impl Writer {
     /// counts once if it comes within it.
     pub fn dedup_clicks_for(mut self, span_ms: i64) -> Self {
         self.click_dedup_ms = span_ms.max(1);
+        self
+    }
+
+    /// Splits [`Writer::apply`]'s batches into script calls of at most `records` records, one
+    /// after another: Redis runs a script to completion, so a read waits for the call it arrives
+    /// behind. A batch bigger than that still goes whole.
+    pub fn records_per_call(mut self, records: usize) -> Self {
+        self.records_per_call = records.max(1);
         self
     }
 
@@ -297,17 +313,29 @@ impl Writer {
         Ok(values)
     }
 
-    /// Applies every batch and its watermark in one atomic script call: the batches' updates
-    /// are merged first, so an entity touched by several partitions of a round is written once.
-    /// When a watermark is not the expected one, nothing is applied, that partition is reported
-    /// fenced and the others are applied without it.
+    /// Applies every batch and its watermark, atomically per script call: consecutive batches
+    /// go in one call while their records fit [`Writer::records_per_call`], their updates merged
+    /// so an entity touched by several is written once; the calls run one after another. When a
+    /// watermark is not the expected one, nothing of that batch is applied, it is reported
+    /// fenced, and the others of its call are applied without it. (A later batch of the same
+    /// partition expects what the fenced one would have left, which Redis holds only if another
+    /// writer left it, in which case applying the later one is right.)
     pub async fn apply(&mut self, batches: &[PartitionBatch<'_>]) -> Result<Vec<Outcome>> {
+        let mut outcomes = Vec::with_capacity(batches.len());
+        for call in calls(batches, self.records_per_call) {
+            outcomes.extend(self.apply_call(&batches[call]).await?);
+        }
+        Ok(outcomes)
+    }
+
+    /// Applies batches in one script call (again without the fenced ones, if any were).
+    async fn apply_call(&mut self, batches: &[PartitionBatch<'_>]) -> Result<Vec<Outcome>> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batches.len()];
         let mut live: Vec<usize> = (0..batches.len()).collect();
         while !live.is_empty() {
             let chosen: Vec<&PartitionBatch<'_>> = live.iter().map(|&i| &batches[i]).collect();
             let merged = Merged::of(chosen.iter().map(|b| b.updates));
-            tracing::debug!(
+            tracing::trace!(
                 partitions = chosen.len(),
                 entities = merged.counters.len() + merged.attributes.len(),
                 "apply"
@@ -420,6 +448,29 @@ impl Writer {
     }
 }
 
+/// Consecutive batches grouped into script calls of at most `records` records (a bigger batch
+/// goes alone), never two batches of one partition in a call: the script checks each batch
+/// against the watermark stored before the call.
+fn calls(batches: &[PartitionBatch<'_>], records: usize) -> Vec<std::ops::Range<usize>> {
+    let mut calls = Vec::new();
+    let mut start = 0;
+    while start < batches.len() {
+        let mut end = start + 1;
+        let mut held = batches[start].updates.records();
+        while let Some(next) = batches.get(end) {
+            let twice = batches[start..end].iter().any(|b| (b.topic, b.partition) == (next.topic, next.partition));
+            if twice || held + next.updates.records() > records {
+                break;
+            }
+            held += next.updates.records();
+            end += 1;
+        }
+        calls.push(start..end);
+        start = end;
+    }
+    calls
+}
+
 /// The apply script, with the record's format, flags, header and counter windows written in
 /// from [`layout`] so that the script and the reader cannot disagree on the layout.
 fn apply_script() -> String {
@@ -441,6 +492,27 @@ fn apply_script() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_hold_at_most_the_records_and_one_batch_per_partition() {
+        let updates = |users: usize| {
+            let mut updates = Updates::default();
+            for user in 0..users {
+                let mut impression = Impression::example("i", RawFeatures::new());
+                impression.user_id = format!("u{user}");
+                updates.impression("p:", &impression);
+            }
+            updates // `users` users + the ad + the advertiser
+        };
+        let (small, big) = (updates(1), updates(10));
+        let batch = |partition, updates| PartitionBatch { topic: "t", partition, expected: None, next: 1, updates };
+        let batches = [batch(0, &small), batch(1, &small), batch(2, &big), batch(3, &small), batch(3, &small)];
+        // 3 + 3 fit 6; 12 goes alone; partition 3's two batches go in two calls.
+        assert_eq!(calls(&batches, 6), [0..2, 2..3, 3..4, 4..5]);
+        assert_eq!(calls(&batches, usize::MAX), [0..4, 4..5]);
+        assert_eq!(calls(&batches, 1), [0..1, 1..2, 2..3, 3..4, 4..5]);
+        assert!(calls(&[], 6).is_empty());
+    }
 
     #[test]
     fn window_buckets_are_multiples_of_the_finest() {

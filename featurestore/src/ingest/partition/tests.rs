@@ -55,11 +55,14 @@ struct World {
     members: Vec<Member>,
     /// Offsets 0..end exist in the partition.
     end: i64,
+    /// New offsets per batch a round sends (the ingester's records per script call).
+    chunk: usize,
 }
 
 impl World {
     fn new(members: usize, end: i64) -> Self {
-        Self { redis: FakeRedis::default(), members: (0..members).map(|_| Member::default()).collect(), end }
+        let members = (0..members).map(|_| Member::default()).collect();
+        Self { redis: FakeRedis::default(), members, end, chunk: usize::MAX }
     }
 
     /// Runs scripts until member `m`'s oldest batch has returned.
@@ -114,16 +117,22 @@ impl World {
         if !touched {
             return;
         }
-        let member = &mut self.members[m];
-        match member.progress.send(KEY) {
-            Some(sent) => {
-                member.in_flight += 1;
-                self.redis.queue.push_back(Queued { member: m, sent, offsets: folded });
+        // The round's batches, `chunk` new offsets each, every one but the last ending where
+        // the next starts.
+        let chunks: Vec<&[i64]> = if folded.is_empty() { vec![&[]] } else { folded.chunks(self.chunk).collect() };
+        for (i, offsets) in chunks.iter().enumerate() {
+            let until = chunks.get(i + 1).map(|next| next[0]);
+            let member = &mut self.members[m];
+            match member.progress.send(KEY, until) {
+                Some(sent) => {
+                    member.in_flight += 1;
+                    self.redis.queue.push_back(Queued { member: m, sent, offsets: offsets.to_vec() });
+                }
+                None => assert!(
+                    offsets.is_empty() || member.progress.states.get(&KEY) == Some(&State::Loading),
+                    "a live partition's new reads were dropped: {offsets:?}"
+                ),
             }
-            None => assert!(
-                folded.is_empty() || member.progress.states.get(&KEY) == Some(&State::Loading),
-                "a live partition's new reads were dropped: {folded:?}"
-            ),
         }
     }
 
@@ -207,14 +216,15 @@ impl Lcg {
     }
 }
 
-/// Two members, rounds of random sizes and queue depths, forgets (log conflicts) and batches
-/// landing late, in random order: no offset ever takes effect twice, and once one member runs
+/// Two members, rounds of random sizes, cut into batches of random sizes, random queue depths,
+/// forgets (log conflicts) and batches landing late, in random order: no offset ever takes effect twice, and once one member runs
 /// alone, every offset takes effect exactly once.
 #[test]
 fn random_interleavings_apply_every_event_exactly_once() {
     for seed in 0..2_000 {
         let mut rng = Lcg(seed);
         let mut world = World::new(2, 400);
+        world.chunk = 1 + rng.below(60) as usize;
         for _ in 0..40 {
             let m = rng.below(2) as usize;
             match rng.below(6) {
