@@ -17,6 +17,7 @@ pub const ORPHAN_CLICKS: &str = "adrank_ingest_orphan_clicks_total";
 pub const RETRIED_CLICKS: &str = "adrank_ingest_retried_clicks_total";
 pub const EXAMPLES: &str = "adrank_training_log_examples_total";
 pub const LOG_COMMITS: &str = "adrank_training_log_commits_total";
+pub const LOG_COMPACTIONS: &str = "adrank_training_log_compactions_total";
 pub const FENCED: &str = "adrank_ingest_fenced_batches_total";
 pub const CACHE_LOOKUPS: &str = "adrank_online_cache_lookups_total";
 pub const MISSING: &str = "adrank_online_missing_entities_total";
@@ -33,6 +34,10 @@ pub fn describe() {
     describe_counter!(RETRIED_CLICKS, "Clicks whose click id had already been counted: not counted again.");
     describe_counter!(EXAMPLES, "Training examples committed to the Parquet log, by label.");
     describe_counter!(LOG_COMMITS, "Training-log commits (Parquet files plus checkpoint).");
+    describe_counter!(
+        LOG_COMPACTIONS,
+        "Training-log compactions: a partition's commits folded into a snapshot, by result."
+    );
     describe_counter!(FENCED, "Partition batches refused because another ingester moved the watermark.");
     describe_counter!(CACHE_LOOKUPS, "Online-store cache lookups of ads and advertisers, by result.");
     describe_counter!(MISSING, "Entities a read found absent or expired, by kind.");
@@ -89,6 +94,10 @@ pub(crate) fn examples(clicked: u64, unclicked: u64) {
     counter!(EXAMPLES, "label" => "1").increment(clicked);
     counter!(EXAMPLES, "label" => "0").increment(unclicked);
     counter!(LOG_COMMITS).increment(1);
+}
+
+pub(crate) fn compaction(result: &'static str) {
+    counter!(LOG_COMPACTIONS, "result" => result).increment(1);
 }
 
 pub(crate) fn fenced(topic: &str) {

@@ -48,6 +48,8 @@ impl Run {
             ("ADRANK_INGEST__TRAINING_LOG", log.display().to_string()),
             ("ADRANK_INGEST__SESSION_TIMEOUT_MS", "6000".into()),
             ("ADRANK_INGEST__LOG_COMMIT_INTERVAL_MS", "300".into()),
+            // Compactions all along, through the crashes and the group change.
+            ("ADRANK_INGEST__LOG_COMPACT_COMMITS", "8".into()),
             ("ADRANK_WORLD__USERS", "10000".into()),
             ("ADRANK_WORLD__ADS", "2000".into()),
             ("ADRANK_WORLD__ADVERTISERS", "200".into()),
@@ -113,7 +115,9 @@ impl Run {
 
     async fn examples(&self) -> Vec<Example> {
         let log = TrainingLog::open(&self.log.display().to_string()).unwrap();
-        let mut examples = log.read(&log.all_commits().await.unwrap()).await.unwrap();
+        let commits = log.all_commits().await.unwrap();
+        assert!(commits.iter().any(|c| c.is_snapshot()), "run {}: the log was never compacted", self.name);
+        let mut examples = log.read(&commits).await.unwrap();
         let ids: HashSet<&str> = examples.iter().map(|e| e.impression.impression_id.as_str()).collect();
         assert_eq!(ids.len(), examples.len(), "run {}: an example was written twice", self.name);
         examples.sort_by(|a, b| a.impression.impression_id.cmp(&b.impression.impression_id));

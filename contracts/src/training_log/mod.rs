@@ -4,6 +4,7 @@
 //! ```text
 //! {log}/hour=2026-01-03T14/p003-0000000042-5f0c2a9e.parquet   examples of one commit, one hour
 //! {log}/_commits/p003/0000000042.json                          the commit: files + checkpoint
+//! {log}/_snapshots/p003/0000000719.json                        commits 0..=719, compacted
 //! ```
 //!
 //! A commit writes its Parquet files first, then its commit record, created only if no record
@@ -14,14 +15,20 @@
 //! after it loses nothing. Two ingesters
 //! racing for one partition cannot both commit the same sequence number; the loser reloads.
 //! Data file names carry a random token so that the loser's files never overwrite the winner's.
+//!
+//! A partition's commits are compacted now and then ([`compact`]): a snapshot record stands for
+//! every commit up to its sequence number, their small files merged into one per hour, and the
+//! commit records it replaces are deleted. Loading a partition reads its newest snapshot and
+//! the commits after it, so the work stays flat however long the log runs.
 
+pub mod compact;
 pub mod join;
 pub mod parquet;
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use bytes::Bytes;
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload, path::Path};
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +52,25 @@ pub struct Commit {
     pub checkpoint: Checkpoint,
     /// Wall-clock time of the commit, milliseconds since the Unix epoch.
     pub committed_at_ms: i64,
+    /// For a snapshot: how many commits it stands for (every one of the partition up to `seq`);
+    /// 0 for a commit. Its counts are their sums, its files theirs, merged per hour.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub compacts: u64,
+    /// For a snapshot: files merged away when it was written, still readable by a reader that
+    /// listed the commits before; the next compaction deletes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Commit {
+    /// Whether this is a snapshot of several commits rather than one commit.
+    pub fn is_snapshot(&self) -> bool {
+        self.compacts > 0
+    }
 }
 
 /// The training log at one location.
@@ -84,32 +110,82 @@ impl TrainingLog {
         Error::TrainingLog { location: self.location.clone(), action: action.into(), reason: reason.to_string() }
     }
 
-    /// Every commit of one partition, oldest first.
+    /// One partition's commits, oldest first: its newest snapshot (if any), then the commits
+    /// after it.
     pub async fn commits(&self, partition: i32) -> Result<Vec<Commit>> {
-        self.read_commits(&Path::from(format!("_commits/p{partition:03}"))).await
+        let (snapshots, commits) = (snapshot_prefix(Some(partition)), commit_prefix(Some(partition)));
+        self.read_log_state(&snapshots, &commits).await
     }
 
-    /// Every commit of every partition.
+    /// Every partition's commits: per partition its newest snapshot and the commits after it,
+    /// ordered by (partition, sequence number).
     pub async fn all_commits(&self) -> Result<Vec<Commit>> {
-        self.read_commits(&Path::from("_commits")).await
+        self.read_log_state(&snapshot_prefix(None), &commit_prefix(None)).await
     }
 
-    async fn read_commits(&self, prefix: &Path) -> Result<Vec<Commit>> {
+    /// The newest snapshot per partition under `snapshots` and the commits under `commits`
+    /// after it. A compaction may delete a listed record before it is read: then the state is
+    /// read again (the compaction's snapshot stands for it).
+    async fn read_log_state(&self, snapshots: &Path, commits: &Path) -> Result<Vec<Commit>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_read_log_state(snapshots, commits).await {
+                Ok(state) => return Ok(state),
+                Err(ReadError::Missing(_)) if attempt < 3 => {}
+                Err(ReadError::Missing(e) | ReadError::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_read_log_state(&self, snapshots: &Path, commits: &Path) -> Result<Vec<Commit>, ReadError> {
+        // Snapshot names sort by sequence number: only each partition's newest is read.
+        let mut newest: BTreeMap<String, Path> = BTreeMap::new();
+        for path in self.list(snapshots).await? {
+            let folder = path.parts().nth(1).map(|p| p.as_ref().to_string()).unwrap_or_default();
+            let entry = newest.entry(folder).or_insert_with(|| path.clone());
+            if path.as_ref() > entry.as_ref() {
+                *entry = path;
+            }
+        }
+        let listed = self.list(commits).await?;
+        let records = self.read_records(newest.into_values().chain(listed)).await?;
+        let covered: BTreeMap<i32, u64> =
+            records.iter().filter(|c| c.is_snapshot()).map(|c| (c.partition, c.seq)).collect();
+        // A commit a snapshot covers is read only when its record outlived the compaction (or a
+        // zombie wrote it after): the snapshot stands for it.
+        let mut state: Vec<Commit> = records
+            .into_iter()
+            .filter(|c| c.is_snapshot() || covered.get(&c.partition).is_none_or(|&seq| c.seq > seq))
+            .collect();
+        state.sort_by_key(|c| (c.partition, c.seq));
+        Ok(state)
+    }
+
+    /// The paths under `prefix`.
+    async fn list(&self, prefix: &Path) -> Result<Vec<Path>> {
         let listed: Vec<_> = self
             .store
             .list(Some(prefix))
             .try_collect()
             .await
             .map_err(|e| self.error(format!("listing {prefix}"), e))?;
-        let mut commits = Vec::with_capacity(listed.len());
-        for meta in listed {
-            let bytes = self.get(&meta.location).await?;
-            let commit: Commit = serde_json::from_slice(&bytes)
-                .map_err(|e| self.error(format!("reading commit {}", meta.location), e))?;
-            commits.push(commit);
-        }
-        commits.sort_by_key(|c| (c.partition, c.seq));
-        Ok(commits)
+        Ok(listed.into_iter().map(|meta| meta.location).collect())
+    }
+
+    /// Reads records, several at once (an object store answers each in a round trip).
+    async fn read_records(&self, paths: impl Iterator<Item = Path>) -> Result<Vec<Commit>, ReadError> {
+        let reads = futures::stream::iter(paths.map(|path| async move {
+            let bytes = match self.store.get(&path).await {
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(ReadError::Missing(self.error(format!("reading {path}"), "deleted while read")));
+                }
+                Err(e) => return Err(self.error(format!("reading {path}"), e).into()),
+                Ok(result) => result.bytes().await.map_err(|e| self.error(format!("reading {path}"), e))?,
+            };
+            serde_json::from_slice::<Commit>(&bytes).map_err(|e| self.error(format!("reading {path}"), e).into())
+        }));
+        reads.buffer_unordered(16).try_collect().await
     }
 
     async fn get(&self, path: &Path) -> Result<Bytes> {
@@ -123,26 +199,72 @@ impl TrainingLog {
     /// number stay: the partition's previous owner may still be writing that commit (a member
     /// the group took the partition from finishes the commit it had started), and its record
     /// would list them. They go at a later load, once a record of their number exists.
+    ///
+    /// Only the hours the commits after the newest snapshot wrote are searched, never the whole
+    /// log: a failed attempt at a number closed the same examples as the commit that took the
+    /// number (a replay from the same checkpoint), so its files lie in those hours (or the next
+    /// commits', when the replay split them differently). A stray elsewhere stays, never read.
+    /// A compaction's merged files are left alone: one may be under way elsewhere.
     pub async fn remove_uncommitted(&self, partition: i32, commits: &[Commit]) -> Result<usize> {
         let Some(latest) = commits.last().map(|c| c.seq) else { return Ok(0) };
         let listed: std::collections::HashSet<&str> =
-            commits.iter().flat_map(|c| c.files.iter().map(String::as_str)).collect();
+            commits.iter().flat_map(|c| c.files.iter().chain(&c.retired).map(String::as_str)).collect();
+        let hours: std::collections::BTreeSet<&str> = commits
+            .iter()
+            .filter(|c| !c.is_snapshot())
+            .flat_map(|c| &c.files)
+            .filter_map(|file| file.split('/').next())
+            .collect();
         let own = format!("p{partition:03}-");
-        let files: Vec<_> = self.store.list(None).try_collect().await.map_err(|e| self.error("listing the log", e))?;
         let mut removed = 0;
-        for meta in files {
-            let path = meta.location.to_string();
-            let name = meta.location.filename().unwrap_or_default();
-            let abandoned = name
-                .strip_prefix(&own)
-                .and_then(|rest| rest.split('-').next()?.parse::<u64>().ok())
-                .is_some_and(|seq| seq <= latest);
-            if path.starts_with("hour=") && abandoned && !listed.contains(path.as_str()) {
-                self.store.delete(&meta.location).await.map_err(|e| self.error(format!("deleting {path}"), e))?;
-                removed += 1;
+        for hour in hours {
+            for path in self.list(&Path::from(hour)).await? {
+                let name = path.filename().unwrap_or_default();
+                let abandoned = !name.ends_with(compact::MERGED)
+                    && name
+                        .strip_prefix(&own)
+                        .and_then(|rest| rest.split('-').next()?.parse::<u64>().ok())
+                        .is_some_and(|seq| seq <= latest);
+                if abandoned && !listed.contains(path.as_ref()) {
+                    self.delete(&path).await?;
+                    removed += 1;
+                }
             }
         }
         Ok(removed)
+    }
+
+    /// Deletes one object; one already gone is not an error.
+    async fn delete(&self, path: &Path) -> Result<()> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(format!("deleting {path}"), e)),
+        }
+    }
+
+    /// Writes examples as one Parquet file at `path` (relative to the log's root).
+    async fn write_file(&self, path: &str, examples: Vec<Example>) -> Result<()> {
+        // Encoding is CPU work: keep it off the async runtime's threads.
+        let bytes = tokio::task::spawn_blocking(move || parquet::to_parquet(&examples))
+            .await
+            .map_err(|e| self.error("encoding Parquet", e))?
+            .map_err(|e| self.error("encoding Parquet", e))?;
+        self.store
+            .put(&Path::from(path), PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.error(format!("writing {path}"), e))?;
+        Ok(())
+    }
+
+    /// Creates a record at `path` unless one exists there; `false` when one did.
+    async fn create_record(&self, path: &Path, record: &Commit) -> Result<bool> {
+        let bytes = serde_json::to_vec_pretty(record).expect("commits serialise; this is a bug");
+        let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        match self.store.put_opts(path, PutPayload::from(bytes), options).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(self.error(format!("writing {path}"), e)),
+        }
     }
 
     /// Writes `examples` (one file per event hour) and then the commit record. Fails with
@@ -163,31 +285,21 @@ impl TrainingLog {
             orphan_clicks: request.orphan_clicks,
             checkpoint: request.checkpoint,
             committed_at_ms: crate::events::now_ms(),
+            compacts: 0,
+            retired: Vec::new(),
         };
         for (hour, examples) in by_hour {
             commit.examples += examples.len() as u64;
             commit.clicked += examples.iter().filter(|e| e.label()).count() as u64;
             let path = format!("hour={hour}/p{:03}-{:010}-{token}.parquet", request.partition, request.seq);
-            // Encoding is CPU work: keep it off the async runtime's threads.
-            let bytes = tokio::task::spawn_blocking(move || parquet::to_parquet(&examples))
-                .await
-                .map_err(|e| self.error("encoding Parquet", e))?
-                .map_err(|e| self.error("encoding Parquet", e))?;
-            self.store
-                .put(&Path::from(path.as_str()), PutPayload::from(bytes))
-                .await
-                .map_err(|e| self.error(format!("writing {path}"), e))?;
+            self.write_file(&path, examples).await?;
             commit.files.push(path);
         }
-        let record = serde_json::to_vec_pretty(&commit).expect("commits serialise; this is a bug");
-        let path = Path::from(format!("_commits/p{:03}/{:010}.json", request.partition, request.seq));
-        let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-        match self.store.put_opts(&path, PutPayload::from(record), options).await {
-            Ok(_) => Ok(commit),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                Err(Error::LogConflict { partition: request.partition, seq: request.seq })
-            }
-            Err(e) => Err(self.error(format!("writing {path}"), e)),
+        let path = Path::from(format!("{}/{:010}.json", commit_prefix(Some(request.partition)), request.seq));
+        if self.create_record(&path, &commit).await? {
+            Ok(commit)
+        } else {
+            Err(Error::LogConflict { partition: request.partition, seq: request.seq })
         }
     }
 
@@ -222,6 +334,29 @@ impl TrainingLog {
         files.sort();
         files
     }
+}
+
+/// Why reading the log's records failed: `Missing` when a compaction deleted a record after
+/// it was listed (reading again finds the snapshot instead).
+enum ReadError {
+    Missing(Error),
+    Failed(Error),
+}
+
+impl From<Error> for ReadError {
+    fn from(e: Error) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// Where a partition's commit records live (`None`: every partition's).
+fn commit_prefix(partition: Option<i32>) -> Path {
+    Path::from(partition.map_or("_commits".to_string(), |p| format!("_commits/p{p:03}")))
+}
+
+/// Where a partition's snapshot records live (`None`: every partition's).
+fn snapshot_prefix(partition: Option<i32>) -> Path {
+    Path::from(partition.map_or("_snapshots".to_string(), |p| format!("_snapshots/p{p:03}")))
 }
 
 /// A token that differs between commit attempts (time and process), for file names.
@@ -314,6 +449,8 @@ mod tests {
             orphan_clicks: 0,
             checkpoint: Checkpoint::default(),
             committed_at_ms: 0,
+            compacts: 0,
+            retired: Vec::new(),
         };
         let commits = [
             commit(&["hour=2026-01-01T00/p000-1.parquet", "hour=2026-01-01T01/p000-1.parquet"]),

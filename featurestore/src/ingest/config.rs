@@ -45,6 +45,10 @@ pub struct IngestConfig {
     pub log_commit_interval_ms: u64,
     /// Commit early when this many closed examples are waiting.
     pub log_commit_examples: usize,
+    /// Compact a partition's log once it has this many commits since its last snapshot: one
+    /// snapshot stands for them, their small files merged per hour, so that loading the
+    /// partition reads one snapshot and at most this many commits however old the log is.
+    pub log_compact_commits: usize,
     /// Kafka's consumer session timeout, in milliseconds: how long a silent ingester keeps its
     /// partitions before the group hands them to another.
     pub session_timeout_ms: u64,
@@ -62,6 +66,7 @@ impl Default for IngestConfig {
             max_batch_wait_ms: 50,
             log_commit_interval_ms: 5_000,
             log_commit_examples: 200_000,
+            log_compact_commits: 720,
             session_timeout_ms: 10_000,
         }
     }
@@ -126,6 +131,12 @@ impl IngestConfig {
             if value == 0 {
                 problems.push(ConfigProblem::new(key, "is 0; expected at least 1"));
             }
+        }
+        if self.log_compact_commits < 2 {
+            problems.push(ConfigProblem::new(
+                "log_compact_commits",
+                format!("is {}; expected at least 2 (a snapshot stands for several commits)", self.log_compact_commits),
+            ));
         }
         if !(6_000..=300_000).contains(&self.session_timeout_ms) {
             problems.push(ConfigProblem::new(

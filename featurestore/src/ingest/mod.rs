@@ -163,6 +163,10 @@ struct LogState {
     last_commit: Instant,
     /// The commit under way, if any (sequence `next_seq`).
     committing: Option<tokio::task::JoinHandle<Result<Commit>>>,
+    /// Commits since the partition's newest snapshot.
+    since_snapshot: usize,
+    /// The compaction under way, if any: how many commits it folded into a snapshot.
+    compacting: Option<tokio::task::JoinHandle<Result<usize>>>,
 }
 
 /// A feature-store ingester.

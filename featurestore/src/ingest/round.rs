@@ -279,6 +279,8 @@ impl Ingester {
                 committed: checkpoint,
                 last_commit: Instant::now(),
                 committing: None,
+                since_snapshot: commits.iter().filter(|c| !c.is_snapshot()).count(),
+                compacting: None,
             },
         );
         Ok(())
@@ -446,6 +448,41 @@ impl Ingester {
         if force {
             self.finish_log_commits(true).await?;
         }
+        self.compact_logs(force).await
+    }
+
+    /// Compacts, in the background, the log of every partition with `log_compact_commits`
+    /// commits since its last snapshot (one compaction at a time per partition), and records
+    /// those that finished (all, waiting for them, when `wait`). A compaction that fails is
+    /// logged and tried again after as many commits more: it is upkeep, the log is whole
+    /// without it.
+    async fn compact_logs(&mut self, wait: bool) -> Result<()> {
+        let partitions: Vec<i32> = self.logs.keys().copied().collect();
+        for partition in partitions {
+            let log = self.logs.get_mut(&partition).expect("listed just above");
+            if log.compacting.is_none() && log.since_snapshot >= self.config.log_compact_commits {
+                let training_log = self.log.clone();
+                log.compacting = Some(tokio::spawn(async move {
+                    let commits = training_log.commits(partition).await?;
+                    let compacted = training_log.compact(partition, &commits).await?;
+                    Ok(compacted.map_or(0, |c| c.commits))
+                }));
+            }
+            let Some(task) = log.compacting.take_if(|task| wait || task.is_finished()) else { continue };
+            match task.await {
+                Ok(Ok(folded)) => {
+                    log.since_snapshot = log.since_snapshot.saturating_sub(folded);
+                    metrics::compaction(if folded > 0 { "compacted" } else { "skipped" });
+                }
+                Ok(Err(e)) => {
+                    log.since_snapshot = 0;
+                    metrics::compaction("failed");
+                    tracing::warn!(partition, error = %e, "compacting the training log failed; will retry");
+                }
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => return Err(Error::TaskStopped(e.to_string())),
+            }
+        }
         Ok(())
     }
 
@@ -476,6 +513,7 @@ impl Ingester {
                     log.next_seq += 1;
                     log.committed = commit.checkpoint.clone();
                     log.last_commit = Instant::now();
+                    log.since_snapshot += 1;
                     self.count(&commit);
                 }
                 Err(Error::Log(adrank_contracts::Error::LogConflict { partition, seq })) => {
