@@ -30,6 +30,14 @@ pub enum Error {
     #[error("the aliases of `{name}` changed (state {found}, expected {expected}); read them again and retry")]
     Conflict { name: String, expected: u64, found: u64 },
 
+    /// A rollout cannot do what was asked (none under way, one already running, a bad plan, …).
+    #[error("{0}")]
+    Rollout(String),
+
+    /// A rollout change lost a race: the rollout changed since the caller read it.
+    #[error("the rollout of `{name}` changed (document {found}, expected {expected}); read it again and retry")]
+    RolloutChanged { name: String, expected: u64, found: u64 },
+
     /// Another process holds, or took over, a lease this one needed.
     #[error("the {what} lease of `{name}` is held by {holder}, until {expires}; one {what} runs at a time")]
     LeaseHeld { name: String, what: String, holder: String, expires: String },

@@ -24,6 +24,7 @@ mod error;
 pub mod lease;
 pub mod manifest;
 pub mod records;
+pub mod rollout;
 pub mod runtime;
 pub mod scoring;
 pub mod state;
@@ -38,6 +39,7 @@ pub use config::{Location, OrtConfig, Provider, RegistryConfig};
 pub use error::{Error, Result};
 pub use lease::{Acquired, Lease, LeaseRecord};
 pub use manifest::{Artifact, Manifest, Signature, TensorSignature, TrainingInfo};
+pub use rollout::{Action, Arm, Decision, Rollout};
 pub use state::{Change, PRODUCTION, State};
 pub use versions::Draft;
 

@@ -47,8 +47,7 @@ pub const PRODUCTION: &str = "production";
 impl Registry {
     /// The current state of `name`'s aliases (the empty state before any change).
     pub async fn state(&self, name: &str) -> Result<State> {
-        check_name(name)?;
-        let newest = self.list(&format!("models/{name}/state/")).await?.iter().filter_map(|p| number_of(p)).max();
+        let newest = self.sequence(name, "state").await?.pop();
         match newest {
             None => Ok(State::default()),
             Some(seq) => self.read_state(name, seq).await,
@@ -57,10 +56,7 @@ impl Registry {
 
     /// Every state of `name`, oldest first: the audit log.
     pub async fn history(&self, name: &str) -> Result<Vec<State>> {
-        check_name(name)?;
-        let mut seqs: Vec<u64> =
-            self.list(&format!("models/{name}/state/")).await?.iter().filter_map(|p| number_of(p)).collect();
-        seqs.sort_unstable();
+        let seqs = self.sequence(name, "state").await?;
         let mut states = Vec::with_capacity(seqs.len());
         for seq in seqs {
             states.push(self.read_state(name, seq).await?);
@@ -131,6 +127,16 @@ impl Registry {
             .get(reference)
             .copied()
             .ok_or_else(|| Error::NotFound(format!("model `{name}` has no alias `{reference}`")))
+    }
+
+    /// The sequence numbers of model `name`'s documents under `kind/` (`state`, `rollout`),
+    /// ascending.
+    pub(crate) async fn sequence(&self, name: &str, kind: &str) -> Result<Vec<u64>> {
+        check_name(name)?;
+        let mut seqs: Vec<u64> =
+            self.list(&format!("models/{name}/{kind}/")).await?.iter().filter_map(|p| number_of(p)).collect();
+        seqs.sort_unstable();
+        Ok(seqs)
     }
 
     async fn read_state(&self, name: &str, seq: u64) -> Result<State> {

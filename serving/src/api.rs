@@ -327,22 +327,6 @@ async fn click_handler(State(state): State<Arc<AppState>>, body: Bytes) -> Respo
 }
 
 async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let version = match headers.get(PIN_HEADER) {
-        None => state.models.default_version(),
-        Some(value) => {
-            let Some(number) = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) else {
-                let message = format!("the {PIN_HEADER} header must be a version number");
-                return error(StatusCode::BAD_REQUEST, "invalid_request", PIN_HEADER.into(), message);
-            };
-            match state.models.version(number) {
-                Some(version) => version,
-                None => {
-                    let message = format!("version {number} is not loaded here; loaded: {:?}", state.models.loaded());
-                    return error(StatusCode::NOT_FOUND, "unknown_model_version", PIN_HEADER.into(), message);
-                }
-            }
-        }
-    };
     // The plain parser first; only a body it refuses is parsed again, tracking the path, to
     // name the field (tracking every field of every valid request cost 5% of the CPU).
     let request: RankRequest = match object::from_slice(&body) {
@@ -369,7 +353,24 @@ async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
     if let Err(e) = checked {
         return error(StatusCode::BAD_REQUEST, "invalid_request", e.field.clone(), e.to_string());
     }
-    match rank(&request, &version, state.reader.as_ref(), &state.config).await {
+    // A pinned version, else the user's rollout arm's (the default one without a rollout).
+    let (version, arm) = match headers.get(PIN_HEADER) {
+        None => state.models.route(&request.user_id),
+        Some(value) => {
+            let Some(number) = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) else {
+                let message = format!("the {PIN_HEADER} header must be a version number");
+                return error(StatusCode::BAD_REQUEST, "invalid_request", PIN_HEADER.into(), message);
+            };
+            match state.models.version(number) {
+                Some(version) => (version, None),
+                None => {
+                    let message = format!("version {number} is not loaded here; loaded: {:?}", state.models.loaded());
+                    return error(StatusCode::NOT_FOUND, "unknown_model_version", PIN_HEADER.into(), message);
+                }
+            }
+        }
+    };
+    match rank(&request, &version, arm, state.reader.as_ref(), &state.config).await {
         Ok((response, impressions)) => {
             if let Some(log) = &state.impressions {
                 log.log(impressions);
@@ -463,12 +464,13 @@ mod tests {
         let timing = Timing { features_ms: 0.0, queue_ms: 0.0, inference_ms: 0.0, total_ms: 0.0, batch_rows: 1 };
         let response = RankResponse {
             request_id: "r".into(),
-            model: ModelRef { name: "ctr".into(), version: 1 },
+            model: ModelRef { name: "ctr".into(), version: 1, arm: Some(adrank_registry::Arm::Candidate) },
             ranked: vec![ranked.clone()],
             degraded: false,
             timing,
         };
         assert_eq!(properties(&doc, &format!("{schemas}/RankResponse/properties")), fields(&response));
+        assert_eq!(properties(&doc, &format!("{schemas}/ModelRef/properties")), fields(&response.model));
         assert_eq!(
             properties(&doc, &format!("{schemas}/RankResponse/properties/ranked/items/properties")),
             fields(&ranked)

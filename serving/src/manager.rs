@@ -11,9 +11,13 @@
 //! serving. [`ModelManager::watch`] refreshes on an interval.
 //!
 //! More references (`also`: aliases such as `candidate` or `shadow`, or numbers) keep their
-//! versions loaded beside the default one, followed the same way: requests can pin them, and the
-//! rollout controller routes between them. An alias that does not exist loads nothing; a version
-//! no reference names any more is unloaded (freed once its last request is done).
+//! versions loaded beside the default one, followed the same way: requests can pin them. An alias
+//! that does not exist loads nothing; a version no reference names any more is unloaded (freed
+//! once its last request is done).
+//!
+//! The model's rollout (docs/rollouts.md) is followed too: while one is running or paused, its
+//! candidate is kept loaded and [`ModelManager::route`] sends each user to the arm the rollout's
+//! salted hash puts them in, so replicas agree without talking to each other.
 
 use std::{
     collections::BTreeMap,
@@ -22,7 +26,7 @@ use std::{
 };
 
 use adrank_contracts::spec::FeatureSpec;
-use adrank_registry::{OrtConfig, Registry};
+use adrank_registry::{Arm, OrtConfig, Registry, Rollout};
 
 use crate::{
     Error, Result, ServingConfig,
@@ -60,7 +64,12 @@ struct State {
     extra: BTreeMap<String, u64>,
     /// Each extra reference's last version that failed to load.
     extra_failed: BTreeMap<String, Failed>,
+    /// The rollout under way, once its candidate is loaded (held in `extra` as [`ROLLOUT`]).
+    rollout: Option<Rollout>,
 }
+
+/// The `extra` entry holding a rollout's candidate: not a valid alias, so no reference is it.
+const ROLLOUT: &str = "@rollout";
 
 impl State {
     /// Unloads every version neither the default nor an extra reference names.
@@ -147,9 +156,11 @@ impl ModelManager {
             failed: None,
             extra: BTreeMap::new(),
             extra_failed: BTreeMap::new(),
+            rollout: None,
         };
         let manager = Self { config, state: RwLock::new(state) };
         manager.refresh_extra().await;
+        manager.refresh_rollout().await;
         Ok(manager)
     }
 
@@ -170,7 +181,29 @@ impl ModelManager {
 
     /// The extra references and the versions they hold loaded now.
     pub fn extra(&self) -> BTreeMap<String, u64> {
-        self.state.read().expect("the state lock is never poisoned").extra.clone()
+        let state = self.state.read().expect("the state lock is never poisoned");
+        state.extra.iter().filter(|(r, _)| *r != ROLLOUT).map(|(r, v)| (r.clone(), *v)).collect()
+    }
+
+    /// The rollout this server routes by now: one under way whose candidate is loaded.
+    pub fn rollout(&self) -> Option<Rollout> {
+        self.state.read().expect("the state lock is never poisoned").rollout.clone()
+    }
+
+    /// The version that serves `user_id`, and the rollout arm it is in (none without a rollout).
+    /// A user the rollout puts in the candidate's arm gets the candidate; everyone else the
+    /// default version. While the default is not the rollout's production version (the alias
+    /// moved outside the rollout), everyone gets the default.
+    pub fn route(&self, user_id: &str) -> (Arc<LoadedVersion>, Option<Arm>) {
+        let state = self.state.read().expect("the state lock is never poisoned");
+        let default = Arc::clone(&state.default);
+        let Some(rollout) = state.rollout.as_ref().filter(|r| r.production == default.manifest.version) else {
+            return (default, None);
+        };
+        match (rollout.arm(user_id), state.loaded.get(&rollout.candidate)) {
+            (Arm::Candidate, Some(candidate)) => (Arc::clone(candidate), Some(Arm::Candidate)),
+            _ => (default, Some(Arm::Production)),
+        }
     }
 
     /// Resolves the followed alias once and swaps to its version if it changed; then follows
@@ -178,7 +211,60 @@ impl ModelManager {
     pub async fn refresh(&self) -> Result<Refresh> {
         let outcome = self.refresh_default().await;
         self.refresh_extra().await;
+        self.refresh_rollout().await;
         outcome
+    }
+
+    /// Follows the model's rollout: loads a running or paused one's candidate, then routes by
+    /// it; an ended one (or none) routes nothing and unloads its candidate. A registry error
+    /// keeps the rollout as it was; a candidate that fails to load is logged, and routed to no
+    /// one.
+    async fn refresh_rollout(&self) {
+        let newest = match self.config.registry.rollout(&self.config.name).await {
+            Ok(newest) => newest.filter(Rollout::is_active),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the model's rollout; routing stays as it was");
+                return;
+            }
+        };
+        let Some(rollout) = newest else {
+            let mut state = self.state.write().expect("the state lock is never poisoned");
+            let (routed, held) = (state.rollout.take(), state.extra.remove(ROLLOUT));
+            if routed.is_some() || held.is_some() {
+                tracing::info!("the rollout ended; every user gets the default version");
+                state.prune();
+            }
+            return;
+        };
+        let candidate = match self.version(rollout.candidate) {
+            Some(loaded) => loaded,
+            None => match LoadedVersion::load(request(&self.config, rollout.candidate)).await {
+                Ok(loaded) => Arc::new(loaded),
+                Err(e) => {
+                    tracing::warn!(version = rollout.candidate, error = %e, "the rollout's candidate did not load; no user is routed to it");
+                    let mut state = self.state.write().expect("the state lock is never poisoned");
+                    state.rollout = None;
+                    state.extra.remove(ROLLOUT);
+                    state.prune();
+                    return;
+                }
+            },
+        };
+        let mut state = self.state.write().expect("the state lock is never poisoned");
+        if state.rollout.as_ref() != Some(&rollout) {
+            tracing::info!(
+                rollout = rollout.id,
+                seq = rollout.seq,
+                candidate = rollout.candidate,
+                weight = rollout.weight(),
+                status = rollout.status.as_str(),
+                "routing by the rollout"
+            );
+        }
+        state.loaded.insert(rollout.candidate, candidate);
+        state.extra.insert(ROLLOUT.into(), rollout.candidate);
+        state.rollout = Some(rollout);
+        state.prune();
     }
 
     async fn refresh_default(&self) -> Result<Refresh> {

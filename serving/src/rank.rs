@@ -9,6 +9,7 @@ use adrank_contracts::{
     spec::POSITION_FIELD,
 };
 use adrank_featurestore::online::{AdFeatures, AdRef, Fetched, Reader};
+use adrank_registry::Arm;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -34,6 +35,9 @@ pub struct RankResponse {
 pub struct ModelRef {
     pub name: String,
     pub version: u64,
+    /// The rollout arm the user is in, while a rollout is under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm: Option<Arm>,
 }
 
 /// One ranked candidate.
@@ -169,6 +173,7 @@ pub enum RankError {
 pub async fn rank(
     request: &RankRequest,
     version: &LoadedVersion,
+    arm: Option<Arm>,
     reader: Option<&Reader>,
     config: &ServingConfig,
 ) -> Result<(RankResponse, Vec<Impression>), RankError> {
@@ -278,7 +283,7 @@ pub async fn rank(
         .collect();
     let response = RankResponse {
         request_id: request.request_id.clone(),
-        model: ModelRef { name: version.manifest.name.clone(), version: version.manifest.version },
+        model: ModelRef { name: version.manifest.name.clone(), version: version.manifest.version, arm },
         ranked,
         degraded,
         timing: Timing {

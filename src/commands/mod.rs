@@ -12,6 +12,7 @@ mod ingest;
 mod loadtest;
 mod registry;
 mod retrain;
+mod rollout;
 mod serve;
 mod sim;
 mod train;
@@ -51,6 +52,9 @@ pub(crate) enum Command {
     Eval(eval::Args),
     /// The model registry: list, show, import, alias, history.
     Registry(registry::Args),
+    /// A candidate's rollout, kept in the registry: start it, see it, advance, pause, resume,
+    /// promote or abort it, and its audit log. `serve` routes each user to their arm.
+    Rollout(rollout::Args),
     /// The retraining loop: a cycle trains a candidate on final hours (warm-started from
     /// production), evaluates it against production on newer hours, applies the gates and
     /// records the decision; `--loop` runs cycles on triggers, one at a time across processes;
@@ -84,6 +88,7 @@ impl Command {
             Self::Eval(args) => eval::run(args, loaded).await,
             Self::Registry(args) => registry::run(args, loaded).await,
             Self::Retrain(args) => retrain::run(args, loaded).await,
+            Self::Rollout(args) => rollout::run(args, loaded).await,
             Self::Serve(args) => serve::run_command(args, loaded).await,
             Self::Loadtest(args) => loadtest::run_command(args, loaded).await,
         }

@@ -75,7 +75,7 @@ enum Command {
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ`.
-fn utc_time(ms: i64) -> String {
+pub(crate) fn utc_time(ms: i64) -> String {
     let seconds = ms.div_euclid(1000);
     format!("{}:{:02}:{:02}Z", utc_hour(ms), seconds.rem_euclid(3600) / 60, seconds.rem_euclid(60))
 }

@@ -213,3 +213,59 @@ fn publishers_killed_at_random_points_leave_complete_versions_or_none() {
     }
     eprintln!("{} of 8 killed publishers had finished; none left a partial version", versions.len() - 2);
 }
+
+/// `adrank rollout` from start to promotion, and the refusals an operator meets on the way, each
+/// naming its reason; the state lives in the registry, readable by every replica.
+#[tokio::test]
+async fn a_rollout_is_steered_from_the_command_line_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path());
+    let (onnx, stats) = model_file(&Architecture::Logistic);
+    registry.publish(draft(&onnx, &stats, "first")).await.unwrap();
+    registry.publish(draft(&onnx, &stats, "second")).await.unwrap();
+    let rollout = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_adrank"))
+            .arg("rollout")
+            .args(args)
+            .env("ADRANK_REGISTRY__LOCATION", dir.path().join("registry"))
+            .env("USER", "operator")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
+    };
+    // No production version yet: nothing to roll out against.
+    let (ok, text) = rollout(&["start", "ctr", "2"]);
+    assert!(!ok && text.contains("no production version"), "{text}");
+    let first =
+        Change { expected_seq: 0, set: vec![("production".into(), Some(1))], by: "t".into(), reason: "t".into() };
+    registry.change("ctr", first).await.unwrap();
+
+    let (ok, text) = rollout(&["start", "ctr", "latest", "--plan", "0,50,100", "--reason", "retrained"]);
+    assert!(ok && text.contains("version 2 against 1"), "{text}");
+    let (ok, text) = rollout(&["start", "ctr", "2"]);
+    assert!(!ok && text.contains("promote or roll it back first"), "{text}");
+    let (ok, text) = rollout(&["start", "ctr", "2", "--plan", "0,50"]);
+    assert!(!ok && text.contains("does not end at 100%"), "{text}");
+    assert!(rollout(&["advance", "ctr"]).0);
+    let (_, status) = rollout(&["status", "ctr", "--json"]);
+    let state: adrank_registry::Rollout = serde_json::from_str(&status).unwrap();
+    assert_eq!((state.weight(), state.candidate, state.production), (50, 2, 1));
+    assert!(rollout(&["pause", "ctr", "--reason", "too few clicks"]).0);
+    let (ok, text) = rollout(&["advance", "ctr"]);
+    assert!(!ok && text.contains("paused"), "{text}");
+    // A decision made on an older document loses.
+    let (ok, text) = rollout(&["resume", "ctr", "--expect", "2"]);
+    assert!(!ok && text.contains("changed"), "{text}");
+    assert!(rollout(&["resume", "ctr"]).0);
+    let (ok, text) = rollout(&["promote", "ctr", "--reason", "ctr up"]);
+    assert!(ok && text.contains("promoted version 2"), "{text}");
+    assert_eq!(registry.state("ctr").await.unwrap().aliases["production"], 2);
+    let (_, table) = rollout(&["status", "ctr"]);
+    assert!(table.contains("promoted") && table.contains("100%"), "{table}");
+    let (_, history) = rollout(&["history", "ctr"]);
+    for expected in ["started rollout 1", "paused at 50%", "resumed at 50%", "promoted version 2", "operator", "ctr up"]
+    {
+        assert!(history.contains(expected), "no `{expected}` in the history:\n{history}");
+    }
+}

@@ -535,3 +535,84 @@ async fn extra_references_keep_their_versions_loaded_and_pinnable() {
     assert_eq!(models.loaded(), [3]);
     assert!(models.extra().is_empty());
 }
+
+/// Two replicas follow one rollout from the registry: every user gets, on both, the version of
+/// the arm the rollout's salted hash puts them in, and the reply names the arm; the shadow step
+/// serves everyone production; an abort sends everyone back and unloads the candidate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_route_every_user_to_the_same_rollout_arm() {
+    use adrank_registry::{Action, Arm, Decision};
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path());
+    let (onnx, stats) =
+        model_file(&Architecture::Dlrm { embedding_dim: 8, bottom: vec![16], top: vec![32], wide: true });
+    for reason in ["v1", "v2"] {
+        registry.publish(draft(&onnx, &stats, reason)).await.unwrap();
+    }
+    registry.change("ctr", alias(1, 0)).await.unwrap();
+    let decision = |seq: u64| Decision {
+        expected_seq: seq,
+        by: "test".into(),
+        reason: "test".into(),
+        figures: Default::default(),
+    };
+    let shadow = registry.start_rollout("ctr", 2, vec![0, 50, 100], decision(0)).await.unwrap();
+
+    let config = ServingConfig::default();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let models = Arc::new(ModelManager::start(manager_config(&registry, &config)).await.unwrap());
+        replicas.push((Arc::clone(&models), serve(models, None, None, config.clone()).await));
+    }
+    let mut world = World::new(WorldConfig { users: 5_000, advertisers: 50, ads: 400, ..WorldConfig::default() });
+    let requests: Vec<String> = (0..60).map(|_| body(&mut world)).collect();
+    let user_of =
+        |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap()["user_id"].as_str().unwrap().to_string();
+    // Each reply's (version, arm), from each replica, for every request.
+    let served = |replicas: Vec<(Arc<ModelManager>, SocketAddr)>, requests: Vec<String>| async move {
+        let mut answers = Vec::new();
+        for request in &requests {
+            let mut per_replica = Vec::new();
+            for (_, addr) in &replicas {
+                let (status, _, text) = http(*addr, "POST", "/v1/rank", request.as_bytes()).await;
+                assert_eq!(status, 200, "{text}");
+                let model = serde_json::from_str::<RankResponse>(&text).unwrap().model;
+                per_replica.push((model.version, model.arm));
+            }
+            answers.push(per_replica);
+        }
+        answers
+    };
+
+    // Shadow: the candidate is loaded, nobody is served by it.
+    assert!(replicas.iter().all(|(m, _)| m.loaded() == [1, 2]));
+    for answer in served(replicas.clone(), requests.clone()).await {
+        assert_eq!(answer, [(1, Some(Arm::Production)); 2]);
+    }
+
+    // 50%: both replicas, after their next refresh, agree with the rollout's own split.
+    let half = registry.act_on_rollout("ctr", Action::Advance, decision(shadow.seq)).await.unwrap();
+    for (models, _) in &replicas {
+        models.refresh().await.unwrap();
+        assert_eq!(models.rollout().map(|r| r.weight()), Some(50));
+    }
+    let answers = served(replicas.clone(), requests.clone()).await;
+    let mut arms = [0, 0];
+    for (request, answer) in requests.iter().zip(&answers) {
+        let user = user_of(request);
+        let expected = (half.version_for(&user), Some(half.arm(&user)));
+        assert_eq!(answer, &[expected; 2], "user {user}");
+        arms[usize::from(half.arm(&user) == Arm::Candidate)] += 1;
+    }
+    assert!(arms[0] > 10 && arms[1] > 10, "both arms serve users: {arms:?}");
+
+    // Aborted: everyone is back on production, with no arm, and the candidate is unloaded.
+    registry.act_on_rollout("ctr", Action::RollBack, decision(half.seq)).await.unwrap();
+    for (models, _) in &replicas {
+        models.refresh().await.unwrap();
+        assert_eq!((models.rollout(), models.loaded()), (None, vec![1]));
+    }
+    for answer in served(replicas.clone(), requests.clone()).await {
+        assert_eq!(answer, [(1, None); 2]);
+    }
+}

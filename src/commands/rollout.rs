@@ -1,0 +1,135 @@
+//! `adrank rollout`: start, inspect and steer a candidate's rollout, kept in the registry.
+
+use std::{collections::BTreeMap, process::ExitCode};
+
+use adrank_registry::{Action, Decision, Registry, Rollout, rollout::DEFAULT_PLAN};
+use anyhow::Context as _;
+use clap::Subcommand;
+
+use crate::{config::Loaded, table::Table};
+
+/// A model's rollouts.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start rolling a version out against production, at the plan's first step.
+    Start {
+        name: String,
+        /// The version to roll out: a number, an alias (such as `candidate`) or `latest`.
+        #[arg(value_name = "VERSION")]
+        candidate: String,
+        /// The candidate's share of users per step, in percent, rising to 100; 0 is shadow.
+        #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_PLAN)]
+        plan: Vec<u8>,
+        /// Why (kept in the audit log).
+        #[arg(long, default_value = "adrank rollout start")]
+        reason: String,
+    },
+    /// The rollout's current state.
+    Status {
+        name: String,
+        /// Print the state document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move to the next step (from the last one, promote).
+    Advance(Steer),
+    /// Hold the rollout at its step.
+    Pause(Steer),
+    /// Let a paused rollout go on.
+    Resume(Steer),
+    /// Make the candidate production now.
+    Promote(Steer),
+    /// Roll the candidate back: production serves everyone.
+    Abort(Steer),
+    /// Every rollout document: who, what, when, why.
+    History { name: String },
+}
+
+#[derive(Debug, clap::Args)]
+struct Steer {
+    name: String,
+    /// The document this action is based on (see `rollout status`); default: the current one.
+    #[arg(long)]
+    expect: Option<u64>,
+    /// Why (kept in the audit log).
+    #[arg(long, default_value = "adrank rollout")]
+    reason: String,
+}
+
+pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
+    let registry = Registry::open(&loaded.config.registry)?;
+    let by = std::env::var("USER").unwrap_or_else(|_| "adrank".into());
+    let decision =
+        |expected_seq, reason: String| Decision { expected_seq, by: by.clone(), reason, figures: BTreeMap::new() };
+    let (steer, action) = match args.command {
+        Command::Start { name, candidate, plan, reason } => {
+            let candidate = registry.resolve(&name, &candidate).await?;
+            let current = registry.rollout(&name).await?.map_or(0, |r| r.seq);
+            let rollout = registry.start_rollout(&name, candidate, plan, decision(current, reason)).await?;
+            println!("{}", rollout.change);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Status { name, json } => {
+            let rollout = registry.rollout(&name).await?;
+            match (rollout, json) {
+                (Some(r), true) => println!("{}", serde_json::to_string_pretty(&r)?),
+                (None, true) => println!("null"),
+                (Some(r), false) => print!("{}", status_table(&r)),
+                (None, false) => println!("`{name}` has had no rollout"),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::History { name } => {
+            let mut table = Table::new(["DOC", "WHEN", "WHO", "WHAT", "WHY"]);
+            for r in registry.rollout_history(&name).await? {
+                table.row(vec![
+                    r.seq.to_string(),
+                    super::registry::utc_time(r.changed_at_ms),
+                    r.changed_by,
+                    r.change,
+                    r.reason,
+                ]);
+            }
+            print!("{}", table.render());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Advance(steer) => (steer, Action::Advance),
+        Command::Pause(steer) => (steer, Action::Pause),
+        Command::Resume(steer) => (steer, Action::Resume),
+        Command::Promote(steer) => (steer, Action::Promote),
+        Command::Abort(steer) => (steer, Action::RollBack),
+    };
+    let Steer { name, expect, reason } = steer;
+    let expected = match expect {
+        Some(seq) => seq,
+        None => registry.rollout(&name).await?.with_context(|| format!("`{name}` has no rollout"))?.seq,
+    };
+    let rollout = registry.act_on_rollout(&name, action, decision(expected, reason)).await?;
+    println!("{}", rollout.change);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_table(r: &Rollout) -> String {
+    let mut table = Table::new(["", ""]);
+    let plan: Vec<String> =
+        r.plan.iter().enumerate().map(|(i, w)| if i == r.step { format!("[{w}%]") } else { format!("{w}%") }).collect();
+    table.row(vec!["rollout".into(), format!("{} (document {})", r.id, r.seq)]);
+    table.row(vec!["status".into(), r.status.as_str().into()]);
+    table.row(vec!["production".into(), format!("version {}", r.production)]);
+    table.row(vec!["candidate".into(), format!("version {}", r.candidate)]);
+    let weight = if r.is_shadow() { "0% (shadow)".to_string() } else { format!("{}%", r.weight()) };
+    table.row(vec!["candidate's users".into(), weight]);
+    table.row(vec!["plan".into(), plan.join(" -> ")]);
+    table.row(vec![
+        "last change".into(),
+        format!("{} by {}: {}", super::registry::utc_time(r.changed_at_ms), r.changed_by, r.change),
+    ]);
+    table.row(vec!["why".into(), r.reason.clone()]);
+    table.render()
+}
