@@ -262,6 +262,7 @@ pub async fn rank(
                 // trainer takes the served one).
                 features: logged_record([&fetched.user, &ad, &context, &c.features], c.bid),
                 oracle_p: None,
+                rollout_arm: arm.map(|arm| arm.as_str().to_string()),
             }
         })
         .collect();

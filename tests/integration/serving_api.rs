@@ -559,10 +559,15 @@ async fn replicas_route_every_user_to_the_same_rollout_arm() {
     let shadow = registry.start_rollout("ctr", 2, vec![0, 50, 100], decision(0)).await.unwrap();
 
     let config = ServingConfig::default();
+    let broker = adrank_testkit::broker::TestBroker::start().await;
+    admin::ensure_topics(&broker.config).await.unwrap();
+    let topic = broker.config.topics.impressions.name.clone();
+    let log = ImpressionLog::start(&broker.config, &topic, 1000).unwrap();
     let mut replicas = Vec::new();
-    for _ in 0..2 {
+    for replica in 0..2 {
         let models = Arc::new(ModelManager::start(manager_config(&registry, &config)).await.unwrap());
-        replicas.push((Arc::clone(&models), serve(models, None, None, config.clone()).await));
+        let impressions = (replica == 0).then(|| log.clone());
+        replicas.push((Arc::clone(&models), serve(models, None, impressions, config.clone()).await));
     }
     let mut world = World::new(WorldConfig { users: 5_000, advertisers: 50, ads: 400, ..WorldConfig::default() });
     let requests: Vec<String> = (0..60).map(|_| body(&mut world)).collect();
@@ -605,6 +610,20 @@ async fn replicas_route_every_user_to_the_same_rollout_arm() {
         arms[usize::from(half.arm(&user) == Arm::Candidate)] += 1;
     }
     assert!(arms[0] > 10 && arms[1] > 10, "both arms serve users: {arms:?}");
+    // The logged impressions carry the arm and the version that scored them.
+    for arm in [Arm::Production, Arm::Candidate] {
+        let request = requests.iter().find(|r| half.arm(&user_of(r)) == arm).unwrap();
+        // A request id of its own: the requests above were logged under theirs.
+        let mut request: serde_json::Value = serde_json::from_str(request).unwrap();
+        request["request_id"] = format!("arm-{}", arm.as_str()).into();
+        let (_, _, text) = http(replicas[0].1, "POST", "/v1/rank", request.to_string().as_bytes()).await;
+        let reply = serde_json::from_str::<RankResponse>(&text).unwrap();
+        let shown = reply.ranked.iter().filter(|r| r.impression_id.is_some()).count();
+        for impression in read_impressions(&broker.config, &topic, &reply.request_id, shown).await {
+            assert_eq!(impression.rollout_arm.as_deref(), Some(arm.as_str()));
+            assert_eq!(impression.model_version, reply.model.version.to_string());
+        }
+    }
 
     // Aborted: everyone is back on production, with no arm, and the candidate is unloaded.
     registry.act_on_rollout("ctr", Action::RollBack, decision(half.seq)).await.unwrap();

@@ -59,7 +59,14 @@ pub struct Impression {
     /// feature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oracle_p: Option<f64>,
+    /// The rollout arm the user was in (`production` or `candidate`), when a rollout was under
+    /// way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_arm: Option<String>,
 }
+
+/// The values an impression's `rollout_arm` may take.
+pub const ROLLOUT_ARMS: [&str; 2] = ["production", "candidate"];
 
 impl Impression {
     /// A minimal valid impression with the given id and raw features, for tests and examples.
@@ -79,6 +86,7 @@ impl Impression {
             bid: 1.0,
             features,
             oracle_p: None,
+            rollout_arm: None,
         }
     }
 }
@@ -310,6 +318,9 @@ impl Event for Impression {
         features("features", &self.features)?;
         if let Some(p) = self.oracle_p {
             probability(ORACLE_FIELD, p)?;
+        }
+        if let Some(arm) = self.rollout_arm.as_deref().filter(|arm| !ROLLOUT_ARMS.contains(arm)) {
+            return Err(EventError::new("rollout_arm", format!("is `{arm}`; expected one of {ROLLOUT_ARMS:?}")));
         }
         Ok(())
     }

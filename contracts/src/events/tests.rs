@@ -21,6 +21,7 @@ fn impression() -> Impression {
             ("country".into(), RawValue::Missing),
         ]),
         oracle_p: Some(0.019),
+        rollout_arm: Some("candidate".into()),
     }
 }
 

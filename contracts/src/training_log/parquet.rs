@@ -70,6 +70,11 @@ pub fn to_record_batch(examples: &[Example]) -> Result<RecordBatch, ArrowError> 
         ("clicks", Arc::new(UInt32Array::from_iter_values(examples.iter().map(|e| e.clicks))), false),
         ("first_click_time", times(|e| e.first_click_ms), true),
         ("oracle_p", Arc::new(Float64Array::from_iter(examples.iter().map(|e| e.impression.oracle_p))), true),
+        (
+            "rollout_arm",
+            Arc::new(StringArray::from_iter(examples.iter().map(|e| e.impression.rollout_arm.as_deref()))),
+            true,
+        ),
         ("features_str", Arc::new(text.finish()), false),
         ("features_num", Arc::new(numbers.finish()), false),
         ("kafka_partition", Arc::new(Int32Array::from_iter_values(examples.iter().map(|e| e.partition))), false),
@@ -140,6 +145,11 @@ pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Example>, ArrowError
     let score = column("score")?.as_primitive_opt::<Float64Type>().ok_or_else(|| wrong_type("score"))?;
     let bid = column("bid")?.as_primitive_opt::<Float64Type>().ok_or_else(|| wrong_type("bid"))?;
     let oracle = column("oracle_p")?.as_primitive_opt::<Float64Type>().ok_or_else(|| wrong_type("oracle_p"))?;
+    // Files written before rollouts have no such column: no arm.
+    let arm = match batch.column_by_name("rollout_arm") {
+        None => None,
+        Some(column) => Some(column.as_string_opt::<i32>().ok_or_else(|| wrong_type("rollout_arm"))?),
+    };
     let clicks = column("clicks")?.as_primitive_opt::<UInt32Type>().ok_or_else(|| wrong_type("clicks"))?;
     let partition =
         column("kafka_partition")?.as_primitive_opt::<Int32Type>().ok_or_else(|| wrong_type("kafka_partition"))?;
@@ -182,6 +192,7 @@ pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Example>, ArrowError
                 bid: bid.value(row),
                 features,
                 oracle_p: oracle.is_valid(row).then(|| oracle.value(row)),
+                rollout_arm: arm.filter(|a| a.is_valid(row)).map(|a| a.value(row).to_string()),
             },
             partition: partition.value(row),
             offset: offset.value(row),
@@ -211,11 +222,13 @@ mod tests {
             ]),
         );
         impression.oracle_p = Some(0.03);
+        impression.rollout_arm = Some("candidate".into());
         let clicked =
             Example { impression: impression.clone(), partition: 2, offset: 41, clicks: 2, first_click_ms: Some(9) };
         let mut plain = clicked.clone();
         plain.impression.impression_id = "i-2".into();
         plain.impression.oracle_p = None;
+        plain.impression.rollout_arm = None;
         plain.impression.features = RawFeatures::new();
         plain.clicks = 0;
         plain.first_click_ms = None;

@@ -324,6 +324,7 @@ impl World {
                 bid: a.bid,
                 features: self.raw_features(request, ad),
                 oracle_p: Some(self.truth.p(&situation)),
+                rollout_arm: None,
             });
             served.situations.push(situation);
         }
