@@ -378,13 +378,28 @@ async fn on_a_drifting_world_a_model_retrained_on_the_newest_days_beats_the_stal
     // A week passes unlogged: tastes drift, ads come and go. Then a day of fresh history.
     world.replay_baseline_days(7.0);
     history(&mut world, &log, 1.5).await;
+    // This time without --promote, and with [retrain] rollout: a blessed candidate starts a
+    // rollout against production instead.
+    let retrainer = Retrainer {
+        promote: false,
+        retrain: RetrainConfig { rollout: true, ..retrainer.retrain.clone() },
+        ..retrainer
+    };
     let fresh = finished(&retrainer).await;
     let report = fresh.report().unwrap();
     let ne = |role: &str| report.rows.iter().find(|r| r.role == role).unwrap().overall.normalised_entropy;
     assert!(ne("candidate") < ne("baseline"), "retrained NE {} vs stale {}", ne("candidate"), ne("baseline"));
     let verdict = fresh.verdict().unwrap();
     assert_eq!(verdict.decision, Decision::Blessed, "{verdict:?}");
-    assert_eq!(registry.state("ctr").await.unwrap().aliases.get(PRODUCTION), fresh.version().as_ref());
+    let aliases = registry.state("ctr").await.unwrap().aliases;
+    assert_eq!(
+        (aliases.get(PRODUCTION), aliases.get("candidate")),
+        (stale.version().as_ref(), fresh.version().as_ref())
+    );
+    let rollout = registry.rollout("ctr").await.unwrap().expect("the blessed candidate's rollout");
+    assert_eq!((rollout.production, Some(rollout.candidate)), (stale.version().unwrap(), fresh.version()));
+    assert!(rollout.is_shadow(), "it starts in shadow: {rollout:?}");
+    assert!(rollout.reason.starts_with(&format!("retrain cycle {}:", fresh.id)), "{}", rollout.reason);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,6 +34,10 @@ pub struct RetrainConfig {
     /// Attempts at a failing cycle (each resumes from its last completed step) before it is
     /// recorded as failed and the loop waits for the next trigger.
     pub max_attempts: u32,
+    /// When a cycle blesses a candidate (without `--promote`), start a rollout of it against
+    /// production with the default plan (docs/rollouts.md), unless one is under way: serving
+    /// then routes users to it step by step.
+    pub rollout: bool,
     /// What a candidate must show before it is blessed.
     pub gates: GatesConfig,
 }
@@ -50,6 +54,7 @@ impl Default for RetrainConfig {
             lease_secs: 60,
             ranks: 1,
             max_attempts: 3,
+            rollout: false,
             gates: GatesConfig::default(),
         }
     }

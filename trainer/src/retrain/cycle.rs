@@ -353,6 +353,7 @@ async fn publish_step(request: &CycleRequest<'_>, cycle: &Cycle) -> Result<Outco
     let prefix = format!("retrain cycle {}:", cycle.id);
     if let Some(done) = request.registry.history(name).await?.into_iter().rev().find(|s| s.reason.starts_with(&prefix))
     {
+        start_rollout(request, cycle, version, verdict.decision).await?;
         return Ok(Outcome::Publish { aliases: aliases_of(verdict.decision, request.promote), state_seq: done.seq });
     }
     let aliases = aliases_of(verdict.decision, request.promote);
@@ -380,12 +381,52 @@ async fn publish_step(request: &CycleRequest<'_>, cycle: &Cycle) -> Result<Outco
             reason: format!("{prefix} version {version} {}: {summary}", verdict.decision),
         };
         match request.registry.change(name, change).await {
-            Ok(state) => return Ok(Outcome::Publish { aliases, state_seq: state.seq }),
+            Ok(state) => {
+                start_rollout(request, cycle, version, verdict.decision).await?;
+                return Ok(Outcome::Publish { aliases, state_seq: state.seq });
+            }
             Err(adrank_registry::Error::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
     }
     Err(Error::Settings(format!("the aliases of `{name}` kept changing; cycle {} will retry", cycle.id)))
+}
+
+/// Starts a rollout of a blessed candidate when `[retrain] rollout` asks for one (and not
+/// `--promote`). Idempotent, for a resumed publish step: nothing happens when the newest rollout
+/// already is this version's. One under way for another version is left alone (logged).
+async fn start_rollout(request: &CycleRequest<'_>, cycle: &Cycle, version: u64, decision: Decision) -> Result<()> {
+    if decision != Decision::Blessed || request.promote || !request.retrain.rollout {
+        return Ok(());
+    }
+    let name = &request.retrain.model;
+    let newest = request.registry.rollout(name).await?;
+    if let Some(newest) = &newest {
+        if newest.candidate == version {
+            return Ok(());
+        }
+        if newest.is_active() {
+            tracing::warn!(
+                cycle = cycle.id,
+                version,
+                rollout = newest.id,
+                candidate = newest.candidate,
+                "a rollout is under way; the blessed candidate waits for the next cycle"
+            );
+            return Ok(());
+        }
+    }
+    request.lease.check().await?;
+    let decision = adrank_registry::Decision {
+        expected_seq: newest.map_or(0, |r| r.seq),
+        by: request.by.into(),
+        reason: format!("retrain cycle {}: version {version} blessed", cycle.id),
+        figures: Default::default(),
+    };
+    let plan = adrank_registry::rollout::DEFAULT_PLAN.to_vec();
+    let rollout = request.registry.start_rollout(name, version, plan, decision).await?;
+    tracing::info!(cycle = cycle.id, version, rollout = rollout.id, "started a rollout of the blessed candidate");
+    Ok(())
 }
 
 fn aliases_of(decision: Decision, promote: bool) -> Vec<String> {
