@@ -81,7 +81,7 @@ struct ErrorDetail {
     message: String,
 }
 
-fn error(status: StatusCode, kind: &'static str, field: String, message: String) -> Response {
+pub(crate) fn error(status: StatusCode, kind: &'static str, field: String, message: String) -> Response {
     (status, Json(ErrorBody { error: ErrorDetail { kind, field, message } })).into_response()
 }
 
@@ -95,6 +95,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/admin/rollout", get(crate::admin::status))
+        .route("/admin/rollout/{action}", post(crate::admin::act))
         .with_state(state)
 }
 

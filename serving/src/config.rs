@@ -70,6 +70,11 @@ pub struct ServingConfig {
     /// On SIGTERM or SIGINT: how long the server waits for the requests in flight, and then
     /// for the impression log to reach the broker, each, before it exits anyway (milliseconds).
     pub shutdown_timeout_ms: u64,
+    /// The bearer token the admin API (`/admin/rollout…`) requires; empty: the admin API is
+    /// off. Better set from the environment (`ADRANK_SERVING__ADMIN_TOKEN`) than in a file.
+    /// Never printed.
+    #[serde(skip_serializing)]
+    pub admin_token: crate::admin::AdminToken,
 }
 
 impl Default for ServingConfig {
@@ -94,6 +99,7 @@ impl Default for ServingConfig {
             impression_buffer: 100_000,
             registry_poll_ms: 5_000,
             shutdown_timeout_ms: 30_000,
+            admin_token: crate::admin::AdminToken::default(),
         }
     }
 }

@@ -19,6 +19,7 @@
 //! - [`model`]: loading a version from the registry: verified (SHA-256, spec, signature),
 //!   warmed at the batch sizes the batcher forms, with its batcher started.
 
+pub mod admin;
 pub mod admission;
 pub mod api;
 pub mod batcher;

@@ -185,6 +185,16 @@ impl ModelManager {
         state.extra.iter().filter(|(r, _)| *r != ROLLOUT).map(|(r, v)| (r.clone(), *v)).collect()
     }
 
+    /// The registry the versions come from.
+    pub fn registry(&self) -> &Registry {
+        &self.config.registry
+    }
+
+    /// The model served.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
     /// The rollout this server routes by now: one under way whose candidate is loaded.
     pub fn rollout(&self) -> Option<Rollout> {
         self.state.read().expect("the state lock is never poisoned").rollout.clone()

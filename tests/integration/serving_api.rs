@@ -635,3 +635,95 @@ async fn replicas_route_every_user_to_the_same_rollout_arm() {
         assert_eq!(answer, [(1, None); 2]);
     }
 }
+
+/// The admin API: off without a token; with one, a request without it, with a wrong one, or with
+/// a body that is not the documented object changes nothing and gets 401 / 400; the operations
+/// steer the rollout and this replica follows at once; fuzzed bodies never get a server error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_steers_rollouts_only_with_the_token() {
+    use adrank_serving::admin::AdminToken;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path());
+    let (onnx, stats) = model_file(&Architecture::Logistic);
+    for reason in ["v1", "v2"] {
+        registry.publish(draft(&onnx, &stats, reason)).await.unwrap();
+    }
+    registry.change("ctr", alias(1, 0)).await.unwrap();
+
+    let off = ServingConfig::default();
+    let models = Arc::new(ModelManager::start(manager_config(&registry, &off)).await.unwrap());
+    let addr = serve(models, None, None, off).await;
+    let (status, _, text) = http(addr, "GET", "/admin/rollout", b"").await;
+    assert_eq!(status, 404, "no token configured: {text}");
+
+    let config = ServingConfig { admin_token: AdminToken::new("s3cret-token"), ..ServingConfig::default() };
+    let models = Arc::new(ModelManager::start(manager_config(&registry, &config)).await.unwrap());
+    let addr = serve(Arc::clone(&models), None, None, config).await;
+    let auth = "authorization: Bearer s3cret-token\r\n";
+    let start = br#"{"candidate": "2", "plan": [0, 50, 100], "reason": "by hand"}"#;
+    for headers in [
+        "",
+        "authorization: Bearer wrong-token!\r\n",
+        "authorization: s3cret-token\r\n",
+        "authorization: Bearer s3cret-toke\r\n",
+    ] {
+        let (status, head, text) = http_with(addr, "POST", "/admin/rollout/start", headers, start).await;
+        assert_eq!(status, 401, "{headers:?}: {text}");
+        assert!(head.to_ascii_lowercase().contains("www-authenticate: bearer"), "{head}");
+    }
+    for bad in [
+        &b"[\"2\"]"[..],
+        b"{\"candidate\": 2}",
+        b"{\"candidate\": \"2\", \"x\": 1}",
+        b"not json",
+        b"{}",
+        b"{\"candidate\": \"2\", \"plan\": [0, 50]}",
+    ] {
+        let (status, _, text) = http_with(addr, "POST", "/admin/rollout/start", auth, bad).await;
+        assert!(status == 400 || status == 409, "{}: {status} {text}", String::from_utf8_lossy(bad));
+    }
+    let (status, _, text) = http_with(addr, "POST", "/admin/rollout/start", auth, br#"{"candidate": "9"}"#).await;
+    assert_eq!(status, 404, "{text}");
+    assert!(registry.rollout("ctr").await.unwrap().is_none(), "nothing refused changed anything");
+
+    let (status, _, text) = http_with(addr, "POST", "/admin/rollout/start", auth, start).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(models.rollout().map(|r| (r.candidate, r.weight())), Some((2, 0)), "this replica follows at once");
+    let (status, _, text) = http_with(addr, "POST", "/admin/rollout/advance", auth, br#"{"expect": 0}"#).await;
+    assert_eq!(status, 409, "a stale document: {text}");
+    let (status, _, text) = http_with(addr, "POST", "/admin/rollout/advance", auth, b"").await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(models.rollout().map(|r| r.weight()), Some(50));
+    let (status, _, text) = http_with(addr, "POST", "/admin/rollout/explode", auth, b"").await;
+    assert_eq!(status, 404, "{text}");
+    let (status, _, text) = http_with(addr, "GET", "/admin/rollout", auth, b"").await;
+    assert_eq!(status, 200);
+    let document: adrank_registry::Rollout = serde_json::from_str(&text).unwrap();
+    assert_eq!((document.weight(), document.changed_by.as_str()), (50, "admin API"));
+
+    // Fuzzed bodies (mutations of valid ones, random bytes): no server error, ever.
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let seeds: [&[u8]; 3] = [start, br#"{"expect": 3, "reason": "x"}"#, br#"{"reason": "pause"}"#];
+    for _ in 0..300 {
+        let mut fuzzed = seeds[(next() % 3) as usize].to_vec();
+        for _ in 0..(next() % 4) {
+            let at = (next() as usize) % (fuzzed.len() + 1);
+            match next() % 3 {
+                0 if at < fuzzed.len() => fuzzed[at] = next() as u8,
+                1 if at < fuzzed.len() => {
+                    fuzzed.remove(at);
+                }
+                _ => fuzzed.insert(at, b"{}[]\",:0-9e\\"[(next() % 12) as usize]),
+            }
+        }
+        let action = ["start", "pause", "resume", "abort", "advance"][(next() % 5) as usize];
+        let (status, _, text) = http_with(addr, "POST", &format!("/admin/rollout/{action}"), auth, &fuzzed).await;
+        assert!(status < 500, "{action} {:?}: {status} {text}", String::from_utf8_lossy(&fuzzed));
+    }
+}
