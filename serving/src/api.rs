@@ -372,7 +372,23 @@ async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
             }
         }
     };
-    match rank(&request, &version, arm, state.reader.as_ref(), &state.config).await {
+    let ranked = Instant::now();
+    let response = rank_response(&state, &request, &version, arm).await;
+    if let Some(arm) = arm {
+        let seconds = ranked.elapsed().as_secs_f64();
+        metrics::arm(arm.as_str(), version.manifest.version, response.status().as_u16(), seconds);
+    }
+    response
+}
+
+/// Ranks a valid request with `version`; the reply, or the error the batcher's refusal means.
+async fn rank_response(
+    state: &AppState,
+    request: &RankRequest,
+    version: &crate::model::LoadedVersion,
+    arm: Option<adrank_registry::Arm>,
+) -> Response {
+    match rank(request, version, arm, state.reader.as_ref(), &state.config).await {
         Ok((response, impressions)) => {
             if let Some(log) = &state.impressions {
                 log.log(impressions);

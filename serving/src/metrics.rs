@@ -20,6 +20,8 @@ pub const VERSION_CHANGES: &str = "adrank_serving_version_changes_total";
 pub const IMPRESSIONS_DROPPED: &str = "adrank_serving_impressions_dropped_total";
 pub const ORT_ERRORS: &str = "adrank_serving_inference_errors_total";
 pub const CONNECTIONS_CLOSED: &str = "adrank_serving_connections_closed_total";
+pub const ARM_REQUESTS: &str = "adrank_serving_rollout_requests_total";
+pub const ARM_SECONDS: &str = "adrank_serving_rollout_request_seconds";
 
 /// Registers every metric's help text.
 pub fn describe() {
@@ -45,6 +47,8 @@ pub fn describe() {
         "Impressions not logged, by reason (buffer_full, not_queued, not_delivered)."
     );
     describe_counter!(ORT_ERRORS, "Model runs that failed in ONNX Runtime.");
+    describe_counter!(ARM_REQUESTS, "Ranking requests routed by a rollout, by arm, model version and status code.");
+    describe_histogram!(ARM_SECONDS, "Time to rank a request routed by a rollout, by arm.");
     describe_counter!(
         CONNECTIONS_CLOSED,
         "Connections the server closed or refused, by reason (evicted, refused, accept_failed)."
@@ -54,6 +58,11 @@ pub fn describe() {
 pub(crate) fn request(route: &'static str, status: u16, seconds: f64) {
     counter!(REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
     histogram!(REQUEST_SECONDS, "route" => route).record(seconds);
+}
+
+pub(crate) fn arm(arm: &'static str, version: u64, status: u16, seconds: f64) {
+    counter!(ARM_REQUESTS, "arm" => arm, "version" => version.to_string(), "status" => status.to_string()).increment(1);
+    histogram!(ARM_SECONDS, "arm" => arm).record(seconds);
 }
 
 pub(crate) fn stages(features: f64, queue: f64, inference: f64) {
