@@ -24,7 +24,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::api::{AppState, error};
 
@@ -56,26 +56,26 @@ impl AdminToken {
     }
 }
 
-/// The body of `POST /admin/rollout/start`.
-#[derive(Debug, Default, Deserialize)]
+/// The body of `POST /admin/rollout/start` (`RolloutStart` in serving/openapi.json).
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct Start {
+pub(crate) struct Start {
     /// A version number, an alias or `latest`.
-    candidate: String,
+    pub(crate) candidate: String,
     #[serde(default)]
-    plan: Option<Vec<u8>>,
+    pub(crate) plan: Option<Vec<u8>>,
     #[serde(default)]
-    reason: Option<String>,
+    pub(crate) reason: Option<String>,
 }
 
-/// The body of the other actions (may be empty).
-#[derive(Debug, Default, Deserialize)]
+/// The body of the other actions, which may be empty (`RolloutSteer`).
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct Steer {
+pub(crate) struct Steer {
     #[serde(default)]
-    expect: Option<u64>,
+    pub(crate) expect: Option<u64>,
     #[serde(default)]
-    reason: Option<String>,
+    pub(crate) reason: Option<String>,
 }
 
 /// `None` when the request may act; otherwise the refusal.

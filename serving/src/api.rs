@@ -444,7 +444,16 @@ mod tests {
     #[test]
     fn the_openapi_document_matches_the_types() {
         let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
-        for route in ["/v1/rank", "/v1/events/click", "/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        for route in [
+            "/v1/rank",
+            "/v1/events/click",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/openapi.json",
+            "/admin/rollout",
+            "/admin/rollout/{action}",
+        ] {
             assert!(doc["paths"].get(route).is_some(), "{route} is not documented");
         }
         let context = RequestContext { surface: "feed".into(), event_time_ms: 0, features: Default::default() };
@@ -494,6 +503,10 @@ mod tests {
             fields(&ranked)
         );
         assert_eq!(properties(&doc, &format!("{schemas}/RankResponse/properties/timing/properties")), fields(timing));
+        let start = crate::admin::Start { candidate: "2".into(), plan: Some(vec![0, 100]), reason: Some("r".into()) };
+        assert_eq!(properties(&doc, &format!("{schemas}/RolloutStart/properties")), fields(&start));
+        let steer = crate::admin::Steer { expect: Some(1), reason: Some("r".into()) };
+        assert_eq!(properties(&doc, &format!("{schemas}/RolloutSteer/properties")), fields(&steer));
         let click = Click::on(&Impression::example("i", Default::default()), "c".into(), 1);
         assert_eq!(properties(&doc, &format!("{schemas}/Click/properties")), fields(&click));
     }
