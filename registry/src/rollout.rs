@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Error, Registry, Result,
-    state::{Change, PRODUCTION},
+    state::{Change, PRODUCTION, document_path},
 };
 
 /// The default plan: shadow (the candidate scores a copy of production's requests, serves
@@ -192,7 +192,7 @@ impl Registry {
         let newest = self.sequence(name, "rollout").await?.pop();
         match newest {
             None => Ok(None),
-            Some(seq) => self.read_rollout(name, seq).await.map(Some),
+            Some(seq) => self.document(name, "rollout", seq).await.map(Some),
         }
     }
 
@@ -201,7 +201,7 @@ impl Registry {
         let seqs = self.sequence(name, "rollout").await?;
         let mut rollouts = Vec::with_capacity(seqs.len());
         for seq in seqs {
-            rollouts.push(self.read_rollout(name, seq).await?);
+            rollouts.push(self.document(name, "rollout", seq).await?);
         }
         Ok(rollouts)
     }
@@ -347,7 +347,7 @@ impl Registry {
 
     async fn create_rollout(&self, name: &str, next: Rollout, expected: u64) -> Result<Rollout> {
         let bytes = serde_json::to_vec_pretty(&next).expect("rollouts serialise; this is a bug");
-        if self.create(&rollout_path(name, next.seq), bytes).await? {
+        if self.create(&document_path(name, "rollout", next.seq), bytes).await? {
             tracing::info!(name, seq = next.seq, change = %next.change, "rollout changed");
             Ok(next)
         } else {
@@ -355,16 +355,6 @@ impl Registry {
             Err(Error::RolloutChanged { name: name.into(), expected, found })
         }
     }
-
-    async fn read_rollout(&self, name: &str, seq: u64) -> Result<Rollout> {
-        let path = rollout_path(name, seq);
-        let bytes = self.get(&path).await?.ok_or_else(|| Error::NotFound(path.clone()))?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt { path, reason: e.to_string() })
-    }
-}
-
-fn rollout_path(name: &str, seq: u64) -> String {
-    format!("models/{name}/rollout/{seq:010}.json")
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ impl Registry {
         let newest = self.sequence(name, "state").await?.pop();
         match newest {
             None => Ok(State::default()),
-            Some(seq) => self.read_state(name, seq).await,
+            Some(seq) => self.document(name, "state", seq).await,
         }
     }
 
@@ -59,7 +59,7 @@ impl Registry {
         let seqs = self.sequence(name, "state").await?;
         let mut states = Vec::with_capacity(seqs.len());
         for seq in seqs {
-            states.push(self.read_state(name, seq).await?);
+            states.push(self.document(name, "state", seq).await?);
         }
         Ok(states)
     }
@@ -101,7 +101,7 @@ impl Registry {
         }
         next.change = described.join(", ");
         let bytes = serde_json::to_vec_pretty(&next).expect("states serialise; this is a bug");
-        if self.create(&state_path(name, next.seq), bytes).await? {
+        if self.create(&document_path(name, "state", next.seq), bytes).await? {
             tracing::info!(name, seq = next.seq, change = %next.change, "changed aliases");
             Ok(next)
         } else {
@@ -139,15 +139,17 @@ impl Registry {
         Ok(seqs)
     }
 
-    async fn read_state(&self, name: &str, seq: u64) -> Result<State> {
-        let path = state_path(name, seq);
+    /// Document `seq` of model `name`'s sequence under `kind/`.
+    pub(crate) async fn document<T: serde::de::DeserializeOwned>(&self, name: &str, kind: &str, seq: u64) -> Result<T> {
+        let path = document_path(name, kind, seq);
         let bytes = self.get(&path).await?.ok_or_else(|| Error::NotFound(path.clone()))?;
         serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt { path, reason: e.to_string() })
     }
 }
 
-fn state_path(name: &str, seq: u64) -> String {
-    format!("models/{name}/state/{seq:010}.json")
+/// Where document `seq` of a model's sequence under `kind/` (`state`, `rollout`) lives.
+pub(crate) fn document_path(name: &str, kind: &str, seq: u64) -> String {
+    format!("models/{name}/{kind}/{seq:010}.json")
 }
 
 /// Aliases are names that cannot be mistaken for a version reference.

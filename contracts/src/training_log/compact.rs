@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use object_store::{ObjectStoreExt as _, path::Path};
+use object_store::path::Path;
 
 use super::{Commit, TrainingLog, commit_prefix, random_token, snapshot_prefix};
 use crate::Result;
@@ -26,8 +26,6 @@ pub struct Compacted {
     pub snapshot: Commit,
     /// Commit records it replaced.
     pub commits: usize,
-    /// Files merged into others.
-    pub merged: usize,
 }
 
 impl TrainingLog {
@@ -89,8 +87,7 @@ impl TrainingLog {
             return Ok(None);
         }
         self.remove_replaced(partition, last.seq).await?;
-        let merged = snapshot.retired.len();
-        Ok(Some(Compacted { snapshot, commits: tail.len(), merged }))
+        Ok(Some(Compacted { snapshot, commits: tail.len() }))
     }
 
     /// Deletes what the snapshot at `seq` replaces: the commit records up to it, and older
@@ -106,13 +103,10 @@ impl TrainingLog {
             if record_seq(&path).is_none_or(|s| s >= seq) {
                 continue;
             }
-            let old: Commit = match self.store.get(&path).await {
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(self.error(format!("reading {path}"), e)),
-                Ok(result) => {
-                    let bytes = result.bytes().await.map_err(|e| self.error(format!("reading {path}"), e))?;
-                    serde_json::from_slice(&bytes).map_err(|e| self.error(format!("reading {path}"), e))?
-                }
+            let old = match self.read_records(std::iter::once(path.clone())).await {
+                Ok(mut records) => records.remove(0),
+                Err(super::ReadError::Missing(_)) => continue,
+                Err(super::ReadError::Failed(e)) => return Err(e),
             };
             for file in &old.retired {
                 self.delete(&Path::from(file.as_str())).await?;

@@ -33,8 +33,8 @@ pub struct IngestConfig {
     pub max_batch_events: usize,
     /// The most records (entities, and click ids) one Redis script call writes: a round is
     /// applied in calls of at most this many, one after another, so that a read waits behind
-    /// one short call rather than a whole round (4-13 µs of script per record, by machine).
-    /// Smaller calls aggregate less: Redis spends more per event, and the top ingest rate falls.
+    /// one short call rather than a whole round. Smaller calls aggregate less: Redis spends more
+    /// per event, and the top ingest rate falls (BENCHMARKS.md, "a ninth machine").
     pub max_apply_records: usize,
     /// The longest a poll round waits for more events before applying what it has, in
     /// milliseconds: the bound on how stale Redis is when traffic is light.
