@@ -48,8 +48,9 @@ impl Run {
             ("ADRANK_INGEST__TRAINING_LOG", log.display().to_string()),
             ("ADRANK_INGEST__SESSION_TIMEOUT_MS", "6000".into()),
             ("ADRANK_INGEST__LOG_COMMIT_INTERVAL_MS", "300".into()),
-            // Compactions all along, through the crashes and the group change.
-            ("ADRANK_INGEST__LOG_COMPACT_COMMITS", "8".into()),
+            // Compactions all along, through the crashes and the group change: every few commits,
+            // so that even the crashed run's short-lived ingesters compact.
+            ("ADRANK_INGEST__LOG_COMPACT_COMMITS", "4".into()),
             ("ADRANK_WORLD__USERS", "10000".into()),
             ("ADRANK_WORLD__ADS", "2000".into()),
             ("ADRANK_WORLD__ADVERTISERS", "200".into()),
@@ -113,10 +114,32 @@ impl Run {
             .collect()
     }
 
-    async fn examples(&self) -> Vec<Example> {
+    /// The run's training log, read whole; `logs` are its ingesters' logs, quoted when the
+    /// log was never compacted.
+    async fn examples(&self, logs: &[PathBuf]) -> Vec<Example> {
         let log = TrainingLog::open(&self.log.display().to_string()).unwrap();
         let commits = log.all_commits().await.unwrap();
-        assert!(commits.iter().any(|c| c.is_snapshot()), "run {}: the log was never compacted", self.name);
+        if !commits.iter().any(|c| c.is_snapshot()) {
+            let mut lines = Vec::new();
+            for file in logs {
+                let text = std::fs::read_to_string(file).unwrap_or_default();
+                let name = file.file_name().unwrap_or_default().to_string_lossy().to_string();
+                lines.extend(
+                    text.lines()
+                        .filter(|l| l.contains("compact") || l.contains("WARN") || l.contains("ERROR"))
+                        .map(|l| format!("{name}: {l}")),
+                );
+            }
+            let mut per_partition: BTreeMap<i32, usize> = BTreeMap::new();
+            for commit in &commits {
+                *per_partition.entry(commit.partition).or_default() += 1;
+            }
+            panic!(
+                "run {}: the log was never compacted; commits per partition {per_partition:?}; the ingesters said:\n{}",
+                self.name,
+                lines.join("\n")
+            );
+        }
         let mut examples = log.read(&commits).await.unwrap();
         let ids: HashSet<&str> = examples.iter().map(|e| e.impression.impression_id.as_str()).collect();
         assert_eq!(ids.len(), examples.len(), "run {}: an example was written twice", self.name);
@@ -252,7 +275,7 @@ async fn crashes_and_group_changes_leave_the_same_store_and_log_as_a_clean_run()
     eprintln!("clean ingest of {total} events: {:.1?}", started.elapsed());
     assert_eq!(clean.progress(&mut redis), total, "the clean run consumed everything");
     let expected_store = clean.snapshot(&mut redis);
-    let expected_examples = clean.examples().await;
+    let expected_examples = clean.examples(std::slice::from_ref(&log_file)).await;
     assert!(expected_examples.len() > 150_000, "{} examples", expected_examples.len());
     assert!(expected_examples.iter().any(|e| e.label()), "some examples are clicked");
 
@@ -286,7 +309,12 @@ async fn crashes_and_group_changes_leave_the_same_store_and_log_as_a_clean_run()
     for (key, fields) in &expected_store {
         assert_eq!(store.get(key), Some(fields), "crashed run: `{key}` differs from the clean run");
     }
-    same_examples("crashed run", &crashed.examples().await, &expected_examples);
+    let crashed_logs: Vec<PathBuf> = std::fs::read_dir(logs)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("crashed")))
+        .collect();
+    same_examples("crashed run", &crashed.examples(&crashed_logs).await, &expected_examples);
 
     // 3. A group: the second member joins mid-stream, takes half the partitions, the first dies.
     let grouped = Run::new(&fixture, "grouped");
@@ -324,5 +352,5 @@ async fn crashes_and_group_changes_leave_the_same_store_and_log_as_a_clean_run()
     for (key, fields) in &expected_store {
         assert_eq!(store.get(key), Some(fields), "group run: `{key}` differs from the clean run");
     }
-    same_examples("group run", &grouped.examples().await, &expected_examples);
+    same_examples("group run", &grouped.examples(&[first_log, second_log]).await, &expected_examples);
 }
