@@ -39,7 +39,7 @@ pub use config::{Location, OrtConfig, Provider, RegistryConfig};
 pub use error::{Error, Result};
 pub use lease::{Acquired, Lease, LeaseRecord};
 pub use manifest::{Artifact, Manifest, Signature, TensorSignature, TrainingInfo};
-pub use rollout::{Action, Arm, Decision, Rollout};
+pub use rollout::{Action, Arm, Assignment, Decision, Rollout};
 pub use state::{Change, PRODUCTION, State};
 pub use versions::Draft;
 

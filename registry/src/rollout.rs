@@ -67,6 +67,10 @@ pub struct Rollout {
     pub plan: Vec<u8>,
     /// The current step (an index into `plan`).
     pub step: usize,
+    /// When the current step began (the rollout started or advanced to it), milliseconds since
+    /// the Unix epoch: how long a step has lasted survives a controller's restart.
+    #[serde(default)]
+    pub step_started_ms: i64,
     pub status: Status,
     /// The change that made this state: when, who, what, why, and the figures it rested on.
     pub changed_at_ms: i64,
@@ -92,6 +96,13 @@ impl Arm {
             Self::Candidate => "candidate",
         }
     }
+}
+
+/// A user's place in a rollout: which rollout, which arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assignment {
+    pub rollout: u64,
+    pub arm: Arm,
 }
 
 /// Buckets users fall in; a weight of w% takes buckets below w x 100.
@@ -238,6 +249,7 @@ impl Registry {
             return Err(Error::Rollout(format!("version {candidate} of `{name}` is production already")));
         }
         let id = current.as_ref().map_or(1, |r| r.id + 1);
+        let now = crate::now_ms();
         let next = Rollout {
             seq: seq + 1,
             id,
@@ -247,8 +259,9 @@ impl Registry {
             change: format!("started rollout {id}: version {candidate} against {production}, plan {plan:?}"),
             plan,
             step: 0,
+            step_started_ms: now,
             status: Status::Running,
-            changed_at_ms: crate::now_ms(),
+            changed_at_ms: now,
             changed_by: decision.by,
             reason: decision.reason,
             figures: decision.figures,
@@ -286,6 +299,7 @@ impl Registry {
             }
             (Action::Advance, Status::Running) if current.step + 1 < current.plan.len() => {
                 next.step += 1;
+                next.step_started_ms = next.changed_at_ms;
                 next.change =
                     format!("rollout {id}: step {} -> {} ({from}% -> {}%)", current.step, next.step, next.weight());
             }

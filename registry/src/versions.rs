@@ -41,6 +41,27 @@ pub struct Draft {
     pub tags: std::collections::BTreeMap<String, String>,
 }
 
+impl Draft {
+    /// A draft of `name` whose model is `onnx` (not checked: for tests of what the registry
+    /// keeps, not of what it serves).
+    pub fn example(name: &str, onnx: Vec<u8>, reason: &str) -> Self {
+        Self {
+            name: name.into(),
+            created_by: "test".into(),
+            reason: reason.into(),
+            onnx: onnx.into(),
+            checkpoint: None,
+            spec_version: "1".into(),
+            signature: Signature::expected(2, 3),
+            transform_stats: Default::default(),
+            training: None,
+            parent: None,
+            metrics: Default::default(),
+            tags: Default::default(),
+        }
+    }
+}
+
 /// How many times a publisher retries after losing a race for a version number.
 const PUBLISH_ATTEMPTS: u32 = 20;
 

@@ -374,9 +374,9 @@ async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
     };
     let ranked = Instant::now();
     let response = rank_response(&state, &request, &version, arm).await;
-    if let Some(arm) = arm {
+    if let Some(assigned) = arm {
         let seconds = ranked.elapsed().as_secs_f64();
-        metrics::arm(arm.as_str(), version.manifest.version, response.status().as_u16(), seconds);
+        metrics::arm(assigned.arm.as_str(), version.manifest.version, response.status().as_u16(), seconds);
     }
     response
 }
@@ -386,7 +386,7 @@ async fn rank_response(
     state: &AppState,
     request: &RankRequest,
     version: &crate::model::LoadedVersion,
-    arm: Option<adrank_registry::Arm>,
+    arm: Option<adrank_registry::Assignment>,
 ) -> Response {
     match rank(request, version, arm, state.reader.as_ref(), &state.config).await {
         Ok((response, impressions)) => {

@@ -26,7 +26,7 @@ use std::{
 };
 
 use adrank_contracts::spec::FeatureSpec;
-use adrank_registry::{Arm, OrtConfig, Registry, Rollout};
+use adrank_registry::{Arm, Assignment, OrtConfig, Registry, Rollout};
 
 use crate::{
     Error, Result, ServingConfig,
@@ -204,15 +204,16 @@ impl ModelManager {
     /// A user the rollout puts in the candidate's arm gets the candidate; everyone else the
     /// default version. While the default is not the rollout's production version (the alias
     /// moved outside the rollout), everyone gets the default.
-    pub fn route(&self, user_id: &str) -> (Arc<LoadedVersion>, Option<Arm>) {
+    pub fn route(&self, user_id: &str) -> (Arc<LoadedVersion>, Option<Assignment>) {
         let state = self.state.read().expect("the state lock is never poisoned");
         let default = Arc::clone(&state.default);
         let Some(rollout) = state.rollout.as_ref().filter(|r| r.production == default.manifest.version) else {
             return (default, None);
         };
+        let assigned = |arm| Some(Assignment { rollout: rollout.id, arm });
         match (rollout.arm(user_id), state.loaded.get(&rollout.candidate)) {
-            (Arm::Candidate, Some(candidate)) => (Arc::clone(candidate), Some(Arm::Candidate)),
-            _ => (default, Some(Arm::Production)),
+            (Arm::Candidate, Some(candidate)) => (Arc::clone(candidate), assigned(Arm::Candidate)),
+            _ => (default, assigned(Arm::Production)),
         }
     }
 

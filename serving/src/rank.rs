@@ -4,12 +4,12 @@
 use std::time::{Duration, Instant};
 
 use adrank_contracts::{
-    events::{Impression, Input, Lookup, RawFeatures, RawValue},
+    events::{Impression, Input, Lookup, RawFeatures, RawValue, RolloutArm},
     request::RankRequest,
     spec::POSITION_FIELD,
 };
 use adrank_featurestore::online::{AdFeatures, AdRef, Fetched, Reader};
-use adrank_registry::Arm;
+use adrank_registry::{Arm, Assignment};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -173,7 +173,7 @@ pub enum RankError {
 pub async fn rank(
     request: &RankRequest,
     version: &LoadedVersion,
-    arm: Option<Arm>,
+    assigned: Option<Assignment>,
     reader: Option<&Reader>,
     config: &ServingConfig,
 ) -> Result<(RankResponse, Vec<Impression>), RankError> {
@@ -262,7 +262,7 @@ pub async fn rank(
                 // trainer takes the served one).
                 features: logged_record([&fetched.user, &ad, &context, &c.features], c.bid),
                 oracle_p: None,
-                rollout_arm: arm.map(|arm| arm.as_str().to_string()),
+                rollout: assigned.map(|a| RolloutArm { id: a.rollout, arm: a.arm.as_str().to_string() }),
             }
         })
         .collect();
@@ -284,7 +284,11 @@ pub async fn rank(
         .collect();
     let response = RankResponse {
         request_id: request.request_id.clone(),
-        model: ModelRef { name: version.manifest.name.clone(), version: version.manifest.version, arm },
+        model: ModelRef {
+            name: version.manifest.name.clone(),
+            version: version.manifest.version,
+            arm: assigned.map(|a| a.arm),
+        },
         ranked,
         degraded,
         timing: Timing {

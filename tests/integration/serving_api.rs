@@ -610,7 +610,7 @@ async fn replicas_route_every_user_to_the_same_rollout_arm() {
         arms[usize::from(half.arm(&user) == Arm::Candidate)] += 1;
     }
     assert!(arms[0] > 10 && arms[1] > 10, "both arms serve users: {arms:?}");
-    // The logged impressions carry the arm and the version that scored them.
+    // The logged impressions carry the rollout, the arm and the version that scored them.
     for arm in [Arm::Production, Arm::Candidate] {
         let request = requests.iter().find(|r| half.arm(&user_of(r)) == arm).unwrap();
         // A request id of its own: the requests above were logged under theirs.
@@ -620,7 +620,8 @@ async fn replicas_route_every_user_to_the_same_rollout_arm() {
         let reply = serde_json::from_str::<RankResponse>(&text).unwrap();
         let shown = reply.ranked.iter().filter(|r| r.impression_id.is_some()).count();
         for impression in read_impressions(&broker.config, &topic, &reply.request_id, shown).await {
-            assert_eq!(impression.rollout_arm.as_deref(), Some(arm.as_str()));
+            let tag = impression.rollout.expect("a rollout tag");
+            assert_eq!((tag.id, tag.arm.as_str()), (half.id, arm.as_str()));
             assert_eq!(impression.model_version, reply.model.version.to_string());
         }
     }

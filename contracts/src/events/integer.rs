@@ -15,6 +15,10 @@ impl Integer for i64 {
     const NAME: &'static str = "an integer";
 }
 
+impl Integer for u64 {
+    const NAME: &'static str = "a non-negative integer";
+}
+
 impl Integer for u32 {
     const NAME: &'static str = "a non-negative 32-bit integer";
 }

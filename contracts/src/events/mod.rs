@@ -59,13 +59,23 @@ pub struct Impression {
     /// feature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oracle_p: Option<f64>,
-    /// The rollout arm the user was in (`production` or `candidate`), when a rollout was under
-    /// way.
+    /// The rollout and the arm the user was in, when a rollout was under way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout_arm: Option<String>,
+    pub rollout: Option<RolloutArm>,
 }
 
-/// The values an impression's `rollout_arm` may take.
+/// Where a rollout put an impression's user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutArm {
+    /// The rollout's id among the model's rollouts (1, 2, …).
+    #[serde(deserialize_with = "integer::int")]
+    pub id: u64,
+    /// `production` or `candidate`.
+    pub arm: String,
+}
+
+/// The values a rollout arm may take.
 pub const ROLLOUT_ARMS: [&str; 2] = ["production", "candidate"];
 
 impl Impression {
@@ -86,7 +96,7 @@ impl Impression {
             bid: 1.0,
             features,
             oracle_p: None,
-            rollout_arm: None,
+            rollout: None,
         }
     }
 }
@@ -319,8 +329,13 @@ impl Event for Impression {
         if let Some(p) = self.oracle_p {
             probability(ORACLE_FIELD, p)?;
         }
-        if let Some(arm) = self.rollout_arm.as_deref().filter(|arm| !ROLLOUT_ARMS.contains(arm)) {
-            return Err(EventError::new("rollout_arm", format!("is `{arm}`; expected one of {ROLLOUT_ARMS:?}")));
+        if let Some(RolloutArm { id, arm }) = &self.rollout {
+            if *id == 0 {
+                return Err(EventError::new("rollout.id", "is 0; rollouts count from 1"));
+            }
+            if !ROLLOUT_ARMS.contains(&arm.as_str()) {
+                return Err(EventError::new("rollout.arm", format!("is `{arm}`; expected one of {ROLLOUT_ARMS:?}")));
+            }
         }
         Ok(())
     }

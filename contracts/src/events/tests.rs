@@ -21,7 +21,7 @@ fn impression() -> Impression {
             ("country".into(), RawValue::Missing),
         ]),
         oracle_p: Some(0.019),
-        rollout_arm: Some("candidate".into()),
+        rollout: Some(RolloutArm { id: 2, arm: "candidate".into() }),
     }
 }
 
@@ -99,6 +99,9 @@ fn each_schema_violation_has_its_reason() {
         (json_with(|v| v["surface"] = " ".into()), "surface", "is empty"),
         (json_with(|v| v["oracle_p"] = 2.0.into()), "oracle_p", "probability"),
         (json_with(|v| v["features"]["oracle_p"] = 0.5.into()), "features.oracle_p", "evaluation-only"),
+        (json_with(|v| v["rollout"]["arm"] = "canary".into()), "rollout.arm", "expected one of"),
+        (json_with(|v| v["rollout"]["id"] = 0.into()), "rollout.id", "count from 1"),
+        (json_with(|v| drop(v["rollout"].as_object_mut().unwrap().remove("arm"))), "", "missing field `arm`"),
     ];
     for (bytes, field, reason) in cases {
         let error = rejection(&bytes);

@@ -78,6 +78,7 @@ impl TrainingLog {
             committed_at_ms: crate::events::now_ms(),
             compacts: previous.map_or(0, |p| p.compacts) + tail.len() as u64,
             retired,
+            outcomes: super::outcomes::sum(all()),
         };
         let path = Path::from(format!("{}/{:010}.json", snapshot_prefix(Some(partition)), last.seq));
         if !self.create_record(&path, &snapshot).await? {

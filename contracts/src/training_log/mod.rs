@@ -23,6 +23,7 @@
 
 pub mod compact;
 pub mod join;
+pub mod outcomes;
 pub mod parquet;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -33,11 +34,12 @@ use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPay
 use serde::{Deserialize, Serialize};
 
 pub use join::{Checkpoint, Example, Joiner};
+pub use outcomes::Outcomes;
 
 use crate::{Error, Result, storage::Location};
 
 /// One committed unit of the log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Commit {
     pub partition: i32,
@@ -60,6 +62,9 @@ pub struct Commit {
     /// listed the commits before; the next compaction deletes them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<String>,
+    /// The examples' outcomes per model version and rollout arm ([`outcomes`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outcomes: BTreeMap<String, Outcomes>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -287,8 +292,12 @@ impl TrainingLog {
             committed_at_ms: crate::events::now_ms(),
             compacts: 0,
             retired: Vec::new(),
+            outcomes: BTreeMap::new(),
         };
         for (hour, examples) in by_hour {
+            for (key, counted) in outcomes::count(&examples) {
+                commit.outcomes.entry(key).or_default().add(&counted);
+            }
             commit.examples += examples.len() as u64;
             commit.clicked += examples.iter().filter(|e| e.label()).count() as u64;
             let path = format!("hour={hour}/p{:03}-{:010}-{token}.parquet", request.partition, request.seq);
@@ -445,12 +454,7 @@ mod tests {
             files: files.iter().map(|f| f.to_string()).collect(),
             examples: 0,
             clicked: 0,
-            late_clicks: 0,
-            orphan_clicks: 0,
-            checkpoint: Checkpoint::default(),
-            committed_at_ms: 0,
-            compacts: 0,
-            retired: Vec::new(),
+            ..Commit::default()
         };
         let commits = [
             commit(&["hour=2026-01-01T00/p000-1.parquet", "hour=2026-01-01T01/p000-1.parquet"]),

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use arrow::{
     array::{
         Array, ArrayRef, AsArray, BooleanArray, Float64Array, Float64Builder, Int32Array, Int64Array, MapBuilder,
-        RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray, UInt16Array, UInt32Array,
+        RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray, UInt16Array, UInt32Array, UInt64Array,
     },
-    datatypes::{Field, Float64Type, Int32Type, Int64Type, Schema, TimestampMillisecondType, UInt16Type, UInt32Type},
+    datatypes::{
+        Field, Float64Type, Int32Type, Int64Type, Schema, TimestampMillisecondType, UInt16Type, UInt32Type, UInt64Type,
+    },
     error::ArrowError,
 };
 use bytes::Bytes;
@@ -24,7 +26,7 @@ use parquet::{
 };
 
 use super::join::Example;
-use crate::events::{Impression, RawFeatures, RawValue};
+use crate::events::{Impression, RawFeatures, RawValue, RolloutArm};
 
 /// Encodes examples as one record batch.
 pub fn to_record_batch(examples: &[Example]) -> Result<RecordBatch, ArrowError> {
@@ -71,8 +73,15 @@ pub fn to_record_batch(examples: &[Example]) -> Result<RecordBatch, ArrowError> 
         ("first_click_time", times(|e| e.first_click_ms), true),
         ("oracle_p", Arc::new(Float64Array::from_iter(examples.iter().map(|e| e.impression.oracle_p))), true),
         (
+            "rollout_id",
+            Arc::new(UInt64Array::from_iter(examples.iter().map(|e| e.impression.rollout.as_ref().map(|r| r.id)))),
+            true,
+        ),
+        (
             "rollout_arm",
-            Arc::new(StringArray::from_iter(examples.iter().map(|e| e.impression.rollout_arm.as_deref()))),
+            Arc::new(StringArray::from_iter(
+                examples.iter().map(|e| e.impression.rollout.as_ref().map(|r| r.arm.as_str())),
+            )),
             true,
         ),
         ("features_str", Arc::new(text.finish()), false),
@@ -145,10 +154,13 @@ pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Example>, ArrowError
     let score = column("score")?.as_primitive_opt::<Float64Type>().ok_or_else(|| wrong_type("score"))?;
     let bid = column("bid")?.as_primitive_opt::<Float64Type>().ok_or_else(|| wrong_type("bid"))?;
     let oracle = column("oracle_p")?.as_primitive_opt::<Float64Type>().ok_or_else(|| wrong_type("oracle_p"))?;
-    // Files written before rollouts have no such column: no arm.
-    let arm = match batch.column_by_name("rollout_arm") {
-        None => None,
-        Some(column) => Some(column.as_string_opt::<i32>().ok_or_else(|| wrong_type("rollout_arm"))?),
+    // Files written before rollouts have no such columns: no arm.
+    let rollout = match (batch.column_by_name("rollout_id"), batch.column_by_name("rollout_arm")) {
+        (Some(id), Some(arm)) => Some((
+            id.as_primitive_opt::<UInt64Type>().ok_or_else(|| wrong_type("rollout_id"))?,
+            arm.as_string_opt::<i32>().ok_or_else(|| wrong_type("rollout_arm"))?,
+        )),
+        _ => None,
     };
     let clicks = column("clicks")?.as_primitive_opt::<UInt32Type>().ok_or_else(|| wrong_type("clicks"))?;
     let partition =
@@ -192,7 +204,9 @@ pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Example>, ArrowError
                 bid: bid.value(row),
                 features,
                 oracle_p: oracle.is_valid(row).then(|| oracle.value(row)),
-                rollout_arm: arm.filter(|a| a.is_valid(row)).map(|a| a.value(row).to_string()),
+                rollout: rollout
+                    .filter(|(id, arm)| id.is_valid(row) && arm.is_valid(row))
+                    .map(|(id, arm)| RolloutArm { id: id.value(row), arm: arm.value(row).to_string() }),
             },
             partition: partition.value(row),
             offset: offset.value(row),
@@ -222,13 +236,13 @@ mod tests {
             ]),
         );
         impression.oracle_p = Some(0.03);
-        impression.rollout_arm = Some("candidate".into());
+        impression.rollout = Some(RolloutArm { id: 3, arm: "candidate".into() });
         let clicked =
             Example { impression: impression.clone(), partition: 2, offset: 41, clicks: 2, first_click_ms: Some(9) };
         let mut plain = clicked.clone();
         plain.impression.impression_id = "i-2".into();
         plain.impression.oracle_p = None;
-        plain.impression.rollout_arm = None;
+        plain.impression.rollout = None;
         plain.impression.features = RawFeatures::new();
         plain.clicks = 0;
         plain.first_click_ms = None;

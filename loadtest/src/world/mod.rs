@@ -324,7 +324,7 @@ impl World {
                 bid: a.bid,
                 features: self.raw_features(request, ad),
                 oracle_p: Some(self.truth.p(&situation)),
-                rollout_arm: None,
+                rollout: None,
             });
             served.situations.push(situation);
         }

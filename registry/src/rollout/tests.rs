@@ -1,25 +1,12 @@
 use super::*;
-use crate::{Draft, RegistryConfig, Signature};
+use crate::{Draft, RegistryConfig};
 
 async fn registry_with_versions(versions: u64) -> (tempfile::TempDir, Registry) {
     let dir = tempfile::tempdir().unwrap();
     let config = RegistryConfig { location: dir.path().display().to_string() };
     let registry = Registry::open(&config).unwrap();
     for v in 0..versions {
-        let draft = Draft {
-            name: "ctr".into(),
-            created_by: "test".into(),
-            reason: format!("version {}", v + 1),
-            onnx: bytes::Bytes::from(vec![v as u8; 8]),
-            checkpoint: None,
-            spec_version: "1".into(),
-            signature: Signature::expected(2, 3),
-            transform_stats: Default::default(),
-            training: None,
-            parent: None,
-            metrics: Default::default(),
-            tags: Default::default(),
-        };
+        let draft = Draft::example("ctr", vec![v as u8; 8], &format!("version {}", v + 1));
         registry.publish(draft).await.unwrap();
     }
     let change =
@@ -114,6 +101,7 @@ fn the_split_is_sticky_proportional_and_only_moves_users_to_the_candidate() {
         salt: "ctr-rollout-1".into(),
         plan: vec![weight, 100],
         step: 0,
+        step_started_ms: 0,
         status: Status::Running,
         changed_at_ms: 0,
         changed_by: String::new(),

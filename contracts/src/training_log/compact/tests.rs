@@ -77,6 +77,7 @@ async fn a_month_of_commits_loads_flat_and_reads_back_whole() {
     assert_eq!(examples.len() as i64, next_offset, "every example once");
     assert_eq!(snapshot.examples, next_offset as u64);
     assert_eq!(snapshot.clicked, examples.iter().filter(|e| e.label()).count() as u64);
+    assert_eq!(snapshot.outcomes, crate::training_log::outcomes::count(&examples), "outcomes summed");
     let mut offsets: Vec<i64> = examples.iter().map(|e| e.offset).collect();
     offsets.sort_unstable();
     assert!(offsets.iter().enumerate().all(|(i, &o)| i as i64 == o), "offsets 0..{next_offset}, each once");
