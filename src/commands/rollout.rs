@@ -2,7 +2,10 @@
 
 use std::{collections::BTreeMap, process::ExitCode};
 
+use adrank_contracts::training_log::Outcomes;
+use adrank_contracts::training_log::TrainingLog;
 use adrank_registry::{Action, Decision, Registry, Rollout, rollout::DEFAULT_PLAN};
+use adrank_trainer::rollout::{Controller, Look, analyse, controller::arm_outcomes};
 use anyhow::Context as _;
 use clap::Subcommand;
 
@@ -49,6 +52,17 @@ enum Command {
     Abort(Steer),
     /// Every rollout document: who, what, when, why.
     History { name: String },
+    /// Run the controller: every `rollout.analysis_interval_secs`, judge the running rollout's
+    /// arms from the outcomes in the training log, and advance, pause, promote or roll it back.
+    Control {
+        name: String,
+        /// Look once, act if the figures say so, and exit.
+        #[arg(long)]
+        once: bool,
+        /// The training log (default: `ingest.training_log`).
+        #[arg(long)]
+        training_log: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,7 +94,19 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
             match (rollout, json) {
                 (Some(r), true) => println!("{}", serde_json::to_string_pretty(&r)?),
                 (None, true) => println!("null"),
-                (Some(r), false) => print!("{}", status_table(&r)),
+                (Some(r), false) => {
+                    print!("{}", status_table(&r));
+                    // The arms as the controller would judge them now, when the log answers.
+                    let log = TrainingLog::open(&loaded.config.ingest.training_log)?;
+                    match arm_outcomes(&log, &name, &r).await {
+                        Ok((production, candidate)) => {
+                            let analysis = analyse(&production, &candidate, &loaded.config.rollout);
+                            print!("{}", arms_table(&production, &candidate));
+                            println!("analysis: {}: {}", analysis.verdict.as_str(), analysis.reasons.join("; "));
+                        }
+                        Err(e) => println!("(the arms' outcomes cannot be read: {e})"),
+                    }
+                }
                 (None, false) => println!("`{name}` has had no rollout"),
             }
             return Ok(ExitCode::SUCCESS);
@@ -99,6 +125,17 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
             print!("{}", table.render());
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Control { name, once, training_log } => {
+            let log = training_log.unwrap_or_else(|| loaded.config.ingest.training_log.clone());
+            let controller = Controller {
+                registry,
+                log: TrainingLog::open(&log)?,
+                model: name,
+                config: loaded.config.rollout.clone(),
+                by: format!("controller {}", adrank_trainer::retrain::lease::holder_name()),
+            };
+            return control(&controller, once).await;
+        }
         Command::Advance(steer) => (steer, Action::Advance),
         Command::Pause(steer) => (steer, Action::Pause),
         Command::Resume(steer) => (steer, Action::Resume),
@@ -115,6 +152,26 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// The arms' outcomes so far, one row each.
+fn arms_table(production: &Outcomes, candidate: &Outcomes) -> String {
+    let mut table = Table::new(["ARM", "IMPRESSIONS", "CLICKED", "CTR", "PREDICTED/OBSERVED"]);
+    for (name, arm) in [("production", production), ("candidate", candidate)] {
+        let ratio = |x: f64, y: u64| if y == 0 { "-".to_string() } else { format!("{:.3}", x / y as f64) };
+        table.row(vec![
+            name.into(),
+            arm.impressions.to_string(),
+            arm.clicked.to_string(),
+            if arm.impressions == 0 {
+                "-".into()
+            } else {
+                format!("{:.4}", arm.clicked as f64 / arm.impressions as f64)
+            },
+            ratio(arm.predicted(), arm.clicked),
+        ]);
+    }
+    table.render()
+}
+
 fn status_table(r: &Rollout) -> String {
     let mut table = Table::new(["", ""]);
     let plan: Vec<String> =
@@ -126,10 +183,47 @@ fn status_table(r: &Rollout) -> String {
     let weight = if r.is_shadow() { "0% (shadow)".to_string() } else { format!("{}%", r.weight()) };
     table.row(vec!["candidate's users".into(), weight]);
     table.row(vec!["plan".into(), plan.join(" -> ")]);
+    table.row(vec!["step since".into(), super::registry::utc_time(r.step_started_ms)]);
     table.row(vec![
         "last change".into(),
         format!("{} by {}: {}", super::registry::utc_time(r.changed_at_ms), r.changed_by, r.change),
     ]);
     table.row(vec!["why".into(), r.reason.clone()]);
     table.render()
+}
+
+/// Looks at the rollout every interval (once with `once`) until interrupted, one line per look.
+async fn control(controller: &Controller, once: bool) -> anyhow::Result<ExitCode> {
+    let interval = std::time::Duration::from_secs(controller.config.analysis_interval_secs);
+    loop {
+        match controller.look(adrank_contracts::events::now_ms()).await {
+            Ok(look) => println!("{}", describe(&look)),
+            // A registry or log that does not answer is looked at again next time.
+            Err(e) if !once => tracing::warn!(error = %e, "the look failed; trying again next interval"),
+            Err(e) => return Err(e.into()),
+        }
+        if once {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+/// One line for a look.
+fn describe(look: &Look) -> String {
+    let when = super::registry::utc_time(adrank_contracts::events::now_ms());
+    match look {
+        Look::Idle(None) => format!("{when}  no rollout"),
+        Look::Idle(Some(r)) => format!("{when}  rollout {} is {}: nothing to do", r.id, r.status.as_str()),
+        Look::Waiting { rollout, reason, .. } => {
+            format!("{when}  rollout {} at {}%: waiting: {reason}", rollout.id, rollout.weight())
+        }
+        Look::Acted { rollout, .. } => format!("{when}  {}: {}", rollout.change, rollout.reason),
+        Look::Raced { rollout } => {
+            format!("{when}  rollout {} changed while deciding; looking again next time", rollout.id)
+        }
+    }
 }

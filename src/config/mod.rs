@@ -12,7 +12,7 @@ use adrank_featurestore::{IngestConfig, KafkaConfig, RedisConfig};
 use adrank_loadtest::world::WorldConfig;
 use adrank_registry::{OrtConfig, RegistryConfig};
 use adrank_serving::ServingConfig;
-use adrank_trainer::{TrainingConfig, retrain::RetrainConfig};
+use adrank_trainer::{TrainingConfig, retrain::RetrainConfig, rollout::RolloutConfig};
 use serde::{Deserialize, Serialize};
 
 pub(crate) use load::{Loaded, load};
@@ -32,6 +32,7 @@ pub(crate) struct AdrankConfig {
     pub(crate) serving: ServingConfig,
     pub(crate) training: TrainingConfig,
     pub(crate) retrain: RetrainConfig,
+    pub(crate) rollout: RolloutConfig,
     pub(crate) stack: StackConfig,
     pub(crate) world: WorldConfig,
 }
@@ -39,7 +40,7 @@ pub(crate) struct AdrankConfig {
 impl AdrankConfig {
     /// Every cross-field and value problem, keyed by the full dotted key.
     pub(crate) fn problems(&self) -> Vec<ConfigProblem> {
-        let sections: [(&str, Vec<ConfigProblem>); 10] = [
+        let sections: [(&str, Vec<ConfigProblem>); 11] = [
             ("kafka", self.kafka.problems()),
             ("redis", self.redis.problems()),
             ("ingest", self.ingest.problems()),
@@ -48,6 +49,7 @@ impl AdrankConfig {
             ("serving", self.serving.problems()),
             ("training", self.training.problems()),
             ("retrain", self.retrain.problems()),
+            ("rollout", self.rollout.problems()),
             ("stack", self.stack.problems()),
             ("world", self.world.problems()),
         ];

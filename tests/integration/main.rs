@@ -17,6 +17,7 @@ mod onnxruntime;
 mod redis_round_trip;
 mod registry;
 mod retrain;
+mod rollout_loop;
 mod serving_api;
 mod serving_faults;
 mod serving_fuzz;

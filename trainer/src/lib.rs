@@ -17,6 +17,7 @@
 //! - [`publish`]: export, check with ONNX Runtime, publish to the registry; warm starts.
 //! - [`retrain`]: the retraining loop: final hours, a candidate warm-started from production,
 //!   evaluation against it, the gates, resumable recorded steps, a lease across processes.
+//! - [`rollout`]: the rollout controller: online analysis of a rollout's arms and its decisions.
 //! - [`metrics`]: every metric the retraining loop emits.
 //! - `rng`: the seeded generator behind initial weights and shuffling.
 
@@ -34,6 +35,7 @@ pub mod parallel;
 pub mod publish;
 pub mod retrain;
 mod rng;
+pub mod rollout;
 pub mod train;
 
 pub use config::TrainingConfig;

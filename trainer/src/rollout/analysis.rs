@@ -1,0 +1,162 @@
+//! The verdict on a rollout's arms: online CTR (non-inferiority within a margin) and the
+//! candidate's calibration, from always-valid confidence sequences.
+//!
+//! The controller looks at the figures every interval for as long as a step lasts. A fixed-sample
+//! test looked at that often fails good candidates far more often than its level says; a
+//! confidence sequence holds at every look at once (the mixture sequential probability ratio test
+//! of Robbins, as used by Johari et al., "Always valid inference", 2017). For an estimate with
+//! variance `V`, mixing over effects with a normal of width `tau`, the interval
+//!
+//! ```text
+//! estimate ± sqrt( V (V + tau²) / tau² · (2 ln(1/alpha) + ln((V + tau²) / V)) )
+//! ```
+//!
+//! covers the truth at every sample size with probability at least `1 - alpha`.
+//!
+//! CTR: the candidate arm passes once the interval of `ctr(candidate) - ctr(production)` lies
+//! above `-margin x ctr(production)` and fails once it lies below; in between, or before both arms
+//! have the minimum impressions and clicks, it is inconclusive. Calibration (predicted over
+//! observed clicks) only fails: when the interval of the candidate's observed CTR puts the ratio
+//! wholly outside the band. Each check spends half of `alpha`.
+//!
+//! Counted per impression, clicks of one user are not independent (a user stays in one arm), so
+//! the variance is somewhat understated when users see many impressions: docs/rollouts.md.
+
+use std::collections::BTreeMap;
+
+use adrank_contracts::training_log::Outcomes;
+
+use super::RolloutConfig;
+
+/// What the figures say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The candidate is not worse than the margin: it may advance.
+    Passed,
+    /// The candidate is shown worse: roll back.
+    Failed,
+    /// Too little data, or the interval still straddles the margin.
+    Inconclusive,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::Failed => "failed",
+            Self::Inconclusive => "inconclusive",
+        }
+    }
+}
+
+/// A verdict with its reasons and every figure it rested on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Analysis {
+    pub verdict: Verdict,
+    pub reasons: Vec<String>,
+    pub figures: BTreeMap<String, f64>,
+}
+
+/// An always-valid interval around `estimate`, whose variance is `variance`, mixing over effects
+/// of width `tau`.
+pub fn confidence_sequence(estimate: f64, variance: f64, tau: f64, alpha: f64) -> (f64, f64) {
+    let (v, t2) = (variance.max(f64::MIN_POSITIVE), (tau * tau).max(f64::MIN_POSITIVE));
+    let radius = (v * (v + t2) / t2 * (2.0 * (1.0 / alpha).ln() + ((v + t2) / v).ln())).sqrt();
+    (estimate - radius, estimate + radius)
+}
+
+/// The clicked share, with the variance of that share.
+fn rate(arm: &Outcomes) -> (f64, f64) {
+    if arm.impressions < 2 {
+        return (0.0, 0.25);
+    }
+    let n = arm.impressions as f64;
+    let p = arm.clicked as f64 / n;
+    // An arm without clicks (or without misses) yet must not look certain: at least one
+    // impression's worth of each.
+    let q = p.clamp(1.0 / n, 1.0 - 1.0 / n);
+    (p, q * (1.0 - q) / n)
+}
+
+/// Judges the candidate arm against the production arm.
+pub fn analyse(production: &Outcomes, candidate: &Outcomes, config: &RolloutConfig) -> Analysis {
+    let mut figures = BTreeMap::new();
+    let mut reasons = Vec::new();
+    for (name, arm) in [("production", production), ("candidate", candidate)] {
+        figures.insert(format!("{name}_impressions"), arm.impressions as f64);
+        figures.insert(format!("{name}_clicked"), arm.clicked as f64);
+        figures.insert(format!("{name}_ctr"), rate(arm).0);
+        if arm.clicked > 0 {
+            figures.insert(format!("{name}_calibration"), arm.predicted() / arm.clicked as f64);
+        }
+        if arm.with_truth > 0 {
+            figures.insert(format!("{name}_true_ctr"), arm.truth() / arm.with_truth as f64);
+        }
+    }
+    let thin: Vec<String> = [("production", production), ("candidate", candidate)]
+        .into_iter()
+        .filter(|(_, arm)| arm.impressions < config.min_impressions || arm.clicked < config.min_clicks)
+        .map(|(name, arm)| {
+            format!(
+                "{name} arm has {} impressions and {} clicks of the {} and {} needed",
+                arm.impressions, arm.clicked, config.min_impressions, config.min_clicks
+            )
+        })
+        .collect();
+    if !thin.is_empty() {
+        return Analysis { verdict: Verdict::Inconclusive, reasons: thin, figures };
+    }
+    let alpha = config.alpha / 2.0;
+
+    let ((p_prod, v_prod), (p_cand, v_cand)) = (rate(production), rate(candidate));
+    let (low, high) = confidence_sequence(p_cand - p_prod, v_prod + v_cand, config.effect * p_prod, alpha);
+    let bound = -config.ctr_margin * p_prod;
+    figures.extend([("ctr_difference_low".into(), low), ("ctr_difference_high".into(), high)]);
+    figures.insert("ctr_margin".into(), bound);
+    let relative = |x: f64| 100.0 * x / p_prod;
+    let ctr = if high < bound {
+        reasons.push(format!(
+            "CTR: the candidate's is {:+.1}% to {:+.1}% against production's, below the {:.1}% tolerated",
+            relative(low),
+            relative(high),
+            -100.0 * config.ctr_margin
+        ));
+        Verdict::Failed
+    } else if low > bound {
+        reasons.push(format!(
+            "CTR: the candidate's is {:+.1}% to {:+.1}% against production's, within the {:.1}% tolerated",
+            relative(low),
+            relative(high),
+            -100.0 * config.ctr_margin
+        ));
+        Verdict::Passed
+    } else {
+        reasons.push(format!(
+            "CTR: the candidate's is {:+.1}% to {:+.1}% against production's, not yet decided against {:.1}%",
+            relative(low),
+            relative(high),
+            -100.0 * config.ctr_margin
+        ));
+        Verdict::Inconclusive
+    };
+
+    // Calibration: predicted over observed clicks, from the interval of the observed rate.
+    let predicted = candidate.predicted() / candidate.impressions as f64;
+    let (observed_low, observed_high) = confidence_sequence(p_cand, v_cand, config.effect * p_cand, alpha);
+    let (ratio_low, ratio_high) = (predicted / observed_high, predicted / observed_low.max(f64::MIN_POSITIVE));
+    figures
+        .extend([("candidate_calibration_low".into(), ratio_low), ("candidate_calibration_high".into(), ratio_high)]);
+    let miscalibrated = ratio_low > config.calibration_max || ratio_high < config.calibration_min;
+    if miscalibrated {
+        reasons.push(format!(
+            "calibration: the candidate predicts {ratio_low:.2} to {ratio_high:.2} times the clicks it gets, \
+             outside {:.2} to {:.2}",
+            config.calibration_min, config.calibration_max
+        ));
+    }
+    let verdict = if miscalibrated { Verdict::Failed } else { ctr };
+    Analysis { verdict, reasons, figures }
+}
+
+#[cfg(test)]
+mod tests;
