@@ -356,7 +356,7 @@ async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
         return error(StatusCode::BAD_REQUEST, "invalid_request", e.field.clone(), e.to_string());
     }
     // A pinned version, else the user's rollout arm's (the default one without a rollout).
-    let (version, arm) = match headers.get(PIN_HEADER) {
+    let route = match headers.get(PIN_HEADER) {
         None => state.models.route(&request.user_id),
         Some(value) => {
             let Some(number) = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) else {
@@ -364,7 +364,7 @@ async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
                 return error(StatusCode::BAD_REQUEST, "invalid_request", PIN_HEADER.into(), message);
             };
             match state.models.version(number) {
-                Some(version) => (version, None),
+                Some(version) => crate::manager::Route { version, assigned: None, shadow: None },
                 None => {
                     let message = format!("version {number} is not loaded here; loaded: {:?}", state.models.loaded());
                     return error(StatusCode::NOT_FOUND, "unknown_model_version", PIN_HEADER.into(), message);
@@ -373,27 +373,33 @@ async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
         }
     };
     let ranked = Instant::now();
-    let response = rank_response(&state, &request, &version, arm).await;
-    if let Some(assigned) = arm {
+    let (version, assigned) = (Arc::clone(&route.version), route.assigned);
+    let response = rank_response(&state, &request, route).await;
+    if let Some(assigned) = assigned {
         let seconds = ranked.elapsed().as_secs_f64();
         metrics::arm(assigned.arm.as_str(), version.manifest.version, response.status().as_u16(), seconds);
     }
     response
 }
 
-/// Ranks a valid request with `version`; the reply, or the error the batcher's refusal means.
-async fn rank_response(
-    state: &AppState,
-    request: &RankRequest,
-    version: &crate::model::LoadedVersion,
-    arm: Option<adrank_registry::Assignment>,
-) -> Response {
-    match rank(request, version, arm, state.reader.as_ref(), &state.config).await {
-        Ok((response, impressions)) => {
-            if let Some(log) = &state.impressions {
-                log.log(impressions);
+/// Ranks a valid request as routed; the reply, or the error the batcher's refusal means.
+async fn rank_response(state: &Arc<AppState>, request: &RankRequest, route: crate::manager::Route) -> Response {
+    let crate::manager::Route { version, assigned, shadow } = route;
+    match rank(request, &version, (assigned, shadow), state.reader.as_ref(), &state.config).await {
+        Ok(served) => {
+            match served.shadow {
+                // The copy is scored after the reply has gone; it logs the impressions then.
+                Some(job) => {
+                    let state = Arc::clone(state);
+                    tokio::spawn(async move { job.run(state.models.shadow(), state.impressions.as_ref()).await });
+                }
+                None => {
+                    if let Some(log) = &state.impressions {
+                        log.log(served.impressions);
+                    }
+                }
             }
-            Json(response).into_response()
+            Json(served.response).into_response()
         }
         Err(RankError::Batch(e)) => {
             let message = e.to_string();

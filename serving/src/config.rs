@@ -75,6 +75,12 @@ pub struct ServingConfig {
     /// Never printed.
     #[serde(skip_serializing)]
     pub admin_token: crate::admin::AdminToken,
+    /// At a rollout's shadow step: the share of production's requests the candidate also
+    /// scores, after the reply (0 to 1; 0: none).
+    pub shadow_sample: f64,
+    /// Copies scored at once; a sampled request beyond them is dropped (and counted), so the
+    /// shadow never queues work behind production's.
+    pub shadow_max_in_flight: usize,
 }
 
 impl Default for ServingConfig {
@@ -100,6 +106,8 @@ impl Default for ServingConfig {
             registry_poll_ms: 5_000,
             shutdown_timeout_ms: 30_000,
             admin_token: crate::admin::AdminToken::default(),
+            shadow_sample: 0.1,
+            shadow_max_in_flight: 2,
         }
     }
 }
@@ -119,6 +127,15 @@ impl ServingConfig {
                 "max_queue_delay_ms",
                 format!("is {}; expected at most 10000 (ten seconds)", self.max_queue_delay_ms),
             ));
+        }
+        if !(0.0..=1.0).contains(&self.shadow_sample) {
+            problems.push(ConfigProblem::new(
+                "shadow_sample",
+                format!("is {}; expected a share from 0 to 1", self.shadow_sample),
+            ));
+        }
+        if self.shadow_max_in_flight == 0 {
+            problems.push(ConfigProblem::new("shadow_max_in_flight", "is 0; expected at least 1"));
         }
         if self.queue_jobs == 0 {
             problems.push(ConfigProblem::new("queue_jobs", "is 0; expected at least 1"));

@@ -14,6 +14,8 @@
 //! - [`manager`]: the loaded versions, the default one, hot swaps when the followed alias moves.
 //! - [`metrics`]: every metric serving emits (Prometheus, at `/metrics`).
 //! - [`rank`]: one request: features from the online store, transforms, batcher, ranking.
+//! - [`shadow`]: at a rollout's shadow step, a sample of requests scored again by the
+//!   candidate after the reply: bounded, droppable, compared with production.
 //! - [`batcher`]: the dynamic batcher: concurrent requests' rows merged into ONNX Runtime runs,
 //!   with a bounded queue, deadlines, and the model on its own thread.
 //! - [`model`]: loading a version from the registry: verified (SHA-256, spec, signature),
@@ -33,6 +35,7 @@ pub mod manager;
 pub mod metrics;
 pub mod model;
 pub mod rank;
+pub mod shadow;
 mod throttle;
 
 pub use config::ServingConfig;

@@ -52,6 +52,17 @@ pub struct ManagerConfig {
 pub struct ModelManager {
     config: ManagerConfig,
     state: RwLock<State>,
+    /// Which requests are copied to a shadowed candidate, and the comparison so far.
+    shadow: crate::shadow::Gate,
+}
+
+/// Where a request goes: the version that serves it, its rollout arm, and, at a rollout's
+/// shadow step for a sampled request, the candidate that also scores a copy.
+#[derive(Debug)]
+pub struct Route {
+    pub version: Arc<LoadedVersion>,
+    pub assigned: Option<Assignment>,
+    pub shadow: Option<crate::rank::Shadowing>,
 }
 
 #[derive(Debug, Clone)]
@@ -158,7 +169,13 @@ impl ModelManager {
             extra_failed: BTreeMap::new(),
             rollout: None,
         };
-        let manager = Self { config, state: RwLock::new(state) };
+        let serving = &config.serving;
+        let shadow = crate::shadow::Gate::new(
+            serving.shadow_sample,
+            serving.shadow_max_in_flight,
+            std::time::Duration::from_millis(serving.default_deadline_ms),
+        );
+        let manager = Self { config, state: RwLock::new(state), shadow };
         manager.refresh_extra().await;
         manager.refresh_rollout().await;
         Ok(manager)
@@ -204,17 +221,31 @@ impl ModelManager {
     /// A user the rollout puts in the candidate's arm gets the candidate; everyone else the
     /// default version. While the default is not the rollout's production version (the alias
     /// moved outside the rollout), everyone gets the default.
-    pub fn route(&self, user_id: &str) -> (Arc<LoadedVersion>, Option<Assignment>) {
+    pub fn route(&self, user_id: &str) -> Route {
         let state = self.state.read().expect("the state lock is never poisoned");
         let default = Arc::clone(&state.default);
         let Some(rollout) = state.rollout.as_ref().filter(|r| r.production == default.manifest.version) else {
-            return (default, None);
+            return Route { version: default, assigned: None, shadow: None };
         };
         let assigned = |arm| Some(Assignment { rollout: rollout.id, arm });
-        match (rollout.arm(user_id), state.loaded.get(&rollout.candidate)) {
-            (Arm::Candidate, Some(candidate)) => (Arc::clone(candidate), assigned(Arm::Candidate)),
-            _ => (default, assigned(Arm::Production)),
+        let candidate = state.loaded.get(&rollout.candidate);
+        match (rollout.arm(user_id), candidate) {
+            (Arm::Candidate, Some(candidate)) => {
+                Route { version: Arc::clone(candidate), assigned: assigned(Arm::Candidate), shadow: None }
+            }
+            _ => {
+                let shadow = candidate.filter(|_| rollout.is_shadow()).and_then(|candidate| {
+                    let permit = self.shadow.admit()?;
+                    Some(crate::rank::Shadowing { permit, candidate: Arc::clone(candidate), rollout: rollout.id })
+                });
+                Route { version: default, assigned: assigned(Arm::Production), shadow }
+            }
         }
+    }
+
+    /// The shadow gate: the sample, the places, and the comparison so far.
+    pub fn shadow(&self) -> &crate::shadow::Gate {
+        &self.shadow
     }
 
     /// Resolves the followed alias once and swaps to its version if it changed; then follows

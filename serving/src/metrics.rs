@@ -22,6 +22,10 @@ pub const ORT_ERRORS: &str = "adrank_serving_inference_errors_total";
 pub const CONNECTIONS_CLOSED: &str = "adrank_serving_connections_closed_total";
 pub const ARM_REQUESTS: &str = "adrank_serving_rollout_requests_total";
 pub const ARM_SECONDS: &str = "adrank_serving_rollout_request_seconds";
+pub const SHADOW: &str = "adrank_serving_shadow_requests_total";
+pub const SHADOW_SECONDS: &str = "adrank_serving_shadow_seconds";
+pub const SHADOW_PSI: &str = "adrank_serving_shadow_psi";
+pub const SHADOW_AGREEMENT: &str = "adrank_serving_shadow_topk_agreement";
 
 /// Registers every metric's help text.
 pub fn describe() {
@@ -47,6 +51,16 @@ pub fn describe() {
         "Impressions not logged, by reason (buffer_full, not_queued, not_delivered)."
     );
     describe_counter!(ORT_ERRORS, "Model runs that failed in ONNX Runtime.");
+    describe_counter!(
+        SHADOW,
+        "Requests copied to a shadowed candidate, by outcome (scored, failed, dropped: no place free)."
+    );
+    describe_histogram!(SHADOW_SECONDS, "Time the shadowed candidate took to score a copy.");
+    describe_gauge!(SHADOW_PSI, "Population stability index of the shadowed candidate's scores against production's.");
+    describe_gauge!(
+        SHADOW_AGREEMENT,
+        "Mean share of production's shown slots the shadowed candidate would also have shown."
+    );
     describe_counter!(ARM_REQUESTS, "Ranking requests routed by a rollout, by arm, model version and status code.");
     describe_histogram!(ARM_SECONDS, "Time to rank a request routed by a rollout, by arm.");
     describe_counter!(
@@ -63,6 +77,19 @@ pub(crate) fn request(route: &'static str, status: u16, seconds: f64) {
 pub(crate) fn arm(arm: &'static str, version: u64, status: u16, seconds: f64) {
     counter!(ARM_REQUESTS, "arm" => arm, "version" => version.to_string(), "status" => status.to_string()).increment(1);
     histogram!(ARM_SECONDS, "arm" => arm).record(seconds);
+}
+
+pub(crate) fn shadow(outcome: &'static str) {
+    counter!(SHADOW, "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn shadow_seconds(seconds: f64) {
+    histogram!(SHADOW_SECONDS).record(seconds);
+}
+
+pub(crate) fn shadow_comparison(psi: f64, agreement: f64) {
+    gauge!(SHADOW_PSI).set(psi);
+    gauge!(SHADOW_AGREEMENT).set(agreement);
 }
 
 pub(crate) fn stages(features: f64, queue: f64, inference: f64) {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use adrank_contracts::{
     events::{Impression, Input, Lookup, RawFeatures, RawValue, RolloutArm},
     request::RankRequest,
-    spec::POSITION_FIELD,
+    spec::{POSITION_FIELD, Transformer},
 };
 use adrank_featurestore::online::{AdFeatures, AdRef, Fetched, Reader};
 use adrank_registry::{Arm, Assignment};
@@ -16,7 +16,25 @@ use crate::{
     ServingConfig,
     batcher::{BatchError, Rows},
     model::LoadedVersion,
+    shadow::{Job, Permit},
 };
+
+/// A ranked request: the reply, the impressions to log, and the shadow copy to score (which
+/// then logs the impressions itself, with the candidate's scores).
+#[derive(Debug)]
+pub struct Served {
+    pub response: RankResponse,
+    pub impressions: Vec<Impression>,
+    pub shadow: Option<Job>,
+}
+
+/// The candidate a sampled request is copied to at a rollout's shadow step.
+#[derive(Debug)]
+pub struct Shadowing {
+    pub permit: Permit,
+    pub candidate: std::sync::Arc<LoadedVersion>,
+    pub rollout: u64,
+}
 
 /// The ranked answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -161,6 +179,31 @@ fn logged_record(layers: [&RawFeatures; 4], bid: f64) -> RawFeatures {
     raw
 }
 
+/// Every candidate's model row, scored for the top slot. Later sources win: the online
+/// store's hashes, the context (its surface last, in `context`), the candidate's own fields,
+/// its bid, the slot. Each candidate is read through a view of its layers, not copied into one
+/// record: only the few logged impressions need that.
+pub(crate) fn candidate_rows(
+    transformer: &Transformer,
+    request: &RankRequest,
+    fetched: &Fetched,
+    context: &RawFeatures,
+) -> Rows {
+    let mut rows = Rows { rows: request.candidates.len(), ..Rows::default() };
+    let inputs = transformer.inputs();
+    let shared = Shared::new(inputs, &fetched.user, context);
+    let (mut ad, mut scratch) = (Vec::with_capacity(inputs.len()), (Vec::new(), Vec::new()));
+    rows.ids.reserve(request.candidates.len() * transformer.id_width());
+    rows.dense.reserve(request.candidates.len() * transformer.dense_width());
+    for (candidate, stored) in request.candidates.iter().zip(&fetched.ads) {
+        shared.ad_layer(inputs, stored, (&mut scratch.0, &mut scratch.1), &mut ad);
+        let view =
+            CandidateView { shared: &shared, ad: &ad, own: &candidate.features, bid: RawValue::Num(candidate.bid) };
+        transformer.transform(&view, &mut rows.ids, &mut rows.dense);
+    }
+    rows
+}
+
 /// Why a request was not ranked.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RankError {
@@ -173,10 +216,10 @@ pub enum RankError {
 pub async fn rank(
     request: &RankRequest,
     version: &LoadedVersion,
-    assigned: Option<Assignment>,
+    (assigned, shadow): (Option<Assignment>, Option<Shadowing>),
     reader: Option<&Reader>,
     config: &ServingConfig,
-) -> Result<(RankResponse, Vec<Impression>), RankError> {
+) -> Result<Served, RankError> {
     let started = Instant::now();
     let budget = Duration::from_millis(request.deadline_ms.map_or(config.default_deadline_ms, u64::from));
     let deadline = started + budget;
@@ -208,25 +251,9 @@ pub async fn rank(
     let fetched = fetched.unwrap_or_else(|| Fetched::ids_only(&request.user_id, &ads));
     let features_ms = ms(started.elapsed());
 
-    let transformer = &version.transformer;
-    let mut rows = Rows { rows: request.candidates.len(), ..Rows::default() };
-    // Later sources win: the online store's hashes, the context (its surface last), the
-    // candidate's own fields, its bid, the slot. Each candidate is read through a view of its
-    // layers, not copied into one record: only the few logged impressions need that.
     let mut context = request.context.features.clone();
     context.insert("surface", RawValue::from(request.context.surface.as_str()));
-    let inputs = transformer.inputs();
-    let shared = Shared::new(inputs, &fetched.user, &context);
-    let (mut ad, mut scratch) = (Vec::with_capacity(inputs.len()), (Vec::new(), Vec::new()));
-    rows.ids.reserve(request.candidates.len() * transformer.id_width());
-    rows.dense.reserve(request.candidates.len() * transformer.dense_width());
-    for (candidate, stored) in request.candidates.iter().zip(&fetched.ads) {
-        shared.ad_layer(inputs, stored, (&mut scratch.0, &mut scratch.1), &mut ad);
-        let view =
-            CandidateView { shared: &shared, ad: &ad, own: &candidate.features, bid: RawValue::Num(candidate.bid) };
-        // Every candidate is scored for the top slot.
-        transformer.transform(&view, &mut rows.ids, &mut rows.dense);
-    }
+    let rows = candidate_rows(&version.transformer, request, &fetched, &context);
     crate::metrics::queue_depth(version.batcher.queued());
     let scored = version.batcher.score(rows, deadline).await?;
     crate::metrics::stages(features_ms / 1000.0, scored.queue.as_secs_f64(), scored.inference.as_secs_f64());
@@ -239,6 +266,7 @@ pub async fn rank(
     let shown = order.len().min(slots);
     let reply = crate::ids::reply();
     let manifest = &version.manifest;
+    let shown_slots = order[..shown].to_vec();
     let impressions = order[..shown]
         .iter()
         .enumerate()
@@ -263,6 +291,7 @@ pub async fn rank(
                 features: logged_record([&fetched.user, &ad, &context, &c.features], c.bid),
                 oracle_p: None,
                 rollout: assigned.map(|a| RolloutArm { id: a.rollout, arm: a.arm.as_str().to_string() }),
+                shadow_score: None,
             }
         })
         .collect();
@@ -299,7 +328,21 @@ pub async fn rank(
             batch_rows: scored.batch_rows,
         },
     };
-    Ok((response, impressions))
+    let Some(Shadowing { permit, candidate, rollout }) = shadow else {
+        return Ok(Served { response, impressions, shadow: None });
+    };
+    let job = Job {
+        permit,
+        candidate,
+        rollout,
+        request: request.clone(),
+        fetched,
+        context,
+        scores: scored.scores,
+        shown: shown_slots,
+        impressions,
+    };
+    Ok(Served { response, impressions: Vec::new(), shadow: Some(job) })
 }
 
 fn ms(d: Duration) -> f64 {

@@ -166,6 +166,8 @@ async fn ready(addr: SocketAddr, server: &mut Child, stack: &Stack) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_on_live_traffic() {
     let _heavy = adrank_testkit::heavy().await;
+    let t0 = Instant::now();
+    let phase = |what: &str| eprintln!("{:>6.1} s  {what}", t0.elapsed().as_secs_f64());
     let broker = TestBroker::start_persistent().await;
     admin::ensure_topics(&broker.config).await.unwrap();
     let redis = TestRedis::new().await;
@@ -211,6 +213,7 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
     let days = DAYS.to_string();
     stack.run(&["sim", "bootstrap", "--days", &days]).await;
     stack.run(&["ingest", "--exit-when-idle", "3"]).await;
+    phase("history ingested");
     shuffled_copy(&stack.path("log"), &stack.path("shuffled")).await;
     let start = world.start_time_ms;
     let (since, until) = (utc_hour(start), utc_hour(start + (DAYS * 86_400_000.0) as i64 - 1_800_000));
@@ -220,6 +223,7 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
         stack.run(&args).await;
     }
 
+    phase("two models trained");
     // Serving, the live ingester and the controller; the world's traffic continues its history.
     let addr: SocketAddr = format!("127.0.0.1:{}", adrank_testkit::free_port()).parse().unwrap();
     let listen = addr.to_string();
@@ -256,12 +260,14 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
         stack.wait_for("a step to 100%", (&progress, addr), limit, |r| r.weight() == 100 || !r.is_active()).await;
     assert_eq!((advanced.status, advanced.weight()), (Status::Running, 100), "{advanced:?}");
     assert!(advanced.reason.starts_with("analysis passed"), "{}", advanced.reason);
+    phase("advanced to 100%");
     controller.kill().await.unwrap();
     let mut controller = stack.spawn(&["rollout", "control", "ctr"], "control.log");
     let promoted = stack.wait_for("a promotion", (&progress, addr), limit, |r| !r.is_active()).await;
     assert_eq!(promoted.status, Status::Promoted, "{promoted:?}");
     assert!(promoted.changed_by.starts_with("controller"), "{}", promoted.changed_by);
 
+    phase("promoted");
     // Version 1 again, now against version 2: rolled back by the analysis.
     stack.run(&["rollout", "start", "ctr", "1", "--plan", "50,100", "--reason", "worse"]).await;
     let ended = stack.wait_for("a rollback", (&progress, addr), limit, |r| r.id == 2 && !r.is_active()).await;
@@ -269,6 +275,7 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
     assert!(ended.reason.starts_with("analysis failed"), "{}", ended.reason);
     assert!(ended.figures["candidate_ctr"] < ended.figures["production_ctr"], "{:?}", ended.figures);
 
+    phase("rolled back");
     load.abort();
     let _ = load.await;
     assert_eq!(progress.read().errors, 0, "no client saw an error");

@@ -558,7 +558,8 @@ async fn replicas_route_every_user_to_the_same_rollout_arm() {
     };
     let shadow = registry.start_rollout("ctr", 2, vec![0, 50, 100], decision(0)).await.unwrap();
 
-    let config = ServingConfig::default();
+    // Every request of the shadow step is copied to the candidate.
+    let config = ServingConfig { shadow_sample: 1.0, shadow_max_in_flight: 64, ..ServingConfig::default() };
     let broker = adrank_testkit::broker::TestBroker::start().await;
     admin::ensure_topics(&broker.config).await.unwrap();
     let topic = broker.config.topics.impressions.name.clone();
@@ -593,6 +594,23 @@ async fn replicas_route_every_user_to_the_same_rollout_arm() {
     assert!(replicas.iter().all(|(m, _)| m.loaded() == [1, 2]));
     for answer in served(replicas.clone(), requests.clone()).await {
         assert_eq!(answer, [(1, Some(Arm::Production)); 2]);
+    }
+    // Each was scored again by the candidate after its reply. Both versions are one model: the
+    // same scores (the candidate's own transforms, its own batcher), so the same top slots.
+    let started = std::time::Instant::now();
+    while replicas[0].0.shadow().stats().compared < requests.len() as u64 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", replicas[0].0.shadow().stats());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let stats = replicas[0].0.shadow().stats();
+    assert_eq!((stats.rollout, stats.agreement()), (shadow.id, Some(1.0)));
+    assert!(stats.psi().abs() < 1e-9, "{stats:?}");
+    // The candidate's scores ride with the impressions the reply showed.
+    let first =
+        serde_json::from_str::<serde_json::Value>(&requests[0]).unwrap()["request_id"].as_str().unwrap().to_string();
+    for impression in read_impressions(&broker.config, &topic, &first, config.slots as usize).await {
+        assert_eq!(impression.shadow_score, Some(impression.score), "{impression:?}");
+        assert_eq!(impression.rollout.map(|r| (r.id, r.arm)), Some((shadow.id, "production".to_string())));
     }
 
     // 50%: both replicas, after their next refresh, agree with the rollout's own split.

@@ -62,6 +62,10 @@ pub struct Impression {
     /// The rollout and the arm the user was in, when a rollout was under way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutArm>,
+    /// At a rollout's shadow step, for a sampled request: the candidate's score for this
+    /// impression (it served none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_score: Option<f64>,
 }
 
 /// Where a rollout put an impression's user.
@@ -97,6 +101,7 @@ impl Impression {
             features,
             oracle_p: None,
             rollout: None,
+            shadow_score: None,
         }
     }
 }
@@ -328,6 +333,9 @@ impl Event for Impression {
         features("features", &self.features)?;
         if let Some(p) = self.oracle_p {
             probability(ORACLE_FIELD, p)?;
+        }
+        if let Some(p) = self.shadow_score {
+            probability("shadow_score", p)?;
         }
         if let Some(RolloutArm { id, arm }) = &self.rollout {
             if *id == 0 {

@@ -22,6 +22,7 @@ fn impression() -> Impression {
         ]),
         oracle_p: Some(0.019),
         rollout: Some(RolloutArm { id: 2, arm: "candidate".into() }),
+        shadow_score: Some(0.031),
     }
 }
 
@@ -100,6 +101,7 @@ fn each_schema_violation_has_its_reason() {
         (json_with(|v| v["oracle_p"] = 2.0.into()), "oracle_p", "probability"),
         (json_with(|v| v["features"]["oracle_p"] = 0.5.into()), "features.oracle_p", "evaluation-only"),
         (json_with(|v| v["rollout"]["arm"] = "canary".into()), "rollout.arm", "expected one of"),
+        (json_with(|v| v["shadow_score"] = (-0.1).into()), "shadow_score", "probability"),
         (json_with(|v| v["rollout"]["id"] = 0.into()), "rollout.id", "count from 1"),
         (json_with(|v| drop(v["rollout"].as_object_mut().unwrap().remove("arm"))), "", "missing field `arm`"),
     ];

@@ -32,6 +32,14 @@ pub struct Outcomes {
     pub with_truth: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub truth_micros: u64,
+    /// Impressions a shadowed candidate also scored, those clicked, and the candidate's scores'
+    /// sum in millionths: its calibration on production's traffic.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shadowed: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shadow_clicked: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shadow_predicted_micros: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -62,6 +70,11 @@ impl Outcomes {
             self.with_truth += 1;
             self.truth_micros += micros(p);
         }
+        if let Some(p) = example.impression.shadow_score {
+            self.shadowed += 1;
+            self.shadow_clicked += u64::from(example.label());
+            self.shadow_predicted_micros += micros(p);
+        }
     }
 
     /// Adds another count to this one.
@@ -71,11 +84,19 @@ impl Outcomes {
         self.predicted_micros += other.predicted_micros;
         self.with_truth += other.with_truth;
         self.truth_micros += other.truth_micros;
+        self.shadowed += other.shadowed;
+        self.shadow_clicked += other.shadow_clicked;
+        self.shadow_predicted_micros += other.shadow_predicted_micros;
     }
 
     /// Clicks expected by the model.
     pub fn predicted(&self) -> f64 {
         self.predicted_micros as f64 / MICROS
+    }
+
+    /// The clicks the shadowed candidate expected on the impressions it scored.
+    pub fn shadow_predicted(&self) -> f64 {
+        self.shadow_predicted_micros as f64 / MICROS
     }
 
     /// The world's true click probability summed over the impressions that carried it.
@@ -115,6 +136,7 @@ mod tests {
         impression.score = score;
         impression.oracle_p = Some(score / 2.0);
         impression.rollout = rollout.map(|(id, arm)| RolloutArm { id, arm: arm.into() });
+        impression.shadow_score = (version == "1").then_some(score * 2.0);
         Example { impression, partition: 0, offset: 0, clicks, first_click_ms: None }
     }
 
@@ -136,6 +158,10 @@ mod tests {
         assert_eq!((production.impressions, production.clicked), (2, 1));
         assert_eq!(production.predicted_micros, 500_000);
         assert_eq!((production.with_truth, production.truth_micros), (2, 250_000));
+        assert_eq!(
+            (production.shadowed, production.shadow_clicked, production.shadow_predicted_micros),
+            (2, 1, 1_000_000)
+        );
     }
 
     #[test]

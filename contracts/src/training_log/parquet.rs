@@ -72,6 +72,7 @@ pub fn to_record_batch(examples: &[Example]) -> Result<RecordBatch, ArrowError> 
         ("clicks", Arc::new(UInt32Array::from_iter_values(examples.iter().map(|e| e.clicks))), false),
         ("first_click_time", times(|e| e.first_click_ms), true),
         ("oracle_p", Arc::new(Float64Array::from_iter(examples.iter().map(|e| e.impression.oracle_p))), true),
+        ("shadow_score", Arc::new(Float64Array::from_iter(examples.iter().map(|e| e.impression.shadow_score))), true),
         (
             "rollout_id",
             Arc::new(UInt64Array::from_iter(examples.iter().map(|e| e.impression.rollout.as_ref().map(|r| r.id)))),
@@ -154,7 +155,11 @@ pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Example>, ArrowError
     let score = column("score")?.as_primitive_opt::<Float64Type>().ok_or_else(|| wrong_type("score"))?;
     let bid = column("bid")?.as_primitive_opt::<Float64Type>().ok_or_else(|| wrong_type("bid"))?;
     let oracle = column("oracle_p")?.as_primitive_opt::<Float64Type>().ok_or_else(|| wrong_type("oracle_p"))?;
-    // Files written before rollouts have no such columns: no arm.
+    // Files written before rollouts have no such columns: no arm, no shadow score.
+    let shadow = match batch.column_by_name("shadow_score") {
+        None => None,
+        Some(column) => Some(column.as_primitive_opt::<Float64Type>().ok_or_else(|| wrong_type("shadow_score"))?),
+    };
     let rollout = match (batch.column_by_name("rollout_id"), batch.column_by_name("rollout_arm")) {
         (Some(id), Some(arm)) => Some((
             id.as_primitive_opt::<UInt64Type>().ok_or_else(|| wrong_type("rollout_id"))?,
@@ -207,6 +212,7 @@ pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Example>, ArrowError
                 rollout: rollout
                     .filter(|(id, arm)| id.is_valid(row) && arm.is_valid(row))
                     .map(|(id, arm)| RolloutArm { id: id.value(row), arm: arm.value(row).to_string() }),
+                shadow_score: shadow.filter(|s| s.is_valid(row)).map(|s| s.value(row)),
             },
             partition: partition.value(row),
             offset: offset.value(row),
@@ -237,12 +243,14 @@ mod tests {
         );
         impression.oracle_p = Some(0.03);
         impression.rollout = Some(RolloutArm { id: 3, arm: "candidate".into() });
+        impression.shadow_score = Some(0.04);
         let clicked =
             Example { impression: impression.clone(), partition: 2, offset: 41, clicks: 2, first_click_ms: Some(9) };
         let mut plain = clicked.clone();
         plain.impression.impression_id = "i-2".into();
         plain.impression.oracle_p = None;
         plain.impression.rollout = None;
+        plain.impression.shadow_score = None;
         plain.impression.features = RawFeatures::new();
         plain.clicks = 0;
         plain.first_click_ms = None;

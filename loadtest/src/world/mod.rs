@@ -325,6 +325,7 @@ impl World {
                 features: self.raw_features(request, ad),
                 oracle_p: Some(self.truth.p(&situation)),
                 rollout: None,
+                shadow_score: None,
             });
             served.situations.push(situation);
         }

@@ -17,7 +17,9 @@
 //! above `-margin x ctr(production)` and fails once it lies below; in between, or before both arms
 //! have the minimum impressions and clicks, it is inconclusive. Calibration (predicted over
 //! observed clicks) only fails: when the interval of the candidate's observed CTR puts the ratio
-//! wholly outside the band. Each check spends half of `alpha`.
+//! wholly outside the band. Each check spends half of `alpha`. At the shadow step the candidate
+//! serves no one: it is judged on its calibration over the production impressions it also scored
+//! ([`analyse_shadow`]), with all of `alpha`.
 //!
 //! Counted per impression, clicks of one user are not independent (a user stays in one arm), so
 //! the variance is somewhat understated when users see many impressions: docs/rollouts.md.
@@ -140,22 +142,63 @@ pub fn analyse(production: &Outcomes, candidate: &Outcomes, config: &RolloutConf
         Verdict::Inconclusive
     };
 
-    // Calibration: predicted over observed clicks, from the interval of the observed rate.
     let predicted = candidate.predicted() / candidate.impressions as f64;
-    let (observed_low, observed_high) = confidence_sequence(p_cand, v_cand, config.effect * p_cand, alpha);
-    let (ratio_low, ratio_high) = (predicted / observed_high, predicted / observed_low.max(f64::MIN_POSITIVE));
-    figures
-        .extend([("candidate_calibration_low".into(), ratio_low), ("candidate_calibration_high".into(), ratio_high)]);
-    let miscalibrated = ratio_low > config.calibration_max || ratio_high < config.calibration_min;
+    let miscalibrated = calibration(predicted, (p_cand, v_cand), config, alpha, &mut figures, &mut reasons);
+    let verdict = if miscalibrated { Verdict::Failed } else { ctr };
+    Analysis { verdict, reasons, figures }
+}
+
+/// Judges a shadowed candidate on the production impressions it also scored: its calibration
+/// there (it served none, so there is no CTR of its own to compare).
+pub fn analyse_shadow(production: &Outcomes, config: &RolloutConfig) -> Analysis {
+    let mut figures = BTreeMap::from([
+        ("shadowed_impressions".to_string(), production.shadowed as f64),
+        ("shadowed_clicked".to_string(), production.shadow_clicked as f64),
+    ]);
+    if production.shadowed < config.min_impressions || production.shadow_clicked < config.min_clicks {
+        let reason = format!(
+            "the candidate shadowed {} impressions with {} clicks of the {} and {} needed",
+            production.shadowed, production.shadow_clicked, config.min_impressions, config.min_clicks
+        );
+        return Analysis { verdict: Verdict::Inconclusive, reasons: vec![reason], figures };
+    }
+    let shadowed =
+        Outcomes { impressions: production.shadowed, clicked: production.shadow_clicked, ..Outcomes::default() };
+    let predicted = production.shadow_predicted() / production.shadowed as f64;
+    let mut reasons = Vec::new();
+    let miscalibrated = calibration(predicted, rate(&shadowed), config, config.alpha, &mut figures, &mut reasons);
     if miscalibrated {
+        return Analysis { verdict: Verdict::Failed, reasons, figures };
+    }
+    let (low, high) = (figures["candidate_calibration_low"], figures["candidate_calibration_high"]);
+    reasons.push(format!(
+        "calibration: on production's traffic the candidate predicts {low:.2} to {high:.2} times the clicks"
+    ));
+    Analysis { verdict: Verdict::Passed, reasons, figures }
+}
+
+/// Whether the candidate's predicted over observed clicks is shown outside the band, from the
+/// interval of the observed rate `(p, variance)` against the mean prediction; records the
+/// interval in `figures`, and the reason when it is.
+fn calibration(
+    predicted: f64,
+    (p, v): (f64, f64),
+    config: &RolloutConfig,
+    alpha: f64,
+    figures: &mut BTreeMap<String, f64>,
+    reasons: &mut Vec<String>,
+) -> bool {
+    let (observed_low, observed_high) = confidence_sequence(p, v, config.effect * p.max(f64::MIN_POSITIVE), alpha);
+    let (low, high) = (predicted / observed_high, predicted / observed_low.max(f64::MIN_POSITIVE));
+    figures.extend([("candidate_calibration_low".into(), low), ("candidate_calibration_high".into(), high)]);
+    let outside = low > config.calibration_max || high < config.calibration_min;
+    if outside {
         reasons.push(format!(
-            "calibration: the candidate predicts {ratio_low:.2} to {ratio_high:.2} times the clicks it gets, \
-             outside {:.2} to {:.2}",
+            "calibration: the candidate predicts {low:.2} to {high:.2} times the clicks it gets, outside {:.2} to {:.2}",
             config.calibration_min, config.calibration_max
         ));
     }
-    let verdict = if miscalibrated { Verdict::Failed } else { ctr };
-    Analysis { verdict, reasons, figures }
+    outside
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use adrank_contracts::{
 };
 use adrank_registry::{Action, Arm, Decision, Error as RegistryError, Registry, Rollout, rollout::Status};
 
-use super::{Analysis, RolloutConfig, Verdict, analyse};
+use super::{Analysis, RolloutConfig, Verdict, analyse, analysis::analyse_shadow};
 use crate::Result;
 
 /// Decides a model's rollouts.
@@ -30,8 +30,8 @@ pub struct Controller {
 pub enum Look {
     /// No rollout runs: none yet, or the last one ended (or is paused).
     Idle(Option<Rollout>),
-    /// Running, and nothing to do yet: the analysis, or `None` at the shadow step.
-    Waiting { rollout: Rollout, analysis: Option<Analysis>, reason: String },
+    /// Running, and nothing to do yet.
+    Waiting { rollout: Rollout, analysis: Analysis, reason: String },
     /// A decision landed: the new document.
     Acted { rollout: Rollout, action: Action, analysis: Option<Analysis> },
     /// Another decision landed first (an operator's, or another controller's): nothing done.
@@ -53,16 +53,12 @@ impl Controller {
         let held_ms = now_ms - rollout.step_started_ms;
         let held = format!("{} at {}%", duration(held_ms), rollout.weight());
         let (min_ms, max_ms) = (secs_ms(self.config.min_step_secs), secs_ms(self.config.max_step_secs));
-        if rollout.is_shadow() {
-            if held_ms < min_ms {
-                let reason = format!("shadow step held {held} of the {} needed", duration(min_ms));
-                return Ok(Look::Waiting { rollout, analysis: None, reason });
-            }
-            let reason = format!("shadow step held {held}; no online figures exist before users are served");
-            return self.act(rollout, Action::Advance, reason, None).await;
-        }
         let (production, candidate) = self.arms(&rollout).await?;
-        let analysis = analyse(&production, &candidate, &self.config);
+        let analysis = if rollout.is_shadow() {
+            analyse_shadow(&production, &self.config)
+        } else {
+            analyse(&production, &candidate, &self.config)
+        };
         let reasons = analysis.reasons.join("; ");
         let (action, reason) = match analysis.verdict {
             Verdict::Failed => (Action::RollBack, format!("analysis failed after {held}: {reasons}")),
@@ -74,10 +70,10 @@ impl Controller {
             }
             Verdict::Passed => {
                 let reason = format!("passed; the step has lasted {held} of the {} needed", duration(min_ms));
-                return Ok(Look::Waiting { rollout, analysis: Some(analysis), reason });
+                return Ok(Look::Waiting { rollout, analysis, reason });
             }
             Verdict::Inconclusive => {
-                return Ok(Look::Waiting { rollout, analysis: Some(analysis), reason: reasons });
+                return Ok(Look::Waiting { rollout, analysis, reason: reasons });
             }
         };
         self.act(rollout, action, reason, Some(analysis)).await

@@ -53,6 +53,18 @@ impl Fixture {
     /// Commits `impressions` examples served by `version` in `arm` of `rollout`, `clicked` of
     /// them clicked, each scored `score`.
     async fn serve(&mut self, rollout: &Rollout, arm: Arm, impressions: u64, clicked: u64, score: f64) {
+        self.serve_shadowed(rollout, arm, (impressions, clicked), score, None).await;
+    }
+
+    /// The same, each impression also scored `shadow` by the shadowed candidate.
+    async fn serve_shadowed(
+        &mut self,
+        rollout: &Rollout,
+        arm: Arm,
+        (impressions, clicked): (u64, u64),
+        score: f64,
+        shadow: Option<f64>,
+    ) {
         let version = match arm {
             Arm::Production => rollout.production,
             Arm::Candidate => rollout.candidate,
@@ -64,6 +76,7 @@ impl Fixture {
                 impression.model_version = version.to_string();
                 impression.score = score;
                 impression.rollout = Some(RolloutArm { id: rollout.id, arm: arm.as_str().into() });
+                impression.shadow_score = shadow;
                 Example {
                     impression,
                     partition: 0,
@@ -97,8 +110,15 @@ async fn a_worse_candidate_is_rolled_back_with_the_figures_that_showed_it() {
     let mut f = fixture(2).await;
     let started = f.start(2).await;
     let t0 = started.step_started_ms;
-    // Shadow: held for the step's minimum, then advanced.
-    assert!(matches!(f.controller.look(t0 + MIN).await.unwrap(), Look::Waiting { analysis: None, .. }));
+    // Shadow: inconclusive until the candidate has scored enough of production's impressions;
+    // then calibrated, and advanced once the step's minimum has passed.
+    let look = f.controller.look(t0 + MIN).await.unwrap();
+    let Look::Waiting { reason, .. } = look else { panic!("expected to wait: {look:?}") };
+    assert!(reason.contains("the candidate shadowed 0 impressions"), "{reason}");
+    f.serve_shadowed(&started, Arm::Production, (2_000, 100), 0.05, Some(0.055)).await;
+    let look = f.controller.look(t0 + 5 * MIN).await.unwrap();
+    let Look::Waiting { analysis, .. } = look else { panic!("expected to wait: {look:?}") };
+    assert_eq!(analysis.verdict, Verdict::Passed);
     let look = f.controller.look(t0 + 10 * MIN).await.unwrap();
     let (action, five) = acted(&look);
     assert_eq!((action, five.weight()), (Action::Advance, 5));
@@ -108,7 +128,7 @@ async fn a_worse_candidate_is_rolled_back_with_the_figures_that_showed_it() {
     let t5 = five.step_started_ms;
     f.serve(&five, Arm::Production, 2_000, 100, 0.05).await;
     f.serve(&five, Arm::Candidate, 500, 5, 0.05).await;
-    let Look::Waiting { analysis: Some(analysis), reason, .. } = f.controller.look(t5 + 2 * MIN).await.unwrap() else {
+    let Look::Waiting { analysis, reason, .. } = f.controller.look(t5 + 2 * MIN).await.unwrap() else {
         panic!("expected to wait");
     };
     assert_eq!(analysis.verdict, Verdict::Inconclusive);
@@ -134,6 +154,7 @@ async fn a_worse_candidate_is_rolled_back_with_the_figures_that_showed_it() {
 async fn a_good_candidate_advances_step_by_step_only_after_each_steps_minimum_and_is_promoted() {
     let mut f = fixture(2).await;
     let started = f.start(2).await;
+    f.serve_shadowed(&started, Arm::Production, (2_000, 100), 0.05, Some(0.05)).await;
     let look = f.controller.look(started.step_started_ms + 10 * MIN).await.unwrap();
     let mut current = acted(&look).1.clone();
     // 30% more clicks than production, well predicted.
@@ -143,7 +164,7 @@ async fn a_good_candidate_advances_step_by_step_only_after_each_steps_minimum_an
         // Passed, but the step is young: wait. (Decisions stamp the step with the real clock;
         // the looks are made at times relative to it.)
         let look = f.controller.look(current.step_started_ms + 5 * MIN).await.unwrap();
-        let Look::Waiting { analysis: Some(analysis), reason, .. } = look else { panic!("expected to wait: {look:?}") };
+        let Look::Waiting { analysis, reason, .. } = look else { panic!("expected to wait: {look:?}") };
         assert_eq!(analysis.verdict, Verdict::Passed);
         assert!(reason.starts_with("passed; the step has lasted 5m00s"), "{reason}");
         let look = f.controller.look(current.step_started_ms + 10 * MIN).await.unwrap();
@@ -162,6 +183,7 @@ async fn too_little_traffic_waits_then_pauses_and_a_paused_rollout_is_left_alone
     let mut f = fixture(2).await;
     let started = f.start(2).await;
     let t0 = started.step_started_ms;
+    f.serve_shadowed(&started, Arm::Production, (2_000, 100), 0.05, Some(0.05)).await;
     let look = f.controller.look(t0 + 10 * MIN).await.unwrap();
     let five = acted(&look).1.clone();
     f.serve(&five, Arm::Production, 900, 45, 0.05).await;
@@ -173,6 +195,19 @@ async fn too_little_traffic_waits_then_pauses_and_a_paused_rollout_is_left_alone
     assert_eq!((action, paused.status, paused.weight()), (Action::Pause, Status::Paused, 5));
     assert!(paused.reason.starts_with("inconclusive after 1h00m at 5%"), "{}", paused.reason);
     assert!(matches!(f.controller.look(t5 + 600 * MIN).await.unwrap(), Look::Idle(Some(_))));
+}
+
+#[tokio::test]
+async fn a_candidate_miscalibrated_in_the_shadow_is_rolled_back_before_it_serves_anyone() {
+    let mut f = fixture(2).await;
+    let started = f.start(2).await;
+    // Production's impressions click at 5%; the shadowed candidate predicted 15%.
+    f.serve_shadowed(&started, Arm::Production, (4_000, 200), 0.05, Some(0.15)).await;
+    let look = f.controller.look(started.step_started_ms + MIN).await.unwrap();
+    let (action, ended) = acted(&look);
+    assert_eq!((action, ended.status, ended.weight()), (Action::RollBack, Status::RolledBack, 0));
+    assert!(ended.reason.contains("calibration: the candidate predicts"), "{}", ended.reason);
+    assert_eq!(ended.figures["shadowed_impressions"], 4_000.0);
 }
 
 #[tokio::test]
