@@ -121,6 +121,19 @@ impl Gate {
         Some(Permit { in_flight: Arc::clone(&self.in_flight) })
     }
 
+    /// Waits until no copy is being scored (their impressions are then in the log), at most
+    /// `timeout`; whether none is.
+    pub async fn idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.in_flight.load(Relaxed) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
     /// The comparison of rollout `rollout` so far.
     pub fn stats(&self) -> Stats {
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -187,7 +200,7 @@ impl Job {
                 tracing::debug!(error = %e, "the shadow copy was not scored");
             }
         }
-        drop(self.permit);
+        // The permit goes after the log has the impressions: a shutdown waits for it.
         if let Some(log) = log {
             log.log(self.impressions);
         }

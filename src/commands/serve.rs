@@ -98,6 +98,7 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     let watcher = Arc::clone(&models);
     let poll = std::time::Duration::from_millis(config.serving.registry_poll_ms);
     tokio::spawn(async move { watcher.watch(poll, std::future::pending()).await });
+    let shadowing = Arc::clone(&models);
     let state = Arc::new(AppState {
         models,
         reader,
@@ -114,6 +115,10 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
             timeout_ms = config.serving.shutdown_timeout_ms,
             "requests still in flight at the shutdown deadline were abandoned"
         );
+    }
+    // Shadow copies log their requests' impressions once scored: those go to Kafka too.
+    if !shadowing.shadow().idle(timeout).await {
+        tracing::warn!("shadow copies still being scored at the shutdown deadline; their impressions are lost");
     }
     let log = impressions.flush(timeout).await;
     if log.buffered + log.in_flight > 0 {

@@ -232,6 +232,13 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
     let mut ingest = stack.spawn(&["ingest"], "ingest.log");
     stack.run(&["rollout", "start", "ctr", "2", "--plan", "50,100", "--reason", "better"]).await;
     let mut controller = stack.spawn(&["rollout", "control", "ctr"], "control.log");
+    // No traffic yet: the controller waits, and says why.
+    let waiting = Instant::now();
+    while !stack.log("control.log").contains("waiting: production arm has 0 impressions") {
+        assert!(waiting.elapsed() < Duration::from_secs(30), "the controller said:\n{}", stack.log("control.log"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(stack.rollout().await.seq, 1, "nothing decided on no data");
 
     let mut traffic = World::new(world.clone());
     traffic.replay_baseline_days(DAYS);

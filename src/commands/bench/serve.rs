@@ -32,7 +32,7 @@ use adrank_loadtest::{
     report::ServerSummary,
 };
 use adrank_registry::{
-    Change, Registry, RegistryConfig,
+    Action, Change, Decision, Registry, RegistryConfig,
     scoring::{ScoringSession, SessionOptions},
 };
 use adrank_trainer::data::{LogWindow, Window};
@@ -181,6 +181,7 @@ struct Results {
     floor: Floor,
     half_load: Latency,
     breakdown: Option<ServerSummary>,
+    shadow: Shadow,
     swaps: u32,
     during_swaps: Latency,
     /// Replies per version during the swaps.
@@ -196,6 +197,65 @@ struct Results {
     rss_series: Vec<(u32, u64)>,
     /// Growth by the least-squares trend of the readings after every cycle from the 10th on.
     rss_trend_growth: f64,
+}
+
+/// Production's p99 at half saturation without and with a candidate shadowing it (rollout at
+/// its shadow step, `serving.shadow_sample` of the requests copied), pair by pair.
+#[derive(Debug, Serialize)]
+struct Shadow {
+    sample: f64,
+    /// (p99 without, p99 with) per pair, milliseconds.
+    pairs: Vec<(f64, f64)>,
+    /// Each pair's p99 with / without, and their median.
+    ratios: Vec<f64>,
+    median_ratio: f64,
+    /// Copies the candidate scored, and sampled requests dropped (no place free), over every
+    /// run with the shadow on.
+    scored: u64,
+    dropped: u64,
+    /// Errors in the runs with the shadow on.
+    errors: u64,
+}
+
+/// Pairs of half-saturation runs, without and with the shadow.
+const SHADOW_PAIRS: usize = 3;
+
+/// A counter of the server's `/metrics`, summed over its label sets matching `labels`.
+async fn counter(addr: SocketAddr, name: &str, labels: &str) -> u64 {
+    let Some((_, text)) = get(addr, "/metrics").await else { return 0 };
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Starts a rollout of `candidate` held at its shadow step, and waits until the server has it
+/// loaded; or ends it, and waits until it is unloaded.
+async fn shadowing(registry: &Registry, addr: SocketAddr, candidate: u64, on: bool) -> anyhow::Result<()> {
+    let current = registry.rollout("ctr").await?;
+    let decision = |expected_seq| Decision {
+        expected_seq,
+        by: "bench serve".into(),
+        reason: "bench serve: shadow cost".into(),
+        figures: Default::default(),
+    };
+    let seq = current.as_ref().map_or(0, |r| r.seq);
+    if on {
+        registry.start_rollout("ctr", candidate, vec![0, 100], decision(seq)).await?;
+    } else {
+        registry.act_on_rollout("ctr", Action::RollBack, decision(seq)).await?;
+    }
+    let waiting = Instant::now();
+    loop {
+        let loaded = readiness(addr).await.and_then(|r| r["loaded_versions"].as_array().map(|a| a.len())).unwrap_or(0);
+        if loaded == if on { 2 } else { 1 } {
+            return Ok(());
+        }
+        if waiting.elapsed() > Duration::from_secs(60) {
+            bail!("the server did not follow the shadow rollout (on: {on}) within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The sweep's first rate, requests per second.
@@ -411,6 +471,43 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     let (report, timings, _) = bench.run(half, steady_seconds, 1.0).await?;
     let half_load = Latency::of(&report);
     let breakdown = ServerSummary::of(&timings, &report);
+    // Shadow scoring's cost to production at half saturation, pair by pair.
+    let (scored_before, dropped_before) = (
+        counter(addr, "adrank_serving_shadow_requests_total", "scored").await,
+        counter(addr, "adrank_serving_shadow_requests_total", "dropped").await,
+    );
+    let (mut pairs, mut shadow_errors) = (Vec::new(), 0);
+    for _ in 0..SHADOW_PAIRS {
+        let (off, _, _) = bench.run(half, args.duration, 1.0).await?;
+        shadowing(&registry, addr, 2, true).await?;
+        let (on, _, _) = bench.run(half, args.duration, 1.0).await?;
+        shadowing(&registry, addr, 2, false).await?;
+        shadow_errors += on.errors();
+        pairs.push((off.latency_ms(0.99), on.latency_ms(0.99)));
+    }
+    let mut ratios: Vec<f64> = pairs.iter().map(|(off, on)| on / off).collect();
+    let shadow = Shadow {
+        sample: config.serving.shadow_sample,
+        pairs,
+        median_ratio: {
+            let mut sorted = ratios.clone();
+            sorted.sort_by(f64::total_cmp);
+            sorted[sorted.len() / 2]
+        },
+        ratios: std::mem::take(&mut ratios),
+        scored: counter(addr, "adrank_serving_shadow_requests_total", "scored").await - scored_before,
+        dropped: counter(addr, "adrank_serving_shadow_requests_total", "dropped").await - dropped_before,
+        errors: shadow_errors,
+    };
+    eprintln!(
+        "shadow ({:.0}% of requests copied): p99 with / without {:.3} (pairs {:?}), {} copies scored, {} dropped",
+        100.0 * shadow.sample,
+        shadow.median_ratio,
+        shadow.ratios,
+        shadow.scored,
+        shadow.dropped
+    );
+
     let swap_every = Duration::from_secs_f64(1.5);
     let swap_seconds = 2.0 + swap_every.as_secs_f64() * f64::from(args.swaps) + 2.0;
     let swapper = {
@@ -532,6 +629,7 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         floor,
         half_load,
         breakdown,
+        shadow,
         swaps: args.swaps,
         during_swaps,
         versions_during_swaps,
@@ -593,6 +691,14 @@ fn render(r: &Results) -> String {
             row(&format!("  {stage} p50 / p99"), format!("{:.3} / {:.3} ms", s.p50, s.p99));
         }
     }
+    let sh = &r.shadow;
+    row(
+        &format!("p99 with a shadow ({:.0}% copied) / without", 100.0 * sh.sample),
+        format!(
+            "{:.3} median of {:?} (pairs of p99 ms {:?}); {} copies scored, {} dropped; errors {}",
+            sh.median_ratio, sh.ratios, sh.pairs, sh.scored, sh.dropped, sh.errors
+        ),
+    );
     let s = &r.during_swaps;
     row(
         &format!("during {} swaps p99", r.swaps),
