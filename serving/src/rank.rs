@@ -266,7 +266,8 @@ pub async fn rank(
     let shown = order.len().min(slots);
     let reply = crate::ids::reply();
     let manifest = &version.manifest;
-    let shown_slots = order[..shown].to_vec();
+    // Only a shadowed request needs them once the reply is built.
+    let shown_slots = if shadow.is_some() { order[..shown].to_vec() } else { Vec::new() };
     let impressions = order[..shown]
         .iter()
         .enumerate()

@@ -22,6 +22,8 @@ use adrank_registry::{Registry, RegistryConfig, Rollout, rollout::Status};
 use adrank_testkit::{broker::TestBroker, redis::TestRedis, workspace_root};
 use tokio::process::{Child, Command};
 
+use crate::serving_api::try_http;
+
 const DAYS: f64 = 0.3;
 
 fn world_config() -> WorldConfig {
@@ -135,28 +137,16 @@ async fn shuffled_copy(from: &str, to: &str) {
     target.commit(request, examples).await.unwrap();
 }
 
-/// GET `path`: the status and the body, `None` while nothing listens.
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).await.ok()?;
-    let status = reply.split(' ').nth(1)?.parse().ok()?;
-    Some((status, reply.split_once("\r\n\r\n").map_or(String::new(), |(_, body)| body.to_string())))
-}
-
 /// The server's request counters, by route and status.
 async fn request_counts(addr: SocketAddr) -> String {
-    let metrics = get(addr, "/metrics").await.map(|(_, body)| body).unwrap_or_default();
+    let metrics = try_http(addr, "GET", "/metrics", "", b"").await.map(|(_, _, body)| body).unwrap_or_default();
     let lines: Vec<&str> = metrics.lines().filter(|l| l.starts_with("adrank_serving_requests_total")).collect();
     lines.join("\n")
 }
 
 async fn ready(addr: SocketAddr, server: &mut Child, stack: &Stack) {
     let started = Instant::now();
-    while get(addr, "/readyz").await.map(|(status, _)| status) != Some(200) {
+    while try_http(addr, "GET", "/readyz", "", b"").await.map(|(status, ..)| status) != Some(200) {
         assert!(server.try_wait().unwrap().is_none(), "the server exited:\n{}", stack.log("serve.log"));
         assert!(started.elapsed() < Duration::from_secs(120), "the server was not ready:\n{}", stack.log("serve.log"));
         tokio::time::sleep(Duration::from_millis(200)).await;

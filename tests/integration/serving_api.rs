@@ -77,7 +77,18 @@ pub(crate) async fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]
 
 /// [`http`] with extra header lines (`"name: value\r\n"` each).
 async fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> (u16, String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    try_http(addr, method, path, headers, body).await.expect("the server takes the connection")
+}
+
+/// [`http_with`], `None` when nothing listens at `addr` (a server still starting).
+pub(crate) async fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> Option<(u16, String, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{headers}connection: close\r\n\r\n",
         body.len()
@@ -90,7 +101,7 @@ async fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &str, bo
     let text = String::from_utf8_lossy(&response).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, head.to_string(), body.to_string())
+    Some((status, head.to_string(), body.to_string()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

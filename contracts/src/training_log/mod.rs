@@ -275,6 +275,7 @@ impl TrainingLog {
     /// Writes `examples` (one file per event hour) and then the commit record. Fails with
     /// [`Error::LogConflict`] when that sequence number was committed by someone else.
     pub async fn commit(&self, request: CommitRequest, examples: Vec<Example>) -> Result<Commit> {
+        let outcomes = outcomes::count(&examples);
         let mut by_hour: BTreeMap<String, Vec<Example>> = BTreeMap::new();
         for example in examples {
             by_hour.entry(utc_hour(example.impression.event_time_ms)).or_default().push(example);
@@ -292,12 +293,9 @@ impl TrainingLog {
             committed_at_ms: crate::events::now_ms(),
             compacts: 0,
             retired: Vec::new(),
-            outcomes: BTreeMap::new(),
+            outcomes,
         };
         for (hour, examples) in by_hour {
-            for (key, counted) in outcomes::count(&examples) {
-                commit.outcomes.entry(key).or_default().add(&counted);
-            }
             commit.examples += examples.len() as u64;
             commit.clicked += examples.iter().filter(|e| e.label()).count() as u64;
             let path = format!("hour={hour}/p{:03}-{:010}-{token}.parquet", request.partition, request.seq);

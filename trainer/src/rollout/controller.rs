@@ -53,7 +53,7 @@ impl Controller {
         let held_ms = now_ms - rollout.step_started_ms;
         let held = format!("{} at {}%", duration(held_ms), rollout.weight());
         let (min_ms, max_ms) = (secs_ms(self.config.min_step_secs), secs_ms(self.config.max_step_secs));
-        let (production, candidate) = self.arms(&rollout).await?;
+        let (production, candidate) = arm_outcomes(&self.log, &self.model, &rollout).await?;
         let analysis = if rollout.is_shadow() {
             analyse_shadow(&production, &self.config)
         } else {
@@ -77,10 +77,6 @@ impl Controller {
             }
         };
         self.act(rollout, action, reason, Some(analysis)).await
-    }
-
-    async fn arms(&self, rollout: &Rollout) -> Result<(Outcomes, Outcomes)> {
-        arm_outcomes(&self.log, &self.model, rollout).await
     }
 
     async fn act(&self, rollout: Rollout, action: Action, reason: String, analysis: Option<Analysis>) -> Result<Look> {
