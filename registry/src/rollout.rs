@@ -98,10 +98,11 @@ impl Arm {
     }
 }
 
-/// A user's place in a rollout: which rollout, which arm.
+/// A user's place in a rollout: which rollout, at which step, in which arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Assignment {
     pub rollout: u64,
+    pub step: usize,
     pub arm: Arm,
 }
 

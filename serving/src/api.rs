@@ -377,7 +377,7 @@ async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
     let response = rank_response(&state, &request, route).await;
     if let Some(assigned) = assigned {
         let seconds = ranked.elapsed().as_secs_f64();
-        metrics::arm(assigned.arm.as_str(), version.manifest.version, response.status().as_u16(), seconds);
+        metrics::arm(assigned, version.manifest.version, response.status().as_u16(), seconds);
     }
     response
 }

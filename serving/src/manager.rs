@@ -227,7 +227,7 @@ impl ModelManager {
         let Some(rollout) = state.rollout.as_ref().filter(|r| r.production == default.manifest.version) else {
             return Route { version: default, assigned: None, shadow: None };
         };
-        let assigned = |arm| Some(Assignment { rollout: rollout.id, arm });
+        let assigned = |arm| Some(Assignment { rollout: rollout.id, step: rollout.step, arm });
         let candidate = state.loaded.get(&rollout.candidate);
         match (rollout.arm(user_id), candidate) {
             (Arm::Candidate, Some(candidate)) => {

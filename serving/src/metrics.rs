@@ -2,7 +2,13 @@
 //! recorded until the binary installs a recorder (`adrank serve` does, and serves it at
 //! `/metrics`).
 
+use std::time::Duration;
+
+use adrank_contracts::arm_requests;
+use adrank_registry::Assignment;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_util::MetricKindMask;
 
 use crate::throttle::Throttle;
 
@@ -20,8 +26,7 @@ pub const VERSION_CHANGES: &str = "adrank_serving_version_changes_total";
 pub const IMPRESSIONS_DROPPED: &str = "adrank_serving_impressions_dropped_total";
 pub const ORT_ERRORS: &str = "adrank_serving_inference_errors_total";
 pub const CONNECTIONS_CLOSED: &str = "adrank_serving_connections_closed_total";
-pub const ARM_REQUESTS: &str = "adrank_serving_rollout_requests_total";
-pub const ARM_SECONDS: &str = "adrank_serving_rollout_request_seconds";
+pub const ARM_SECONDS: &str = adrank_contracts::arm_requests::METRIC;
 pub const SHADOW: &str = "adrank_serving_shadow_requests_total";
 pub const SHADOW_SECONDS: &str = "adrank_serving_shadow_seconds";
 pub const SHADOW_PSI: &str = "adrank_serving_shadow_psi";
@@ -61,8 +66,10 @@ pub fn describe() {
         SHADOW_AGREEMENT,
         "Mean share of production's shown slots the shadowed candidate would also have shown."
     );
-    describe_counter!(ARM_REQUESTS, "Ranking requests routed by a rollout, by arm, model version and status code.");
-    describe_histogram!(ARM_SECONDS, "Time to rank a request routed by a rollout, by arm.");
+    describe_histogram!(
+        ARM_SECONDS,
+        "Time to answer a request routed by a rollout, by rollout, step, arm, model version and status class."
+    );
     describe_counter!(
         CONNECTIONS_CLOSED,
         "Connections the server closed or refused, by reason (evicted, refused, accept_failed)."
@@ -74,10 +81,31 @@ pub(crate) fn request(route: &'static str, status: u16, seconds: f64) {
     histogram!(REQUEST_SECONDS, "route" => route).record(seconds);
 }
 
-pub(crate) fn arm(arm: &'static str, version: u64, status: u16, seconds: f64) {
-    counter!(ARM_REQUESTS, "arm" => arm, "version" => version.to_string(), "status" => status.to_string()).increment(1);
-    histogram!(ARM_SECONDS, "arm" => arm).record(seconds);
+/// A request a rollout routed: what the rollout controller judges each arm's errors and latency
+/// by (contracts::arm_requests).
+pub(crate) fn arm(assigned: Assignment, version: u64, status: u16, seconds: f64) {
+    let labels = [
+        ("rollout", assigned.rollout.to_string()),
+        ("step", assigned.step.to_string()),
+        ("arm", assigned.arm.as_str().to_string()),
+        ("version", version.to_string()),
+        ("status", arm_requests::status_class(status).to_string()),
+    ];
+    histogram!(ARM_SECONDS, &labels).record(seconds);
 }
+
+/// The recorder `adrank serve` installs: summaries, except the rollout histogram, whose buckets
+/// add up across replicas. Histograms idle for a while are dropped, so that the series of ended
+/// rollouts do not pile up in a long-lived server.
+pub fn exporter() -> PrometheusBuilder {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(ARM_SECONDS.to_string()), &arm_requests::buckets())
+        .expect("the bucket bounds are not empty")
+        .idle_timeout(MetricKindMask::HISTOGRAM, Some(IDLE_HISTOGRAMS))
+}
+
+/// Longer than a rollout step is allowed to wait (`rollout.max_step_secs`' default).
+const IDLE_HISTOGRAMS: Duration = Duration::from_secs(8 * 3600);
 
 pub(crate) fn shadow(outcome: &'static str) {
     counter!(SHADOW, "outcome" => outcome).increment(1);
@@ -156,4 +184,29 @@ fn warn_throttled(throttle: &Throttle, reason: &'static str, error: Option<&dyn 
 
 pub(crate) fn connection_closed(reason: &'static str) {
     counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use adrank_contracts::arm_requests::{ArmStep, parse};
+    use adrank_registry::{Arm, Assignment};
+
+    #[test]
+    fn the_rollout_histogram_reads_back_per_arm_and_step() {
+        let recorder = super::exporter().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let assigned = Assignment { rollout: 4, step: 2, arm: Arm::Candidate };
+            for (status, seconds) in [(200, 0.003), (200, 0.004), (200, 0.2), (503, 0.001), (429, 0.0)] {
+                super::arm(assigned, 9, status, seconds);
+            }
+            super::arm(Assignment { arm: Arm::Production, ..assigned }, 8, 200, 0.002);
+        });
+        let arms = parse(&handle.render()).unwrap();
+        let candidate = &arms[&ArmStep { rollout: 4, step: 2, arm: "candidate".into() }];
+        assert_eq!((candidate.requests, candidate.errors, candidate.ok()), (5, 1, 3), "{candidate:?}");
+        let (bound, slower) = candidate.slower_than(0.01).unwrap();
+        assert_eq!(slower, 1, "one of the successful answers took longer than {bound} s");
+        assert_eq!(arms[&ArmStep { rollout: 4, step: 2, arm: "production".into() }].ok(), 1);
+    }
 }

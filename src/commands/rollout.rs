@@ -2,10 +2,9 @@
 
 use std::{collections::BTreeMap, process::ExitCode};
 
-use adrank_contracts::training_log::Outcomes;
 use adrank_contracts::training_log::TrainingLog;
 use adrank_registry::{Action, Decision, Registry, Rollout, rollout::DEFAULT_PLAN};
-use adrank_trainer::rollout::{Controller, Look, analyse, controller::arm_outcomes};
+use adrank_trainer::rollout::{Controller, Look, controller::Judged};
 use anyhow::Context as _;
 use clap::Subcommand;
 
@@ -97,11 +96,11 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
                 (Some(r), false) => {
                     print!("{}", status_table(&r));
                     // The arms as the controller would judge them now, when the log answers.
-                    let log = TrainingLog::open(&loaded.config.ingest.training_log)?;
-                    match arm_outcomes(&log, &name, &r).await {
-                        Ok((production, candidate)) => {
-                            let analysis = analyse(&production, &candidate, &loaded.config.rollout);
-                            print!("{}", arms_table(&production, &candidate));
+                    let controller = controller(registry, loaded, name, None)?;
+                    match controller.judge(&r).await {
+                        Ok(judged) => {
+                            print!("{}", arms_table(&judged));
+                            let analysis = &judged.analysis;
                             println!("analysis: {}: {}", analysis.verdict.as_str(), analysis.reasons.join("; "));
                         }
                         Err(e) => println!("(the arms' outcomes cannot be read: {e})"),
@@ -126,15 +125,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
             return Ok(ExitCode::SUCCESS);
         }
         Command::Control { name, once, training_log } => {
-            let log = training_log.unwrap_or_else(|| loaded.config.ingest.training_log.clone());
-            let controller = Controller {
-                registry,
-                log: TrainingLog::open(&log)?,
-                model: name,
-                config: loaded.config.rollout.clone(),
-                by: format!("controller {}", adrank_trainer::retrain::lease::holder_name()),
-            };
-            return control(&controller, once).await;
+            return control(&controller(registry, loaded, name, training_log)?, once).await;
         }
         Command::Advance(steer) => (steer, Action::Advance),
         Command::Pause(steer) => (steer, Action::Pause),
@@ -152,21 +143,43 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// The arms' outcomes so far, one row each.
-fn arms_table(production: &Outcomes, candidate: &Outcomes) -> String {
-    let mut table = Table::new(["ARM", "IMPRESSIONS", "CLICKED", "CTR", "PREDICTED/OBSERVED"]);
-    for (name, arm) in [("production", production), ("candidate", candidate)] {
-        let ratio = |x: f64, y: u64| if y == 0 { "-".to_string() } else { format!("{:.3}", x / y as f64) };
+/// The controller of `name`'s rollouts, reading the given training log (default: the ingester's).
+fn controller(
+    registry: Registry,
+    loaded: &Loaded,
+    name: String,
+    training_log: Option<String>,
+) -> anyhow::Result<Controller> {
+    let log = training_log.unwrap_or_else(|| loaded.config.ingest.training_log.clone());
+    Ok(Controller {
+        registry,
+        log: TrainingLog::open(&log)?,
+        model: name,
+        config: loaded.config.rollout.clone(),
+        by: format!("controller {}", adrank_trainer::retrain::lease::holder_name()),
+    })
+}
+
+/// The arms so far, one row each: outcomes from the training log, requests from the replicas
+/// (the candidate's at its step, production's over the rollout).
+fn arms_table(judged: &Judged) -> String {
+    let mut table =
+        Table::new(["ARM", "IMPRESSIONS", "CLICKED", "CTR", "PREDICTED/OBSERVED", "REQUESTS", "5XX", "P99"]);
+    let (production, candidate) = &judged.outcomes;
+    let requests = judged.requests.as_ref();
+    let arms = [("production", production, requests.map(|r| &r.0)), ("candidate", candidate, requests.map(|r| &r.1))];
+    for (name, arm, requests) in arms {
+        let ratio = |x: f64, y: u64| if y == 0 { "-".to_string() } else { format!("{:.4}", x / y as f64) };
+        let p99 = requests.and_then(|r| r.quantile(0.99)).map_or("-".into(), |s| format!("{:.1} ms", 1000.0 * s));
         table.row(vec![
             name.into(),
             arm.impressions.to_string(),
             arm.clicked.to_string(),
-            if arm.impressions == 0 {
-                "-".into()
-            } else {
-                format!("{:.4}", arm.clicked as f64 / arm.impressions as f64)
-            },
+            ratio(arm.clicked as f64, arm.impressions),
             ratio(arm.predicted(), arm.clicked),
+            requests.map_or("-".into(), |r| r.requests.to_string()),
+            requests.map_or("-".into(), |r| r.errors.to_string()),
+            p99,
         ]);
     }
     table.render()

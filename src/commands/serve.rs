@@ -39,9 +39,8 @@ pub(crate) struct Args {
 
 pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
     let config = &loaded.config;
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
+    let recorder =
+        adrank_serving::metrics::exporter().install_recorder().context("cannot install the metrics recorder")?;
     adrank_serving::metrics::describe();
     adrank_featurestore::metrics::describe();
     // The soft file limit (often 1,024) caps connections far below what a server needs.

@@ -164,6 +164,7 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
     let dir = tempfile::tempdir().unwrap();
     let registry_location = dir.path().join("registry").display().to_string();
     let world = world_config();
+    let addr: SocketAddr = format!("127.0.0.1:{}", adrank_testkit::free_port()).parse().unwrap();
     let env: Vec<(String, String)> = [
         ("ADRANK_LOG", "info".to_string()),
         ("ADRANK_KAFKA__BROKERS", broker.config.brokers.clone()),
@@ -191,6 +192,9 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
         // docs/rollouts.md): the test is about CTR, so the band is wide.
         ("ADRANK_ROLLOUT__CALIBRATION_MIN", "0.3".into()),
         ("ADRANK_ROLLOUT__CALIBRATION_MAX", "3".into()),
+        // Errors and latency from the server's own /metrics, 300 requests per arm.
+        ("ADRANK_ROLLOUT__SERVING_METRICS", format!("[\"http://{addr}/metrics\"]")),
+        ("ADRANK_ROLLOUT__MIN_REQUESTS", "300".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -229,7 +233,6 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
 
     phase("two models trained");
     // Serving, the live ingester and the controller; the world's traffic continues its history.
-    let addr: SocketAddr = format!("127.0.0.1:{}", adrank_testkit::free_port()).parse().unwrap();
     let listen = addr.to_string();
     let mut server = stack.spawn(&["serve", "--follow", "production", "--listen", &listen], "serve.log");
     ready(addr, &mut server, &stack).await;
@@ -271,6 +274,10 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
         stack.wait_for("a step to 100%", (&progress, addr), limit, |r| r.weight() == 100 || !r.is_active()).await;
     assert_eq!((advanced.status, advanced.weight()), (Status::Running, 100), "{advanced:?}");
     assert!(advanced.reason.starts_with("analysis passed"), "{}", advanced.reason);
+    // Errors and latency were judged on what the server counted for the candidate at 50%.
+    assert!(advanced.reason.contains("errors and latency: the candidate fails 0.00%"), "{}", advanced.reason);
+    assert!(advanced.figures["candidate_requests"] >= 300.0, "{:?}", advanced.figures);
+    assert!(advanced.figures["candidate_p99_ms"] > 0.0, "{:?}", advanced.figures);
     phase("advanced to 100%");
     controller.kill().await.unwrap();
     let mut controller = stack.spawn(&["rollout", "control", "ctr"], "control.log");

@@ -122,7 +122,7 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     let topic = broker.config.topics.impressions.name.clone();
     let log = ImpressionLog::start(&broker.config, &topic, 1000).unwrap();
     // The only test in this binary that installs a metrics recorder (it is process-wide).
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().unwrap();
+    let recorder = adrank_serving::metrics::exporter().install_recorder().unwrap();
     let clicks_topic = broker.config.topics.clicks.name.clone();
     let clicks = ClickSink::new(&broker.config, &clicks_topic, std::time::Duration::from_secs(10)).unwrap();
     let state = Arc::new(AppState {

@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 
-use adrank_contracts::training_log::Outcomes;
+use adrank_contracts::{arm_requests::ArmRequests, training_log::Outcomes};
 
 use super::RolloutConfig;
 
@@ -69,13 +69,17 @@ pub fn confidence_sequence(estimate: f64, variance: f64, tau: f64, alpha: f64) -
 
 /// The clicked share, with the variance of that share.
 fn rate(arm: &Outcomes) -> (f64, f64) {
-    if arm.impressions < 2 {
+    share(arm.clicked, arm.impressions)
+}
+
+/// The share `k / n`, with its variance.
+fn share(k: u64, n: u64) -> (f64, f64) {
+    if n < 2 {
         return (0.0, 0.25);
     }
-    let n = arm.impressions as f64;
-    let p = arm.clicked as f64 / n;
-    // An arm without clicks (or without misses) yet must not look certain: at least one
-    // impression's worth of each.
+    let n = n as f64;
+    let p = k as f64 / n;
+    // A share of none (or all) yet must not look certain: at least one of each.
     let q = p.clamp(1.0 / n, 1.0 - 1.0 / n);
     (p, q * (1.0 - q) / n)
 }
@@ -143,7 +147,8 @@ pub fn analyse(production: &Outcomes, candidate: &Outcomes, config: &RolloutConf
     };
 
     let predicted = candidate.predicted() / candidate.impressions as f64;
-    let miscalibrated = calibration(predicted, (p_cand, v_cand), config, alpha, &mut figures, &mut reasons);
+    let miscalibrated =
+        calibration(predicted, (p_cand, v_cand), config, config.alpha / 4.0, &mut figures, &mut reasons);
     let verdict = if miscalibrated { Verdict::Failed } else { ctr };
     Analysis { verdict, reasons, figures }
 }
@@ -175,6 +180,114 @@ pub fn analyse_shadow(production: &Outcomes, config: &RolloutConfig) -> Analysis
         "calibration: on production's traffic the candidate predicts {low:.2} to {high:.2} times the clicks"
     ));
     Analysis { verdict: Verdict::Passed, reasons, figures }
+}
+
+/// Judges the candidate's errors and answer times at its step against production's over the
+/// rollout, from the replicas' counts; `unanswered` names replicas that could not be read.
+pub fn analyse_requests(
+    production: &ArmRequests,
+    candidate: &ArmRequests,
+    unanswered: &[String],
+    config: &RolloutConfig,
+) -> Analysis {
+    let mut figures = BTreeMap::new();
+    for (name, arm) in [("production", production), ("candidate", candidate)] {
+        figures.insert(format!("{name}_requests"), arm.requests as f64);
+        figures.insert(format!("{name}_errors"), arm.errors as f64);
+        if let Some(p99) = arm.quantile(0.99) {
+            figures.insert(format!("{name}_p99_ms"), 1000.0 * p99);
+        }
+    }
+    let mut reasons: Vec<String> =
+        unanswered.iter().map(|why| format!("errors and latency: a replica was not read: {why}")).collect();
+    let thin: Vec<String> = [("production", production), ("candidate", candidate)]
+        .into_iter()
+        .filter(|(_, arm)| arm.requests < config.min_requests)
+        .map(|(name, arm)| {
+            format!(
+                "errors and latency: {name} arm has {} requests of the {} needed",
+                arm.requests, config.min_requests
+            )
+        })
+        .collect();
+    if !thin.is_empty() {
+        reasons.extend(thin);
+        return Analysis { verdict: Verdict::Inconclusive, reasons, figures };
+    }
+    let alpha = config.alpha / 8.0;
+
+    // Errors: the candidate's 5xx share against production's plus the margin.
+    let ((p_prod, v_prod), (p_cand, v_cand)) =
+        (share(production.errors, production.requests), share(candidate.errors, candidate.requests));
+    let tau = config.error_margin.max(0.001);
+    let (low, high) = confidence_sequence(p_cand - p_prod, v_prod + v_cand, tau, alpha);
+    figures.extend([("error_difference_low".into(), low), ("error_difference_high".into(), high)]);
+    let mut failed = false;
+    if low > config.error_margin {
+        failed = true;
+        reasons.push(format!(
+            "errors: the candidate fails {:.2}% of requests, production {:.2}%: {:+.2} to {:+.2} points, above the {:.2} tolerated",
+            100.0 * p_cand,
+            100.0 * p_prod,
+            100.0 * low,
+            100.0 * high,
+            100.0 * config.error_margin
+        ));
+    }
+
+    // Latency: the candidate's share of answers slower than the threshold; its p99 is above the
+    // threshold exactly when that share is above 1%.
+    if let (Some(p99), true) = (production.quantile(0.99), candidate.ok() >= 2) {
+        let threshold = (p99 * config.latency_ratio).max(p99 + config.latency_slack_ms / 1000.0);
+        if let Some((bound, slower)) = candidate.slower_than(threshold) {
+            let (tail, variance) = share(slower, candidate.ok());
+            let (low, high) = confidence_sequence(tail, variance, 0.01, alpha);
+            figures.extend([
+                ("latency_threshold_ms".into(), 1000.0 * bound),
+                ("candidate_slower_share_low".into(), low),
+                ("candidate_slower_share_high".into(), high),
+            ]);
+            if low > 0.01 {
+                failed = true;
+                reasons.push(format!(
+                    "latency: {:.1}% to {:.1}% of the candidate's answers take longer than {:.1} ms (production's p99 {:.1} ms): its p99 is above it",
+                    100.0 * low,
+                    100.0 * high,
+                    1000.0 * bound,
+                    1000.0 * p99
+                ));
+            }
+        }
+    }
+    if failed {
+        return Analysis { verdict: Verdict::Failed, reasons, figures };
+    }
+    if !unanswered.is_empty() {
+        return Analysis { verdict: Verdict::Inconclusive, reasons, figures };
+    }
+    let p99 = |name: &str| figures.get(&format!("{name}_p99_ms")).map_or("-".into(), |ms| format!("{ms:.1} ms"));
+    reasons.push(format!(
+        "errors and latency: the candidate fails {:.2}% (production {:.2}%), p99 {} (production {})",
+        100.0 * p_cand,
+        100.0 * p_prod,
+        p99("candidate"),
+        p99("production")
+    ));
+    Analysis { verdict: Verdict::Passed, reasons, figures }
+}
+
+impl Analysis {
+    /// Both analyses as one: failed when either failed, passed when both passed.
+    pub fn and(mut self, other: Analysis) -> Analysis {
+        self.verdict = match (self.verdict, other.verdict) {
+            (Verdict::Failed, _) | (_, Verdict::Failed) => Verdict::Failed,
+            (Verdict::Passed, Verdict::Passed) => Verdict::Passed,
+            _ => Verdict::Inconclusive,
+        };
+        self.reasons.extend(other.reasons);
+        self.figures.extend(other.figures);
+        self
+    }
 }
 
 /// Whether the candidate's predicted over observed clicks is shown outside the band, from the

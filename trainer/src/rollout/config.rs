@@ -33,6 +33,20 @@ pub struct RolloutConfig {
     /// The candidate's predicted over observed clicks must not be shown outside this band.
     pub calibration_min: f64,
     pub calibration_max: f64,
+    /// The serving replicas' `/metrics` addresses (`http://host:port/metrics`), read at every
+    /// look for each arm's errors and answer times. Empty: errors and latency are not judged,
+    /// and every look says so.
+    pub serving_metrics: Vec<String>,
+    /// Requests each arm needs (the candidate's at its step, production's over the rollout)
+    /// before a step may pass on its errors and latency.
+    pub min_requests: u64,
+    /// The share of requests failing with a 5xx tolerated beyond production's: the candidate
+    /// fails once shown above it.
+    pub error_margin: f64,
+    /// The candidate fails once its p99 answer time is shown above production's p99 times
+    /// `latency_ratio`, or plus `latency_slack_ms` when that is more.
+    pub latency_ratio: f64,
+    pub latency_slack_ms: f64,
 }
 
 impl Default for RolloutConfig {
@@ -48,6 +62,12 @@ impl Default for RolloutConfig {
             effect: 0.1,
             calibration_min: 0.8,
             calibration_max: 1.25,
+            // The local `adrank serve` at `serving.listen`'s default.
+            serving_metrics: vec!["http://127.0.0.1:8080/metrics".into()],
+            min_requests: 500,
+            error_margin: 0.005,
+            latency_ratio: 1.5,
+            latency_slack_ms: 5.0,
         }
     }
 }
@@ -83,6 +103,20 @@ impl RolloutConfig {
                     self.calibration_min, self.calibration_max
                 ),
             );
+        }
+        for address in &self.serving_metrics {
+            if let Err(e) = super::replicas::Endpoint::parse(address) {
+                problem("serving_metrics", e);
+            }
+        }
+        if !(0.0..1.0).contains(&self.error_margin) {
+            problem("error_margin", format!("is {}; expected a share in [0, 1)", self.error_margin));
+        }
+        if !(self.latency_ratio >= 1.0 && self.latency_ratio.is_finite()) {
+            problem("latency_ratio", format!("is {}; expected at least 1", self.latency_ratio));
+        }
+        if !(self.latency_slack_ms >= 0.0 && self.latency_slack_ms.is_finite()) {
+            problem("latency_slack_ms", format!("is {}; expected milliseconds, 0 or more", self.latency_slack_ms));
         }
         problems
     }

@@ -1,18 +1,29 @@
 //! One look at a model's rollout, and the decision it leads to.
 //!
 //! The controller keeps nothing of its own: the step and when it began are in the rollout
-//! document, the arms' outcomes in the training log's commit records. A controller killed at any
+//! document, the arms' outcomes in the training log's commit records, their requests in the
+//! serving replicas' counters (labelled by rollout and step). A controller killed at any
 //! point is replaced by one that makes the same decision; two at once cannot both make it (every
 //! decision names the document it was made on, and only one lands).
 
+use std::{collections::BTreeMap, time::Duration};
+
 use adrank_contracts::{
+    arm_requests::ArmRequests,
     events::RolloutArm,
     training_log::{Outcomes, TrainingLog, outcomes},
 };
 use adrank_registry::{Action, Arm, Decision, Error as RegistryError, Registry, Rollout, rollout::Status};
 
-use super::{Analysis, RolloutConfig, Verdict, analyse, analysis::analyse_shadow};
+use super::{
+    Analysis, RolloutConfig, Verdict, analyse,
+    analysis::{analyse_requests, analyse_shadow},
+    replicas::Scrape,
+};
 use crate::Result;
+
+/// The longest a look waits for a replica's `/metrics` (less when looks are more frequent).
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Decides a model's rollouts.
 #[derive(Debug, Clone)]
@@ -53,12 +64,7 @@ impl Controller {
         let held_ms = now_ms - rollout.step_started_ms;
         let held = format!("{} at {}%", duration(held_ms), rollout.weight());
         let (min_ms, max_ms) = (secs_ms(self.config.min_step_secs), secs_ms(self.config.max_step_secs));
-        let (production, candidate) = arm_outcomes(&self.log, &self.model, &rollout).await?;
-        let analysis = if rollout.is_shadow() {
-            analyse_shadow(&production, &self.config)
-        } else {
-            analyse(&production, &candidate, &self.config)
-        };
+        let Judged { analysis, .. } = self.judge(&rollout).await?;
         let reasons = analysis.reasons.join("; ");
         let (action, reason) = match analysis.verdict {
             Verdict::Failed => (Action::RollBack, format!("analysis failed after {held}: {reasons}")),
@@ -79,6 +85,29 @@ impl Controller {
         self.act(rollout, action, reason, Some(analysis)).await
     }
 
+    /// The rollout's arms as they stand, and the verdict on them: at the shadow step the
+    /// candidate's calibration on production's traffic; at any other, CTR and calibration from
+    /// the outcomes and, when replicas are named, errors and latency from their counts.
+    pub async fn judge(&self, rollout: &Rollout) -> Result<Judged> {
+        let (production, candidate) = arm_outcomes(&self.log, &self.model, rollout).await?;
+        if rollout.is_shadow() {
+            let analysis = analyse_shadow(&production, &self.config);
+            return Ok(Judged { analysis, outcomes: (production, candidate), requests: None });
+        }
+        let analysis = analyse(&production, &candidate, &self.config);
+        if self.config.serving_metrics.is_empty() {
+            let reason = "errors and latency: not watched (rollout.serving_metrics names no replica)";
+            let unwatched =
+                Analysis { verdict: Verdict::Passed, reasons: vec![reason.into()], figures: BTreeMap::new() };
+            return Ok(Judged { analysis: analysis.and(unwatched), outcomes: (production, candidate), requests: None });
+        }
+        let timeout = SCRAPE_TIMEOUT.min(Duration::from_secs(self.config.analysis_interval_secs));
+        let scrape = Scrape::read(&self.config.serving_metrics, timeout).await;
+        let requests = scrape.arms(rollout);
+        let analysis = analysis.and(analyse_requests(&requests.0, &requests.1, &scrape.unanswered, &self.config));
+        Ok(Judged { analysis, outcomes: (production, candidate), requests: Some(requests) })
+    }
+
     async fn act(&self, rollout: Rollout, action: Action, reason: String, analysis: Option<Analysis>) -> Result<Look> {
         let figures = analysis.as_ref().map(|a| a.figures.clone()).unwrap_or_default();
         let decision = Decision { expected_seq: rollout.seq, by: self.by.clone(), reason, figures };
@@ -88,6 +117,16 @@ impl Controller {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// A rollout's arms, (production, candidate), and the verdict on them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judged {
+    pub analysis: Analysis,
+    /// From the training log.
+    pub outcomes: (Outcomes, Outcomes),
+    /// From the serving replicas, when any are named (and not at the shadow step).
+    pub requests: Option<(ArmRequests, ArmRequests)>,
 }
 
 /// The outcomes of a rollout's two arms (production, candidate) so far, from the training log.

@@ -3,11 +3,14 @@
 //!
 //! - [`config`]: the `[rollout]` section.
 //! - [`analysis`]: the verdict on the arms (always-valid confidence sequences).
+//! - [`replicas`]: each arm's requests, errors and answer times, read from the serving
+//!   replicas' `/metrics`.
 //! - [`controller`]: one look at a rollout and the decision it leads to.
 
 pub mod analysis;
 pub mod config;
 pub mod controller;
+pub mod replicas;
 
 pub use analysis::{Analysis, Verdict, analyse};
 pub use config::RolloutConfig;

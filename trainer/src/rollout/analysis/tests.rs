@@ -121,3 +121,95 @@ fn the_interval_narrows_with_data_and_widens_with_confidence() {
     // Wider than the fixed-sample interval: the price of looking at any time.
     assert!(high > 1.96 * 1e-2);
 }
+
+/// `n` requests, each failing with probability `errors`, the rest answered in a log-normal
+/// time of median `median_ms`.
+fn requests(rng: &mut Rng, n: u64, errors: f64, median_ms: f64) -> ArmRequests {
+    let bounds = adrank_contracts::arm_requests::buckets();
+    let mut counts = vec![0u64; bounds.len() + 1];
+    let mut failed = 0;
+    for _ in 0..n {
+        if rng.f64() < errors {
+            failed += 1;
+            continue;
+        }
+        let z = (-2.0 * rng.f64().max(1e-12).ln()).sqrt() * (std::f64::consts::TAU * rng.f64()).cos();
+        let seconds = median_ms / 1000.0 * (0.4 * z).exp();
+        counts[bounds.partition_point(|&b| b < seconds)] += 1;
+    }
+    let mut cumulative = 0;
+    let ok_buckets = bounds
+        .iter()
+        .chain([f64::INFINITY].iter())
+        .zip(&counts)
+        .map(|(&bound, &count)| {
+            cumulative += count;
+            (bound, cumulative)
+        })
+        .collect();
+    ArmRequests { requests: n, errors: failed, ok_buckets }
+}
+
+/// How many of `runs` rollouts fail at some look of `looks`, each adding `per_look` requests to
+/// both arms: production (errors, median ms) against the candidate's.
+fn simulate_requests(runs: usize, looks: usize, per_look: u64, production: (f64, f64), candidate: (f64, f64)) -> usize {
+    let (mut rng, config) = (Rng::new(23), RolloutConfig::default());
+    let mut failed = 0;
+    for _ in 0..runs {
+        let (mut prod, mut cand) = (ArmRequests::default(), ArmRequests::default());
+        for _ in 0..looks {
+            prod.add(&requests(&mut rng, per_look, production.0, production.1));
+            cand.add(&requests(&mut rng, per_look, candidate.0, candidate.1));
+            if analyse_requests(&prod, &cand, &[], &config).verdict == Verdict::Failed {
+                failed += 1;
+                break;
+            }
+        }
+    }
+    failed
+}
+
+#[test]
+fn an_equal_candidate_keeps_its_errors_and_latency_and_a_slow_or_failing_one_is_caught() {
+    // Equal arms, 0.2% errors and 4 ms, looked at 30 times: failed at most alpha / 4 of the time.
+    let failed = simulate_requests(100, 30, 500, (0.002, 4.0), (0.002, 4.0));
+    assert!(failed <= 3, "an equal candidate failed {failed} of 100 times");
+    // Twice production's answer time, or 3% of requests failing: caught every time.
+    assert_eq!(simulate_requests(20, 30, 500, (0.002, 4.0), (0.002, 8.0)), 20);
+    assert_eq!(simulate_requests(20, 30, 500, (0.002, 4.0), (0.03, 4.0)), 20);
+    // 1 ms slower is within the 5 ms slack.
+    assert_eq!(simulate_requests(20, 30, 500, (0.002, 4.0), (0.002, 5.0)), 0);
+}
+
+#[test]
+fn requests_below_the_minimum_or_a_replica_unread_decide_nothing_but_a_failure() {
+    let (mut rng, config) = (Rng::new(5), RolloutConfig::default());
+    let production = requests(&mut rng, 5_000, 0.0, 4.0);
+    // Every request of the candidate failed, but it has 200 of the 500 needed.
+    let thin = analyse_requests(&production, &requests(&mut rng, 200, 1.0, 4.0), &[], &config);
+    assert_eq!(thin.verdict, Verdict::Inconclusive);
+    assert!(thin.reasons.iter().any(|r| r.contains("candidate arm has 200 requests of the 500")), "{:?}", thin.reasons);
+    // Enough requests and a clean record, but one replica was not read: its errors are unseen.
+    let unread = vec!["http://10.0.0.2:8080/metrics: cannot connect".to_string()];
+    let good = requests(&mut rng, 5_000, 0.0, 4.0);
+    let analysis = analyse_requests(&production, &good, &unread, &config);
+    assert_eq!(analysis.verdict, Verdict::Inconclusive);
+    assert!(analysis.reasons[0].contains("10.0.0.2:8080"), "{:?}", analysis.reasons);
+    assert_eq!(analyse_requests(&production, &good, &[], &config).verdict, Verdict::Passed);
+    // What the replicas that answered show is enough to fail.
+    let failing = requests(&mut rng, 5_000, 0.5, 4.0);
+    let analysis = analyse_requests(&production, &failing, &unread, &config);
+    assert_eq!(analysis.verdict, Verdict::Failed);
+    assert!(analysis.reasons.iter().any(|r| r.starts_with("errors: the candidate fails 5")), "{:?}", analysis.reasons);
+}
+
+#[test]
+fn analyses_combine_failed_first_then_inconclusive() {
+    let with = |verdict| Analysis { verdict, reasons: vec![verdict.as_str().into()], figures: BTreeMap::new() };
+    let (p, f, i) = (Verdict::Passed, Verdict::Failed, Verdict::Inconclusive);
+    for (a, b, both) in [(p, p, p), (p, i, i), (i, p, i), (i, f, f), (f, p, f), (i, i, i)] {
+        let combined = with(a).and(with(b));
+        assert_eq!(combined.verdict, both, "{a:?} and {b:?}");
+        assert_eq!(combined.reasons, [a.as_str(), b.as_str()]);
+    }
+}

@@ -35,6 +35,8 @@ async fn fixture(versions: u64) -> Fixture {
         min_clicks: 30,
         min_step_secs: 600,
         max_step_secs: 3_600,
+        // Judged on the outcomes alone, except where a test names replicas.
+        serving_metrics: Vec::new(),
         ..RolloutConfig::default()
     };
     let controller = Controller { registry, log, model: "ctr".into(), config, by: "controller".into() };
@@ -222,4 +224,94 @@ async fn of_two_controllers_deciding_on_one_document_one_acts_and_the_other_sees
     assert!(matches!(second, Look::Raced { .. }), "{second:?}");
     // The next look of either starts from the document that landed.
     assert!(matches!(other.look(now).await.unwrap(), Look::Waiting { .. }));
+}
+
+/// An arm's successful answers as `(count, seconds)` groups, and its 5xx answers.
+type Answers<'a> = (Arm, &'a [(u64, f64)], u64);
+
+/// A replica's `/metrics` page for `rollout`'s current step.
+fn page(rollout: &Rollout, arms: [Answers<'_>; 2]) -> String {
+    let metric = adrank_contracts::arm_requests::METRIC;
+    let mut text = format!("# TYPE {metric} histogram\n");
+    for (arm, answers, errors) in arms {
+        let labels = format!("rollout=\"{}\",step=\"{}\",arm=\"{}\"", rollout.id, rollout.step, arm.as_str());
+        let bounds = adrank_contracts::arm_requests::buckets();
+        for bound in bounds.iter().copied().chain([f64::INFINITY]) {
+            let within: u64 = answers.iter().filter(|(_, s)| *s <= bound).map(|(n, _)| n).sum();
+            let le = if bound.is_finite() { bound.to_string() } else { "+Inf".into() };
+            text += &format!("{metric}_bucket{{{labels},status=\"2xx\",le=\"{le}\"}} {within}\n");
+        }
+        let ok: u64 = answers.iter().map(|(n, _)| n).sum();
+        text += &format!("{metric}_count{{{labels},status=\"2xx\"}} {ok}\n");
+        text += &format!("{metric}_count{{{labels},status=\"5xx\"}} {errors}\n");
+    }
+    text
+}
+
+/// Answers every HTTP request on a loopback port with `body`: a replica's `/metrics` as the
+/// controller reads it. Returns the page's address.
+async fn replica(body: String) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let Ok(n @ 1..) = stream.read(&mut buf).await else { return };
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = stream.write_all((head + &body).as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}/metrics")
+}
+
+#[tokio::test]
+async fn a_candidate_slower_on_the_replicas_is_rolled_back_however_well_it_ranks() {
+    let mut f = fixture(2).await;
+    let started = f.start(2).await;
+    f.serve_shadowed(&started, Arm::Production, (2_000, 100), 0.05, Some(0.05)).await;
+    let five = acted(&f.controller.look(started.step_started_ms + 10 * MIN).await.unwrap()).1.clone();
+    // Clicks say the candidate is better...
+    f.serve(&five, Arm::Production, 20_000, 1_000, 0.05).await;
+    f.serve(&five, Arm::Candidate, 20_000, 1_300, 0.065).await;
+    // ...but one replica in two is not read: nothing is decided on half the errors.
+    let production: &[(u64, f64)] = &[(2_000, 0.004)];
+    let fast = replica(page(&five, [(Arm::Production, production, 0), (Arm::Candidate, &[(1_000, 0.004)], 0)])).await;
+    let unread = format!("http://127.0.0.1:{}/metrics", closed_port());
+    f.controller.config.serving_metrics = vec![fast.clone(), unread.clone()];
+    let look = f.controller.look(five.step_started_ms + 10 * MIN).await.unwrap();
+    let Look::Waiting { analysis, reason, .. } = look else { panic!("expected to wait: {look:?}") };
+    assert_eq!(analysis.verdict, Verdict::Inconclusive);
+    assert!(reason.contains(&format!("a replica was not read: {unread}: cannot connect")), "{reason}");
+    // Both read, both fast: advanced, the replicas' figures in the decision.
+    let second = replica(page(&five, [(Arm::Production, production, 0), (Arm::Candidate, &[(1_000, 0.004)], 1)])).await;
+    f.controller.config.serving_metrics = vec![fast, second];
+    let look = f.controller.look(five.step_started_ms + 10 * MIN).await.unwrap();
+    let (action, twenty_five) = acted(&look);
+    assert_eq!((action, twenty_five.weight()), (Action::Advance, 25), "{}", twenty_five.reason);
+    assert_eq!(twenty_five.figures["candidate_requests"], 2_001.0);
+    assert_eq!(twenty_five.figures["candidate_errors"], 1.0);
+    let twenty_five = twenty_five.clone();
+    // At 25%, one answer in ten takes 80 ms where production's p99 is 4 ms: rolled back.
+    let slow: &[(u64, f64)] = &[(900, 0.004), (100, 0.08)];
+    let slow = replica(page(&twenty_five, [(Arm::Production, production, 0), (Arm::Candidate, slow, 0)])).await;
+    f.controller.config.serving_metrics = vec![slow];
+    let look = f.controller.look(twenty_five.step_started_ms + MIN).await.unwrap();
+    let (action, ended) = acted(&look);
+    assert_eq!((action, ended.status), (Action::RollBack, Status::RolledBack));
+    assert!(ended.reason.contains("latency: "), "{}", ended.reason);
+    assert!(ended.figures["candidate_p99_ms"] > 50.0, "{:?}", ended.figures);
+}
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
 }
