@@ -87,12 +87,14 @@ setup_gpu() {
 }
 
 # Python tools the tests use, in their own virtual environment: kubernetes-validate checks the
-# manifests under deploy/ against Kubernetes' schemas.
+# manifests under deploy/ against Kubernetes' schemas; onnx (the format's reference library)
+# writes models with their weights in a file beside them, as PyTorch's exporter does.
 setup_tools() {
-    [ -x "$ROOT/.adrank/tools/bin/kubernetes-validate" ] && return
-    say "installing kubernetes-validate into .adrank/tools"
-    python3 -m venv "$ROOT/.adrank/tools"
-    "$ROOT/.adrank/tools/bin/pip" install --quiet "kubernetes-validate==1.37.0"
+    local tools=$ROOT/.adrank/tools
+    [ -x "$tools/bin/kubernetes-validate" ] && "$tools/bin/python" -c "import onnx" 2>/dev/null && return
+    say "installing kubernetes-validate and onnx into .adrank/tools"
+    python3 -m venv "$tools"
+    "$tools/bin/pip" install --quiet "kubernetes-validate==1.37.0" "onnx==1.23.2"
 }
 
 setup_tansu() {

@@ -58,6 +58,10 @@ pub enum Error {
     #[error("ONNX Runtime cannot load the model: {0}")]
     Model(String),
 
+    /// ONNX Runtime opened the model, but a run of it failed.
+    #[error("ONNX Runtime failed to run the model: {0}")]
+    Run(String),
+
     /// No ONNX Runtime library was found where adrank looks.
     #[error(
         "ONNX Runtime library not found (tried: {}); run ./dev.sh setup to install it, or set \

@@ -114,12 +114,38 @@ impl ScoringSession {
     /// `rows * dense_width` numbers. The model must have adrank's signature.
     pub fn score(&mut self, rows: usize, ids: &[i64], dense: &[f32]) -> Result<Vec<f32>> {
         let width = |len: usize| len.checked_div(rows).unwrap_or(0);
-        let run_error = |e: ort::Error| Error::Model(e.to_string());
+        let run_error = |e: ort::Error| Error::Run(e.to_string());
         let ids = TensorRef::from_array_view(([rows, width(ids.len())], ids)).map_err(run_error)?;
         let dense = TensorRef::from_array_view(([rows, width(dense.len())], dense)).map_err(run_error)?;
         let outputs = self.session.run(ort::inputs!["ids" => ids, "dense" => dense]).map_err(run_error)?;
         let (_, scores) = outputs["pctr"].try_extract_tensor::<f32>().map_err(run_error)?;
         Ok(scores.to_vec())
+    }
+}
+
+impl ScoringSession {
+    /// Runs the largest id of every id column through the model, `largest` holding each id
+    /// feature's name and largest id in column order: a model whose embedding tables are smaller
+    /// than the spec's cardinalities fails here, naming the features, rather than on live traffic
+    /// (where ids near the top are rare, so a warm-up of zeros passes).
+    pub fn probe_largest_ids(&mut self, largest: &[(String, i64)], dense_width: usize) -> Result<()> {
+        let dense = vec![0.0; dense_width];
+        let all: Vec<i64> = largest.iter().map(|(_, id)| *id).collect();
+        let Err(together) = self.score(1, &all, &dense) else { return Ok(()) };
+        let mut problems = Vec::new();
+        for (column, (name, id)) in largest.iter().enumerate() {
+            let mut row = vec![0; largest.len()];
+            row[column] = *id;
+            if let Err(e) = self.score(1, &row, &dense) {
+                problems.push(format!(
+                    "feature `{name}` (id column {column}) has ids up to {id}, which the model cannot take: {e}"
+                ));
+            }
+        }
+        if problems.is_empty() {
+            problems.push(format!("the model fails on the largest id of every feature together: {together}"));
+        }
+        Err(Error::Incompatible(problems))
     }
 }
 

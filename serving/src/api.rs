@@ -73,7 +73,8 @@ struct ErrorBody {
 #[derive(Debug, Serialize)]
 struct ErrorDetail {
     /// `invalid_request`, `unsupported_media_type`, `payload_too_large`, `body_timeout`,
-    /// `unknown_model_version`, `overloaded`, `deadline_exceeded`, `unavailable`, `internal`.
+    /// `unknown_model_version`, `overloaded`, `deadline_exceeded`, `unavailable`, `inference_failed`,
+    /// `internal`.
     kind: &'static str,
     /// The offending field (`candidates[3].bid`), when one is to blame.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -414,7 +415,13 @@ async fn rank_response(state: &Arc<AppState>, request: &RankRequest, route: crat
                 }
                 BatchError::Closed => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", String::new(), message),
                 BatchError::Inference(_) => {
-                    error(StatusCode::INTERNAL_SERVER_ERROR, "internal", String::new(), message)
+                    let number = version.manifest.version;
+                    let message = if state.models.inference_failed(number, &message) {
+                        format!("version {number} {message}; the previous version serves from now on")
+                    } else {
+                        format!("version {number} {message}")
+                    };
+                    error(StatusCode::INTERNAL_SERVER_ERROR, "inference_failed", String::new(), message)
                 }
             }
         }

@@ -77,6 +77,9 @@ struct State {
     extra_failed: BTreeMap<String, Failed>,
     /// The rollout under way, once its candidate is loaded (held in `extra` as [`ROLLOUT`]).
     rollout: Option<Rollout>,
+    /// The default version the last swap replaced, kept loaded: it serves again at once should
+    /// the new one fail in inference ([`ModelManager::inference_failed`]).
+    previous: Option<Arc<LoadedVersion>>,
 }
 
 /// The `extra` entry holding a rollout's candidate: not a valid alias, so no reference is it.
@@ -168,6 +171,7 @@ impl ModelManager {
             extra: BTreeMap::new(),
             extra_failed: BTreeMap::new(),
             rollout: None,
+            previous: None,
         };
         let serving = &config.serving;
         let shadow = crate::shadow::Gate::new(
@@ -339,7 +343,9 @@ impl ModelManager {
             }
         };
         let mut state = self.state.write().expect("the state lock is never poisoned");
-        let old = std::mem::replace(&mut state.default, Arc::clone(&loaded)).manifest.version;
+        let replaced = std::mem::replace(&mut state.default, Arc::clone(&loaded));
+        let old = replaced.manifest.version;
+        state.previous = Some(replaced);
         state.loaded.insert(target, loaded);
         // The old version leaves the map unless an extra reference holds it; requests holding
         // it finish, then it is freed.
@@ -348,6 +354,28 @@ impl ModelManager {
         crate::metrics::versions(state.loaded.len(), "swapped");
         tracing::info!(name = %self.config.name, from = old, to = target, "swapped the serving model version");
         Ok(Refresh::Swapped { from: old, to: target })
+    }
+
+    /// A run of `version` failed in ONNX Runtime. When it is the default version and the one it
+    /// replaced is still loaded, that one serves again at once, and `version` is refused until
+    /// the alias moves (as a version refused at load is). Whether the previous version took over.
+    pub fn inference_failed(&self, version: u64, reason: &str) -> bool {
+        let mut state = self.state.write().expect("the state lock is never poisoned");
+        if state.default.manifest.version != version {
+            return false;
+        }
+        let Some(previous) = state.previous.take() else {
+            tracing::error!(name = %self.config.name, version, reason, "the model failed in inference, and no previous version is loaded to take over");
+            return false;
+        };
+        let back = previous.manifest.version;
+        state.default = Arc::clone(&previous);
+        state.loaded.insert(back, previous);
+        state.failed = Some(Failed { version, bad: true, failures: 1, wait: 0 });
+        state.prune();
+        crate::metrics::versions(state.loaded.len(), "failed_inference");
+        tracing::error!(name = %self.config.name, version, previous = back, reason, "the model failed in inference: the previous version serves again; this one is refused until the alias moves");
+        true
     }
 
     /// Loads what each extra reference names now and unloads what none names any more. A

@@ -50,7 +50,10 @@ pub fn describe() {
         "Ranking requests answered with default features, by reason (unreachable, timeout, error)."
     );
     describe_gauge!(LOADED_VERSIONS, "Model versions loaded.");
-    describe_counter!(VERSION_CHANGES, "Model version changes, by outcome (swapped, refused).");
+    describe_counter!(
+        VERSION_CHANGES,
+        "Model version changes, by outcome (swapped, refused, unreadable, failed_inference: back to the previous version)."
+    );
     describe_counter!(
         IMPRESSIONS_DROPPED,
         "Impressions not logged, by reason (buffer_full, not_queued, not_delivered)."

@@ -72,7 +72,10 @@ impl LoadedVersion {
         let mut session = session;
         let sizes = warm_up_sizes(request.serving.max_batch_rows);
         let (ids, dense) = (transformer.id_width(), transformer.dense_width());
+        let largest = request.spec.largest_ids();
         let session = in_background(move || {
+            // A model that cannot take the spec's largest ids would fail on live traffic.
+            session.probe_largest_ids(&largest, dense).map_err(|e| (1, e.to_string()))?;
             for &rows in &sizes {
                 // Id 0 is every feature's "missing" bucket: always a valid input.
                 session

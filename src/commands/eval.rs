@@ -28,8 +28,9 @@ pub(crate) struct Args {
     #[arg(long)]
     baseline: Option<String>,
     /// The feature spec.
-    #[arg(long, default_value = "config/features.toml")]
-    spec: PathBuf,
+    /// Default: `features.toml` beside the config file, else `config/features.toml`.
+    #[arg(long)]
+    spec: Option<PathBuf>,
     /// Also write the report as JSON here (it is always stored with the candidate version).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -40,7 +41,7 @@ pub(crate) struct Args {
 
 pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
     let config = &loaded.config;
-    let spec = FeatureSpec::load(&args.spec)?;
+    let spec = FeatureSpec::load(&loaded.spec_path(args.spec.as_deref()))?;
     let registry = Registry::open(&config.registry)?;
     let candidate = registry.version(&args.name, registry.resolve(&args.name, &args.candidate).await?).await?;
     let baseline_version = match &args.baseline {

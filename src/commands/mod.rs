@@ -8,6 +8,7 @@ mod demo;
 mod doctor;
 mod down;
 mod eval;
+mod features;
 mod ingest;
 mod loadtest;
 mod registry;
@@ -52,6 +53,9 @@ pub(crate) enum Command {
     Eval(eval::Args),
     /// The model registry: list, show, import, alias, history.
     Registry(registry::Args),
+    /// A window of the training log as encoded model rows and their statistics (Parquet and
+    /// JSON), for a model trained elsewhere and brought back with `registry import`.
+    Features(features::Args),
     /// A candidate's rollout, kept in the registry: start it, see it, advance, pause, resume,
     /// promote or abort it, and its audit log. `serve` routes each user to their arm.
     Rollout(rollout::Args),
@@ -87,6 +91,7 @@ impl Command {
             Self::Train(args) => train::run(args, loaded).await,
             Self::Eval(args) => eval::run(args, loaded).await,
             Self::Registry(args) => registry::run(args, loaded).await,
+            Self::Features(args) => features::run(args, loaded).await,
             Self::Retrain(args) => retrain::run(args, loaded).await,
             Self::Rollout(args) => rollout::run(args, loaded).await,
             Self::Serve(args) => serve::run_command(args, loaded).await,

@@ -35,7 +35,8 @@ enum Command {
     },
     /// Register an ONNX file made elsewhere (for example exported from PyTorch). Its inputs must
     /// be `ids` int64 [batch, id features] and `dense` float32 [batch, numbers], its output
-    /// `pctr` float32 [batch, 1], as the feature spec defines them.
+    /// `pctr` float32 [batch, 1], as the feature spec defines them, and it must take every id
+    /// feature's largest id. Weights kept in files beside it are read into the version.
     Import {
         name: String,
         /// The ONNX file.
@@ -45,11 +46,15 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         stats: Option<PathBuf>,
         /// The feature spec the model reads.
-        #[arg(long, default_value = "config/features.toml")]
-        spec: PathBuf,
+        /// Default: `features.toml` beside the config file, else `config/features.toml`.
+        #[arg(long)]
+        spec: Option<PathBuf>,
         /// Why it is imported.
         #[arg(long, default_value = "adrank registry import")]
         reason: String,
+        /// Point this alias at the new version (`production` makes `adrank serve` take it).
+        #[arg(long)]
+        alias: Option<String>,
     },
     /// Point an alias at a version, or remove it. Fails when the aliases changed since
     /// `--expect` (compare-and-swap).
@@ -119,10 +124,15 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
             let manifest = registry.version(&name, registry.resolve(&name, &reference).await?).await?;
             println!("{}", serde_json::to_string_pretty(&manifest)?);
         }
-        Command::Import { name, file, stats, spec, reason } => {
-            let spec = FeatureSpec::load(&spec)?;
+        Command::Import { name, file, stats, spec, reason, alias } => {
+            let spec = FeatureSpec::load(&loaded.spec_path(spec.as_deref()))?;
             let onnx = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let stats: TransformStats = match &stats {
+            // Weights kept beside the file (PyTorch's default) are read now: the registry keeps
+            // one blob, and serving loads it far from this folder.
+            let folder = file.parent().unwrap_or(std::path::Path::new("."));
+            let onnx = adrank_trainer::onnx::external::inline_external_data(&onnx, folder)
+                .map_err(|why| anyhow::anyhow!("{} cannot be imported: {why}", file.display()))?;
+            let parsed: TransformStats = match &stats {
                 Some(path) => {
                     let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
                     serde_json::from_slice(&text)
@@ -130,13 +140,18 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
                 }
                 None => TransformStats::default(),
             };
-            let transformer =
-                Transformer::new(&spec, &stats).context("the statistics do not fit the spec (pass --stats)")?;
-            let signature = adrank_trainer::publish::checked_signature(&onnx, &config.onnxruntime, &transformer)
+            let transformer = Transformer::new(&spec, &parsed).with_context(|| match &stats {
+                Some(path) => format!("the statistics in {} do not fit the spec", path.display()),
+                None => "the spec standardises features: pass --stats with their means and standard deviations \
+                         (`adrank features export` writes them)"
+                    .into(),
+            })?;
+            let stats = parsed;
+            let signature = adrank_trainer::publish::checked_signature(&onnx, &config.onnxruntime, &spec, &transformer)
                 .with_context(|| format!("{} cannot be served with this feature spec", file.display()))?;
             let draft = Draft {
                 name,
-                created_by: who,
+                created_by: who.clone(),
                 reason,
                 onnx: onnx.into(),
                 checkpoint: None,
@@ -150,6 +165,13 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
             };
             let manifest = registry.publish(draft).await?;
             println!("imported {} as {} version {}", file.display(), manifest.name, manifest.version);
+            if let Some(alias) = alias {
+                let expected_seq = registry.state(&manifest.name).await?.seq;
+                let set = vec![(alias.clone(), Some(manifest.version))];
+                let change = Change { expected_seq, set, by: who, reason: format!("imported: {}", manifest.reason) };
+                let state = registry.change(&manifest.name, change).await?;
+                println!("state {}: {}", state.seq, state.change);
+            }
         }
         Command::Alias { name, alias, target, remove, expect, reason } => {
             let target = match (target, remove) {

@@ -30,8 +30,9 @@ pub(crate) struct Args {
     #[arg(long, value_name = "LOCATION")]
     training_log: Option<String>,
     /// The feature spec.
-    #[arg(long, default_value = "config/features.toml")]
-    spec: PathBuf,
+    /// Default: `features.toml` beside the config file, else `config/features.toml`.
+    #[arg(long)]
+    spec: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (for example 127.0.0.1:9102).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
@@ -66,7 +67,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     let retrainer = Retrainer {
         registry,
         log: args.training_log.clone().unwrap_or_else(|| config.ingest.training_log.clone()),
-        spec: FeatureSpec::load(&args.spec)?,
+        spec: FeatureSpec::load(&loaded.spec_path(args.spec.as_deref()))?,
         training: config.training.clone(),
         ort: config.onnxruntime.clone(),
         retrain: config.retrain.clone(),
@@ -75,7 +76,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
         launch: Launch {
             exe: std::env::current_exe().context("cannot find the adrank executable to launch training with")?,
             config: loaded.file.as_deref().map(std::path::absolute).transpose()?,
-            spec: std::path::absolute(&args.spec)?,
+            spec: std::path::absolute(loaded.spec_path(args.spec.as_deref()))?,
         },
     };
     let name = &config.retrain.model;

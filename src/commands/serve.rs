@@ -30,8 +30,9 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ALIAS")]
     also: Vec<String>,
     /// The feature spec.
-    #[arg(long, default_value = "config/features.toml")]
-    spec: PathBuf,
+    /// Default: `features.toml` beside the config file, else `config/features.toml`.
+    #[arg(long)]
+    spec: Option<PathBuf>,
     /// Listen here instead of `serving.listen`.
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -48,7 +49,7 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         Ok(limit) => tracing::debug!(limit, "file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the file limit; connections are limited by the current one"),
     }
-    let spec = FeatureSpec::load(&args.spec)?;
+    let spec = FeatureSpec::load(&loaded.spec_path(args.spec.as_deref()))?;
     let registry = Registry::open(&config.registry)?;
     let models = Arc::new(
         ModelManager::start(ManagerConfig {

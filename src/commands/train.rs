@@ -44,8 +44,9 @@ pub(crate) struct Args {
     #[arg(long, default_value = "adrank train")]
     reason: String,
     /// The feature spec.
-    #[arg(long, default_value = "config/features.toml")]
-    spec: PathBuf,
+    /// Default: `features.toml` beside the config file, else `config/features.toml`.
+    #[arg(long)]
+    spec: Option<PathBuf>,
     /// Also write the training report as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -83,7 +84,7 @@ fn parse_tag(text: &str) -> Result<(String, String), String> {
 
 pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
     let config = &loaded.config;
-    let spec = FeatureSpec::load(&args.spec)?;
+    let spec = FeatureSpec::load(&loaded.spec_path(args.spec.as_deref()))?;
     let mut training = config.training.clone();
     if let Some(kind) = &args.model {
         training.model = match (kind.as_str(), &training.model) {

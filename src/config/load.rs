@@ -32,6 +32,22 @@ pub(crate) struct Loaded {
     pub(crate) overrides: Vec<String>,
 }
 
+/// The feature spec read when no `--spec` is given and none lies beside the config file,
+/// relative to the working directory.
+pub(crate) const DEFAULT_SPEC: &str = "config/features.toml";
+
+impl Loaded {
+    /// The feature spec to read: `given`, else `features.toml` beside the config file when there
+    /// is one, else [`DEFAULT_SPEC`]; so that commands work from any directory.
+    pub(crate) fn spec_path(&self, given: Option<&Path>) -> PathBuf {
+        if let Some(path) = given {
+            return path.to_path_buf();
+        }
+        let beside = self.file.as_deref().and_then(Path::parent).map(|dir| dir.join("features.toml"));
+        beside.filter(|path| path.is_file()).unwrap_or_else(|| PathBuf::from(DEFAULT_SPEC))
+    }
+}
+
 /// Loads `path` (or [`DEFAULT_PATH`] when it exists), applies the overrides in `vars` and checks
 /// the result.
 pub(crate) fn load(

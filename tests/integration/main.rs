@@ -14,6 +14,7 @@ mod kafka_round_trip;
 mod local_stack;
 mod online_store;
 mod onnxruntime;
+mod own_model;
 mod redis_round_trip;
 mod registry;
 mod retrain;

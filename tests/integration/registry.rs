@@ -36,7 +36,7 @@ pub(crate) fn draft(onnx: &[u8], stats: &TransformStats, reason: &str) -> Draft 
         onnx: onnx.to_vec().into(),
         checkpoint: None,
         spec_version: spec.version(),
-        signature: checked_signature(onnx, &adrank_testkit::onnxruntime(), &transformer).unwrap(),
+        signature: checked_signature(onnx, &adrank_testkit::onnxruntime(), &spec, &transformer).unwrap(),
         transform_stats: stats.clone(),
         training: None,
         parent: None,
@@ -160,10 +160,35 @@ fn an_import_must_match_the_spec_signature() {
     let shape = InputShape::of(&spec);
     let fewer = InputShape { id_cardinalities: shape.id_cardinalities[1..].to_vec(), dense_width: shape.dense_width };
     let onnx = export(&Model::new(&Architecture::Logistic, &fewer, 0.02, 1), &[]);
-    let error = checked_signature(&onnx, &adrank_testkit::onnxruntime(), &transformer).unwrap_err().to_string();
+    let error = checked_signature(&onnx, &adrank_testkit::onnxruntime(), &spec, &transformer).unwrap_err().to_string();
     assert!(error.contains("ids"), "{error}");
-    let garbage = checked_signature(b"not onnx", &adrank_testkit::onnxruntime(), &transformer).unwrap_err();
+    let garbage = checked_signature(b"not onnx", &adrank_testkit::onnxruntime(), &spec, &transformer).unwrap_err();
     assert!(garbage.to_string().contains("cannot load"), "{garbage}");
+}
+
+#[test]
+fn an_import_whose_embedding_table_is_too_small_is_refused_naming_the_feature() {
+    let spec = adrank_testkit::spec();
+    let stats = TransformStats::fit(&spec, std::iter::empty());
+    let transformer = Transformer::new(&spec, &stats).unwrap();
+    let mut shape = InputShape::of(&spec);
+    // The last id feature's table holds 10 rows where the spec's ids go far higher: ids of 0
+    // (every warm-up row) still work. (adrank's models keep one table with an offset per
+    // feature, so only the last feature's table can run off the end; PyTorch's separate
+    // `nn.Embedding` tables each can.)
+    let column = shape.id_cardinalities.len() - 1;
+    shape.id_cardinalities[column] = 10;
+    let (name, largest) = spec.largest_ids()[column].clone();
+    for architecture in
+        [Architecture::Logistic, Architecture::Dlrm { embedding_dim: 4, bottom: vec![8], top: vec![8], wide: false }]
+    {
+        let onnx = export(&Model::new(&architecture, &shape, 0.02, 1), &[]);
+        let error = checked_signature(&onnx, &adrank_testkit::onnxruntime(), &spec, &transformer).unwrap_err();
+        let error = error.to_string();
+        let named = format!("feature `{name}` (id column {column}) has ids up to {largest}");
+        assert!(error.contains(&named), "{error}");
+        assert_eq!(error.matches("has ids up to").count(), 1, "only the undersized feature is named: {error}");
+    }
 }
 
 #[test]

@@ -427,7 +427,7 @@ async fn a_new_version_swaps_in_under_traffic_and_a_broken_one_is_refused() {
         assert!(versions.windows(2).all(|w| w[0] <= w[1]), "1s then 2s: {versions:?}");
         assert_eq!((versions[0], versions[versions.len() - 1]), (1, 2), "{versions:?}");
     }
-    assert_eq!(models.loaded(), vec![2], "the old version is unloaded");
+    assert_eq!(models.loaded(), vec![2], "the old version serves no more (it is kept only as the fallback)");
 
     // Pinning: a loaded version answers, an unloaded one is 404, a bad header 400.
     let request = body(&mut world);

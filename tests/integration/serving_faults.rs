@@ -333,3 +333,40 @@ fn own_redis(port: u16) -> KillOnDrop {
     }
     redis
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_failing_in_inference_on_live_traffic_hands_back_to_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServingConfig::default();
+    let state = model_only(dir.path(), config).await;
+    let registry = state.models.registry().clone();
+    // Version 2 takes the probe and the warm-up, and fails on any real surface.
+    let spec = adrank_testkit::spec();
+    let column = spec.id_features().position(|f| f.name == "surface").unwrap();
+    let largest = spec.largest_ids()[column].1;
+    let shape = adrank_trainer::model::InputShape::of(&spec);
+    let fragile = adrank_trainer::onnx::fails_on_live_ids(&shape, column, largest);
+    let stats = adrank_contracts::spec::TransformStats::fit(&spec, std::iter::empty());
+    registry.publish(draft(&fragile, &stats, "fragile")).await.unwrap();
+    registry.change("ctr", alias(2, 1)).await.unwrap();
+    assert_eq!(state.models.refresh().await.unwrap(), adrank_serving::manager::Refresh::Swapped { from: 1, to: 2 });
+    let addr = serve(Arc::clone(&state.models), None, None, state.config.clone()).await;
+
+    // The request that met the failure is told what failed; the next ones get version 1.
+    let mut world = world();
+    let (status, _, text) = http(addr, "POST", "/v1/rank", body(&mut world).as_bytes()).await;
+    assert_eq!(status, 500, "{text}");
+    let error: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(error["error"]["kind"], "inference_failed", "{text}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("version 2 inference failed: ONNX Runtime failed to run the model"), "{message}");
+    assert!(message.ends_with("the previous version serves from now on"), "{message}");
+    for _ in 0..5 {
+        let (status, _, text) = http(addr, "POST", "/v1/rank", body(&mut world).as_bytes()).await;
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(serde_json::from_str::<RankResponse>(&text).unwrap().model.version, 1);
+    }
+    // Refused until the alias moves: the next refreshes leave version 1 serving.
+    assert_eq!(state.models.refresh().await.unwrap(), adrank_serving::manager::Refresh::Unchanged);
+    assert_eq!(state.models.default_version().manifest.version, 1);
+}

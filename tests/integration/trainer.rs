@@ -26,7 +26,7 @@ use adrank_trainer::{
 const HOUR_MS: i64 = 3_600_000;
 
 /// Twelve simulated hours of a small world: about 30k impressions.
-async fn history(dir: &Path) -> (String, Window) {
+pub(crate) async fn history(dir: &Path) -> (String, Window) {
     let location = dir.join("log").display().to_string();
     let log = TrainingLog::open(&location).unwrap();
     let mut world = World::new(WorldConfig {
@@ -56,7 +56,7 @@ fn fit(data: &LogWindow, spec: &FeatureSpec, config: &TrainingConfig) -> Trained
 }
 
 /// Rows of the held-out window as the trainer builds them.
-fn rows(data: &LogWindow, transformer: &adrank_contracts::spec::Transformer) -> Batch {
+pub(crate) fn rows(data: &LogWindow, transformer: &adrank_contracts::spec::Transformer) -> Batch {
     let mut batch = Batch::default();
     for chunk in RowStream::spawn(data, data.window, |examples| examples) {
         for example in &chunk.unwrap() {

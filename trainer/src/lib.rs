@@ -11,6 +11,8 @@
 //! - [`train`]: the training loop: epochs, validation, early stopping.
 //! - [`evaluate`]: candidate vs baseline vs truth on a held-out window, scored with ONNX
 //!   Runtime; overall and per slice.
+//! - [`export`]: a window of the log as encoded model rows and their statistics, for models
+//!   trained elsewhere.
 //! - [`model`]: logistic regression and DLRM, forward and backward by hand.
 //! - [`onnx`]: export to an ONNX graph that any ONNX Runtime loads.
 //! - [`optim`]: Adam/Adagrad for dense tensors, row-wise sparse Adagrad for embeddings.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod data;
 mod error;
 pub mod evaluate;
+pub mod export;
 pub mod metrics;
 pub mod model;
 pub mod onnx;

@@ -32,7 +32,7 @@ pub async fn publish(registry: &Registry, trained: &Trained, request: PublishReq
     let architecture = serde_json::to_value(trained.model.architecture()).expect("architectures serialise");
     let onnx =
         onnx::export(&trained.model, &[("spec_version", &spec_version), ("architecture", &architecture.to_string())]);
-    let signature = checked_signature(&onnx, request.ort, &transformer)?;
+    let signature = checked_signature(&onnx, request.ort, request.spec, &transformer)?;
     let report = &trained.report;
     let mut metrics = BTreeMap::new();
     if let Some(best) = report.epochs.iter().find(|e| e.epoch == report.best_epoch) {
@@ -63,14 +63,21 @@ pub async fn publish(registry: &Registry, trained: &Trained, request: PublishReq
     Ok(registry.publish(draft).await?)
 }
 
-/// Loads `onnx` in ONNX Runtime and checks its inputs and outputs against the spec's.
-pub fn checked_signature(onnx: &[u8], ort: &OrtConfig, transformer: &Transformer) -> Result<Signature> {
-    let session = ScoringSession::load(onnx, ort, SessionOptions::single_thread())?;
+/// Loads `onnx` in ONNX Runtime, checks its inputs and outputs against the spec's, and runs the
+/// spec's largest ids through it.
+pub fn checked_signature(
+    onnx: &[u8],
+    ort: &OrtConfig,
+    spec: &FeatureSpec,
+    transformer: &Transformer,
+) -> Result<Signature> {
+    let mut session = ScoringSession::load(onnx, ort, SessionOptions::single_thread())?;
     let expected = Signature::expected(transformer.id_width(), transformer.dense_width());
     let problems = session.signature().mismatches(&expected);
     if !problems.is_empty() {
         return Err(adrank_registry::Error::Incompatible(problems).into());
     }
+    session.probe_largest_ids(&spec.largest_ids(), transformer.dense_width())?;
     Ok(session.signature().clone())
 }
 

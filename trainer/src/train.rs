@@ -235,15 +235,15 @@ pub fn epoch_in_memory(config: &TrainingConfig, shape: &InputShape, rows: &Batch
 
 /// What one pass over the training window learns before training: its size and a uniform
 /// sample of raw records for the transform statistics.
-struct Scan {
-    examples: u64,
-    clicks: u64,
-    sample: Vec<RawFeatures>,
+pub(crate) struct Scan {
+    pub(crate) examples: u64,
+    pub(crate) clicks: u64,
+    pub(crate) sample: Vec<RawFeatures>,
 }
 
 /// Reservoir sampling (Algorithm R) per shard, seeded, `stats_sample / shards` each: the same
 /// log and shards give the same sample whichever rank reads which shard.
-fn scan(data: &LogWindow, window: Window, config: &TrainingConfig, parallel: &Parallel<'_>) -> Result<Scan> {
+pub(crate) fn scan(data: &LogWindow, window: Window, config: &TrainingConfig, parallel: &Parallel<'_>) -> Result<Scan> {
     let capacity = config.stats_sample.div_ceil(parallel.shards);
     let mut mine = Vec::new();
     for shard in parallel.owned() {

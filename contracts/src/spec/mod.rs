@@ -371,6 +371,17 @@ impl FeatureSpec {
         self.features.iter().filter(|f| matches!(f.output(), Output::Id { .. }))
     }
 
+    /// Each id feature's name and largest id (its cardinality less one), in column order: what a
+    /// model's embedding tables must take.
+    pub fn largest_ids(&self) -> Vec<(String, i64)> {
+        self.id_features()
+            .map(|f| match f.output() {
+                Output::Id { cardinality } => (f.name.clone(), i64::try_from(cardinality - 1).unwrap_or(i64::MAX)),
+                Output::Dense => unreachable!("id features fill id columns"),
+            })
+            .collect()
+    }
+
     /// The features that fill dense columns, in column order.
     pub fn dense_features(&self) -> impl Iterator<Item = &Feature> {
         self.features.iter().filter(|f| f.output() == Output::Dense)

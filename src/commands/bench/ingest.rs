@@ -55,8 +55,9 @@ pub(crate) struct Args {
     #[arg(long, value_name = "EVENTS_PER_SECOND")]
     freshness_rate: Option<f64>,
     /// The feature spec whose user, ad and advertiser attributes the targeted reads fetch.
-    #[arg(long, value_name = "PATH", default_value = "config/features.toml")]
-    spec: PathBuf,
+    /// Default: `features.toml` beside the config file, else `config/features.toml`.
+    #[arg(long, value_name = "PATH")]
+    spec: Option<PathBuf>,
     /// Also write the results as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -109,7 +110,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
         bail!("--freshness-rate is {rate}; expected at least 1 event per second");
     }
     let config = &loaded.config;
-    let spec = FeatureSpec::load(&args.spec)?;
+    let spec = FeatureSpec::load(&loaded.spec_path(args.spec.as_deref()))?;
     let tansu = (!config.stack.tansu_binary.is_empty()).then(|| std::path::Path::new(&config.stack.tansu_binary));
     let broker =
         BenchBroker::start(&config.kafka, tansu).await.context("cannot start a tansu broker for the benchmark")?;

@@ -46,8 +46,9 @@ pub(crate) struct Args {
     #[arg(long, value_name = "LOCATION")]
     training_log: Option<String>,
     /// The feature spec.
-    #[arg(long, value_name = "PATH", default_value = "config/features.toml")]
-    spec: PathBuf,
+    /// Default: `features.toml` beside the config file, else `config/features.toml`.
+    #[arg(long, value_name = "PATH")]
+    spec: Option<PathBuf>,
     /// Also write the results as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -78,7 +79,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
         }
     }
     let config = &loaded.config;
-    let spec = FeatureSpec::load(&args.spec)?;
+    let spec = FeatureSpec::load(&loaded.spec_path(args.spec.as_deref()))?;
     let registry = Registry::open(&config.registry)?;
     let manifest = registry.version(&args.name, registry.resolve(&args.name, &args.at).await?).await?;
     let onnx = registry.artifact(&manifest.onnx).await?;

@@ -71,8 +71,9 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 64)]
     connections: usize,
     /// The feature spec.
-    #[arg(long, value_name = "PATH", default_value = "config/features.toml")]
-    spec: PathBuf,
+    /// Default: `features.toml` beside the config file, else `config/features.toml`.
+    #[arg(long, value_name = "PATH")]
+    spec: Option<PathBuf>,
     /// Also write the results as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -373,7 +374,7 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         bail!("--days, --slo-p99-ms and --connections must be positive and --duration above 2 s");
     }
     let config = &loaded.config;
-    let spec = FeatureSpec::load(&args.spec)?;
+    let spec = FeatureSpec::load(&loaded.spec_path(args.spec.as_deref()))?;
     let broker = BenchBroker::start(&config.kafka, None).await?;
     let redis = BenchRedis::new(&config.redis).await?;
     let dir = tempfile::tempdir()?;

@@ -34,8 +34,9 @@ pub(crate) struct Args {
     #[arg(long, value_name = "PYTHON")]
     pytorch: Option<PathBuf>,
     /// The feature spec.
-    #[arg(long, default_value = "config/features.toml")]
-    spec: PathBuf,
+    /// Default: `features.toml` beside the config file, else `config/features.toml`.
+    #[arg(long)]
+    spec: Option<PathBuf>,
     /// Also write the results as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -73,7 +74,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     let launch = adrank_trainer::retrain::Launch {
         exe: std::env::current_exe()?,
         config: loaded.file.clone(),
-        spec: args.spec.clone(),
+        spec: loaded.spec_path(args.spec.as_deref()),
     };
     let mut runs = Vec::new();
     let mut train_window = None;
@@ -161,7 +162,7 @@ async fn against_pytorch(
     let Architecture::Dlrm { embedding_dim, bottom, top, wide } = &config.model else {
         bail!("--pytorch compares DLRM training; [training.model] is not a DLRM");
     };
-    let spec = FeatureSpec::load(&args.spec)?;
+    let spec = FeatureSpec::load(&loaded.spec_path(args.spec.as_deref()))?;
     let registry = adrank_registry::Registry::open(&adrank_registry::RegistryConfig {
         location: dir.join("registry").display().to_string(),
     })?;

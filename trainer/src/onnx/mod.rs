@@ -11,13 +11,14 @@
 //! The batch dimension is dynamic. The graph computes exactly what the trainer's forward pass
 //! computes (the parity test checks it with ONNX Runtime).
 
+pub mod external;
 mod graph;
 mod proto;
 
 pub use graph::OPSET;
 use graph::{Attr, Dim, ElemType, Graph};
 
-use crate::model::{Dlrm, Embeddings, Mlp, Model};
+use crate::model::{Dlrm, Embeddings, InputShape, Mlp, Model};
 
 /// Input and output names of every exported model.
 pub const IDS_INPUT: &str = "ids";
@@ -56,6 +57,33 @@ pub fn export(model: &Model, metadata: &[(&str, &str)]) -> Vec<u8> {
         Model::Dlrm(_) => "adrank_dlrm",
     };
     g.into_model(name, metadata)
+}
+
+/// A model of adrank's signature that loads, takes the largest-ids probe and any warm-up of
+/// zeros, then fails in ONNX Runtime on every row whose id in `column` is neither 0 nor the
+/// largest (`largest`): live traffic. For testing what serving does when a version breaks after
+/// it went live.
+#[doc(hidden)]
+pub fn fails_on_live_ids(shape: &InputShape, column: usize, largest: i64) -> Vec<u8> {
+    let mut g = Graph::default();
+    let (f, d) = (shape.id_cardinalities.len() as i64, shape.dense_width as i64);
+    g.input(IDS_INPUT, ElemType::Int64, &[Dim::Named("batch"), Dim::Fixed(f)]);
+    g.input(DENSE_INPUT, ElemType::Float, &[Dim::Named("batch"), Dim::Fixed(d)]);
+    g.output(OUTPUT, ElemType::Float, &[Dim::Named("batch"), Dim::Fixed(1)]);
+    let (start, end, axis) = (column as i64, column as i64 + 1, 1);
+    let (start, end, axis) =
+        (g.ints("start", &[1], &[start]), g.ints("end", &[1], &[end]), g.ints("axis", &[1], &[axis]));
+    let id = g.node("Slice", &[IDS_INPUT, &start, &end, &axis], "id", &[]);
+    // id * (largest - id): 0 at both ends, far past a one-row table in between.
+    let top = g.ints("largest", &[1], &[largest]);
+    let rest = g.node("Sub", &[&top, &id], "rest", &[]);
+    let index = g.node("Mul", &[&id, &rest], "index", &[]);
+    let table = g.floats("table", &[1, 1], &[0.0]);
+    let row = g.node("Gather", &[&table, &index], "row", &[Attr::Int("axis", 0)]);
+    let axes = g.ints("last_axis", &[1], &[2]);
+    let logit = g.node("ReduceSum", &[&row, &axes], "logit", &[Attr::Int("keepdims", 0)]);
+    g.node("Sigmoid", &[&logit], OUTPUT, &[]);
+    g.into_model("adrank_fails_on_live_ids", &[])
 }
 
 /// `ids + offsets` into the concatenated table, then one `Gather`: `[batch, F, dim]`.
