@@ -104,6 +104,18 @@ setup_tansu() {
         --root "$CACHE/tansu-$TANSU_VERSION"
 }
 
+# PyTorch for the bring-your-own-model test (examples/pytorch/): the PyPI wheel with its CUDA
+# libraries is several GB, so it lives in the cache, installed once per machine (about a minute
+# and 5.6 GB here), like tansu. Only the tests need it.
+TORCH_VENV=$CACHE/torch-venv
+setup_torch() {
+    [ -x "$TORCH_VENV/bin/python" ] && "$TORCH_VENV/bin/python" -c "import torch, onnxscript, pyarrow" 2>/dev/null && return
+    say "installing PyTorch into $TORCH_VENV (once per machine, several GB)"
+    python3 -m venv "$TORCH_VENV"
+    "$TORCH_VENV/bin/pip" install --quiet "torch==2.15.0" "numpy==2.4.6" "pyarrow==26.0.1" "onnx==1.23.2" \
+        "onnxscript==0.7.2"
+}
+
 setup() {
     setup_apt
     setup_rust
@@ -131,6 +143,7 @@ demo() {
 
 test() {
     setup
+    setup_torch
     redis_answers || die "Redis does not answer on 127.0.0.1:6379; the tests need it: \
 redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no"
     say "rustfmt"
@@ -146,5 +159,6 @@ case "${1:-}" in
     test) test ;;
     setup) setup ;;
     setup-gpu) setup_gpu ;;
-    *) echo "usage: $0 demo|test|setup|setup-gpu" >&2; exit 2 ;;
+    setup-torch) setup_torch ;;
+    *) echo "usage: $0 demo|test|setup|setup-gpu|setup-torch" >&2; exit 2 ;;
 esac

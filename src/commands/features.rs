@@ -1,7 +1,7 @@
 //! `adrank features export`: a window of the training log as the model rows serving feeds, for a
 //! model trained elsewhere (PyTorch), with the statistics to import it with.
 
-use std::{fs::File, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{collections::HashMap, fs::File, path::PathBuf, process::ExitCode, sync::Arc};
 
 use adrank_contracts::{spec::FeatureSpec, training_log::utc_hour};
 use adrank_trainer::{data::LogWindow, export::Chunk};
@@ -11,11 +11,7 @@ use arrow::{
     datatypes::{DataType, Field, Schema},
 };
 use clap::Subcommand;
-use parquet::{
-    arrow::ArrowWriter,
-    basic::Compression,
-    file::{metadata::KeyValue, properties::WriterProperties},
-};
+use parquet::{arrow::ArrowWriter, basic::Compression, file::properties::WriterProperties};
 
 use super::window::{DefaultPart, WindowArgs};
 use crate::config::Loaded;
@@ -31,7 +27,8 @@ pub(crate) struct Args {
 enum Command {
     /// Write a window's examples as model rows to OUT/rows.parquet: `label` (1.0 clicked, 0.0
     /// not), `event_time_ms`, one int64 column per id feature and one float32 column per dense
-    /// feature, in the spec's column order, encoded exactly as serving encodes them; and
+    /// feature, in the spec's column order, encoded exactly as serving encodes them (the file's
+    /// metadata names the columns and each id feature's cardinality); and
     /// OUT/stats.json, the standardisation statistics used (fitted as `adrank train` fits them),
     /// which `registry import --stats` takes.
     Export {
@@ -81,13 +78,23 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// The columns: label, event time, the id features, the dense features.
+/// The columns: label, event time, the id features, the dense features; in the schema's
+/// metadata, what a trainer elsewhere needs besides the rows: the column order, and each id
+/// feature's cardinality (its embedding table's size; the largest id is one less).
 fn schema(spec: &FeatureSpec) -> Arc<Schema> {
     let mut fields =
         vec![Field::new("label", DataType::Float32, false), Field::new("event_time_ms", DataType::Int64, false)];
     fields.extend(spec.id_features().map(|f| Field::new(&f.name, DataType::Int64, false)));
     fields.extend(spec.dense_features().map(|f| Field::new(&f.name, DataType::Float32, false)));
-    Arc::new(Schema::new(fields))
+    let largest = spec.largest_ids();
+    let list = |items: Vec<String>| items.join(",");
+    let metadata = HashMap::from([
+        ("adrank.spec_version".to_string(), spec.version()),
+        ("adrank.ids".to_string(), list(largest.iter().map(|(name, _)| name.clone()).collect())),
+        ("adrank.id_cardinalities".to_string(), list(largest.iter().map(|(_, id)| (id + 1).to_string()).collect())),
+        ("adrank.dense".to_string(), list(spec.dense_features().map(|f| f.name.clone()).collect())),
+    ]);
+    Arc::new(Schema::new_with_metadata(fields, metadata))
 }
 
 /// Writes every chunk as Parquet; the rows written.
@@ -98,14 +105,7 @@ fn write_rows(
 ) -> anyhow::Result<u64> {
     let schema = schema(spec);
     let (id_width, dense_width) = (spec.id_features().count(), spec.dense_features().count());
-    let names = |features: Vec<&str>| features.join(",");
-    let metadata = vec![
-        KeyValue::new("adrank.spec_version".to_string(), spec.version()),
-        KeyValue::new("adrank.ids".to_string(), names(spec.id_features().map(|f| f.name.as_str()).collect())),
-        KeyValue::new("adrank.dense".to_string(), names(spec.dense_features().map(|f| f.name.as_str()).collect())),
-    ];
-    let properties =
-        WriterProperties::builder().set_compression(Compression::SNAPPY).set_key_value_metadata(Some(metadata)).build();
+    let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
     let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(properties))?;
     let mut written = 0;

@@ -1,7 +1,8 @@
 //! Bringing a model trained elsewhere, as a PyTorch team would: the training log exported as
 //! exactly the rows serving feeds, with the statistics to import by; a model whose weights sit in
 //! a file beside it (as PyTorch's exporter writes them) imported from one folder and served after
-//! that folder is gone; a model whose embedding table is too small refused at import.
+//! that folder is gone; a model whose embedding table is too small refused at import; and the
+//! PyTorch example (examples/pytorch/) from export to a served ranking.
 
 use std::{path::Path, process::Command};
 
@@ -158,4 +159,62 @@ async fn a_model_made_elsewhere_trains_on_served_rows_imports_with_its_weights_f
     let (name, largest) = &spec.largest_ids()[last];
     assert!(!ok && text.contains(&format!("feature `{name}` (id column {last}) has ids up to {largest}")), "{text}");
     assert_eq!(registry.versions("ctr").await.unwrap().len(), 1, "nothing published for the refused model");
+}
+
+/// The PyTorch environment `./dev.sh test` installs once per machine.
+fn torch_python() -> std::path::PathBuf {
+    let python = adrank_featurestore::kafka::local_broker::cache_dir().join("torch-venv/bin/python");
+    assert!(python.exists(), "{} is missing: run ./dev.sh setup-torch (./dev.sh test runs it)", python.display());
+    python
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pytorch_example_trains_on_an_export_and_its_model_serves() {
+    let python = torch_python();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (location, span) = crate::trainer::history(root).await;
+    let spec_path = adrank_testkit::workspace_root().join("config/features.toml").display().to_string();
+    // Four hours: a few thousand rows, one epoch.
+    let (since, until) = (utc_hour(span.since_ms), utc_hour(span.since_ms + 4 * HOUR_MS));
+    let data = root.join("data").display().to_string();
+    let export = ["features", "export", "--training-log", &location, "--since", &since, "--until", &until];
+    let (ok, text) = adrank(root, root, &[&export[..], &["--out", &data, "--spec", &spec_path]].concat());
+    assert!(ok, "{text}");
+
+    let made = root.join("made");
+    std::fs::create_dir(&made).unwrap();
+    let script = adrank_testkit::workspace_root().join("examples/pytorch/train_dlrm.py");
+    let output = Command::new(&python)
+        .arg(&script)
+        .args([&data, "model.onnx", "--epochs", "1"])
+        .current_dir(&made)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && said.contains("wrote model.onnx"), "{said}");
+    assert!(made.join("model.onnx.data").exists(), "PyTorch's exporter keeps the weights beside the graph: {said}");
+    let stats = format!("{data}/stats.json");
+    let import =
+        ["registry", "import", "ctr", "model.onnx", "--stats", &stats, "--spec", &spec_path, "--alias", "production"];
+    let (ok, text) = adrank(root, &made, &import);
+    assert!(ok, "{text}");
+    std::fs::remove_dir_all(&made).unwrap();
+
+    // `adrank serve`'s model manager follows production: the PyTorch model ranks a request.
+    let registry = Registry::open(&RegistryConfig { location: root.join("registry").display().to_string() }).unwrap();
+    let config = adrank_serving::ServingConfig::default();
+    let models = std::sync::Arc::new(
+        adrank_serving::manager::ModelManager::start(crate::serving_api::manager_config(&registry, &config))
+            .await
+            .unwrap(),
+    );
+    let addr = crate::serving_api::serve(models, None, None, config).await;
+    let mut world = adrank_loadtest::world::World::new(adrank_loadtest::world::WorldConfig::default());
+    let (status, _, text) =
+        crate::serving_api::http(addr, "POST", "/v1/rank", crate::serving_api::body(&mut world).as_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+    let ranked: adrank_serving::rank::RankResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!(ranked.model.version, 1);
+    assert!(ranked.ranked.iter().all(|ad| ad.pctr > 0.0 && ad.pctr < 1.0), "{text}");
 }
