@@ -21,6 +21,9 @@ ORT_DIR=$ROOT/.adrank/onnxruntime
 TANSU=$CACHE/tansu-$TANSU_VERSION/bin/tansu
 APT_PACKAGES=(cmake pkg-config libcurl4-openssl-dev libssl-dev zlib1g-dev libclang-dev
               openmpi-bin libopenmpi-dev redis-server python3 python3-pip python3-venv g++ make)
+# For promtool alone (it checks every metrics page and the alert rules in the tests): without
+# its recommends, which would add node exporters and their daemons.
+APT_BARE_PACKAGES=(prometheus)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -31,15 +34,26 @@ as_root() {
     else die "need root to run: $* (install sudo or run as root)"; fi
 }
 
-setup_apt() {
-    local missing=()
-    for pkg in "${APT_PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+# not_installed PACKAGE...: those of them not installed.
+not_installed() {
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || echo "$pkg"
     done
-    if [ ${#missing[@]} -gt 0 ]; then
-        say "installing Debian packages: ${missing[*]}"
+}
+
+setup_apt() {
+    local missing bare
+    mapfile -t missing < <(not_installed "${APT_PACKAGES[@]}")
+    mapfile -t bare < <(not_installed "${APT_BARE_PACKAGES[@]}")
+    if [ ${#missing[@]} -gt 0 ] || [ ${#bare[@]} -gt 0 ]; then
+        say "installing Debian packages: ${missing[*]} ${bare[*]}"
         as_root apt-get update -q
+    fi
+    if [ ${#missing[@]} -gt 0 ]; then
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+    fi
+    if [ ${#bare[@]} -gt 0 ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${bare[@]}"
     fi
 }
 

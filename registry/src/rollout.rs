@@ -188,6 +188,18 @@ pub enum Action {
     RollBack,
 }
 
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Advance => "advance",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Promote => "promote",
+            Self::RollBack => "roll_back",
+        }
+    }
+}
+
 /// Who acts, why, on which state, with which figures.
 #[derive(Debug, Clone)]
 pub struct Decision {

@@ -61,6 +61,9 @@ enum Command {
         /// The training log (default: `ingest.training_log`).
         #[arg(long)]
         training_log: Option<String>,
+        /// Serve Prometheus metrics on this address (for example 127.0.0.1:9103).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
 }
 
@@ -124,7 +127,14 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
             print!("{}", table.render());
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Control { name, once, training_log } => {
+        Command::Control { name, once, training_log, metrics_listen } => {
+            if let Some(addr) = metrics_listen {
+                metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .with_http_listener(addr)
+                    .install()
+                    .with_context(|| format!("cannot serve metrics on {addr}"))?;
+                adrank_trainer::rollout::metrics::describe();
+            }
             return control(&controller(registry, loaded, name, training_log)?, once).await;
         }
         Command::Advance(steer) => (steer, Action::Advance),

@@ -12,6 +12,7 @@ mod ingest;
 mod ingest_crash;
 mod kafka_round_trip;
 mod local_stack;
+mod observability;
 mod online_store;
 mod onnxruntime;
 mod own_model;

@@ -236,9 +236,13 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
     let listen = addr.to_string();
     let mut server = stack.spawn(&["serve", "--follow", "production", "--listen", &listen], "serve.log");
     ready(addr, &mut server, &stack).await;
-    let mut ingest = stack.spawn(&["ingest"], "ingest.log");
+    let metrics_port = || format!("127.0.0.1:{}", adrank_testkit::free_port());
+    let ingest_metrics = metrics_port();
+    let mut ingest = stack.spawn(&["ingest", "--metrics-listen", &ingest_metrics], "ingest.log");
     stack.run(&["rollout", "start", "ctr", "2", "--plan", "50,100", "--reason", "better"]).await;
-    let mut controller = stack.spawn(&["rollout", "control", "ctr"], "control.log");
+    let control_metrics = metrics_port();
+    let mut controller =
+        stack.spawn(&["rollout", "control", "ctr", "--metrics-listen", &control_metrics], "control.log");
     // No traffic yet: the controller waits, and says why.
     let waiting = Instant::now();
     while !stack.log("control.log").contains("waiting: production arm has 0 impressions") {
@@ -280,7 +284,9 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
     assert!(advanced.figures["candidate_p99_ms"] > 0.0, "{:?}", advanced.figures);
     phase("advanced to 100%");
     controller.kill().await.unwrap();
-    let mut controller = stack.spawn(&["rollout", "control", "ctr"], "control.log");
+    let control_metrics = metrics_port();
+    let mut controller =
+        stack.spawn(&["rollout", "control", "ctr", "--metrics-listen", &control_metrics], "control.log");
     let promoted = stack.wait_for("a promotion", (&progress, addr), limit, |r| !r.is_active()).await;
     assert_eq!(promoted.status, Status::Promoted, "{promoted:?}");
     assert!(promoted.changed_by.starts_with("controller"), "{}", promoted.changed_by);
@@ -304,6 +310,40 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
         b.true_ctr_sum / b.impressions as f64
     };
     assert!(true_ctr("2") > true_ctr("1") * 1.05, "true CTR: v1 {:.4}, v2 {:.4}", true_ctr("1"), true_ctr("2"));
+
+    // Every process's metrics pass promtool, with the figures the dashboard and alerts read.
+    let page = |addr: SocketAddr| async move {
+        try_http(addr, "GET", "/metrics", "", b"").await.map(|(_, _, body)| body).unwrap_or_default()
+    };
+    let listen = addr.to_string();
+    for (what, addr, expected) in [
+        (
+            "adrank serve",
+            listen.as_str(),
+            &["adrank_serving_rollout_request_seconds_bucket", "adrank_serving_requests_total"][..],
+        ),
+        (
+            "adrank ingest",
+            ingest_metrics.as_str(),
+            &["adrank_ingest_events_total", "adrank_training_log_examples_total"][..],
+        ),
+        (
+            "adrank rollout control",
+            control_metrics.as_str(),
+            &[
+                "adrank_rollout_looks_total",
+                "adrank_rollout_arm_ctr_ratio",
+                "adrank_rollout_arm_p99_seconds",
+                "adrank_rollout_decisions_total",
+            ][..],
+        ),
+    ] {
+        let text = page(addr.parse().unwrap()).await;
+        crate::observability::check_metrics(what, &text);
+        for name in expected {
+            assert!(text.contains(name), "{what} exports no {name}:\n{text}");
+        }
+    }
     for child in [&mut controller, &mut ingest, &mut server] {
         child.kill().await.unwrap();
     }

@@ -18,6 +18,7 @@ use adrank_registry::{Action, Arm, Decision, Error as RegistryError, Registry, R
 use super::{
     Analysis, RolloutConfig, Verdict, analyse,
     analysis::{analyse_requests, analyse_shadow},
+    metrics,
     replicas::Scrape,
 };
 use crate::Result;
@@ -52,7 +53,11 @@ pub enum Look {
 impl Controller {
     /// Looks at the model's rollout at `now_ms` and acts on it.
     pub async fn look(&self, now_ms: i64) -> Result<Look> {
-        let rollout = match self.registry.rollout(&self.model).await? {
+        let newest = self.registry.rollout(&self.model).await?;
+        if let Some(r) = &newest {
+            metrics::standing(&self.model, r, now_ms);
+        }
+        let rollout = match newest {
             Some(r) if r.status == Status::Running => r,
             Some(r) if r.status == Status::Promoted => {
                 // A promotion interrupted between its two writes left `production` behind.
@@ -64,7 +69,9 @@ impl Controller {
         let held_ms = now_ms - rollout.step_started_ms;
         let held = format!("{} at {}%", duration(held_ms), rollout.weight());
         let (min_ms, max_ms) = (secs_ms(self.config.min_step_secs), secs_ms(self.config.max_step_secs));
-        let Judged { analysis, .. } = self.judge(&rollout).await?;
+        let judged = self.judge(&rollout).await?;
+        metrics::looked(&self.model, &judged);
+        let Judged { analysis, .. } = judged;
         let reasons = analysis.reasons.join("; ");
         let (action, reason) = match analysis.verdict {
             Verdict::Failed => (Action::RollBack, format!("analysis failed after {held}: {reasons}")),
@@ -112,7 +119,11 @@ impl Controller {
         let figures = analysis.as_ref().map(|a| a.figures.clone()).unwrap_or_default();
         let decision = Decision { expected_seq: rollout.seq, by: self.by.clone(), reason, figures };
         match self.registry.act_on_rollout(&self.model, action, decision).await {
-            Ok(next) => Ok(Look::Acted { rollout: next, action, analysis }),
+            Ok(next) => {
+                metrics::decided(&self.model, action);
+                metrics::standing(&self.model, &next, adrank_contracts::events::now_ms());
+                Ok(Look::Acted { rollout: next, action, analysis })
+            }
             Err(RegistryError::RolloutChanged { .. }) => Ok(Look::Raced { rollout }),
             Err(e) => Err(e.into()),
         }

@@ -5,11 +5,13 @@
 //! - [`analysis`]: the verdict on the arms (always-valid confidence sequences).
 //! - [`replicas`]: each arm's requests, errors and answer times, read from the serving
 //!   replicas' `/metrics`.
+//! - [`metrics`]: what the controller exports: the rollout's standing, its looks, the arms.
 //! - [`controller`]: one look at a rollout and the decision it leads to.
 
 pub mod analysis;
 pub mod config;
 pub mod controller;
+pub mod metrics;
 pub mod replicas;
 
 pub use analysis::{Analysis, Verdict, analyse};

@@ -1,0 +1,111 @@
+//! Observability that an operator can trust: every process's `/metrics` passes `promtool check
+//! metrics` (the checks run where the processes run: serving, the ingester and the rollout
+//! controller in rollout_loop.rs); the alert and recording rules under deploy/prometheus pass
+//! `promtool check rules` and their unit tests; and every metric the rules and the Grafana
+//! dashboard name is one adrank emits.
+
+use std::{
+    collections::BTreeSet,
+    io::Write as _,
+    process::{Command, Stdio},
+};
+
+/// `promtool`, from Debian's `prometheus` package (./dev.sh setup installs it).
+fn promtool() -> Command {
+    let found = Command::new("promtool").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    assert!(
+        found.is_ok_and(|s| s.success()),
+        "promtool is missing: run ./dev.sh setup (it installs Debian's prometheus package)"
+    );
+    Command::new("promtool")
+}
+
+/// Panics unless `promtool check metrics` accepts `text`, the `/metrics` page of `what`.
+pub(crate) fn check_metrics(what: &str, text: &str) {
+    assert!(text.contains("# TYPE"), "{what} exported no metrics:\n{text}");
+    let mut child = promtool()
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && said.trim().is_empty(),
+        "promtool check metrics on {what}:\n{said}\n---\n{text}"
+    );
+}
+
+fn deploy(path: &str) -> std::path::PathBuf {
+    adrank_testkit::workspace_root().join("deploy").join(path)
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests() {
+    let rules = deploy("prometheus");
+    for args in [&["check", "rules", "adrank-rules.yml"][..], &["test", "rules", "adrank-rules-test.yml"][..]] {
+        let output = promtool().args(args).current_dir(&rules).output().unwrap();
+        let said = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "promtool {}:\n{said}", args.join(" "));
+        assert!(said.contains("SUCCESS"), "{said}");
+    }
+}
+
+/// Every metric name the code defines (the `adrank_…` string constants of the metrics modules).
+fn defined_metrics() -> BTreeSet<String> {
+    let root = adrank_testkit::workspace_root();
+    let files = [
+        "serving/src/metrics.rs",
+        "featurestore/src/metrics.rs",
+        "trainer/src/metrics.rs",
+        "trainer/src/rollout/metrics.rs",
+        "contracts/src/arm_requests.rs",
+    ];
+    files.iter().flat_map(|file| names(&std::fs::read_to_string(root.join(file)).unwrap(), true)).collect()
+}
+
+/// The `adrank_…` names in `text`; with `quoted`, only those that open a string literal.
+fn names(text: &str, quoted: bool) -> Vec<String> {
+    let mut found = Vec::new();
+    for (i, _) in text.match_indices("adrank_") {
+        let preceded = text[..i].chars().next_back();
+        let inside_another = preceded.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+        if inside_another || (quoted && preceded != Some('"')) {
+            continue;
+        }
+        found.push(text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect());
+    }
+    found
+}
+
+/// A histogram's or summary's series name, as its base metric.
+fn base(name: &str) -> &str {
+    ["_bucket", "_count", "_sum"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name)
+}
+
+#[test]
+fn every_metric_the_rules_and_the_dashboard_name_is_one_adrank_emits() {
+    let defined = defined_metrics();
+    assert!(defined.len() > 40, "{defined:?}");
+    let dashboard = std::fs::read_to_string(deploy("grafana/adrank.json")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let panels = parsed["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    for (file, text) in [
+        ("adrank-rules.yml", std::fs::read_to_string(deploy("prometheus/adrank-rules.yml")).unwrap()),
+        ("adrank.json", dashboard),
+    ] {
+        let used: BTreeSet<String> = names(&text, false).into_iter().collect();
+        assert!(!used.is_empty(), "{file} names no metric");
+        let unknown: Vec<&String> = used.iter().filter(|n| !defined.contains(base(n))).collect();
+        assert!(unknown.is_empty(), "{file} names metrics adrank does not emit: {unknown:?}");
+    }
+    // Each panel queries something.
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        let targets = panel["targets"].as_array().map_or(0, Vec::len);
+        assert!(targets > 0, "panel {:?} has no query", panel["title"]);
+    }
+}
