@@ -21,9 +21,10 @@ ORT_DIR=$ROOT/.adrank/onnxruntime
 TANSU=$CACHE/tansu-$TANSU_VERSION/bin/tansu
 APT_PACKAGES=(cmake pkg-config libcurl4-openssl-dev libssl-dev zlib1g-dev libclang-dev
               openmpi-bin libopenmpi-dev redis-server python3 python3-pip python3-venv g++ make)
-# For promtool alone (it checks every metrics page and the alert rules in the tests): without
-# its recommends, which would add node exporters and their daemons.
-APT_BARE_PACKAGES=(prometheus)
+# Without their recommends: promtool alone (it checks every metrics page and the alert rules in
+# the tests; the recommends would add node exporters and their daemons), and headless Chromium
+# with one font (it loads the X-Ray dashboard in the tests).
+APT_BARE_PACKAGES=(prometheus chromium fonts-dejavu-core)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

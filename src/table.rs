@@ -21,7 +21,7 @@ impl Table {
     pub(crate) fn render(&self) -> String {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
-            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| visible_width(s)).max().unwrap_or(0))
             .collect();
         let mut out = String::new();
         for row in &self.rows {
@@ -30,13 +30,66 @@ impl Table {
                 if c + 1 == row.len() {
                     line.push_str(cell);
                 } else {
-                    let _ = write!(line, "{cell:<width$}  ", width = widths[c]);
+                    let pad = widths[c] - visible_width(cell);
+                    let _ = write!(line, "{cell}{:pad$}  ", "");
                 }
             }
             out.push_str(line.trim_end());
             out.push('\n');
         }
         out
+    }
+}
+
+/// The characters a terminal shows of `text`: colour escapes (`ESC [ … m`) take no room.
+fn visible_width(text: &str) -> usize {
+    let mut width = 0;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            width += 1;
+        }
+    }
+    width
+}
+
+/// Colours for words a person should see at a glance, when the output is a terminal that
+/// wants them (no `NO_COLOR`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Paint {
+    on: bool,
+}
+
+impl Paint {
+    pub(crate) fn for_stdout() -> Self {
+        use std::io::IsTerminal as _;
+        Self { on: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) }
+    }
+
+    pub(crate) fn is_on(self) -> bool {
+        self.on
+    }
+
+    pub(crate) fn good(self, text: &str) -> String {
+        self.paint("32", text)
+    }
+
+    pub(crate) fn warn(self, text: &str) -> String {
+        self.paint("33", text)
+    }
+
+    pub(crate) fn bad(self, text: &str) -> String {
+        self.paint("31", text)
+    }
+
+    pub(crate) fn bold(self, text: &str) -> String {
+        self.paint("1", text)
+    }
+
+    fn paint(self, code: &str, text: &str) -> String {
+        if self.on { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
     }
 }
 
@@ -61,5 +114,14 @@ mod tests {
             table.render(),
             "CHECK        STATUS  DETAIL\nredis        ok      7.0.15\nonnxruntime  FAIL    not found\n"
         );
+    }
+
+    #[test]
+    fn colours_take_no_room() {
+        let paint = Paint { on: true };
+        let mut table = Table::new(["A", "B"]);
+        table.row(vec![paint.good("ok"), "x".into()]);
+        table.row(vec!["fail".into(), "y".into()]);
+        assert_eq!(table.render(), "A     B\n\x1b[32mok\x1b[0m    x\nfail  y\n");
     }
 }

@@ -12,6 +12,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::exposition::labels;
+
 /// The histogram's name.
 pub const METRIC: &str = "adrank_serving_rollout_request_seconds";
 
@@ -153,33 +155,6 @@ pub fn parse(text: &str) -> Result<BTreeMap<ArmStep, ArmRequests>, String> {
 enum Series {
     Bucket,
     Count,
-}
-
-/// The labels of `a="x",b="y"}` and what follows the closing brace; values unescaped.
-fn labels(text: &str) -> Option<(BTreeMap<String, String>, &str)> {
-    let mut labels = BTreeMap::new();
-    let mut rest = text;
-    loop {
-        rest = rest.trim_start_matches(',');
-        if let Some(after) = rest.strip_prefix('}') {
-            return Some((labels, after));
-        }
-        let (name, after) = rest.split_once("=\"")?;
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let end = loop {
-            match chars.next()? {
-                (i, '"') => break i,
-                (_, '\\') => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    c => value.push(c),
-                },
-                (_, c) => value.push(c),
-            }
-        };
-        labels.insert(name.trim().to_string(), value);
-        rest = &after[end + 1..];
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 //! - [`training_log`]: the Parquet training log, its commit records and the impression-click
 //!   joiner, written by the ingester (and the world's history), read by the trainer.
 //! - [`arm_requests`]: the requests each rollout arm was answered, as serving publishes them on
-//!   `/metrics` and the rollout controller reads them back.
+//!   `/metrics` and the rollout controller reads them back; [`exposition`]: reading such pages.
 //! - [`eval`]: log loss, AUC and normalised entropy, shared by the trainer and the world's oracle.
 //! - [`storage`]: object-store locations (local folder, `file://`, `s3://`).
 //! - [`ConfigProblem`]: one problem in a config section, reported alike by every crate.
@@ -33,6 +33,7 @@ pub mod arm_requests;
 mod error;
 pub mod eval;
 pub mod events;
+pub mod exposition;
 mod problem;
 pub mod request;
 pub mod spec;

@@ -16,7 +16,7 @@ pub(crate) struct Args {}
 
 /// The outcome of one check.
 #[derive(Debug)]
-enum Outcome {
+pub(super) enum Outcome {
     Ok(String),
     /// Failed; `required` says whether that fails `doctor`.
     Failed {
@@ -42,7 +42,7 @@ impl Outcome {
 /// A slow dependency must not hang `doctor`.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 
-async fn bounded(check: impl Future<Output = Outcome>) -> Outcome {
+pub(super) async fn bounded(check: impl Future<Output = Outcome>) -> Outcome {
     tokio::time::timeout(CHECK_TIMEOUT, check)
         .await
         .unwrap_or_else(|_| Outcome::failed(format!("no answer within {CHECK_TIMEOUT:?}"), "check the address"))
@@ -104,7 +104,7 @@ async fn check_onnxruntime(loaded: &Loaded) -> Outcome {
     }
 }
 
-async fn check_kafka(loaded: &Loaded) -> (Outcome, Outcome) {
+pub(super) async fn check_kafka(loaded: &Loaded) -> (Outcome, Outcome) {
     let config = &loaded.config.kafka;
     let fix = "run `adrank up`, or set kafka.brokers to a running cluster";
     let unreachable = || Outcome::failed("broker unreachable", "fix the broker first");
@@ -136,7 +136,7 @@ async fn check_kafka(loaded: &Loaded) -> (Outcome, Outcome) {
     (broker, topics)
 }
 
-async fn check_redis(loaded: &Loaded) -> Outcome {
+pub(super) async fn check_redis(loaded: &Loaded) -> Outcome {
     let config = &loaded.config.redis;
     match online::server_version(config).await {
         Ok(version) => Outcome::Ok(format!("{version} at {}", config.url)),

@@ -16,9 +16,11 @@ mod retrain;
 mod rollout;
 mod serve;
 mod sim;
+mod status;
 mod train;
 mod up;
 mod window;
+mod xray;
 
 use std::process::ExitCode;
 
@@ -32,6 +34,14 @@ pub(crate) enum Command {
     /// The whole chain once on the local stack: simulated history to Kafka, ingest, train a
     /// first model, serve it, closed-loop load with an HTML report (`--quick`: a few minutes).
     Demo(demo::Args),
+    /// The whole loop on one screen: dependencies, models and aliases, the rollout and its
+    /// arms, the serving replicas, ingest lag and freshness, the last retraining cycles
+    /// (`--json`, `--watch`).
+    Status(status::Args),
+    /// The live dashboard: what `status` shows, as charts over time (latency, throughput,
+    /// shedding, ingest lag and freshness, CTR and calibration per version, the rollout
+    /// timeline, retraining cycles) on one page served here.
+    Xray(xray::Args),
     /// Check every dependency (ONNX Runtime, Kafka, Redis, registry, MPI) and say how to fix
     /// what is missing. Exits non-zero when a required one fails.
     Doctor(doctor::Args),
@@ -81,6 +91,8 @@ impl Command {
     pub(crate) async fn run(self, loaded: &Loaded) -> anyhow::Result<ExitCode> {
         match self {
             Self::Demo(args) => demo::run(args, loaded).await,
+            Self::Status(args) => status::run(args, loaded).await,
+            Self::Xray(args) => xray::run(args, loaded).await,
             Self::Doctor(args) => doctor::run(args, loaded).await,
             Self::Up(args) => up::run(args, loaded).await,
             Self::Down(args) => down::run(args, loaded).await,

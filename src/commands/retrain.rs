@@ -212,36 +212,74 @@ async fn history(registry: &Registry, name: &str, limit: usize, json: bool) -> a
         "DECISION",
     ]);
     for cycle in shown {
-        let candidate = cycle.report().and_then(|r| r.rows.iter().find(|r| r.role == "candidate"));
-        let production = cycle.report().and_then(|r| r.rows.iter().find(|r| r.role == "baseline"));
-        let seconds: f64 = cycle.steps.values().map(|r| r.seconds()).sum();
-        let done: Vec<&str> = cycle.steps.keys().map(|s| s.name()).collect();
+        let summary = CycleSummary::of(cycle);
         table.row(vec![
             cycle.id.to_string(),
-            cycle.started_at_ms().map_or("-".into(), utc_minute),
-            format!("{}/{} ({})", done.len(), Step::ALL.len(), done.last().copied().unwrap_or("-")),
-            format!("{seconds:.1}"),
+            summary.started_at_ms.map_or("-".into(), utc_minute),
+            format!("{}/{} ({})", summary.steps_done, Step::ALL.len(), summary.last_step.unwrap_or("-")),
+            format!("{:.1}", summary.seconds),
             cycle.plan().map_or("-".into(), |(plan, _)| window_text(plan.train)),
-            cycle.version().map_or("-".into(), |v| format!("v{v}")),
-            candidate.map_or("-".into(), |c| format!("{:.4}", c.overall.auc)),
-            candidate.map_or("-".into(), |c| format!("{:.4}", c.overall.normalised_entropy)),
-            match (candidate, production) {
-                (Some(c), Some(p)) => format!(
-                    "{:+.2}% NE vs v{}",
-                    100.0 * (c.overall.normalised_entropy / p.overall.normalised_entropy - 1.0),
-                    p.version.unwrap_or_default()
-                ),
-                (Some(_), None) => "first model".into(),
-                _ => "-".into(),
-            },
-            cycle.status(),
+            summary.version.map_or("-".into(), |v| format!("v{v}")),
+            summary.auc.map_or("-".into(), |auc| format!("{auc:.4}")),
+            summary.normalised_entropy.map_or("-".into(), |ne| format!("{ne:.4}")),
+            summary.vs_production(),
+            summary.decision,
         ]);
     }
     print!("{}", table.render());
     Ok(ExitCode::SUCCESS)
 }
 
+/// A cycle at a glance, for `retrain history` and `adrank status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct CycleSummary {
+    pub(crate) id: u64,
+    pub(crate) started_at_ms: Option<i64>,
+    pub(crate) steps_done: usize,
+    pub(crate) last_step: Option<&'static str>,
+    pub(crate) seconds: f64,
+    pub(crate) version: Option<u64>,
+    pub(crate) auc: Option<f64>,
+    pub(crate) normalised_entropy: Option<f64>,
+    /// Production's version and the candidate's normalised entropy against it, in percent
+    /// (negative: the candidate predicts better).
+    pub(crate) production: Option<u64>,
+    pub(crate) ne_change_percent: Option<f64>,
+    pub(crate) decision: String,
+}
+
+impl CycleSummary {
+    pub(crate) fn of(cycle: &Cycle) -> Self {
+        let row = |role: &str| cycle.report().and_then(|r| r.rows.iter().find(|r| r.role == role));
+        let (candidate, production) = (row("candidate"), row("baseline"));
+        Self {
+            id: cycle.id,
+            started_at_ms: cycle.started_at_ms(),
+            steps_done: cycle.steps.len(),
+            last_step: cycle.steps.keys().last().map(|s| s.name()),
+            seconds: cycle.steps.values().map(|r| r.seconds()).sum(),
+            version: cycle.version(),
+            auc: candidate.map(|c| c.overall.auc),
+            normalised_entropy: candidate.map(|c| c.overall.normalised_entropy),
+            production: production.and_then(|p| p.version),
+            ne_change_percent: candidate
+                .zip(production)
+                .map(|(c, p)| 100.0 * (c.overall.normalised_entropy / p.overall.normalised_entropy - 1.0)),
+            decision: cycle.status(),
+        }
+    }
+
+    /// `-1.20% NE vs v3`, `first model` or `-`.
+    pub(crate) fn vs_production(&self) -> String {
+        match (self.ne_change_percent, self.normalised_entropy) {
+            (Some(change), _) => format!("{change:+.2}% NE vs v{}", self.production.unwrap_or_default()),
+            (None, Some(_)) => "first model".into(),
+            _ => "-".into(),
+        }
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM` of a UTC time in milliseconds.
-fn utc_minute(ms: i64) -> String {
+pub(crate) fn utc_minute(ms: i64) -> String {
     format!("{}:{:02}", utc_hour(ms), ms.div_euclid(60_000).rem_euclid(60))
 }

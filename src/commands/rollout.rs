@@ -154,7 +154,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
 }
 
 /// The controller of `name`'s rollouts, reading the given training log (default: the ingester's).
-fn controller(
+pub(super) fn controller(
     registry: Registry,
     loaded: &Loaded,
     name: String,

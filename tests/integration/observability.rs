@@ -109,3 +109,74 @@ fn every_metric_the_rules_and_the_dashboard_name_is_one_adrank_emits() {
         assert!(targets > 0, "panel {:?} has no query", panel["title"]);
     }
 }
+
+/// Debian's `chromium`, headless, as root may run it (./dev.sh setup installs it).
+fn chromium(profile: &std::path::Path) -> tokio::process::Command {
+    let found = Command::new("chromium").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    assert!(
+        found.is_ok_and(|s| s.success()),
+        "chromium is missing: run ./dev.sh setup (it installs Debian's chromium)"
+    );
+    let mut command = tokio::process::Command::new("chromium");
+    command
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
+        .args(["--hide-scrollbars", "--window-size=1400,1250", "--virtual-time-budget=6000"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .kill_on_drop(true);
+    command
+}
+
+/// The `data-NAME` attribute of the element whose id is `id` in a serialized DOM.
+fn attribute(dom: &str, id: &str, name: &str) -> Option<String> {
+    let start = dom.find(&format!("id=\"{id}\""))?;
+    let tag = &dom[dom[..start].rfind('<')?..];
+    let tag = &tag[..tag.find('>')?];
+    let at = tag.find(&format!(" data-{name}=\""))? + name.len() + 8;
+    Some(tag[at..at + tag[at..].find('"')?].to_string())
+}
+
+/// Loads the X-Ray page at `url` in headless Chromium: it draws without an error, every chart
+/// has data, and `expected` appears on it; keeps a screenshot and returns its path.
+pub(crate) async fn check_dashboard(url: &str, charts: &[&str], expected: &[&str]) -> std::path::PathBuf {
+    let profile = tempfile::tempdir().unwrap();
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        chromium(profile.path()).args(["--dump-dom", url]).output(),
+    )
+    .await
+    .expect("chromium printed the page within 2 minutes")
+    .unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "chromium failed:\n{said}");
+    let root = dom.find("<html").map_or("", |at| &dom[at..at + dom[at..].find('>').unwrap_or(0)]);
+    assert!(!root.contains("data-errors"), "the page failed: {root}\n{dom}");
+    assert!(root.contains("data-drawn"), "the page never drew: {root}\nchromium said:\n{said}\n{dom}");
+    for chart in charts {
+        let points: usize = attribute(&dom, chart, "points").and_then(|p| p.parse().ok()).unwrap_or(0);
+        assert!(points > 1, "chart {chart} drew {points} points:\n{dom}");
+    }
+    for text in expected {
+        assert!(dom.contains(text), "no `{text}` on the page:\n{dom}");
+    }
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("xray-dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        chromium(profile.path()).arg(format!("--screenshot={}", screenshot.display())).arg(url).output(),
+    )
+    .await
+    .expect("chromium took the screenshot within 2 minutes")
+    .unwrap();
+    let size = std::fs::metadata(&screenshot).map_or(0, |m| m.len());
+    assert!(size > 20_000, "a {size}-byte screenshot:\n{}", String::from_utf8_lossy(&output.stderr));
+    screenshot
+}
+
+#[test]
+fn attributes_are_read_from_the_dom() {
+    let dom = r#"<html data-drawn="3"><body><figure id="ctr" class="x" data-points="12"><svg></svg></figure>"#;
+    assert_eq!(attribute(dom, "ctr", "points").as_deref(), Some("12"));
+    assert_eq!(attribute(dom, "ctr", "rows"), None);
+    assert_eq!(attribute(dom, "lag", "points"), None);
+}

@@ -330,15 +330,24 @@ async fn a_cycle_killed_inside_each_step_resumes_with_one_candidate_and_a_waitin
         wait_for(&mut holder, &format!("stalled inside step {}", step.name())).await;
         // The stalled process holds the lease: a loop started now waits, and takes over once the
         // holder is killed (SIGKILL: no release, the lease must expire).
-        let mut waiting = adrank(dir.path(), &["retrain", "--loop", "--max-cycles", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        // The last loop stays up after its cycle (no new hours start a second) for its metrics
+        // to be read.
+        let last = n + 1 == Step::ALL.len();
+        let metrics = format!("127.0.0.1:{}", adrank_testkit::free_port());
+        let mut args = vec!["retrain", "--loop", "--max-cycles", if last { "2" } else { "1" }];
+        if last {
+            args.extend(["--metrics-listen", metrics.as_str()]);
+        }
+        let mut waiting = adrank(dir.path(), &args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         wait_for(&mut waiting, "waiting: the retraining lease is held by").await;
         holder.kill().await.unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(300), waiting.wait()).await.unwrap().unwrap();
-        assert!(status.success(), "the loop that took over cycle {id} ({}) exited with {status}", step.name());
+        if last {
+            loop_metrics_pass_promtool(&registry, id, &metrics).await;
+            waiting.kill().await.unwrap();
+        } else {
+            let status = tokio::time::timeout(Duration::from_secs(300), waiting.wait()).await.unwrap().unwrap();
+            assert!(status.success(), "the loop that took over cycle {id} ({}) exited with {status}", step.name());
+        }
 
         let cycle = cycles(&registry, "ctr").await.unwrap().pop().unwrap();
         assert_eq!((cycle.id, cycle.is_done()), (id, true), "killed in {}, the cycle was resumed", step.name());
@@ -366,6 +375,27 @@ async fn a_cycle_killed_inside_each_step_resumes_with_one_candidate_and_a_waitin
     assert!(output.status.success(), "{table}");
     assert_eq!(table.lines().count(), 1 + Step::ALL.len(), "a header and one row per cycle:\n{table}");
     assert!(table.lines().skip(1).all(|l| l.contains("6/6 (done)")), "{table}");
+}
+
+/// Once cycle `id` is done, the loop's `/metrics` at `addr` passes promtool with the figures the
+/// dashboard and the alerts read.
+async fn loop_metrics_pass_promtool(registry: &Registry, id: u64, addr: &str) {
+    let started = std::time::Instant::now();
+    while !cycles(registry, "ctr").await.unwrap().last().is_some_and(|c| c.id == id && c.is_done()) {
+        assert!(started.elapsed() < Duration::from_secs(300), "cycle {id} never finished");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let (_, _, page) = crate::serving_api::try_http(addr, "GET", "/metrics", "", b"").await.unwrap();
+    crate::observability::check_metrics("adrank retrain --loop", &page);
+    for name in [
+        "adrank_retrain_cycles_total",
+        "adrank_retrain_step_duration_seconds",
+        "adrank_retrain_last_cycle_timestamp_seconds",
+        "adrank_retrain_lease_held",
+    ] {
+        assert!(page.contains(name), "the loop exports no {name}:\n{page}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -116,6 +116,44 @@ impl Stack {
     }
 }
 
+/// `adrank status` on the running stack, rollout 1 at 100%: every part read, with the figures
+/// the processes and the registry hold.
+async fn status_shows_the_loop(stack: &Stack, addr: SocketAddr) {
+    let output = stack.command(&["status", "--model", "ctr", "--json"], &[]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "status failed:\n{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}:\n{stdout}"));
+    for dependency in status["dependencies"].as_array().unwrap() {
+        assert_eq!(dependency["ok"], true, "{dependency}");
+    }
+    let models = &status["models"]["read"];
+    assert_eq!(models[0]["name"], "ctr", "{models}");
+    assert_eq!((models[0]["versions"].as_u64(), models[0]["aliases"]["production"].as_u64()), (Some(2), Some(1)));
+    let rollout = &status["rollout"]["read"];
+    assert_eq!((rollout["status"].as_str(), rollout["step"].as_u64()), (Some("running"), Some(1)), "{rollout}");
+    let arms = rollout["arms"].as_array().unwrap();
+    assert_eq!(arms.len(), 2, "{rollout}");
+    for arm in arms {
+        // Both arms served at 50%: their outcomes over the rollout are in the log.
+        assert!(arm["impressions"].as_u64().unwrap() >= 2000, "{arm}");
+        assert!(arm["ctr"].as_f64().unwrap() > 0.0, "{arm}");
+    }
+    let replica = &status["replicas"][0];
+    assert_eq!(replica["metrics"], format!("http://{addr}/metrics"));
+    assert_eq!(replica["ready"]["read"]["model"]["name"], "ctr", "{replica}");
+    assert!(replica["rank_requests"].as_f64().unwrap() >= 600.0, "{replica}");
+    let topics = status["ingest"]["read"].as_array().unwrap_or_else(|| panic!("{}", status["ingest"]));
+    assert_eq!(topics.len(), 4, "{topics:?}");
+    assert!(topics.iter().all(|t| t["end"].as_i64().unwrap() > 0), "{topics:?}");
+    assert_eq!(status["retraining"]["read"], serde_json::json!([]));
+    // The screen a person reads says the same.
+    let text = stack.run(&["status", "--model", "ctr"]).await;
+    eprintln!("adrank status:\n{text}");
+    for expected in ["DEPENDENCIES", "rollout 1 running: v1 (production) against v2 (candidate)", "ARM", "READY"] {
+        assert!(text.contains(expected), "no `{expected}` in:\n{text}");
+    }
+}
+
 /// Writes the examples of the log at `from` to a new log at `to`, their labels shuffled among
 /// them: a model trained on it learns nothing about who clicks.
 async fn shuffled_copy(from: &str, to: &str) {
@@ -243,6 +281,9 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
     let control_metrics = metrics_port();
     let mut controller =
         stack.spawn(&["rollout", "control", "ctr", "--metrics-listen", &control_metrics], "control.log");
+    // The dashboard samples the loop from here to the end.
+    let xray_listen = metrics_port();
+    let mut xray = stack.spawn(&["xray", "--model", "ctr", "--listen", &xray_listen, "--every", "2"], "xray.log");
     // No traffic yet: the controller waits, and says why.
     let waiting = Instant::now();
     while !stack.log("control.log").contains("waiting: production arm has 0 impressions") {
@@ -284,6 +325,7 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
     assert!(advanced.figures["candidate_p99_ms"] > 0.0, "{:?}", advanced.figures);
     phase("advanced to 100%");
     controller.kill().await.unwrap();
+    status_shows_the_loop(&stack, addr).await;
     let control_metrics = metrics_port();
     let mut controller =
         stack.spawn(&["rollout", "control", "ctr", "--metrics-listen", &control_metrics], "control.log");
@@ -300,6 +342,12 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
     assert!(ended.figures["candidate_ctr"] < ended.figures["production_ctr"], "{:?}", ended.figures);
 
     phase("rolled back");
+    // The dashboard drew both rollouts, both versions' outcomes, and the serving figures.
+    let charts = ["latency", "throughput", "errors", "lag", "freshness", "arm-p99", "ctr", "calibration", "timeline"];
+    let expected = ["rollout 1: v2 against v1", "rollout 2: v1 against v2", ">v1: ", ">v2: ", "ready"];
+    let screenshot = crate::observability::check_dashboard(&format!("http://{xray_listen}/"), &charts, &expected).await;
+    eprintln!("the dashboard: {}", screenshot.display());
+    phase("dashboard drawn");
     load.abort();
     let _ = load.await;
     assert_eq!(progress.read().errors, 0, "no client saw an error");
@@ -344,7 +392,7 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
             assert!(text.contains(name), "{what} exports no {name}:\n{text}");
         }
     }
-    for child in [&mut controller, &mut ingest, &mut server] {
+    for child in [&mut xray, &mut controller, &mut ingest, &mut server] {
         child.kill().await.unwrap();
     }
 }

@@ -31,6 +31,7 @@ mod config;
 mod dead_letter;
 mod partition;
 mod round;
+pub mod standing;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},

@@ -37,8 +37,22 @@ impl Endpoint {
         Ok(Self { authority, host, port, path: format!("{}{query}", url.path()) })
     }
 
+    /// The same server's page at `path` (`/readyz` beside `/metrics`).
+    pub fn at(&self, path: &str) -> Self {
+        Self { path: path.to_string(), ..self.clone() }
+    }
+
     /// The page, or why there is none.
-    async fn get(&self) -> Result<String, String> {
+    pub async fn get(&self) -> Result<String, String> {
+        self.request(false).await
+    }
+
+    /// The page whatever the status code (a `/readyz` that says 503 and why).
+    pub async fn get_any_status(&self) -> Result<String, String> {
+        self.request(true).await
+    }
+
+    async fn request(&self, any_status: bool) -> Result<String, String> {
         let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
@@ -50,7 +64,7 @@ impl Endpoint {
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("cannot build the request: {e}"))?;
         let response = sender.send_request(request).await.map_err(|e| format!("no answer: {e}"))?;
-        if response.status() != StatusCode::OK {
+        if !any_status && response.status() != StatusCode::OK {
             return Err(format!("answered {}", response.status()));
         }
         let body = Limited::new(response.into_body(), MAX_BODY)
