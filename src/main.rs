@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod stack;
 mod table;
+mod telemetry;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -60,8 +61,13 @@ const CONFIG_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     tune_allocator();
-    let cli = Cli::parse();
-    init_logging();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Kept to the end of main: dropping it exports the spans still held.
+    let _telemetry = telemetry::init(matches.subcommand_name().unwrap_or("adrank"));
     let loaded = match config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(loaded) => loaded,
         Err(report) => {
@@ -83,15 +89,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Logs go to stderr, filtered by `ADRANK_LOG` (tracing's filter syntax), warnings by default.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ADRANK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    // Colours only on a terminal: log files and test captures stay greppable.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod metrics;
 pub mod online;
+pub mod trace_context;
 
 pub use config::{KafkaConfig, RedisConfig, TopicConfig, Topics};
 pub use error::{Error, Result};

@@ -12,7 +12,7 @@ use adrank_contracts::{
     },
     request::RankRequest,
 };
-use adrank_featurestore::online::Reader;
+use adrank_featurestore::{online::Reader, trace_context};
 use axum::{
     Json, Router,
     body::{Body, Bytes},
@@ -23,6 +23,7 @@ use axum::{
 };
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 
 use crate::{
     ServingConfig,
@@ -279,6 +280,34 @@ async fn timed_rank(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let span = rank_span(&headers);
+    let response = admitted_rank(state, admission, headers, body).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
+/// A ranking request's span, a child of the caller's (a W3C `traceparent` header) when it sent
+/// one; none at all unless this process exports spans.
+fn rank_span(headers: &HeaderMap) -> tracing::Span {
+    if !trace_context::exporting() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "rank",
+        otel.kind = "server",
+        http.route = "/v1/rank",
+        http.response.status_code = tracing::field::Empty,
+    );
+    trace_context::adopt(&span, headers.iter().map(|(name, value)| (name.as_str(), value.as_bytes())));
+    span
+}
+
+async fn admitted_rank(
+    state: State<Arc<AppState>>,
+    admission: Arc<Admission>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     let body = match json_body(&headers, body, &state.config).await {
         Ok(body) => body,
@@ -332,6 +361,7 @@ async fn click_handler(State(state): State<Arc<AppState>>, body: Bytes) -> Respo
 async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     // The plain parser first; only a body it refuses is parsed again, tracking the path, to
     // name the field (tracking every field of every valid request cost 5% of the CPU).
+    let parsing = tracing::info_span!("parse", bytes = body.len()).entered();
     let request: RankRequest = match object::from_slice(&body) {
         Ok(request) => request,
         Err(_) => match serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body)) {
@@ -356,6 +386,7 @@ async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
     if let Err(e) = checked {
         return error(StatusCode::BAD_REQUEST, "invalid_request", e.field.clone(), e.to_string());
     }
+    drop(parsing);
     // A pinned version, else the user's rollout arm's (the default one without a rollout).
     let route = match headers.get(PIN_HEADER) {
         None => state.models.route(&request.user_id),
@@ -396,6 +427,9 @@ async fn rank_response(state: &Arc<AppState>, request: &RankRequest, route: crat
                 }
                 None => {
                     if let Some(log) = &state.impressions {
+                        // The messages carry this span's context to the ingester.
+                        let _logging =
+                            tracing::info_span!("impression_log", impressions = served.impressions.len()).entered();
                         log.log(served.impressions);
                     }
                 }

@@ -20,7 +20,10 @@ use std::{
 };
 
 use adrank_contracts::events::{Event as _, Impression};
-use adrank_featurestore::{KafkaConfig, kafka};
+use adrank_featurestore::{
+    KafkaConfig, kafka,
+    trace_context::{self, Carried},
+};
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
     producer::{FutureProducer, FutureRecord, Producer as _},
@@ -40,8 +43,11 @@ pub struct LogStats {
     pub in_flight: u64,
 }
 
+/// An impression and the trace context of the request that served it (when spans are exported).
+type Logged = (Impression, Option<Carried>);
+
 struct Shared {
-    buffer: Mutex<VecDeque<Impression>>,
+    buffer: Mutex<VecDeque<Logged>>,
     capacity: usize,
     wake: Notify,
     delivered: AtomicU64,
@@ -87,11 +93,13 @@ impl ImpressionLog {
         Ok(Self { shared })
     }
 
-    /// Queues impressions for the broker; never waits.
+    /// Queues impressions for the broker; never waits. Where spans are exported, each message
+    /// carries the current span's context (a `traceparent` header).
     pub fn log(&self, impressions: impl IntoIterator<Item = Impression>) {
+        let context = trace_context::current();
         let mut buffer = self.shared.buffer.lock().expect("the buffer lock is never poisoned");
         for impression in impressions {
-            buffer.push_back(impression);
+            buffer.push_back((impression, context.clone()));
             if buffer.len() > self.shared.capacity {
                 buffer.pop_front();
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -149,7 +157,7 @@ async fn send_loop(producer: FutureProducer, topic: String, shared: Arc<Shared>)
             }
             next
         };
-        let Some(impression) = next else {
+        let Some((impression, context)) = next else {
             // `Arc::strong_count` 1: every handle is gone and nothing is left to send.
             if Arc::strong_count(&shared) == 1 {
                 return;
@@ -158,7 +166,10 @@ async fn send_loop(producer: FutureProducer, topic: String, shared: Arc<Shared>)
             continue;
         };
         let payload = impression.encode();
-        let record = FutureRecord::to(&topic).key(impression.key()).payload(&payload);
+        let mut record = FutureRecord::to(&topic).key(impression.key()).payload(&payload);
+        if let Some(context) = &context {
+            record = record.headers(trace_context::kafka_headers(context));
+        }
         match producer.send_result(record) {
             Ok(delivery) => {
                 let shared = Arc::clone(&shared);
@@ -183,7 +194,7 @@ async fn send_loop(producer: FutureProducer, topic: String, shared: Arc<Shared>)
                 // wait; meanwhile the buffer fills and drops its oldest.
                 {
                     let mut buffer = shared.buffer.lock().expect("the buffer lock is never poisoned");
-                    buffer.push_front(impression);
+                    buffer.push_front((impression, context));
                     shared.in_flight.fetch_sub(1, Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

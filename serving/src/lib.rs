@@ -29,6 +29,7 @@ pub mod clicks;
 pub mod config;
 pub mod connections;
 mod error;
+pub mod gpu;
 pub mod ids;
 pub mod impressions;
 pub mod manager;

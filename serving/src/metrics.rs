@@ -31,6 +31,8 @@ pub const SHADOW: &str = "adrank_serving_shadow_requests_total";
 pub const SHADOW_SECONDS: &str = "adrank_serving_shadow_seconds";
 pub const SHADOW_PSI: &str = "adrank_serving_shadow_psi";
 pub const SHADOW_AGREEMENT: &str = "adrank_serving_shadow_topk_agreement";
+pub const GPU_MEMORY_USED: &str = "adrank_serving_gpu_memory_used_bytes";
+pub const GPU_MEMORY_TOTAL: &str = "adrank_serving_gpu_memory_total_bytes";
 
 /// Registers every metric's help text.
 pub fn describe() {
@@ -77,6 +79,14 @@ pub fn describe() {
         CONNECTIONS_CLOSED,
         "Connections the server closed or refused, by reason (evicted, refused, accept_failed)."
     );
+    describe_gauge!(GPU_MEMORY_USED, "Memory in use on the GPU models run on, by every process, by device.");
+    describe_gauge!(GPU_MEMORY_TOTAL, "Memory of the GPU models run on, by device.");
+}
+
+pub(crate) fn gpu_memory(device: &crate::gpu::Device) {
+    let labels = [("device", device.ordinal.to_string()), ("name", device.name.clone())];
+    gauge!(GPU_MEMORY_USED, &labels).set(device.used_bytes as f64);
+    gauge!(GPU_MEMORY_TOTAL, &labels).set(device.total_bytes as f64);
 }
 
 pub(crate) fn request(route: &'static str, status: u16, seconds: f64) {

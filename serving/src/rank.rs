@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use tracing::Instrument as _;
+
 use adrank_contracts::{
     events::{Impression, Input, Lookup, RawFeatures, RawValue, RolloutArm},
     request::RankRequest,
@@ -228,7 +230,9 @@ pub async fn rank(
     // Features may use half the budget: the model needs the rest.
     let fetched = match reader {
         Some(reader) => {
-            match tokio::time::timeout(budget / 2, reader.fetch(&request.user_id, &ads, request.context.event_time_ms))
+            let fetch = reader.fetch(&request.user_id, &ads, request.context.event_time_ms);
+            match tokio::time::timeout(budget / 2, fetch)
+                .instrument(tracing::info_span!("features", ads = ads.len()))
                 .await
             {
                 Ok(Ok(fetched)) => Some(fetched),
@@ -255,7 +259,18 @@ pub async fn rank(
     context.insert("surface", RawValue::from(request.context.surface.as_str()));
     let rows = candidate_rows(&version.transformer, request, &fetched, &context);
     crate::metrics::queue_depth(version.batcher.queued());
-    let scored = version.batcher.score(rows, deadline).await?;
+    let scoring = tracing::info_span!(
+        "score",
+        model_version = version.manifest.version,
+        queue_ms = tracing::field::Empty,
+        inference_ms = tracing::field::Empty,
+        batch_rows = tracing::field::Empty,
+    );
+    let scored = version.batcher.score(rows, deadline).instrument(scoring.clone()).await?;
+    // The batch is shared with other requests: its queue wait and run are this span's fields.
+    scoring.record("queue_ms", ms(scored.queue));
+    scoring.record("inference_ms", ms(scored.inference));
+    scoring.record("batch_rows", scored.batch_rows);
     crate::metrics::stages(features_ms / 1000.0, scored.queue.as_secs_f64(), scored.inference.as_secs_f64());
     let mut order: Vec<usize> = (0..request.candidates.len()).collect();
     let value = |i: usize| f64::from(scored.scores[i]) * request.candidates[i].bid;

@@ -58,6 +58,7 @@ pub(crate) async fn run(_args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode
         bounded(check_mpi(&config.training.mpi_launcher)),
         bounded(async { check_tansu(loaded) }),
     );
+    let gpu = bounded(check_gpu()).await;
     let config_row = Outcome::Ok(match &loaded.file {
         Some(file) if loaded.overrides.is_empty() => file.display().to_string(),
         Some(file) => format!("{} + {}", file.display(), loaded.overrides.join(", ")),
@@ -72,6 +73,7 @@ pub(crate) async fn run(_args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode
         ("registry", registry),
         ("mpi launcher", mpi.optional()),
         ("tansu (for up)", tansu.optional()),
+        ("gpu", gpu.optional()),
     ];
     let mut table = Table::new(["CHECK", "STATUS", "DETAIL", "FIX"]);
     let mut failed = false;
@@ -161,6 +163,34 @@ async fn check_mpi(launcher: &str) -> Outcome {
         }
         Ok(out) => Outcome::failed(format!("`{launcher} --version` exited with {}", out.status), fix),
         Err(e) => Outcome::failed(format!("cannot run `{launcher}`: {e}"), fix),
+    }
+}
+
+/// The CUDA devices, through the driver API loaded at run time; none is needed (models run on
+/// the CPU), so the row says why there is none.
+async fn check_gpu() -> Outcome {
+    let fix = "none needed: models run on the CPU (docs/serving.md, CUDA)";
+    match tokio::task::spawn_blocking(adrank_serving::gpu::devices).await {
+        Ok(Ok(devices)) => {
+            let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+            let listed: Vec<String> = devices
+                .iter()
+                .map(|d| {
+                    let (major, minor) = d.compute_capability;
+                    format!(
+                        "{}: {} (compute {major}.{minor}, {:.1} GiB, {:.1} GiB in use)",
+                        d.ordinal,
+                        d.name,
+                        gib(d.total_bytes),
+                        gib(d.used_bytes)
+                    )
+                })
+                .collect();
+            let driver = adrank_serving::gpu::driver_version().unwrap_or_else(|| "unknown".into());
+            Outcome::Ok(format!("{}; driver {driver}", listed.join("; ")))
+        }
+        Ok(Err(why)) => Outcome::failed(format!("no GPU: {why}"), fix),
+        Err(e) => Outcome::failed(format!("no GPU: reading the devices failed: {e}"), fix),
     }
 }
 

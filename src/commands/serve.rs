@@ -63,6 +63,13 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         })
         .await?,
     );
+    if config.onnxruntime.execution_provider == adrank_registry::config::Provider::Cuda {
+        let device = config.onnxruntime.cuda_device as usize;
+        match tokio::task::spawn_blocking(move || adrank_serving::gpu::export_memory(device)).await? {
+            Ok(()) => tracing::info!(device, "exporting the GPU's memory in use"),
+            Err(e) => tracing::warn!(error = %e, "the GPU's memory is not exported"),
+        }
+    }
     // Only what the banner needs: holding the version itself here kept the first version loaded
     // (its session and model thread) for the process's life, whatever replaced it.
     let (first_version, load_seconds) = {

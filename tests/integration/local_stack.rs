@@ -95,6 +95,16 @@ async fn up_up_doctor_down() {
         doctor_text.contains(adrank_registry::runtime::ORT_VERSION),
         "doctor prints the ORT version:\n{doctor_text}"
     );
+    // Every machine gets a GPU row: its devices, or why there are none (a warning only).
+    let gpu =
+        doctor_text.lines().find(|l| l.starts_with("gpu ")).unwrap_or_else(|| panic!("no gpu row:\n{doctor_text}"));
+    let driver = std::path::Path::new("/proc/driver/nvidia/version").exists();
+    let expected = if driver {
+        gpu.contains(" ok ") || gpu.contains("no GPU: ")
+    } else {
+        gpu.contains("no GPU: no NVIDIA driver")
+    };
+    assert!(expected && !gpu.contains("FAIL"), "{gpu}");
 
     let down = run("down");
     assert!(down.status.success(), "down failed:\n{}", text(&down));

@@ -180,3 +180,71 @@ fn attributes_are_read_from_the_dom() {
     assert_eq!(attribute(dom, "ctr", "rows"), None);
     assert_eq!(attribute(dom, "lag", "points"), None);
 }
+
+/// A span as an OTLP receiver got it; ids in lowercase hex (an empty parent: a root).
+#[derive(Debug, Clone)]
+pub(crate) struct ReceivedSpan {
+    pub(crate) service: String,
+    pub(crate) name: String,
+    pub(crate) trace_id: String,
+    pub(crate) span_id: String,
+    pub(crate) parent_span_id: String,
+    pub(crate) attributes: std::collections::BTreeMap<String, String>,
+}
+
+pub(crate) type Received = std::sync::Arc<std::sync::Mutex<Vec<ReceivedSpan>>>;
+
+/// An OTLP/HTTP receiver (`POST /v1/traces`, protobuf, decoded with the protocol's own
+/// messages) on a free loopback port: its address and what it has received so far.
+pub(crate) async fn otlp_receiver() -> (std::net::SocketAddr, Received) {
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::ExportTraceServiceRequest,
+        common::v1::{AnyValue, any_value::Value},
+    };
+    use prost::Message as _;
+    fn text(value: Option<&AnyValue>) -> String {
+        match value.and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(s)) => s.clone(),
+            Some(Value::IntValue(i)) => i.to_string(),
+            Some(Value::DoubleValue(d)) => d.to_string(),
+            Some(Value::BoolValue(b)) => b.to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let received: Received = Default::default();
+    let store = received.clone();
+    let receive = move |body: axum::body::Bytes| {
+        let store = store.clone();
+        async move {
+            let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                return axum::http::StatusCode::BAD_REQUEST;
+            };
+            let mut spans = store.lock().unwrap();
+            for resource in &request.resource_spans {
+                let service = resource
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                    .map(|a| text(a.value.as_ref()))
+                    .unwrap_or_default();
+                for span in resource.scope_spans.iter().flat_map(|s| &s.spans) {
+                    spans.push(ReceivedSpan {
+                        service: service.clone(),
+                        name: span.name.clone(),
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: hex(&span.parent_span_id),
+                        attributes: span.attributes.iter().map(|a| (a.key.clone(), text(a.value.as_ref()))).collect(),
+                    });
+                }
+            }
+            axum::http::StatusCode::OK
+        }
+    };
+    let app = axum::Router::new().route("/v1/traces", axum::routing::post(receive));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, received)
+}

@@ -60,8 +60,13 @@ impl Stack {
 
     /// Starts `adrank <args>` with its output in a file named `log`.
     fn spawn(&self, args: &[&str], log: &str) -> Child {
+        self.spawn_with(args, log, &[])
+    }
+
+    /// [`Stack::spawn`] with `extra` variables in its environment.
+    fn spawn_with(&self, args: &[&str], log: &str, extra: &[(&str, &str)]) -> Child {
         let file = std::fs::File::create(self.dir.path().join(log)).unwrap();
-        self.command(args, &[]).stdout(file.try_clone().unwrap()).stderr(file).spawn().unwrap()
+        self.command(args, extra).stdout(file.try_clone().unwrap()).stderr(file).spawn().unwrap()
     }
 
     fn log(&self, log: &str) -> String {
@@ -151,6 +156,55 @@ async fn status_shows_the_loop(stack: &Stack, addr: SocketAddr) {
     eprintln!("adrank status:\n{text}");
     for expected in ["DEPENDENCIES", "rollout 1 running: v1 (production) against v2 (candidate)", "ARM", "READY"] {
         assert!(text.contains(expected), "no `{expected}` in:\n{text}");
+    }
+}
+
+/// One ranking request sent with a W3C trace context: serving's spans (the request, its
+/// stages, the impression log) continue the caller's trace, and the ingester's span of each of
+/// its impressions, in another process, is a child of the impression log's, ended once applied.
+async fn a_trace_crosses_processes(stack: &Stack, addr: SocketAddr, received: &crate::observability::Received) {
+    let requests = stack.run(&["sim", "requests", "-n", "1"]).await;
+    let body = requests.lines().find(|l| l.starts_with('{')).expect("a request");
+    let (trace, caller) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let header = format!("traceparent: 00-{trace}-{caller}-01\r\n");
+    let (status, _, reply) = try_http(addr, "POST", "/v1/rank", &header, body.as_bytes()).await.unwrap();
+    assert_eq!(status, 200, "{reply}");
+    let shown = serde_json::from_str::<serde_json::Value>(&reply).unwrap()["ranked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| !r["impression_id"].is_null())
+        .count();
+    assert!(shown > 0, "{reply}");
+    let started = Instant::now();
+    loop {
+        let spans: Vec<_> = received.lock().unwrap().iter().filter(|s| s.trace_id == trace).cloned().collect();
+        let named = |name: &str| spans.iter().filter(|s| s.name == name).cloned().collect::<Vec<_>>();
+        let (rank, logged, events) = (named("rank"), named("impression_log"), named("ingest.event"));
+        if let ([rank], [logged]) = (&rank[..], &logged[..])
+            && events.len() >= shown
+        {
+            assert_eq!((rank.service.as_str(), rank.parent_span_id.as_str()), ("adrank-serve", caller), "{rank:?}");
+            assert_eq!(rank.attributes.get("http.response.status_code").map(String::as_str), Some("200"));
+            for stage in ["parse", "features", "score", "impression_log"] {
+                let stage = named(stage);
+                assert!(stage.iter().any(|s| s.parent_span_id == rank.span_id), "{stage:?} under {rank:?}");
+            }
+            assert_eq!(logged.service, "adrank-serve");
+            for event in &events {
+                assert_eq!(event.service, "adrank-ingest", "{event:?}");
+                assert_eq!(event.parent_span_id, logged.span_id, "{event:?} under {logged:?}");
+                assert_eq!(event.attributes.get("outcome").map(String::as_str), Some("applied"), "{event:?}");
+            }
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the trace is incomplete after 60 s ({shown} impressions shown): {spans:#?}\nserve:\n{}\ningest:\n{}",
+            stack.problems("serve.log"),
+            stack.problems("ingest.log")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -271,12 +325,23 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
 
     phase("two models trained");
     // Serving, the live ingester and the controller; the world's traffic continues its history.
+    // Serving and the ingester export spans to a receiver here: the load's requests 1 in 100,
+    // every request that comes with a sampled trace context.
+    let (otlp, spans) = crate::observability::otlp_receiver().await;
+    let otlp = format!("http://{otlp}");
+    let tracing = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+    ];
     let listen = addr.to_string();
-    let mut server = stack.spawn(&["serve", "--follow", "production", "--listen", &listen], "serve.log");
+    let mut server = stack.spawn_with(&["serve", "--follow", "production", "--listen", &listen], "serve.log", &tracing);
     ready(addr, &mut server, &stack).await;
     let metrics_port = || format!("127.0.0.1:{}", adrank_testkit::free_port());
     let ingest_metrics = metrics_port();
-    let mut ingest = stack.spawn(&["ingest", "--metrics-listen", &ingest_metrics], "ingest.log");
+    let mut ingest = stack.spawn_with(&["ingest", "--metrics-listen", &ingest_metrics], "ingest.log", &tracing);
+    a_trace_crosses_processes(&stack, addr, &spans).await;
+    phase("a request traced into the ingester");
     stack.run(&["rollout", "start", "ctr", "2", "--plan", "50,100", "--reason", "better"]).await;
     let control_metrics = metrics_port();
     let mut controller =

@@ -80,6 +80,20 @@ const APPLIES_QUEUED: usize = 2;
 /// Messages decoded between yields to the runtime.
 const YIELD_EVERY: usize = 256;
 
+/// The span of an event that arrived with a trace context, while this process exports spans:
+/// a child of the span that sent it (serving's impression log, for an impression).
+fn traced(message: &BorrowedMessage<'_>) -> Option<tracing::Span> {
+    let headers = message.headers().filter(|_| crate::trace_context::exporting())?;
+    let span = tracing::info_span!(
+        "ingest.event",
+        topic = message.topic(),
+        partition = message.partition(),
+        offset = message.offset(),
+        outcome = tracing::field::Empty,
+    );
+    crate::trace_context::adopt_from_kafka(&span, headers).then_some(span)
+}
+
 /// A partition's share of one round, in chunks of about `max_apply_records` records, each
 /// applied as a batch of its own so that no script call holds Redis for long.
 #[derive(Default)]
@@ -91,6 +105,8 @@ struct Share {
 struct Chunk {
     updates: Updates,
     event_times: Vec<i64>,
+    /// The spans of its traced events, ended once the chunk is in Redis.
+    spans: Vec<tracing::Span>,
     /// The offset the next chunk starts at: the watermark this one leaves (`None` for the last,
     /// which leaves where the round stopped reading).
     until: Option<i64>,
@@ -164,8 +180,13 @@ impl Ingester {
             let chunk = apply.then(|| share.chunk(offset, max_records));
             let joiner = self.logs.get_mut(&partition).map(|l| &mut l.joiner);
             let source = (message.topic(), partition, offset);
+            let traced = traced(&message);
+            let entered = traced.as_ref().map(tracing::Span::enter);
             match decode(kind, &message, clock) {
                 Err(refusal) => {
+                    if let Some(span) = &traced {
+                        span.record("outcome", "dead_letter");
+                    }
                     if chunk.is_some() {
                         deliveries.push(self.dead_letters.send(source, message.payload(), &refusal)?);
                         self.totals.dead_letters += 1;
@@ -175,6 +196,7 @@ impl Ingester {
                 Ok(decoded) => {
                     if let Some(chunk) = chunk {
                         fold(&mut chunk.updates, &mut chunk.event_times, &prefix, &decoded);
+                        chunk.spans.extend(traced.clone());
                     }
                     // The join may refuse it (a duplicate id): out of the log, into the
                     // dead-letter topic, whether or not Redis had it already (the log's replay
@@ -185,6 +207,7 @@ impl Ingester {
                     }
                 }
             }
+            drop(entered);
         }
         let decoded = started.elapsed();
         self.dead_letters.confirm(deliveries).await?;
@@ -319,6 +342,7 @@ impl Ingester {
     fn start_apply(&mut self, shares: BTreeMap<(Kind, i32), Share>) {
         let mut batches = Vec::new();
         let mut pending = Vec::new();
+        let mut spans = Vec::new();
         for ((kind, partition), share) in shares {
             for chunk in share.chunks {
                 // None for a partition fenced while this round was decoded (its share goes with
@@ -332,6 +356,7 @@ impl Ingester {
                     event_times: chunk.event_times,
                 });
                 batches.push((self.names[kind as usize].clone(), partition, sent.expected, sent.next, chunk.updates));
+                spans.push(chunk.spans);
             }
         }
         if batches.is_empty() {
@@ -359,6 +384,13 @@ impl Ingester {
                 .collect();
             let outcomes = writer.apply(&borrowed).await?;
             metrics::write_seconds(started.elapsed().as_secs_f64());
+            // A traced event's span ends here: visible in the online store, or fenced.
+            for (outcome, spans) in outcomes.iter().zip(spans) {
+                let word = if matches!(outcome, Outcome::Applied) { "applied" } else { "fenced" };
+                spans.iter().for_each(|span| {
+                    span.record("outcome", word);
+                });
+            }
             Ok((outcomes, adrank_contracts::events::now_ms()))
         });
         self.in_flight.push_back(InFlight { task, batches: pending });
