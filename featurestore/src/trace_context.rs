@@ -38,10 +38,15 @@ pub type Carried = Arc<[(String, String)]>;
 /// The current span's context, to send along; `None` when spans are not exported or the
 /// current span is not sampled.
 pub fn current() -> Option<Carried> {
+    of(&tracing::Span::current())
+}
+
+/// `span`'s context, to carry on; `None` as for [`current`].
+pub fn of(span: &tracing::Span) -> Option<Carried> {
     if !exporting() {
         return None;
     }
-    let context = tracing::Span::current().context();
+    let context = span.context();
     let span = context.span();
     let sampled = span.span_context();
     if !sampled.is_valid() || !sampled.is_sampled() {

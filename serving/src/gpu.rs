@@ -62,8 +62,13 @@ pub fn devices() -> Result<Vec<Device>, String> {
 /// One device's figures.
 pub fn device(ordinal: usize) -> Result<Device, String> {
     driver()?;
+    let context = CudaContext::new(ordinal).map_err(|e| format!("device {ordinal}: opening its context: {e}"))?;
+    read(&context)
+}
+
+fn read(context: &CudaContext) -> Result<Device, String> {
+    let ordinal = context.ordinal();
     let failed = |what: &'static str| move |e: cudarc::driver::DriverError| format!("device {ordinal}: {what}: {e}");
-    let context = CudaContext::new(ordinal).map_err(failed("opening its context"))?;
     let (free, total) = context.mem_get_info().map_err(failed("reading its memory"))?;
     Ok(Device {
         ordinal,
@@ -78,17 +83,19 @@ pub fn device(ordinal: usize) -> Result<Device, String> {
 pub const MEMORY_EVERY: Duration = Duration::from_secs(5);
 
 /// Exports device `ordinal`'s memory (used and total) every [`MEMORY_EVERY`] for the life of
-/// the process, on a thread of its own (driver calls block). Returns why not when the device
-/// cannot be read at all.
+/// the process, on a thread of its own (driver calls block), holding the device's primary
+/// context (ONNX Runtime's CUDA provider works in the same one, so holding it costs nothing
+/// more). Returns why not when the device cannot be read at all.
 pub fn export_memory(ordinal: usize) -> Result<(), String> {
-    let first = device(ordinal)?;
-    crate::metrics::gpu_memory(&first);
+    driver()?;
+    let context = CudaContext::new(ordinal).map_err(|e| format!("device {ordinal}: opening its context: {e}"))?;
+    crate::metrics::gpu_memory(&read(&context)?);
     std::thread::Builder::new()
         .name("gpu-memory".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(MEMORY_EVERY);
-                match device(ordinal) {
+                match read(&context) {
                     Ok(device) => crate::metrics::gpu_memory(&device),
                     Err(e) => tracing::warn!(error = %e, "cannot read the GPU's memory"),
                 }

@@ -160,8 +160,9 @@ async fn status_shows_the_loop(stack: &Stack, addr: SocketAddr) {
 }
 
 /// One ranking request sent with a W3C trace context: serving's spans (the request, its
-/// stages, the impression log) continue the caller's trace, and the ingester's span of each of
-/// its impressions, in another process, is a child of the impression log's, ended once applied.
+/// stages, the impression log) continue the caller's trace; the ingester's span of each of its
+/// impressions, in another process, is a child of the impression log's, ended once applied;
+/// and each impression's training example, written to the log, is a child of that.
 async fn a_trace_crosses_processes(stack: &Stack, addr: SocketAddr, received: &crate::observability::Received) {
     let requests = stack.run(&["sim", "requests", "-n", "1"]).await;
     let body = requests.lines().find(|l| l.starts_with('{')).expect("a request");
@@ -181,8 +182,10 @@ async fn a_trace_crosses_processes(stack: &Stack, addr: SocketAddr, received: &c
         let spans: Vec<_> = received.lock().unwrap().iter().filter(|s| s.trace_id == trace).cloned().collect();
         let named = |name: &str| spans.iter().filter(|s| s.name == name).cloned().collect::<Vec<_>>();
         let (rank, logged, events) = (named("rank"), named("impression_log"), named("ingest.event"));
+        let examples = named("training_example");
         if let ([rank], [logged]) = (&rank[..], &logged[..])
             && events.len() >= shown
+            && examples.len() >= shown
         {
             assert_eq!((rank.service.as_str(), rank.parent_span_id.as_str()), ("adrank-serve", caller), "{rank:?}");
             assert_eq!(rank.attributes.get("http.response.status_code").map(String::as_str), Some("200"));
@@ -195,6 +198,12 @@ async fn a_trace_crosses_processes(stack: &Stack, addr: SocketAddr, received: &c
                 assert_eq!(event.service, "adrank-ingest", "{event:?}");
                 assert_eq!(event.parent_span_id, logged.span_id, "{event:?} under {logged:?}");
                 assert_eq!(event.attributes.get("outcome").map(String::as_str), Some("applied"), "{event:?}");
+            }
+            // The request's time is the world's first, long past the history's clicks: each
+            // impression's window closes at once, and its example is in the next log commit.
+            for example in &examples {
+                assert!(events.iter().any(|e| e.span_id == example.parent_span_id), "{example:?} under {events:?}");
+                assert_eq!(example.attributes.get("outcome").map(String::as_str), Some("written"), "{example:?}");
             }
             return;
         }

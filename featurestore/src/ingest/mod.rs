@@ -192,6 +192,10 @@ pub struct Ingester {
     /// Ends when the latest round's apply task has: the next one starts its calls after it.
     applying: Option<tokio::sync::oneshot::Receiver<()>>,
     totals: Totals,
+    /// The context of each traced impression waiting in a join, by partition and impression id:
+    /// its example's span continues the trace once the window closes (at most
+    /// [`round::TRACED_WAITING`]).
+    traced_waiting: HashMap<(i32, String), crate::trace_context::Carried>,
 }
 
 impl std::fmt::Debug for Ingester {
@@ -247,6 +251,7 @@ impl Ingester {
             in_flight: VecDeque::new(),
             applying: None,
             totals: Totals::default(),
+            traced_waiting: HashMap::new(),
         })
     }
 

@@ -1,7 +1,7 @@
 //! One round of the ingester: load new partitions, decode, apply to Redis, commit the log.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     time::Instant,
 };
 
@@ -17,7 +17,7 @@ use crate::{
 };
 use adrank_contracts::{
     events::{AdRecord, Click, Event, Impression, UserProfile},
-    training_log::{Commit, CommitRequest, Joiner},
+    training_log::{Commit, CommitRequest, Example, Joiner},
 };
 
 /// A decoded message.
@@ -77,13 +77,19 @@ impl Read<'_> {
 /// one, the next is queued behind it, so Redis never waits for a round to be decoded.
 const APPLIES_QUEUED: usize = 2;
 
+/// Traced impressions waiting in joins, at most: beyond, an impression's example is not traced.
+pub(super) const TRACED_WAITING: usize = 10_000;
+
 /// Messages decoded between yields to the runtime.
 const YIELD_EVERY: usize = 256;
 
 /// The span of an event that arrived with a trace context, while this process exports spans:
 /// a child of the span that sent it (serving's impression log, for an impression).
 fn traced(message: &BorrowedMessage<'_>) -> Option<tracing::Span> {
-    let headers = message.headers().filter(|_| crate::trace_context::exporting())?;
+    if !crate::trace_context::exporting() {
+        return None;
+    }
+    let headers = message.headers()?;
     let span = tracing::info_span!(
         "ingest.event",
         topic = message.topic(),
@@ -92,6 +98,32 @@ fn traced(message: &BorrowedMessage<'_>) -> Option<tracing::Span> {
         outcome = tracing::field::Empty,
     );
     crate::trace_context::adopt_from_kafka(&span, headers).then_some(span)
+}
+
+/// The spans of the closed examples of traced impressions, each a child of its impression's
+/// `ingest.event` span, ending once the log commit that writes them has.
+fn example_spans(
+    waiting: &mut HashMap<(i32, String), crate::trace_context::Carried>,
+    partition: i32,
+    examples: &[Example],
+) -> Vec<tracing::Span> {
+    if waiting.is_empty() {
+        return Vec::new();
+    }
+    let mut spans = Vec::new();
+    for example in examples {
+        let Some(carried) = waiting.remove(&(partition, example.impression.impression_id.clone())) else { continue };
+        let span = tracing::info_span!(
+            "training_example",
+            partition,
+            offset = example.offset,
+            clicks = example.clicks,
+            outcome = tracing::field::Empty,
+        );
+        crate::trace_context::adopt(&span, carried.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
+        spans.push(span);
+    }
+    spans
 }
 
 /// A partition's share of one round, in chunks of about `max_apply_records` records, each
@@ -178,7 +210,6 @@ impl Ingester {
             let share = shares.entry((kind, partition)).or_default();
             // A refused event goes in a chunk too, with no updates: the watermark moves past it.
             let chunk = apply.then(|| share.chunk(offset, max_records));
-            let joiner = self.logs.get_mut(&partition).map(|l| &mut l.joiner);
             let source = (message.topic(), partition, offset);
             let traced = traced(&message);
             let entered = traced.as_ref().map(tracing::Span::enter);
@@ -191,9 +222,17 @@ impl Ingester {
                         deliveries.push(self.dead_letters.send(source, message.payload(), &refusal)?);
                         self.totals.dead_letters += 1;
                     }
-                    feed(joiner, kind, offset, None);
+                    feed(self.logs.get_mut(&partition).map(|l| &mut l.joiner), kind, offset, None);
                 }
                 Ok(decoded) => {
+                    if let (Some(span), Decoded::Impression(impression)) = (&traced, &decoded)
+                        && self.logs.contains_key(&partition)
+                        && self.traced_waiting.len() < TRACED_WAITING
+                        && let Some(carried) = crate::trace_context::of(span)
+                    {
+                        self.traced_waiting.insert((partition, impression.impression_id.clone()), carried);
+                    }
+                    let joiner = self.logs.get_mut(&partition).map(|l| &mut l.joiner);
                     if let Some(chunk) = chunk {
                         fold(&mut chunk.updates, &mut chunk.event_times, &prefix, &decoded);
                         chunk.spans.extend(traced.clone());
@@ -319,6 +358,7 @@ impl Ingester {
     /// Drops a partition's log state, keeping the commit it has under way (which cannot be
     /// called back: its record may be written already).
     pub(super) fn drop_log(&mut self, partition: i32) {
+        self.traced_waiting.retain(|(waiting, _), _| *waiting != partition);
         if let Some(task) = self.logs.remove(&partition).and_then(|log| log.committing) {
             self.abandoned_commits.insert(partition, task);
         }
@@ -474,8 +514,15 @@ impl Ingester {
             let (late_clicks, orphan_clicks) = log.joiner.take_counts();
             let request = CommitRequest { partition, seq: log.next_seq, checkpoint, late_clicks, orphan_clicks };
             let training_log = self.log.clone();
-            log.committing =
-                Some(tokio::spawn(async move { training_log.commit(request, examples).await.map_err(Error::from) }));
+            let spans = example_spans(&mut self.traced_waiting, partition, &examples);
+            log.committing = Some(tokio::spawn(async move {
+                let committed = training_log.commit(request, examples).await.map_err(Error::from);
+                let outcome = if committed.is_ok() { "written" } else { "failed" };
+                spans.iter().for_each(|span| {
+                    span.record("outcome", outcome);
+                });
+                committed
+            }));
         }
         if force {
             self.finish_log_commits(true).await?;
