@@ -32,6 +32,12 @@ pub fn exporting() -> bool {
     EXPORTING.load(Ordering::Relaxed)
 }
 
+/// The span `make` makes while this process exports spans, else none: a span on the hot path
+/// costs nothing when nothing is exported, whatever the log level.
+pub fn span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if exporting() { make() } else { tracing::Span::none() }
+}
+
 /// A span context as the headers that carry it (`traceparent`, and `tracestate` when set).
 pub type Carried = Arc<[(String, String)]>;
 

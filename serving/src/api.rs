@@ -289,15 +289,14 @@ async fn timed_rank(
 /// A ranking request's span, a child of the caller's (a W3C `traceparent` header) when it sent
 /// one; none at all unless this process exports spans.
 fn rank_span(headers: &HeaderMap) -> tracing::Span {
-    if !trace_context::exporting() {
-        return tracing::Span::none();
-    }
-    let span = tracing::info_span!(
-        "rank",
-        otel.kind = "server",
-        http.route = "/v1/rank",
-        http.response.status_code = tracing::field::Empty,
-    );
+    let span = trace_context::span(|| {
+        tracing::info_span!(
+            "rank",
+            otel.kind = "server",
+            http.route = "/v1/rank",
+            http.response.status_code = tracing::field::Empty,
+        )
+    });
     trace_context::adopt(&span, headers.iter().map(|(name, value)| (name.as_str(), value.as_bytes())));
     span
 }
@@ -361,7 +360,7 @@ async fn click_handler(State(state): State<Arc<AppState>>, body: Bytes) -> Respo
 async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     // The plain parser first; only a body it refuses is parsed again, tracking the path, to
     // name the field (tracking every field of every valid request cost 5% of the CPU).
-    let parsing = tracing::info_span!("parse", bytes = body.len()).entered();
+    let parsing = trace_context::span(|| tracing::info_span!("parse", bytes = body.len())).entered();
     let request: RankRequest = match object::from_slice(&body) {
         Ok(request) => request,
         Err(_) => match serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body)) {
@@ -428,8 +427,8 @@ async fn rank_response(state: &Arc<AppState>, request: &RankRequest, route: crat
                 None => {
                     if let Some(log) = &state.impressions {
                         // The messages carry this span's context to the ingester.
-                        let _logging =
-                            tracing::info_span!("impression_log", impressions = served.impressions.len()).entered();
+                        let logging = || tracing::info_span!("impression_log", impressions = served.impressions.len());
+                        let _logging = trace_context::span(logging).entered();
                         log.log(served.impressions);
                     }
                 }

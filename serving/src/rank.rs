@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use adrank_featurestore::trace_context;
 use tracing::Instrument as _;
 
 use adrank_contracts::{
@@ -232,7 +233,7 @@ pub async fn rank(
         Some(reader) => {
             let fetch = reader.fetch(&request.user_id, &ads, request.context.event_time_ms);
             match tokio::time::timeout(budget / 2, fetch)
-                .instrument(tracing::info_span!("features", ads = ads.len()))
+                .instrument(trace_context::span(|| tracing::info_span!("features", ads = ads.len())))
                 .await
             {
                 Ok(Ok(fetched)) => Some(fetched),
@@ -259,13 +260,15 @@ pub async fn rank(
     context.insert("surface", RawValue::from(request.context.surface.as_str()));
     let rows = candidate_rows(&version.transformer, request, &fetched, &context);
     crate::metrics::queue_depth(version.batcher.queued());
-    let scoring = tracing::info_span!(
-        "score",
-        model_version = version.manifest.version,
-        queue_ms = tracing::field::Empty,
-        inference_ms = tracing::field::Empty,
-        batch_rows = tracing::field::Empty,
-    );
+    let scoring = trace_context::span(|| {
+        tracing::info_span!(
+            "score",
+            model_version = version.manifest.version,
+            queue_ms = tracing::field::Empty,
+            inference_ms = tracing::field::Empty,
+            batch_rows = tracing::field::Empty,
+        )
+    });
     let scored = version.batcher.score(rows, deadline).instrument(scoring.clone()).await?;
     // The batch is shared with other requests: its queue wait and run are this span's fields.
     scoring.record("queue_ms", ms(scored.queue));
