@@ -62,8 +62,10 @@ pub fn ablation_rows(truth: &Truth, served: &Served) -> Vec<(EntityTerms, bool)>
 /// calibration a model without those terms could have).
 pub fn ablations(rows: &[(EntityTerms, bool)]) -> Vec<Ablation> {
     type Removed = fn(&EntityTerms) -> f64;
-    let groups: [(&'static str, Removed); 5] = [
+    let groups: [(&'static str, Removed); 7] = [
         ("nothing (the oracle)", |_| 0.0),
+        ("users' individual taste", |t| t.user_individual),
+        ("users' and ads' individual taste (the learnable ceiling)", |t| t.user_individual + t.ad_individual),
         ("user-ad dot product", |t| t.dot),
         ("user bias and dot product", |t| t.user_bias + t.dot),
         ("ad bias and dot product", |t| t.ad_bias + t.dot),
@@ -108,8 +110,11 @@ mod tests {
         }
         let results = ablations(&rows);
         let ne: Vec<f64> = results.iter().map(|a| a.quality.normalised_entropy).collect();
-        assert_eq!(results.len(), 5);
-        assert!(ne[0] < ne[1] && ne[1] < ne[2] && ne[2] < ne[4], "{ne:?}");
+        assert_eq!(results.len(), 7);
+        // The oracle, then the learnable ceiling, then less and less of the truth.
+        assert!(ne[0] < ne[1] && ne[1] < ne[2] && ne[3] < ne[4] && ne[4] < ne[6], "{ne:?}");
+        // Most taste is shared by default: the ceiling loses less than the whole dot product.
+        assert!(ne[1] < ne[3], "{ne:?}");
         // The recalibrated oracle is the oracle: the world's truth is calibrated already.
         let plain = quality(&rows.iter().map(|(t, y)| (sigmoid(t.logit), *y)).collect::<Vec<_>>()).unwrap();
         assert!((plain.log_loss - results[0].quality.log_loss).abs() < 2e-4, "{plain:?} vs {:?}", results[0]);

@@ -41,6 +41,9 @@ struct ModelRef {
 struct RankedAd {
     ad_id: String,
     pctr: f64,
+    /// The prediction at the slot shown in, for the shown slots (when the server gives it).
+    #[serde(default)]
+    shown_pctr: Option<f64>,
     /// Present for the candidates the server logged as shown.
     #[serde(default)]
     impression_id: Option<String>,
@@ -106,11 +109,18 @@ pub struct Business {
     pub revenue: f64,
     /// True click probability x bid over the shown slots: revenue without the sampling noise.
     pub expected_revenue: f64,
-    /// The same for the oracle ranking of the same requests.
+    /// The same for the oracle ranking, the learnable ceiling's ranking and the baseline
+    /// ranking by bid alone, of the same requests.
     pub oracle_revenue: f64,
+    pub ceiling_revenue: f64,
+    pub bid_only_revenue: f64,
     /// Mean predicted CTR over the shown slots, beside the true one (calibration).
     pub predicted_ctr_sum: f64,
     pub true_ctr_sum: f64,
+    /// Every shown slot as (position, predicted CTR, true CTR), for calibration by position and
+    /// by predicted-CTR decile.
+    #[serde(skip)]
+    pub shown: Vec<(u16, f32, f32)>,
 }
 
 impl Business {
@@ -271,7 +281,10 @@ impl Ranking {
         };
         let expected = world.expected_revenue(request, &slate);
         let oracle = world.expected_revenue(request, &world.rank_by_truth(request));
-        let scores: Vec<f64> = reply.ranked[..shown].iter().map(|r| r.pctr).collect();
+        let ceiling = world.expected_revenue(request, &world.rank_by_ceiling(request));
+        let bid_only = world.expected_revenue(request, &world.rank_by_bid(request));
+        // Calibration compares the prediction where each ad is shown with its true CTR there.
+        let scores: Vec<f64> = reply.ranked[..shown].iter().map(|r| r.shown_pctr.unwrap_or(r.pctr)).collect();
         let version = reply.model.version.to_string();
         let served = world.serve(request, &slate, Some(&scores), (&reply.model.name, &version));
         drop(world);
@@ -301,8 +314,13 @@ impl Ranking {
             .sum::<f64>();
         b.expected_revenue += expected;
         b.oracle_revenue += oracle;
+        b.ceiling_revenue += ceiling;
+        b.bid_only_revenue += bid_only;
         b.predicted_ctr_sum += scores.iter().sum::<f64>();
         b.true_ctr_sum += served.impressions.iter().filter_map(|i| i.oracle_p).sum::<f64>();
+        for (i, score) in served.impressions.iter().zip(&scores) {
+            b.shown.push((i.position, *score as f32, i.oracle_p.unwrap_or(0.0) as f32));
+        }
     }
 }
 

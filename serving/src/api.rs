@@ -531,6 +531,7 @@ mod tests {
             bid: 1.0,
             pctr: 0.1,
             expected_value: 0.1,
+            shown_pctr: Some(0.1),
             impression_id: Some("r:0".into()),
             position: 0,
         };

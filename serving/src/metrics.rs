@@ -28,6 +28,7 @@ pub const ORT_ERRORS: &str = "adrank_serving_inference_errors_total";
 pub const CONNECTIONS_CLOSED: &str = "adrank_serving_connections_closed_total";
 pub const ARM_SECONDS: &str = adrank_contracts::arm_requests::METRIC;
 pub const SHADOW: &str = "adrank_serving_shadow_requests_total";
+pub const SHOWN_RESCORED: &str = "adrank_serving_shown_rescored_total";
 pub const SHADOW_SECONDS: &str = "adrank_serving_shadow_seconds";
 pub const SHADOW_PSI: &str = "adrank_serving_shadow_psi";
 pub const SHADOW_AGREEMENT: &str = "adrank_serving_shadow_topk_agreement";
@@ -66,6 +67,11 @@ pub fn describe() {
         "Requests copied to a shadowed candidate, by outcome (scored, failed, dropped: no place free)."
     );
     describe_histogram!(SHADOW_SECONDS, "Time the shadowed candidate took to score a copy.");
+    describe_counter!(
+        SHOWN_RESCORED,
+        "Requests whose shown slots were scored again at their positions, by outcome (scored, failed: the \
+         impressions keep the top slot's score)."
+    );
     describe_gauge!(SHADOW_PSI, "Population stability index of the shadowed candidate's scores against production's.");
     describe_gauge!(
         SHADOW_AGREEMENT,
@@ -122,6 +128,10 @@ const IDLE_HISTOGRAMS: Duration = Duration::from_secs(8 * 3600);
 
 pub(crate) fn shadow(outcome: &'static str) {
     counter!(SHADOW, "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn shown_rescored(outcome: &'static str) {
+    counter!(SHOWN_RESCORED, "outcome" => outcome).increment(1);
 }
 
 pub(crate) fn shadow_seconds(seconds: f64) {

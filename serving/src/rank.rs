@@ -67,9 +67,16 @@ pub struct Ranked {
     pub ad_id: String,
     pub advertiser_id: String,
     pub bid: f64,
+    /// The predicted click probability at the top slot: what candidates are ranked by.
     pub pctr: f64,
     /// pCTR x bid.
     pub expected_value: f64,
+    /// For the shown slots: the predicted click probability at the slot shown in (the model
+    /// scores them again at their positions; equal to `pctr` at the top). This is what the
+    /// impression logs as its score. Absent past the slots, for a model without a position
+    /// input, and when the second scoring missed the deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shown_pctr: Option<f64>,
     /// For the candidates shown (the first `serving.slots`): the impression's id, unique
     /// whatever the request sent (clicks name it). Absent past the slots: scored, not shown,
     /// not logged.
@@ -147,9 +154,8 @@ struct CandidateView<'s, 'a> {
     ad: &'s [Option<&'a RawValue>],
     own: &'a RawFeatures,
     bid: RawValue,
+    slot: RawValue,
 }
-
-const TOP_SLOT: RawValue = RawValue::Num(0.0);
 
 impl Lookup for CandidateView<'_, '_> {
     fn get(&self, input: Input<'_>) -> Option<&RawValue> {
@@ -158,7 +164,7 @@ impl Lookup for CandidateView<'_, '_> {
             return Some(&self.bid);
         }
         if Some(i) == self.shared.position {
-            return Some(&TOP_SLOT);
+            return Some(&self.slot);
         }
         if !self.own.is_empty()
             && let Some(value) = self.own.get(input.name)
@@ -192,16 +198,34 @@ pub(crate) fn candidate_rows(
     fetched: &Fetched,
     context: &RawFeatures,
 ) -> Rows {
-    let mut rows = Rows { rows: request.candidates.len(), ..Rows::default() };
+    slot_rows(transformer, (request, fetched, context), (0..request.candidates.len()).map(|i| (i, 0)))
+}
+
+/// The rows of `(candidate index, slot)` pairs: the same candidates' rows scored for other slots
+/// than the top (the shown ones, at their positions).
+pub(crate) fn slot_rows(
+    transformer: &Transformer,
+    (request, fetched, context): (&RankRequest, &Fetched, &RawFeatures),
+    which: impl Iterator<Item = (usize, u32)>,
+) -> Rows {
+    let mut rows = Rows::default();
     let inputs = transformer.inputs();
     let shared = Shared::new(inputs, &fetched.user, context);
     let (mut ad, mut scratch) = (Vec::with_capacity(inputs.len()), (Vec::new(), Vec::new()));
-    rows.ids.reserve(request.candidates.len() * transformer.id_width());
-    rows.dense.reserve(request.candidates.len() * transformer.dense_width());
-    for (candidate, stored) in request.candidates.iter().zip(&fetched.ads) {
-        shared.ad_layer(inputs, stored, (&mut scratch.0, &mut scratch.1), &mut ad);
-        let view =
-            CandidateView { shared: &shared, ad: &ad, own: &candidate.features, bid: RawValue::Num(candidate.bid) };
+    let expected = which.size_hint().0;
+    rows.ids.reserve(expected * transformer.id_width());
+    rows.dense.reserve(expected * transformer.dense_width());
+    for (i, slot) in which {
+        rows.rows += 1;
+        let candidate = &request.candidates[i];
+        shared.ad_layer(inputs, &fetched.ads[i], (&mut scratch.0, &mut scratch.1), &mut ad);
+        let view = CandidateView {
+            shared: &shared,
+            ad: &ad,
+            own: &candidate.features,
+            bid: RawValue::Num(candidate.bid),
+            slot: RawValue::Num(f64::from(slot)),
+        };
         transformer.transform(&view, &mut rows.ids, &mut rows.dense);
     }
     rows
@@ -282,6 +306,8 @@ pub async fn rank(
     let slots = config.slots as usize;
     order.truncate(request.top_k.map_or(slots, |k| k as usize));
     let shown = order.len().min(slots);
+    let at_slot = at_positions(version, (request, &fetched, &context), &order[..shown], &scored.scores, deadline).await;
+    let shown_score = |position: usize, i: usize| at_slot.as_ref().map_or(scored.scores[i], |s| s[position]);
     let reply = crate::ids::reply();
     let manifest = &version.manifest;
     // Only a shadowed request needs them once the reply is built.
@@ -303,7 +329,7 @@ pub async fn rank(
                 surface: request.context.surface.clone(),
                 model_name: manifest.name.clone(),
                 model_version: manifest.version.to_string(),
-                score: f64::from(scored.scores[i]),
+                score: f64::from(shown_score(position, i)),
                 bid: c.bid,
                 // The record as the trainer reads it: every layer, without the slot (the
                 // trainer takes the served one).
@@ -325,6 +351,7 @@ pub async fn rank(
                 bid: c.bid,
                 pctr: f64::from(scored.scores[i]),
                 expected_value: value(i),
+                shown_pctr: at_slot.as_ref().and_then(|s| s.get(position)).map(|&p| f64::from(p)),
                 impression_id: (position < shown).then(|| crate::ids::impression(&reply, position)),
                 position: position as u32,
             }
@@ -362,6 +389,38 @@ pub async fn rank(
         impressions,
     };
     Ok(Served { response, impressions: Vec::new(), shadow: Some(job) })
+}
+
+/// The shown candidates' (`shown`, in slot order) click probabilities at their slots: the top's
+/// is its row already scored, the others are scored again with their position. `None` for a
+/// model without a position input, or when the second run fails (the caller keeps the top
+/// slot's scores and the metric counts it).
+async fn at_positions(
+    version: &LoadedVersion,
+    parts: (&RankRequest, &Fetched, &RawFeatures),
+    shown: &[usize],
+    top: &[f32],
+    deadline: Instant,
+) -> Option<Vec<f32>> {
+    let (&first, rest) = shown.split_first()?;
+    if !version.transformer.inputs().iter().any(|i| i == POSITION_FIELD) {
+        return None;
+    }
+    let mut scores = Vec::with_capacity(shown.len());
+    scores.push(top[first]);
+    if !rest.is_empty() {
+        let rows = slot_rows(&version.transformer, parts, rest.iter().zip(1..).map(|(&i, slot)| (i, slot)));
+        match version.batcher.score(rows, deadline).await {
+            Ok(scored) => scores.extend(scored.scores),
+            Err(e) => {
+                crate::metrics::shown_rescored("failed");
+                tracing::debug!(error = %e, "the shown slots were not scored at their positions");
+                return None;
+            }
+        }
+    }
+    crate::metrics::shown_rescored("scored");
+    Some(scores)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -433,13 +492,23 @@ mod tests {
         let shared = Shared::new(inputs, &user, &context);
         let (mut resolved, mut scratch) = (Vec::new(), (Vec::new(), Vec::new()));
         shared.ad_layer(inputs, &stored, (&mut scratch.0, &mut scratch.1), &mut resolved);
-        let view = CandidateView { shared: &shared, ad: &resolved, own: &candidate, bid: RawValue::Num(1.5) };
-        let (mut ids, mut dense) = (Vec::new(), Vec::new());
-        transformer.transform(&view, &mut ids, &mut dense);
-        let mut trained = logged.clone();
-        trained.insert(POSITION_FIELD, RawValue::Num(0.0));
-        let (mut ids2, mut dense2) = (Vec::new(), Vec::new());
-        transformer.transform(&trained, &mut ids2, &mut dense2);
-        assert_eq!((ids, dense), (ids2, dense2));
+        // At the top slot, as every candidate is ranked, and at a lower one, as the shown slots
+        // are scored again: the trainer reads the logged record with the served position.
+        for slot in [0u32, 3] {
+            let view = CandidateView {
+                shared: &shared,
+                ad: &resolved,
+                own: &candidate,
+                bid: RawValue::Num(1.5),
+                slot: RawValue::Num(f64::from(slot)),
+            };
+            let (mut ids, mut dense) = (Vec::new(), Vec::new());
+            transformer.transform(&view, &mut ids, &mut dense);
+            let mut trained = logged.clone();
+            trained.insert(POSITION_FIELD, RawValue::Num(f64::from(slot)));
+            let (mut ids2, mut dense2) = (Vec::new(), Vec::new());
+            transformer.transform(&trained, &mut ids2, &mut dense2);
+            assert_eq!((ids, dense), (ids2, dense2), "slot {slot}");
+        }
     }
 }

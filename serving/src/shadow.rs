@@ -19,6 +19,7 @@ use std::{
 use adrank_contracts::{
     events::{Impression, RawFeatures},
     request::RankRequest,
+    spec::POSITION_FIELD,
 };
 use adrank_featurestore::online::Fetched;
 
@@ -177,11 +178,18 @@ impl Job {
     /// Scores the copy, records the comparison, and logs the impressions with the candidate's
     /// scores.
     pub async fn run(mut self, gate: &Gate, log: Option<&ImpressionLog>) {
-        let rows =
-            crate::rank::candidate_rows(&self.candidate.transformer, &self.request, &self.fetched, &self.context);
+        // Every candidate at the top slot (to rank as production did), then production's shown
+        // slots below the top at their positions (the impressions' scores), in one run.
+        let n = self.request.candidates.len();
+        let positioned = self.candidate.transformer.inputs().iter().any(|i| i == POSITION_FIELD);
+        let below_top: &[usize] = if positioned { self.shown.get(1..).unwrap_or_default() } else { &[] };
+        let which = (0..n).map(|i| (i, 0)).chain(below_top.iter().zip(1..).map(|(&i, slot)| (i, slot)));
+        let parts = (&self.request, &self.fetched, &self.context);
+        let rows = crate::rank::slot_rows(&self.candidate.transformer, parts, which);
         let started = Instant::now();
         match self.candidate.batcher.score(rows, started + gate.deadline).await {
-            Ok(scored) => {
+            Ok(mut scored) => {
+                let at_slot = scored.scores.split_off(n);
                 crate::metrics::shadow("scored");
                 crate::metrics::shadow_seconds(started.elapsed().as_secs_f64());
                 let value = |scores: &[f32], i: usize| f64::from(scores[i]) * self.request.candidates[i].bid;
@@ -191,8 +199,12 @@ impl Job {
                 let agreed = self.shown.iter().filter(|i| order[..k].contains(i)).count();
                 let agreement = if k == 0 { 1.0 } else { agreed as f64 / k as f64 };
                 gate.record(self.rollout, &self.scores, &scored.scores, agreement);
-                for (impression, &i) in self.impressions.iter_mut().zip(&self.shown) {
-                    impression.shadow_score = Some(f64::from(scored.scores[i]));
+                for (position, (impression, &i)) in self.impressions.iter_mut().zip(&self.shown).enumerate() {
+                    let score = match position.checked_sub(1) {
+                        Some(below) if positioned => at_slot[below],
+                        _ => scored.scores[i],
+                    };
+                    impression.shadow_score = Some(f64::from(score));
                 }
             }
             Err(e) => {

@@ -263,21 +263,54 @@ fn render_tables(report: &Report) -> String {
     }
     let mut out = table.render();
     if !report.versions.is_empty() {
-        let mut business =
-            Table::new(["VERSION", "REQUESTS", "CTR", "RPM", "EXPECTED RPM", "ORACLE RPM", "REGRET RPM"]);
+        let mut business = Table::new([
+            "VERSION",
+            "REQUESTS",
+            "CTR",
+            "PCTR / TRUE",
+            "RPM",
+            "EXPECTED RPM",
+            "BID-ONLY RPM",
+            "CEILING RPM",
+            "ORACLE RPM",
+            "VS BID-ONLY",
+            "VS CEILING",
+        ]);
         for v in &report.versions {
             business.row(vec![
                 v.version.clone(),
                 v.requests.to_string(),
                 format!("{:.4}", v.ctr),
+                format!("{:.4} / {:.4}", v.predicted_ctr, v.true_ctr),
                 format!("{:.2}", v.rpm),
                 format!("{:.2}", v.expected_rpm),
+                format!("{:.2}", v.bid_only_rpm),
+                format!("{:.2}", v.ceiling_rpm),
                 format!("{:.2}", v.oracle_rpm),
-                format!("{:.2}", v.regret_rpm),
+                format!("{:.2}x", v.expected_rpm / v.bid_only_rpm),
+                format!("{:.2}x", v.expected_rpm / v.ceiling_rpm),
             ]);
         }
         out.push('\n');
         out.push_str(&business.render());
+        let mut calibration = Table::new(["VERSION", "BY", "GROUP", "SLOTS", "PREDICTED CTR", "TRUE CTR", "RATIO"]);
+        for v in &report.versions {
+            for (by, groups) in [("position", &v.calibration_by_position), ("pCTR decile", &v.calibration_by_decile)] {
+                for c in groups {
+                    calibration.row(vec![
+                        v.version.clone(),
+                        by.into(),
+                        c.group.clone(),
+                        c.slots.to_string(),
+                        format!("{:.4}", c.predicted_ctr),
+                        format!("{:.4}", c.true_ctr),
+                        format!("{:.2}", c.ratio()),
+                    ]);
+                }
+            }
+        }
+        out.push('\n');
+        out.push_str(&calibration.render());
     }
     out
 }

@@ -52,7 +52,15 @@ async fn the_demo_runs_the_whole_chain_and_ends_with_a_report() {
     assert_eq!(versions.len(), 1, "{json}");
     assert_eq!(versions[0]["version"], "ctr/1", "the model the demo trained served");
     assert_eq!(versions[0]["requests"], run["measured"]);
-    assert!(versions[0]["oracle_rpm"].as_f64().unwrap() >= versions[0]["expected_rpm"].as_f64().unwrap() * 0.99);
+    let figure = |key: &str| versions[0][key].as_f64().unwrap_or_else(|| panic!("no {key}: {json}"));
+    assert!(figure("oracle_rpm") >= figure("expected_rpm") * 0.99);
+    // The same requests ranked by the learnable ceiling and by bid alone, beside the oracle.
+    assert!(figure("oracle_rpm") >= figure("ceiling_rpm") * 0.99 && figure("ceiling_rpm") > figure("bid_only_rpm"));
+    let by_position = versions[0]["calibration_by_position"].as_array().unwrap();
+    assert_eq!(by_position.len(), 5, "one calibration row per shown slot: {by_position:?}");
+    let slots: u64 = by_position.iter().map(|c| c["slots"].as_u64().unwrap()).sum();
+    assert_eq!(Some(slots), versions[0]["impressions"].as_u64(), "every shown slot counted once");
+    assert_eq!(versions[0]["calibration_by_decile"].as_array().unwrap().len(), 10);
     assert!(json["clicks"]["accepted"].as_u64().unwrap() > 0, "the world clicked and the server took the clicks");
     // Features came from Redis: a reply answered from defaults (Redis slower than half the
     // deadline: a CI machine running every test at once) may happen, but not as a rule.

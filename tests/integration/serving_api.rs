@@ -180,12 +180,22 @@ async fn ranks_world_requests_and_names_every_bad_field() {
         assert_eq!((&logged.ad_id, logged.position as u32), (&served.ad_id, served.position));
         assert_eq!(Some(&logged.impression_id), served.impression_id.as_ref());
         assert_eq!(logged.model_version, "1");
-        assert!((logged.score - served.pctr).abs() < 1e-9);
+        // The impression's score is the prediction where it was shown.
+        let at_slot = served.shown_pctr.expect("a shown slot's prediction at its position");
+        assert!((logged.score - at_slot).abs() < 1e-9, "{} vs {at_slot}", logged.score);
         assert_eq!(logged.features.get("bid"), Some(&adrank_contracts::events::RawValue::Num(served.bid)));
         assert!(logged.features.contains_key("surface") && logged.features.contains_key("user_id"));
         assert!(!logged.features.contains_key("position"), "the slot is the impression's, not a logged feature");
     }
     assert_eq!(log.stats().dropped, 0);
+    // The top slot's is its ranking score; lower slots were scored again with their position
+    // (the test model's position embedding is random, so each slot's prediction differs).
+    assert_eq!(top.ranked[0].shown_pctr, Some(top.ranked[0].pctr));
+    assert!(
+        top.ranked[1..].iter().all(|r| r.shown_pctr.is_some_and(|p| (p - r.pctr).abs() > 1e-7)),
+        "{:?}",
+        top.ranked
+    );
 
     // A caller reusing its request id, asking for more than the slots: the shown slots get ids
     // of their own, the rest none, and only the slots are logged.
@@ -194,7 +204,10 @@ async fn ranks_world_requests_and_names_every_bad_field() {
     assert_eq!(status, 200, "{text}");
     let again = serde_json::from_str::<RankResponse>(&text).unwrap();
     assert_eq!(again.ranked.len(), 8);
-    assert!(again.ranked[5..].iter().all(|r| r.impression_id.is_none()), "past the slots: not shown");
+    assert!(
+        again.ranked[5..].iter().all(|r| r.impression_id.is_none() && r.shown_pctr.is_none()),
+        "past the slots: not shown"
+    );
     let both = read_impressions(&broker.config, &topic, "top-five", 10).await;
     let ids: std::collections::HashSet<&str> = both.iter().map(|i| i.impression_id.as_str()).collect();
     assert_eq!(ids.len(), 10, "a reused request id never reuses an impression id: {ids:?}");

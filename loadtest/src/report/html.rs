@@ -152,6 +152,7 @@ const P50: RGBColor = RGBColor(31, 119, 180);
 const P99: RGBColor = RGBColor(214, 39, 40);
 const MAX: RGBColor = RGBColor(127, 127, 127);
 const THROUGHPUT: RGBColor = RGBColor(44, 160, 44);
+const CEILING: RGBColor = RGBColor(148, 103, 189);
 
 fn table(out: &mut String, head: &[&str], rows: &[Vec<String>]) {
     out.push_str("<table><tr>");
@@ -322,8 +323,12 @@ pub fn render(report: &Report) -> String {
                     format!("{:.4} / {:.4}", v.predicted_ctr, v.true_ctr),
                     format!("{:.2}", v.rpm),
                     format!("{:.2}", v.expected_rpm),
+                    format!("{:.2}", v.bid_only_rpm),
+                    format!("{:.2}", v.ceiling_rpm),
                     format!("{:.2}", v.oracle_rpm),
                     format!("{:.2}", v.regret_rpm),
+                    format!("{:.2}x", v.expected_rpm / v.bid_only_rpm),
+                    format!("{:.2}x", v.expected_rpm / v.ceiling_rpm),
                     format!("{:.1}%", 100.0 * v.oracle_share),
                 ]
             })
@@ -338,12 +343,37 @@ pub fn render(report: &Report) -> String {
                 "pCTR / true CTR",
                 "RPM",
                 "expected RPM",
+                "bid-only RPM",
+                "ceiling RPM",
                 "oracle RPM",
                 "regret RPM",
+                "vs bid-only",
+                "vs ceiling",
                 "of oracle",
             ],
             &rows,
         );
+        let rows: Vec<Vec<String>> = report
+            .versions
+            .iter()
+            .flat_map(|v| {
+                let position = v.calibration_by_position.iter().map(move |c| (v, "position", c));
+                position.chain(v.calibration_by_decile.iter().map(move |c| (v, "pCTR decile", c)))
+            })
+            .map(|(v, by, c)| {
+                vec![
+                    v.version.clone(),
+                    by.into(),
+                    escape(&c.group),
+                    c.slots.to_string(),
+                    format!("{:.4}", c.predicted_ctr),
+                    format!("{:.4}", c.true_ctr),
+                    format!("{:.2}", c.ratio()),
+                ]
+            })
+            .collect();
+        out.push_str("<h3>Calibration of the shown slots</h3>");
+        table(&mut out, &["version", "by", "group", "slots", "predicted CTR", "true CTR", "predicted / true"], &rows);
         let labels: Vec<String> = report.versions.iter().map(|v| v.version.clone()).collect();
         out.push_str(&bars(
             "Revenue per thousand requests, by version",
@@ -352,13 +382,16 @@ pub fn render(report: &Report) -> String {
             &[
                 ("realised", P50, report.versions.iter().map(|v| v.rpm).collect()),
                 ("expected (true CTR x bid)", THROUGHPUT, report.versions.iter().map(|v| v.expected_rpm).collect()),
+                ("bid-only ranking", P99, report.versions.iter().map(|v| v.bid_only_rpm).collect()),
+                ("learnable ceiling's ranking", CEILING, report.versions.iter().map(|v| v.ceiling_rpm).collect()),
                 ("oracle ranking", MAX, report.versions.iter().map(|v| v.oracle_rpm).collect()),
             ],
         ));
         out.push_str(
             "<p class=\"note\">RPM: revenue (bids of clicked ads) per thousand requests. Expected figures use the world's true \
-             click probabilities of the shown slots; the oracle ranks the same candidates by true probability x bid. \
-             Regret is what the version lost against the oracle.</p>",
+             click probabilities of the shown slots; the oracle ranks the same candidates by true probability x bid, \
+             the learnable ceiling by the truth without users' and ads' individual taste (what a model learns from attributes) x bid, \
+             the baseline by bid alone. Regret is what the version lost against the oracle.</p>",
         );
         if let Some(clicks) = &report.clicks {
             let _ = write!(

@@ -202,6 +202,66 @@ pub struct VersionFigures {
     /// oracle_rpm - expected_rpm.
     pub regret_rpm: f64,
     pub oracle_share: f64,
+    /// Expected RPM of ranking the same requests by the learnable ceiling's predictor (the best
+    /// any model can do) and by bid alone (the world's baseline).
+    pub ceiling_rpm: f64,
+    pub bid_only_rpm: f64,
+    /// Mean predicted against mean true CTR of the shown slots, by position and by decile of the
+    /// predicted CTR.
+    pub calibration_by_position: Vec<Calibration>,
+    pub calibration_by_decile: Vec<Calibration>,
+}
+
+/// Predicted against true CTR over a group of shown slots.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Calibration {
+    /// The position (`0`, `1`, …) or the decile's range of predicted CTR.
+    pub group: String,
+    pub slots: u64,
+    pub predicted_ctr: f64,
+    pub true_ctr: f64,
+}
+
+impl Calibration {
+    fn of(group: String, slots: &[(u16, f32, f32)]) -> Self {
+        let n = slots.len().max(1) as f64;
+        Self {
+            group,
+            slots: slots.len() as u64,
+            predicted_ctr: slots.iter().map(|s| f64::from(s.1)).sum::<f64>() / n,
+            true_ctr: slots.iter().map(|s| f64::from(s.2)).sum::<f64>() / n,
+        }
+    }
+
+    /// Predicted over true: 1 is calibrated.
+    pub fn ratio(&self) -> f64 {
+        if self.true_ctr > 0.0 { self.predicted_ctr / self.true_ctr } else { f64::NAN }
+    }
+}
+
+/// Calibration of `shown` slots by position, and by decile of the predicted CTR.
+fn calibration(shown: &[(u16, f32, f32)]) -> (Vec<Calibration>, Vec<Calibration>) {
+    let positions = shown.iter().map(|s| s.0).max().map_or(0, |p| p + 1);
+    let by_position = (0..positions)
+        .map(|p| {
+            let at: Vec<_> = shown.iter().copied().filter(|s| s.0 == p).collect();
+            Calibration::of(p.to_string(), &at)
+        })
+        .collect();
+    let mut sorted = shown.to_vec();
+    sorted.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let by_decile = if sorted.len() < 10 {
+        Vec::new()
+    } else {
+        (0..10)
+            .map(|d| {
+                let part = &sorted[d * sorted.len() / 10..(d + 1) * sorted.len() / 10];
+                let (low, high) = (part.first().map_or(0.0, |s| s.1), part.last().map_or(0.0, |s| s.1));
+                Calibration::of(format!("{low:.4}-{high:.4}"), part)
+            })
+            .collect()
+    };
+    (by_position, by_decile)
 }
 
 /// The figures of every version that served.
@@ -211,6 +271,7 @@ pub fn versions(business: &BTreeMap<String, Business>) -> Vec<VersionFigures> {
         .map(|(version, b)| {
             let per_mille = 1000.0 / b.requests.max(1) as f64;
             let slots = b.impressions.max(1) as f64;
+            let (calibration_by_position, calibration_by_decile) = calibration(&b.shown);
             VersionFigures {
                 version: version.clone(),
                 requests: b.requests,
@@ -224,6 +285,10 @@ pub fn versions(business: &BTreeMap<String, Business>) -> Vec<VersionFigures> {
                 oracle_rpm: b.oracle_revenue * per_mille,
                 regret_rpm: b.regret_per_mille(),
                 oracle_share: b.oracle_share(),
+                ceiling_rpm: b.ceiling_revenue * per_mille,
+                bid_only_rpm: b.bid_only_revenue * per_mille,
+                calibration_by_position,
+                calibration_by_decile,
             }
         })
         .collect()

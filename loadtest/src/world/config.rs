@@ -29,6 +29,13 @@ pub struct WorldConfig {
     pub surfaces: Vec<String>,
     /// Dimension of the latent user and ad vectors.
     pub latent_dim: u32,
+    /// The share of a user's latent vector and bias (of their variance) that is its own; the
+    /// rest is the sum of components shared by its segment, country and device. 1 is the world
+    /// before shared taste (every user's taste its own).
+    pub user_individual_share: f64,
+    /// The same for an ad's latent vector and bias, shared by its category, advertiser and
+    /// format.
+    pub ad_individual_share: f64,
     /// The mean click-through rate of shown ads under the baseline policy (rank by bid); the
     /// global bias is calibrated to it.
     pub mean_ctr: f64,
@@ -69,6 +76,8 @@ impl Default for WorldConfig {
             countries: 20,
             surfaces: vec!["feed".into(), "search".into(), "sidebar".into()],
             latent_dim: 8,
+            user_individual_share: 0.2,
+            ad_individual_share: 0.3,
             mean_ctr: 0.02,
             position_decay: 0.7,
             candidates: 200,
@@ -112,8 +121,14 @@ impl WorldConfig {
         if !(self.mean_ctr > 0.0 && self.mean_ctr < 0.5) {
             problems.push(ConfigProblem::new("mean_ctr", format!("is {}; expected between 0 and 0.5", self.mean_ctr)));
         }
-        if !(0.0..=1.0).contains(&self.relevant_fraction) {
-            problems.push(ConfigProblem::new("relevant_fraction", "expected a fraction in [0, 1]"));
+        for (key, value) in [
+            ("relevant_fraction", self.relevant_fraction),
+            ("user_individual_share", self.user_individual_share),
+            ("ad_individual_share", self.ad_individual_share),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                problems.push(ConfigProblem::new(key, format!("is {value}; expected a fraction in [0, 1]")));
+            }
         }
         for (key, value) in [
             ("zipf_exponent", self.zipf_exponent),

@@ -12,12 +12,14 @@ pub(super) struct User {
 
 impl User {
     pub(super) fn draw(rng: &mut Rng, config: &WorldConfig, truth: &mut Truth) -> Self {
-        truth.add_user(rng);
-        Self {
+        let own = truth.draw_user(rng);
+        let user = Self {
             segment: rng.below(u64::from(config.segments)) as u32,
             device: rng.below(u64::from(config.devices)) as u32,
             country: rng.below(u64::from(config.countries)) as u32,
-        }
+        };
+        truth.add_user(own, [user.segment, user.country, user.device]);
+        user
     }
 }
 
@@ -41,15 +43,17 @@ impl Ad {
         (created_ms, now_ms): (i64, i64),
         truth: &mut Truth,
     ) -> Self {
-        truth.add_ad(rng);
-        Self {
+        let own = truth.draw_ad(rng);
+        let ad = Self {
             advertiser: rng.below(u64::from(config.advertisers)) as u32,
             category: rng.below(u64::from(config.categories)) as u32,
             format: rng.below(u64::from(config.formats)) as u32,
             bid: (config.bid_log_mean + config.bid_log_std * rng.normal()).exp(),
             created_ms,
             retire_ms: now_ms + (rng.exponential(config.ad_lifetime_days) * DAY_MS as f64) as i64 + 1,
-        }
+        };
+        truth.add_ad(own, [ad.category, ad.advertiser, ad.format]);
+        ad
     }
 }
 

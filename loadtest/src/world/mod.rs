@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: the `[world]` section.
 //! - [`truth`]: the true click probability and its daily drift.
+//! - `taste`: latent vectors shared by attribute values, plus individual deviations.
 //! - [`rng`]: the portable random generator behind "same seed, same events".
 //! - `entities`, `counters`: the catalog (ads arrive and retire, so some are always new) and
 //!   the 7-day counters a feature store would hold, which the world logs as raw features.
@@ -17,6 +18,7 @@ mod counters;
 mod entities;
 mod names;
 pub mod rng;
+mod taste;
 pub mod truth;
 
 use adrank_contracts::{
@@ -90,14 +92,7 @@ impl World {
     /// must have passed [`WorldConfig::problems`].
     pub fn new(config: WorldConfig) -> Self {
         let mut rng = Rng::new(config.seed, 0);
-        let mut truth = Truth::new(
-            &mut rng,
-            config.latent_dim as usize,
-            config.surfaces.len(),
-            config.segments as usize,
-            config.categories as usize,
-            config.position_decay,
-        );
+        let mut truth = Truth::new(&mut rng, &config);
         let users: Vec<User> = (0..config.users).map(|_| User::draw(&mut rng, &config, &mut truth)).collect();
         let weights: Vec<f64> = (1..=users.len()).map(|rank| (rank as f64).powf(-config.zipf_exponent)).collect();
         for _ in 0..config.advertisers {
@@ -261,10 +256,20 @@ impl World {
     /// The oracle ranking: the candidates by true click probability at the top slot x bid, the
     /// rule serving applies to its predictions, applied to the truth.
     pub fn rank_by_truth(&self, request: &Request) -> Vec<u32> {
+        self.rank_by(request, |s| self.truth.p(s))
+    }
+
+    /// The learnable ceiling's ranking: the same rule applied to [`Truth::ceiling_p`], the best
+    /// a model that learns taste from attributes can rank.
+    pub fn rank_by_ceiling(&self, request: &Request) -> Vec<u32> {
+        self.rank_by(request, |s| self.truth.ceiling_p(s))
+    }
+
+    fn rank_by(&self, request: &Request, p: impl Fn(&Situation) -> f64) -> Vec<u32> {
         let mut ranked: Vec<(f64, u32)> = request
             .candidates
             .iter()
-            .map(|&ad| (self.truth.p(&self.situation(request, ad, 0)) * self.catalog.bid(ad), ad))
+            .map(|&ad| (p(&self.situation(request, ad, 0)) * self.catalog.bid(ad), ad))
             .collect();
         ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         ranked.truncate(self.config.shown_slots as usize);

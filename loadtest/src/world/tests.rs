@@ -172,3 +172,83 @@ fn drift_makes_old_truth_worse() {
     let configured = world.config().mean_ctr;
     assert!((mean_p - configured).abs() < 0.15 * configured, "mean p {mean_p} on day 7, configured {configured}");
 }
+
+/// Mean squared latent component over every user, and over the users' own deviations.
+fn user_variances(world: &World) -> (f64, f64) {
+    let truth = world.truth();
+    let n = truth.user_vector.len() as f64;
+    let whole = truth.user_vector.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / n;
+    let own = (0..world.users.len())
+        .map(|u| truth.user_taste().deviation(u).0.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>())
+        .sum::<f64>()
+        / n;
+    (whole, own)
+}
+
+#[test]
+fn taste_is_mostly_shared_by_attributes_and_keeps_its_spread_as_it_drifts() {
+    let config = WorldConfig { requests_per_hour: 50, ..small() };
+    let mut world = World::new(config.clone());
+    let std = Truth::max_vector_step(config.latent_dim);
+    let (whole, own) = user_variances(&world);
+    // A user's own part has the configured share of a wholly individual vector's variance; the
+    // composed vector keeps about that variance (the 3 x 8 device components are few draws, so
+    // the realised shared part strays from its expectation by up to ~30%).
+    assert!((own / std.powi(2) - config.user_individual_share).abs() < 0.02, "own share {}", own / std.powi(2));
+    assert!((whole / std.powi(2) - 1.0).abs() < 0.4, "variance {whole} vs {}", std.powi(2));
+    // Two users with the same segment, country and device share everything but their own parts.
+    let users = &world.users;
+    let twins = (1..users.len())
+        .flat_map(|b| (0..b).map(move |a| (a, b)))
+        .find(|&(a, b)| {
+            (users[a].segment, users[a].country, users[a].device)
+                == (users[b].segment, users[b].country, users[b].device)
+        })
+        .expect("5,000 users have two with the same attributes");
+    let truth = world.truth();
+    let dim = config.latent_dim as usize;
+    let shared = |u: usize| -> Vec<f32> {
+        let (own, _) = truth.user_taste().deviation(u);
+        truth.user_vector[u * dim..(u + 1) * dim].iter().zip(own).map(|(x, o)| x - o).collect()
+    };
+    let (a, b) = (shared(twins.0), shared(twins.1));
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5), "{a:?} vs {b:?}");
+    assert!(a.iter().any(|x| x.abs() > 0.01), "the shared part is not empty: {a:?}");
+
+    // A month of drift walks the shared components and the deviations without spreading them
+    // (an unbounded walk would add 30 steps' variance: +85%).
+    for _ in 0..30 * 24 * 50 {
+        world.next_request();
+    }
+    let (after, own_after) = user_variances(&world);
+    assert!((after / whole - 1.0).abs() < 0.3, "variance {whole} -> {after}");
+    assert!((own_after / own - 1.0).abs() < 0.1, "own part's variance {own} -> {own_after}");
+}
+
+#[test]
+fn the_learnable_ceiling_removes_only_individual_taste() {
+    let serve = |individual_share: f64| {
+        let mut world = World::new(WorldConfig {
+            user_individual_share: individual_share,
+            ad_individual_share: individual_share,
+            ..small()
+        });
+        let served = run(&mut world, 300);
+        let terms: Vec<_> = served.situations.iter().map(|s| world.truth().entity_terms(s)).collect();
+        let ceiling: Vec<f64> = served.situations.iter().map(|s| world.truth().ceiling_p(s)).collect();
+        (served, terms, ceiling)
+    };
+    // Every taste individual (the world before shared taste): what users alone carry is their
+    // bias and the whole dot product; ads, their bias (their vectors meet no shared user part).
+    let (_, terms, _) = serve(1.0);
+    for t in &terms {
+        assert!((t.user_individual - (t.user_bias + t.dot)).abs() < 1e-5, "{t:?}");
+        assert!((t.ad_individual - t.ad_bias).abs() < 1e-6, "{t:?}");
+    }
+    // Every taste shared: the ceiling is the truth.
+    let (served, terms, ceiling) = serve(0.0);
+    for ((t, p), i) in terms.iter().zip(&ceiling).zip(&served.impressions) {
+        assert_eq!((t.user_individual, t.ad_individual), (0.0, 0.0));
+        assert!((p - i.oracle_p.unwrap()).abs() < 1e-12);
+    }
+}

@@ -7,7 +7,7 @@ use anyhow::bail;
 
 use crate::{config::Loaded, table::Table};
 
-/// The truth with entity terms removed, measured on the last of `days` simulated days.
+/// The truth with some of its terms removed, measured on the last of `days` simulated days.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Simulated days; the last one is measured (the same days `sim history --days` writes).

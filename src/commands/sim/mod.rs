@@ -30,9 +30,9 @@ enum Command {
     /// Generate simulated days of history served by the baseline policy and write the joined
     /// training examples straight to the training log (no Kafka): data for `adrank train`.
     History(history::Args),
-    /// What a predictor reaches that knows the truth except its entity-specific terms (user
-    /// and ad biases, the latent dot product), on the last simulated day: the limit of models
-    /// that cannot learn those terms from the history they have.
+    /// What a predictor reaches that knows the truth except some of its terms, on the last
+    /// simulated day: the oracle, the learnable ceiling (without the users' own taste
+    /// deviations), and without entity terms (biases, the latent dot product).
     Ceiling(ceiling::Args),
     /// Print ranking requests as JSON, one per line (for curl and tests).
     Requests(requests::Args),
