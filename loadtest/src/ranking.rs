@@ -54,6 +54,9 @@ struct Timing {
     features_ms: f64,
     queue_ms: f64,
     inference_ms: f64,
+    /// Absent from servers before the shown slots were scored again.
+    #[serde(default)]
+    shown_ms: f64,
     total_ms: f64,
     batch_rows: u64,
 }
@@ -61,7 +64,8 @@ struct Timing {
 /// The server's own account of where time went, over the measured replies.
 #[derive(Debug, Clone)]
 pub struct ServerTimings {
-    /// Microseconds by stage: `features`, `queue`, `inference`, `total` (inside the server).
+    /// Microseconds by stage: `features`, `queue`, `inference`, `shown` (the shown slots scored
+    /// again), `total` (inside the server).
     pub stages: BTreeMap<&'static str, Histogram<u64>>,
     /// Rows in the model run that scored each request.
     pub batch_rows: Histogram<u64>,
@@ -75,7 +79,10 @@ pub struct ServerTimings {
 impl Default for ServerTimings {
     fn default() -> Self {
         Self {
-            stages: ["features", "queue", "inference", "total"].into_iter().map(|s| (s, histogram())).collect(),
+            stages: ["features", "queue", "inference", "shown", "total"]
+                .into_iter()
+                .map(|s| (s, histogram()))
+                .collect(),
             batch_rows: Histogram::new_with_bounds(1, 1 << 20, 3).expect("valid histogram bounds; this is a bug"),
             degraded: 0,
             unparsable: 0,
@@ -87,9 +94,13 @@ impl Default for ServerTimings {
 impl ServerTimings {
     fn record(&mut self, reply: &Reply) {
         let t = &reply.timing;
-        for (stage, ms) in
-            [("features", t.features_ms), ("queue", t.queue_ms), ("inference", t.inference_ms), ("total", t.total_ms)]
-        {
+        for (stage, ms) in [
+            ("features", t.features_ms),
+            ("queue", t.queue_ms),
+            ("inference", t.inference_ms),
+            ("shown", t.shown_ms),
+            ("total", t.total_ms),
+        ] {
             let micros = (ms * 1000.0).round().max(1.0) as u64;
             self.stages.get_mut(stage).expect("stages are fixed").saturating_record(micros);
         }

@@ -535,7 +535,8 @@ mod tests {
             impression_id: Some("r:0".into()),
             position: 0,
         };
-        let timing = Timing { features_ms: 0.0, queue_ms: 0.0, inference_ms: 0.0, total_ms: 0.0, batch_rows: 1 };
+        let timing =
+            Timing { features_ms: 0.0, queue_ms: 0.0, inference_ms: 0.0, shown_ms: 0.0, total_ms: 0.0, batch_rows: 1 };
         let response = RankResponse {
             request_id: "r".into(),
             model: ModelRef { name: "ctr".into(), version: 1, arm: Some(adrank_registry::Arm::Candidate) },

@@ -39,7 +39,10 @@ pub const GPU_MEMORY_TOTAL: &str = "adrank_serving_gpu_memory_total_bytes";
 pub fn describe() {
     describe_counter!(REQUESTS, "HTTP requests, by route and status code.");
     describe_histogram!(REQUEST_SECONDS, "Time from a request's arrival to its answer, by route.");
-    describe_histogram!(STAGE_SECONDS, "Time of each ranking stage: features, queue, inference.");
+    describe_histogram!(
+        STAGE_SECONDS,
+        "Time of each ranking stage: features, queue, inference, shown (the shown slots scored again at their positions)."
+    );
     describe_histogram!(BATCH_ROWS, "Rows in each model run.");
     describe_gauge!(QUEUE_DEPTH, "Ranking jobs waiting for the model of the default version.");
     describe_gauge!(IN_FLIGHT, "Ranking requests being handled.");
@@ -147,6 +150,10 @@ pub(crate) fn stages(features: f64, queue: f64, inference: f64) {
     histogram!(STAGE_SECONDS, "stage" => "features").record(features);
     histogram!(STAGE_SECONDS, "stage" => "queue").record(queue);
     histogram!(STAGE_SECONDS, "stage" => "inference").record(inference);
+}
+
+pub(crate) fn shown_stage(seconds: f64) {
+    histogram!(STAGE_SECONDS, "stage" => "shown").record(seconds);
 }
 
 pub(crate) fn batch(rows: usize, failed: bool) {

@@ -92,6 +92,9 @@ pub struct Timing {
     pub features_ms: f64,
     pub queue_ms: f64,
     pub inference_ms: f64,
+    /// Scoring the shown slots again at their positions (a second wait in the queue and run).
+    #[serde(default)]
+    pub shown_ms: f64,
     pub total_ms: f64,
     /// Rows in the model run that scored this request (its own and others').
     pub batch_rows: usize,
@@ -306,7 +309,10 @@ pub async fn rank(
     let slots = config.slots as usize;
     order.truncate(request.top_k.map_or(slots, |k| k as usize));
     let shown = order.len().min(slots);
+    let rescoring = Instant::now();
     let at_slot = at_positions(version, (request, &fetched, &context), &order[..shown], &scored.scores, deadline).await;
+    let shown_ms = ms(rescoring.elapsed());
+    crate::metrics::shown_stage(shown_ms / 1000.0);
     let shown_score = |position: usize, i: usize| at_slot.as_ref().map_or(scored.scores[i], |s| s[position]);
     let reply = crate::ids::reply();
     let manifest = &version.manifest;
@@ -370,6 +376,7 @@ pub async fn rank(
             features_ms,
             queue_ms: ms(scored.queue),
             inference_ms: ms(scored.inference),
+            shown_ms,
             total_ms: ms(started.elapsed()),
             batch_rows: scored.batch_rows,
         },

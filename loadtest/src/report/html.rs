@@ -281,7 +281,7 @@ pub fn render(report: &Report) -> String {
 
     if let Some(server) = &report.server {
         out.push_str("<h2>Where the time went (the server's own timings)</h2>");
-        let rows: Vec<Vec<String>> = ["features", "queue", "inference", "total", "outside"]
+        let rows: Vec<Vec<String>> = ["features", "queue", "inference", "shown", "total", "outside"]
             .iter()
             .filter_map(|name| server.stages.get(*name).map(|s| (name, s)))
             .map(|(name, s)| {
