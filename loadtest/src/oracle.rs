@@ -111,9 +111,11 @@ mod tests {
         let results = ablations(&rows);
         let ne: Vec<f64> = results.iter().map(|a| a.quality.normalised_entropy).collect();
         assert_eq!(results.len(), 7);
-        // The oracle, then the learnable ceiling, then less and less of the truth.
+        // The oracle, then without users' own taste, then the learnable ceiling (without ads' own
+        // taste too), then less and less of the truth.
         assert!(ne[0] < ne[1] && ne[1] < ne[2] && ne[3] < ne[4] && ne[4] < ne[6], "{ne:?}");
-        // Most taste is shared by default: the ceiling loses less than the whole dot product.
+        // Most taste is shared by default: users' own taste is worth less than the whole dot
+        // product (the ceiling also lacks ads' own biases, so it may lose more).
         assert!(ne[1] < ne[3], "{ne:?}");
         // The recalibrated oracle is the oracle: the world's truth is calibrated already.
         let plain = quality(&rows.iter().map(|(t, y)| (sigmoid(t.logit), *y)).collect::<Vec<_>>()).unwrap();
