@@ -21,6 +21,7 @@ pub const LOG_COMPACTIONS: &str = "adrank_training_log_compactions_total";
 pub const FENCED: &str = "adrank_ingest_fenced_batches_total";
 pub const CACHE_LOOKUPS: &str = "adrank_online_cache_lookups_total";
 pub const MISSING: &str = "adrank_online_missing_entities_total";
+pub const HISTORY_SECOND_READS: &str = "adrank_online_history_second_reads_total";
 
 /// Registers every metric's help text.
 pub fn describe() {
@@ -41,6 +42,10 @@ pub fn describe() {
     describe_counter!(FENCED, "Partition batches refused because another ingester moved the watermark.");
     describe_counter!(CACHE_LOOKUPS, "Online-store cache lookups of ads and advertisers, by result.");
     describe_counter!(MISSING, "Entities a read found absent or expired, by kind.");
+    describe_counter!(
+        HISTORY_SECOND_READS,
+        "Reads that needed a second round trip for history pairs (an ad's category not known before)."
+    );
 }
 
 pub(crate) fn online_cache(hits: usize, misses: usize) {
@@ -54,6 +59,10 @@ pub(crate) fn online_missing(missing: Missing) {
             counter!(MISSING, "entity" => entity).increment(n as u64);
         }
     }
+}
+
+pub(crate) fn online_history_second_read() {
+    counter!(HISTORY_SECOND_READS).increment(1);
 }
 
 pub(crate) fn applied(topic: &str, events: usize) {

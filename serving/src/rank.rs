@@ -127,19 +127,27 @@ impl<'a> Shared<'a> {
         }
     }
 
-    /// One candidate's ad layer by input place into `out`: its advertiser's values, else its
-    /// ad's, and the ad's age. `ad` and `advertiser` are scratch space.
+    /// One candidate's ad layer by input place into `out`: its history's values, else its
+    /// advertiser's, else its ad's, and the ad's age. `scratch` is scratch space.
     fn ad_layer<'f>(
         &self,
         inputs: &[String],
         stored: &'f AdFeatures,
-        (ad, advertiser): (&mut Vec<Option<&'f RawValue>>, &mut Vec<Option<&'f RawValue>>),
+        scratch: &mut [Vec<Option<&'f RawValue>>; 2],
         out: &mut Vec<Option<&'f RawValue>>,
     ) {
-        stored.ad.resolve_into(inputs, ad);
-        stored.advertiser.resolve_into(inputs, advertiser);
-        out.clear();
-        out.extend(advertiser.iter().zip(ad.iter()).map(|(v, a)| v.or(*a)));
+        let [layer, into] = scratch;
+        stored.ad.resolve_into(inputs, out);
+        // Later layers win, as in the logged record (`AdFeatures::record`).
+        for later in std::iter::once(&stored.advertiser).chain(&stored.history) {
+            if later.is_empty() {
+                continue;
+            }
+            later.resolve_into(inputs, layer);
+            into.clear();
+            into.extend(layer.iter().zip(out.iter()).map(|(l, o)| l.or(*o)));
+            std::mem::swap(into, out);
+        }
         if let Some(i) = self.age
             && stored.ad_age_hours != RawValue::Missing
         {
@@ -214,14 +222,14 @@ pub(crate) fn slot_rows(
     let mut rows = Rows::default();
     let inputs = transformer.inputs();
     let shared = Shared::new(inputs, &fetched.user, context);
-    let (mut ad, mut scratch) = (Vec::with_capacity(inputs.len()), (Vec::new(), Vec::new()));
+    let (mut ad, mut scratch) = (Vec::with_capacity(inputs.len()), [Vec::new(), Vec::new()]);
     let expected = which.size_hint().0;
     rows.ids.reserve(expected * transformer.id_width());
     rows.dense.reserve(expected * transformer.dense_width());
     for (i, slot) in which {
         rows.rows += 1;
         let candidate = &request.candidates[i];
-        shared.ad_layer(inputs, &fetched.ads[i], (&mut scratch.0, &mut scratch.1), &mut ad);
+        shared.ad_layer(inputs, &fetched.ads[i], &mut scratch, &mut ad);
         let view = CandidateView {
             shared: &shared,
             ad: &ad,
@@ -477,10 +485,21 @@ mod tests {
             ("advertiser_impressions_7d", RawValue::Num(900.0)),
             ("format", "video".into()),
         ]);
+        // The history pairs' counters, and a name that repeats the advertiser's: history wins.
+        let category_history = record(&[
+            ("user_category_clicks_7d", RawValue::Num(3.0)),
+            ("user_category_impressions_7d", RawValue::Num(20.0)),
+        ]);
+        let advertiser_history = record(&[
+            ("user_advertiser_clicks_7d", RawValue::Num(1.0)),
+            ("user_advertiser_impressions_7d", RawValue::Num(7.0)),
+            ("advertiser_clicks_7d", RawValue::Num(51.0)),
+        ]);
         let stored = AdFeatures {
             ad: std::sync::Arc::new(ad),
             advertiser: std::sync::Arc::new(advertiser),
             ad_age_hours: RawValue::Num(30.0),
+            history: [std::sync::Arc::new(category_history), std::sync::Arc::new(advertiser_history)],
         };
         let context = record(&[("hour", RawValue::Num(14.0)), ("surface", "feed".into())]);
         let candidate = record(&[("device", "phone".into()), ("bid", RawValue::Num(99.0))]);
@@ -489,6 +508,8 @@ mod tests {
         assert_eq!(logged.get("device"), Some(&"phone".into()));
         assert_eq!(logged.get("format"), Some(&"video".into()), "the advertiser's value wins over the ad's");
         assert_eq!(logged.get("ad_age_hours"), Some(&RawValue::Num(30.0)));
+        assert_eq!(logged.get("advertiser_clicks_7d"), Some(&RawValue::Num(51.0)), "history wins over the advertiser");
+        assert_eq!(logged.get("user_category_impressions_7d"), Some(&RawValue::Num(20.0)));
         assert_eq!(logged.get("bid"), Some(&RawValue::Num(1.5)), "the request's bid wins");
         assert!(!logged.contains_key(POSITION_FIELD));
 
@@ -496,9 +517,12 @@ mod tests {
         let transformer = Transformer::new(&spec, &stats).unwrap();
         let inputs = transformer.inputs();
         assert!(inputs.iter().any(|i| i == AdFeatures::AGE), "the spec reads the ad's age: the test must cover it");
+        for history in ["user_category_clicks_7d", "user_advertiser_impressions_7d"] {
+            assert!(inputs.iter().any(|i| i == history), "the spec reads {history}: the test must cover it");
+        }
         let shared = Shared::new(inputs, &user, &context);
-        let (mut resolved, mut scratch) = (Vec::new(), (Vec::new(), Vec::new()));
-        shared.ad_layer(inputs, &stored, (&mut scratch.0, &mut scratch.1), &mut resolved);
+        let (mut resolved, mut scratch) = (Vec::new(), [Vec::new(), Vec::new()]);
+        shared.ad_layer(inputs, &stored, &mut scratch, &mut resolved);
         // At the top slot, as every candidate is ranked, and at a lower one, as the shown slots
         // are scored again: the trainer reads the logged record with the served position.
         for slot in [0u32, 3] {

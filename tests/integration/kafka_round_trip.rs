@@ -119,14 +119,7 @@ async fn an_impression_and_its_click_share_a_partition() {
     let producer: FutureProducer = kafka::producer_config(config).create().unwrap();
     for i in 0..50 {
         let impression = Impression::example(&format!("imp-{i}"), RawFeatures::new());
-        let click = Click {
-            click_id: format!("c-{i}"),
-            impression_id: impression.impression_id.clone(),
-            event_time_ms: 1,
-            user_id: impression.user_id.clone(),
-            ad_id: impression.ad_id.clone(),
-            advertiser_id: impression.advertiser_id.clone(),
-        };
+        let click = Click::on(&impression, format!("c-{i}"), 1);
         let (payload, key) = (impression.encode(), impression.key().to_string());
         let record = FutureRecord::to(&config.topics.impressions.name).key(&key).payload(&payload);
         let imp_partition =

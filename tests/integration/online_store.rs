@@ -478,6 +478,100 @@ async fn a_retried_click_counts_once() {
     assert!((1..=60_000).contains(&ttl), "PTTL {ttl}");
 }
 
+/// The user's history with a category and an advertiser: impressions count by the category
+/// they were served with, clicks by the one they carry, a retried click once; a read gives each
+/// candidate its pairs (zero where there are none), and follows an ad whose category changed.
+#[tokio::test]
+async fn history_pairs_count_once_and_follow_their_candidates() {
+    let redis = TestRedis::new().await;
+    let mut writer = Writer::connect(&redis.config).await.unwrap();
+    let prefix = writer.prefix().to_string();
+    let catalog = |ad: &str, advertiser: &str, category: &str, time: i64| AdRecord {
+        ad_id: ad.into(),
+        advertiser_id: advertiser.into(),
+        event_time_ms: time,
+        status: AdStatus::Live,
+        attributes: RawFeatures::from([("category".into(), RawValue::from(category))]),
+    };
+    let shown = |id: &str, ad: &str, advertiser: &str, category: &str| {
+        let mut shown = impression(id, "u", ad, advertiser, T0 + 1_000);
+        shown.features.insert("category", RawValue::from(category));
+        shown
+    };
+    let mut updates = Updates::default();
+    for (ad, advertiser, category) in [("a1", "v1", "shoes"), ("a2", "v2", "shoes"), ("a3", "v1", "books")] {
+        updates.ad(&prefix, &catalog(ad, advertiser, category, T0));
+    }
+    let clicked = shown("i0", "a1", "v1", "shoes");
+    for (i, (ad, advertiser, category)) in
+        [("a1", "v1", "shoes"), ("a1", "v1", "shoes"), ("a3", "v1", "books")].iter().enumerate()
+    {
+        updates.impression(&prefix, &shown(&format!("i{}", i + 1), ad, advertiser, category));
+    }
+    updates.impression(&prefix, &clicked);
+    let click = click(&clicked, T0 + 2_000);
+    assert_eq!(click.category.as_deref(), Some("shoes"), "a click carries its impression's category");
+    updates.click(&prefix, &click);
+    updates.click(&prefix, &Click { event_time_ms: T0 + 3_000, ..click.clone() });
+    // An impression served without a category counts for the advertiser's pair only.
+    updates.impression(&prefix, &impression("i9", "u", "a-gone", "v1", T0 + 1_000));
+    assert_eq!(apply(&mut writer, 0, None, 10, &updates).await, Outcome::Applied);
+
+    let reader = Reader::connect(&RedisConfig { cache_ttl_ms: 0, ..redis.config.clone() }).await.unwrap();
+    let ads = [
+        AdRef { ad_id: "a1", advertiser_id: "v1" },
+        AdRef { ad_id: "a2", advertiser_id: "v2" },
+        AdRef { ad_id: "a3", advertiser_id: "v1" },
+        AdRef { ad_id: "a-new", advertiser_id: "v1" },
+    ];
+    let history = |read: &adrank_featurestore::online::Fetched| -> Vec<[Option<f64>; 4]> {
+        read.ads
+            .iter()
+            .map(|ad| {
+                let r = ad.record();
+                [
+                    num(&r, "user_category_impressions_7d"),
+                    num(&r, "user_category_clicks_7d"),
+                    num(&r, "user_advertiser_impressions_7d"),
+                    num(&r, "user_advertiser_clicks_7d"),
+                ]
+            })
+            .collect()
+    };
+    let read = reader.fetch("u", &ads, T0 + 3_600_000).await.unwrap();
+    assert_eq!(
+        history(&read),
+        [
+            [Some(3.0), Some(1.0), Some(5.0), Some(1.0)],
+            [Some(3.0), Some(1.0), Some(0.0), Some(0.0)],
+            [Some(1.0), Some(0.0), Some(5.0), Some(1.0)],
+            // An ad the store does not hold has no category: no category history.
+            [Some(0.0), Some(0.0), Some(5.0), Some(1.0)],
+        ]
+    );
+    assert_eq!(num(&read.ads[0].record(), "user_category_impressions_1d"), Some(3.0));
+    assert_eq!(read.missing.ads, 1, "pairs never count as missing");
+    let stranger = reader.fetch("u2", &ads[..1], T0 + 3_600_000).await.unwrap();
+    assert_eq!(history(&stranger), [[Some(0.0); 4]]);
+
+    // a2 moves to books: the reader remembered shoes, reads the ad, and reads books instead.
+    let mut updates = Updates::default();
+    updates.ad(&prefix, &catalog("a2", "v2", "books", T0 + 5_000));
+    assert_eq!(apply(&mut writer, 0, Some(10), 11, &updates).await, Outcome::Applied);
+    let read = reader.fetch("u", &ads[1..2], T0 + 3_600_000).await.unwrap();
+    assert_eq!(history(&read), [[Some(1.0), Some(0.0), Some(0.0), Some(0.0)]]);
+
+    // A reader for a spec without history features reads none.
+    let spec = adrank_contracts::spec::FeatureSpec::parse(
+        "[[feature]]\nname = \"ad_id\"\nsource = \"ad\"\ntype = \"categorical\"\ntransform = [{ op = \"hash\", buckets = 8 }]\n",
+        "a test",
+    )
+    .unwrap();
+    let plain = reader.clone().with_wanted(Wanted::from_spec(&spec));
+    let read = plain.fetch("u", &ads[..1], T0 + 3_600_000).await.unwrap();
+    assert_eq!(history(&read), [[None; 4]]);
+}
+
 /// A round cut into several batches of one partition, each expecting what the one before it
 /// leaves, applies in order across script calls; when the first is fenced, so is the rest.
 #[tokio::test]

@@ -83,6 +83,14 @@ pub struct RolloutArm {
 pub const ROLLOUT_ARMS: [&str; 2] = ["production", "candidate"];
 
 impl Impression {
+    /// The served ad's category: its `category` feature, when it is a string.
+    pub fn category(&self) -> Option<&str> {
+        match self.features.get(CATEGORY_FIELD) {
+            Some(RawValue::Str(category)) if !category.is_empty() => Some(&**category),
+            _ => None,
+        }
+    }
+
     /// A minimal valid impression with the given id and raw features, for tests and examples.
     pub fn example(impression_id: &str, features: RawFeatures) -> Self {
         Self {
@@ -121,7 +129,15 @@ pub struct Click {
     pub user_id: String,
     pub ad_id: String,
     pub advertiser_id: String,
+    /// The ad's category as served (the impression's `category` feature), so the user x
+    /// category history counters count the click without the join; absent, they do not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
 }
+
+/// The impression feature that names the ad's category: the user x category history counters
+/// count impressions and clicks by it.
+pub const CATEGORY_FIELD: &str = "category";
 
 impl Click {
     /// A click on `impression` at `event_time_ms`, carrying the impression's ids.
@@ -133,6 +149,7 @@ impl Click {
             user_id: impression.user_id.clone(),
             ad_id: impression.ad_id.clone(),
             advertiser_id: impression.advertiser_id.clone(),
+            category: impression.category().map(str::to_string),
         }
     }
 }
@@ -364,6 +381,9 @@ impl Event for Click {
         id("user_id", &self.user_id)?;
         id("ad_id", &self.ad_id)?;
         id("advertiser_id", &self.advertiser_id)?;
+        if let Some(category) = &self.category {
+            not_empty("category", category)?;
+        }
         time("event_time_ms", self.event_time_ms)
     }
 }

@@ -54,9 +54,28 @@ fn clicks_share_their_impressions_key() {
         user_id: "u".into(),
         ad_id: "a".into(),
         advertiser_id: "adv".into(),
+        category: None,
     };
     assert_eq!(click.key(), impression().key());
     assert_eq!(Click::decode(&click.encode()).unwrap(), click);
+    assert!(!String::from_utf8(click.encode()).unwrap().contains("category"), "absent, it is left out");
+}
+
+#[test]
+fn clicks_carry_their_impressions_category() {
+    let mut features = RawFeatures::new();
+    features.insert(CATEGORY_FIELD, RawValue::from("shoes"));
+    let impression = Impression::example("imp-1", features);
+    let click = Click::on(&impression, "c-1".into(), 1);
+    assert_eq!(click.category.as_deref(), Some("shoes"));
+    assert_eq!(Click::decode(&click.encode()).unwrap(), click);
+    // A number is no category; an empty one is refused on the wire.
+    let mut features = RawFeatures::new();
+    features.insert(CATEGORY_FIELD, RawValue::Num(3.0));
+    assert_eq!(Click::on(&Impression::example("imp-2", features), "c-2".into(), 1).category, None);
+    let empty = Click { category: Some(String::new()), ..click };
+    let error = Click::decode(&empty.encode()).unwrap_err();
+    assert!(error.to_string().contains("category"), "{error}");
 }
 
 #[test]

@@ -78,6 +78,9 @@ pub enum Source {
     Ad,
     /// The advertiser's hash in the online store.
     Advertiser,
+    /// The user's history with the candidate's ad category or advertiser: the online store's
+    /// counters of that pair (`user_category_clicks_7d`, `user_advertiser_impressions_1d`, …).
+    History,
     /// A cross of two other categorical features.
     Cross,
     /// The slot the impression was shown in (0 = the top), known only once it was served. The
@@ -86,6 +89,10 @@ pub enum Source {
     /// (the default), so the bias never reorders candidates.
     Position,
 }
+
+/// The pairs the online store keeps history counters of: a user with an ad category, a user
+/// with an advertiser. A history feature's counters are named `{pair}_clicks_{window}`, …
+pub const HISTORY_PREFIXES: [&str; 2] = ["user_category", "user_advertiser"];
 
 /// The raw field a `position` feature reads: the trainer fills it from the logged slot.
 pub const POSITION_FIELD: &str = "position";
@@ -255,6 +262,24 @@ impl Feature {
         }
         if self.source == Source::Cross && self.input.is_some() {
             problem("is a cross: it reads its two features, not `input`".into());
+        }
+        if self.source == Source::History {
+            let reads_history =
+                |name: &str| HISTORY_PREFIXES.iter().any(|p| name.strip_prefix(p).is_some_and(|r| r.starts_with('_')));
+            let raw = match self.kind {
+                Kind::Categorical => {
+                    problem("has source history: it must be numeric or a rate (history is counters)".into());
+                    vec![]
+                }
+                Kind::Numeric => vec![self.input_name()],
+                Kind::Rate => self.clicks.iter().chain(&self.impressions).map(String::as_str).collect(),
+            };
+            if let Some(name) = raw.into_iter().find(|name| !reads_history(name)) {
+                problem(format!(
+                    "has source history but reads `{name}`: history counters are named {}_…",
+                    HISTORY_PREFIXES.join("_… or ")
+                ));
+            }
         }
         if self.source == Source::Position && (self.kind != Kind::Numeric || self.input_name() != POSITION_FIELD) {
             problem(format!("has source position: it must be numeric and read `{POSITION_FIELD}`"));

@@ -159,6 +159,24 @@ fn a_position_feature_is_numeric_and_reads_the_slot() {
 }
 
 #[test]
+fn a_history_feature_reads_pair_counters() {
+    let numeric = |input: &str| {
+        format!(
+            "[[feature]]\nname = \"h\"\nsource = \"history\"\ntype = \"numeric\"\ninput = \"{input}\"\ntransform = [{{ op = \"log1p\" }}]\n"
+        )
+    };
+    assert!(parse(&numeric("user_category_clicks_7d")).is_ok());
+    assert!(parse(&numeric("user_advertiser_impressions_1d")).is_ok());
+    let error = parse(&numeric("user_clicks_7d")).unwrap_err().to_string();
+    assert!(error.contains("has source history but reads `user_clicks_7d`"), "{error}");
+    assert!(parse(&numeric("user_categoryclicks")).is_err(), "the pair's name ends at an underscore");
+    let rate = "[[feature]]\nname = \"r\"\nsource = \"history\"\ntype = \"rate\"\nclicks = \"user_category_clicks_7d\"\nimpressions = \"ad_impressions_7d\"\ntransform = [{ op = \"smoothed_ctr\", prior_ctr = 0.02, prior_weight = 10.0 }]\n";
+    assert!(parse(rate).unwrap_err().to_string().contains("reads `ad_impressions_7d`"));
+    let categorical = "[[feature]]\nname = \"c\"\nsource = \"history\"\ntype = \"categorical\"\ntransform = [{ op = \"hash\", buckets = 8 }]\n";
+    assert!(parse(categorical).unwrap_err().to_string().contains("must be numeric or a rate"));
+}
+
+#[test]
 fn standardise_needs_the_models_statistics() {
     let spec = shipped();
     let error = Transformer::new(&spec, &TransformStats::default()).unwrap_err().to_string();

@@ -16,8 +16,9 @@
 --                            n x (finest bucket index, impressions, clicks) (u32 each), the
 --                            buckets ascending (numbers as text cost Redis a strtod each)
 -- then per attribute update: event_ms, created (0|1), the encoded attributes
--- then per click:            one binary argument, little-endian u32s: the positions (1-based)
---                            of its user's, ad's and advertiser's counter updates, its bucket
+-- then per click:            one binary argument, little-endian u32s: its bucket, then the
+--                            positions (1-based) of its entities' counter updates (user, ad,
+--                            advertiser and the user's pairs: three to five)
 -- Every click is in its entities' counter updates already; one whose click id is marked (a
 -- retry) is taken back out of them, the others are marked.
 -- Returns {1, retried clicks} when applied; {0, position, current, …} listing the partitions
@@ -136,8 +137,10 @@ local c = a + counters + 3 * attributes
 for i = 1, clicks do
   if not redis.call('SET', KEYS[entity_keys + i], '1', 'NX', 'PX', click_ttl) then
     retries = retries + 1
-    local user, ad, advertiser, bucket = struct.unpack('<I4I4I4I4', ARGV[c + i - 1])
-    for _, update in ipairs({user, ad, advertiser}) do
+    local blob = ARGV[c + i - 1]
+    local bucket = struct.unpack('<I4', blob)
+    for at = 5, #blob, 4 do
+      local update = struct.unpack('<I4', blob, at)
       local r = retried[update] or {}
       r[bucket] = (r[bucket] or 0) + 1
       retried[update] = r

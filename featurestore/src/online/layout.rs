@@ -6,6 +6,11 @@
 //! {prefix}a:{ad_id}          the ad's record: catalog attributes (category, format,
 //!                            advertiser_id, status …), creation time and counters
 //! {prefix}v:{advertiser_id}  the advertiser's record: counters only
+//! {prefix}uc:{n}:{user_id}{category}
+//!                            the user's history with an ad category: counters only (`n`, the
+//!                            user id's length in bytes, keeps the pair's key unambiguous)
+//! {prefix}uv:{n}:{user_id}{advertiser_id}
+//!                            the user's history with an advertiser: counters only
 //! {prefix}ingest:offsets     hash: {topic}:{partition} -> next offset to apply (exactly-once
 //!                            watermark)
 //! ```
@@ -43,6 +48,25 @@ pub enum Entity {
     User,
     Ad,
     Advertiser,
+    /// A user and an ad category (the pair's id is [`pair_id`]'s).
+    UserCategory,
+    /// A user and an advertiser.
+    UserAdvertiser,
+}
+
+/// A pair entity's id: the user id's length, a colon, the user id and the other id, so that no
+/// two pairs share one.
+pub fn pair_id(user_id: &str, other: &str) -> String {
+    let mut id = String::with_capacity(user_id.len() + other.len() + 4);
+    write_pair_id(user_id, other, &mut id);
+    id
+}
+
+/// Writes [`pair_id`] into `out`, replacing what it held.
+pub fn write_pair_id(user_id: &str, other: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    out.clear();
+    write!(out, "{}:{user_id}{other}", user_id.len()).expect("writing to a String cannot fail");
 }
 
 impl Entity {
@@ -52,15 +76,19 @@ impl Entity {
             Self::User => "u",
             Self::Ad => "a",
             Self::Advertiser => "v",
+            Self::UserCategory => "uc",
+            Self::UserAdvertiser => "uv",
         }
     }
 
-    /// The feature holding this entity's id (`user_id`, …).
-    pub fn id_feature(self) -> &'static str {
+    /// The feature holding this entity's id (`user_id`, …); pairs have none (their records
+    /// hold counters only, and the ids are the user's and the ad's).
+    pub fn id_feature(self) -> Option<&'static str> {
         match self {
-            Self::User => "user_id",
-            Self::Ad => "ad_id",
-            Self::Advertiser => "advertiser_id",
+            Self::User => Some("user_id"),
+            Self::Ad => Some("ad_id"),
+            Self::Advertiser => Some("advertiser_id"),
+            Self::UserCategory | Self::UserAdvertiser => None,
         }
     }
 
@@ -70,6 +98,8 @@ impl Entity {
             Self::User => "user",
             Self::Ad => "ad",
             Self::Advertiser => "advertiser",
+            Self::UserCategory => "user_category",
+            Self::UserAdvertiser => "user_advertiser",
         }
     }
 
@@ -426,6 +456,9 @@ mod tests {
     #[test]
     fn keys() {
         assert_eq!(Entity::Ad.key("adrank:", "a-1"), "adrank:a:a-1");
+        assert_eq!(Entity::UserCategory.key("adrank:", &pair_id("u-1", "shoes")), "adrank:uc:3:u-1shoes");
+        // The length tells the pair apart from one that splits the same text elsewhere.
+        assert_ne!(pair_id("u-1", "1shoes"), pair_id("u-11", "shoes"));
         assert_eq!(offsets_field("adrank-clicks", 3), "adrank-clicks:3");
     }
 }

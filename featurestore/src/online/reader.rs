@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{Error, RedisConfig, Result, metrics};
 use adrank_contracts::{
-    events::{RawFeatures, RawValue},
+    events::{CATEGORY_FIELD, RawFeatures, RawValue},
     spec::{FeatureSpec, Source},
 };
 
@@ -72,6 +72,10 @@ pub struct AdFeatures {
     pub advertiser: Arc<RawFeatures>,
     /// `ad_age_hours` at the read's time (`Missing` when the ad is missing or has no creation time).
     pub ad_age_hours: RawValue,
+    /// The user's history with the ad's category and with its advertiser: the pairs' counters
+    /// (zero where the pair has none, or the read reads no history; empty when the store could
+    /// not be read).
+    pub history: [Arc<RawFeatures>; 2],
 }
 
 impl Fetched {
@@ -85,7 +89,7 @@ impl Fetched {
                 .map(|ad| AdFeatures {
                     ad: Arc::new(id_record(Entity::Ad, ad.ad_id)),
                     advertiser: Arc::new(id_record(Entity::Advertiser, ad.advertiser_id)),
-                    ad_age_hours: RawValue::Missing,
+                    ..AdFeatures::default()
                 })
                 .collect(),
             ..Self::default()
@@ -93,14 +97,23 @@ impl Fetched {
     }
 }
 
-/// What a missing entity contributes: its id alone.
+/// What a missing entity contributes: its id alone; a pair (which has no id feature), zero
+/// counts (no history).
 fn id_record(entity: Entity, id: &str) -> RawFeatures {
-    RawFeatures::from_iter([(Cow::Borrowed(entity.id_feature()), RawValue::from(id))])
+    match entity.id_feature() {
+        Some(name) => RawFeatures::from_iter([(Cow::Borrowed(name), RawValue::from(id))]),
+        None => RawFeatures::from_iter(counter_names(entity).iter().map(|&n| (Cow::Borrowed(n), RawValue::Num(0.0)))),
+    }
 }
 
 impl Default for AdFeatures {
     fn default() -> Self {
-        Self { ad: Arc::default(), advertiser: Arc::default(), ad_age_hours: RawValue::Missing }
+        Self {
+            ad: Arc::default(),
+            advertiser: Arc::default(),
+            ad_age_hours: RawValue::Missing,
+            history: Default::default(),
+        }
     }
 }
 
@@ -109,10 +122,13 @@ impl AdFeatures {
     pub const AGE: &'static str = "ad_age_hours";
 
     /// Everything as one record, the advertiser's values winning over the ad's where names
-    /// repeat: what an impression logs.
+    /// repeat, with the history counters: what an impression logs.
     pub fn record(&self) -> RawFeatures {
         let mut record = (*self.ad).clone();
         record.merge(&self.advertiser);
+        for history in &self.history {
+            record.merge(history);
+        }
         if self.ad_age_hours != RawValue::Missing {
             record.insert(Self::AGE, self.ad_age_hours.clone());
         }
@@ -200,6 +216,17 @@ impl Stored {
         }
     }
 
+    /// A stored attribute by name, as its record was parsed with `plan`.
+    fn attribute(&self, name: &str, plan: Option<&Plan>) -> Option<&RawValue> {
+        match (&self.attributes, plan) {
+            (Attributes::All(all), _) => all.iter().find(|(n, _)| n == name).map(|(_, v)| v),
+            (Attributes::Wanted(values), Some(plan)) => {
+                values.get(plan.names.iter().position(|n| *n == name)?)?.as_ref()
+            }
+            (Attributes::Wanted(_), None) => None,
+        }
+    }
+
     /// Whether the entity counts as present at `now_ms`.
     fn live(&self, now_ms: i64, ttl_ms: i64) -> bool {
         self.seen_ms.is_some_and(|seen| now_ms.saturating_sub(seen) <= ttl_ms)
@@ -256,7 +283,7 @@ impl Stored {
                     Attributes::Wanted(_) => &[],
                 };
                 let mut entries = Vec::with_capacity(1 + all.len() + COUNTERS);
-                entries.push((Cow::Borrowed(entity.id_feature()), RawValue::from(id)));
+                entries.extend(entity.id_feature().map(|name| (Cow::Borrowed(name), RawValue::from(id))));
                 entries.extend(all.iter().cloned());
                 let names = counter_names(entity);
                 entries.extend(names.iter().zip(counts).map(|(&name, n)| (Cow::Borrowed(name), RawValue::Num(n))));
@@ -295,9 +322,9 @@ const COUNTERS: usize = 2 * WINDOWS.len();
 /// (`user_clicks_1h`, `user_impressions_1h`, …), made once: reads would otherwise format six
 /// names per entity.
 fn counter_names(entity: Entity) -> &'static [&'static str] {
-    static NAMES: OnceLock<[Vec<&'static str>; 3]> = OnceLock::new();
+    static NAMES: OnceLock<[Vec<&'static str>; 5]> = OnceLock::new();
     let all = NAMES.get_or_init(|| {
-        [Entity::User, Entity::Ad, Entity::Advertiser].map(|entity| {
+        ALL_ENTITIES.map(|entity| {
             let prefix = entity.feature_prefix();
             let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
             WINDOWS
@@ -309,6 +336,10 @@ fn counter_names(entity: Entity) -> &'static [&'static str] {
     });
     &all[entity as usize]
 }
+
+/// Every kind, in the order of their discriminants.
+const ALL_ENTITIES: [Entity; 5] =
+    [Entity::User, Entity::Ad, Entity::Advertiser, Entity::UserCategory, Entity::UserAdvertiser];
 
 /// Where a value of a record comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,7 +361,10 @@ struct Plan {
 
 impl Plan {
     fn new(entity: Entity, names: Vec<&'static str>) -> Self {
-        let mut order: Vec<(&'static str, Origin)> = std::iter::once((entity.id_feature(), Origin::Id))
+        let mut order: Vec<(&'static str, Origin)> = entity
+            .id_feature()
+            .map(|name| (name, Origin::Id))
+            .into_iter()
             .chain(names.iter().enumerate().map(|(j, &name)| (name, Origin::Attribute(j))))
             .chain(counter_names(entity).iter().enumerate().map(|(k, &name)| (name, Origin::Counter(k))))
             .collect();
@@ -352,6 +386,8 @@ impl Plan {
 #[derive(Debug, Clone, Default)]
 pub struct Wanted {
     per_entity: [Plan; 3],
+    /// Whether reads fetch the user's history with each candidate's category and advertiser.
+    history: bool,
 }
 
 impl Wanted {
@@ -359,7 +395,7 @@ impl Wanted {
     /// counters or `ad_age_hours`, which every read provides).
     pub fn from_spec(spec: &FeatureSpec) -> Self {
         let provided = |name: &str| {
-            [Entity::User, Entity::Ad, Entity::Advertiser].iter().any(|e| e.id_feature() == name)
+            [Entity::User, Entity::Ad, Entity::Advertiser].iter().any(|e| e.id_feature() == Some(name))
                 || name == AdFeatures::AGE
                 || WINDOWS.iter().any(|w| {
                     ["user", "ad", "advertiser"].iter().any(|p| {
@@ -368,6 +404,11 @@ impl Wanted {
                 })
         };
         let mut names: [Vec<String>; 3] = Default::default();
+        let history = spec.features.iter().any(|f| f.source == Source::History);
+        if history {
+            // The pairs are named by the ad's category.
+            names[1].push(CATEGORY_FIELD.to_string());
+        }
         for feature in &spec.features {
             let entity = match feature.source {
                 Source::User => 0,
@@ -382,11 +423,15 @@ impl Wanted {
                 }
             }
         }
-        Self::new(names)
+        Self { history, ..Self::new(names) }
     }
 
-    /// The attribute names per kind: users, ads, advertisers.
-    pub fn new(names: [Vec<String>; 3]) -> Self {
+    /// The attribute names per kind: users, ads, advertisers; reads fetch history (and keep
+    /// the ads' `category` for it).
+    pub fn new(mut names: [Vec<String>; 3]) -> Self {
+        if !names[1].iter().any(|n| n == CATEGORY_FIELD) {
+            names[1].push(CATEGORY_FIELD.to_string());
+        }
         // Attribute names are few and live as long as the process: leaked once, they go into
         // every read's features without an allocation.
         let mut kinds = [Entity::User, Entity::Ad, Entity::Advertiser].into_iter();
@@ -394,7 +439,7 @@ impl Wanted {
             let entity = kinds.next().expect("three kinds");
             Plan::new(entity, n.into_iter().map(|s| &*Box::leak(s.into_boxed_str())).collect())
         });
-        Self { per_entity }
+        Self { per_entity, history: true }
     }
 }
 
@@ -481,6 +526,94 @@ impl Cache {
     }
 }
 
+/// The pair entities of one read's user: their ids, and their records once read.
+#[derive(Debug, Default)]
+struct Pairs {
+    /// (kind, pair id), in the order they are read.
+    wanted: Vec<(Entity, String)>,
+    /// By kind (categories, advertisers): the other id's place in `wanted`.
+    places: [FxHashMap<Box<str>, usize>; 2],
+    /// The records read, in the order of `wanted`.
+    stored: Vec<Arc<Stored>>,
+}
+
+impl Pairs {
+    fn kind(entity: Entity) -> usize {
+        usize::from(entity == Entity::UserAdvertiser)
+    }
+
+    /// Wants the user's pair with `other` (a category or an advertiser), once.
+    fn want(&mut self, entity: Entity, user_id: &str, other: &str) {
+        let places = &mut self.places[Self::kind(entity)];
+        if !places.contains_key(other) {
+            places.insert(other.into(), self.wanted.len());
+            self.wanted.push((entity, layout::pair_id(user_id, other)));
+        }
+    }
+
+    fn place(&self, entity: Entity, other: &str) -> Option<usize> {
+        self.places[Self::kind(entity)].get(other).copied()
+    }
+
+    /// The wanted pairs from place `from` on, as a read names them.
+    fn entities(&self, from: usize) -> impl Iterator<Item = (Entity, &str)> {
+        self.wanted[from..].iter().map(|(entity, id)| (*entity, id.as_str()))
+    }
+
+    /// Every pair's counters at `now_ms`: zero for one absent or expired.
+    fn records(&self, now_ms: i64, ttl_ms: i64) -> Vec<Arc<RawFeatures>> {
+        self.wanted
+            .iter()
+            .zip(&self.stored)
+            .map(|(&(entity, ref id), stored)| {
+                if stored.live(now_ms, ttl_ms) {
+                    stored.record(entity, id, now_ms, None)
+                } else {
+                    Arc::new(id_record(entity, id))
+                }
+            })
+            .collect()
+    }
+}
+
+/// Ads' categories as last read, by ad id: a read names an ad's category pair before it has
+/// the ad's record (a category rarely changes; when it has, the read sees it and reads the new
+/// pair). Bounded: full, it starts over.
+#[derive(Debug)]
+struct Categories {
+    capacity: usize,
+    by_ad: Mutex<FxHashMap<Box<str>, Arc<str>>>,
+}
+
+/// A held [`Categories`].
+struct HeldCategories<'a> {
+    capacity: usize,
+    map: std::sync::MutexGuard<'a, FxHashMap<Box<str>, Arc<str>>>,
+}
+
+impl Categories {
+    fn lock(&self) -> HeldCategories<'_> {
+        let map = self.by_ad.lock().expect("the categories lock is never poisoned: no panics while held");
+        HeldCategories { capacity: self.capacity, map }
+    }
+}
+
+impl HeldCategories<'_> {
+    fn get(&self, ad_id: &str) -> Option<&Arc<str>> {
+        self.map.get(ad_id)
+    }
+
+    fn insert(&mut self, ad_id: &str, category: &Arc<str>) {
+        if self.map.get(ad_id).is_some_and(|held| held == category) {
+            return;
+        }
+        if self.map.len() >= self.capacity && !self.map.contains_key(ad_id) {
+            self.map.clear();
+        }
+        self.map.insert(ad_id.into(), category.clone());
+    }
+}
+
 /// Reads features from the online store.
 #[derive(Debug, Clone)]
 pub struct Reader {
@@ -489,6 +622,7 @@ pub struct Reader {
     ttl_ms: i64,
     cache: Option<Arc<Cache>>,
     wanted: Option<Arc<Wanted>>,
+    categories: Arc<Categories>,
 }
 
 impl Reader {
@@ -521,7 +655,15 @@ impl Reader {
                 entries: Mutex::default(),
             })
         });
-        Self { pool, prefix: config.key_prefix.clone(), ttl_ms: config.entity_ttl_ms(), cache, wanted: None }
+        let categories = Arc::new(Categories { capacity: config.cache_entries.max(1), by_ad: Mutex::default() });
+        Self {
+            pool,
+            prefix: config.key_prefix.clone(),
+            ttl_ms: config.entity_ttl_ms(),
+            cache,
+            wanted: None,
+            categories,
+        }
     }
 
     /// Keeps only these attributes (and the counters, ids and ad age) of what it reads. The
@@ -534,12 +676,16 @@ impl Reader {
         self
     }
 
-    /// Reads one user and `ads` (with their advertisers) as of `now_ms`, in one round trip for
-    /// whatever the cache does not hold.
+    /// Reads one user and `ads` (with their advertisers, and the user's history with each
+    /// one's category and advertiser) as of `now_ms`, in one round trip for whatever the cache
+    /// does not hold. A category pair is read in that round trip when the ad's category is
+    /// known before it (cached, or remembered from an earlier read); an ad whose category was
+    /// not known, or has changed, costs a second round trip for its pair.
     pub async fn fetch(&self, user_id: &str, ads: &[AdRef<'_>], now_ms: i64) -> Result<Fetched> {
         if ads.len() > MAX_ADS {
             return Err(Error::TooManyAds { asked: ads.len(), max: MAX_ADS });
         }
+        let history = self.wanted.as_ref().is_none_or(|w| w.history);
         // Entities: the user, then each distinct ad and advertiser once.
         let mut index: FxHashMap<(Entity, &str), usize> = FxHashMap::default();
         index.reserve(ads.len() * 2);
@@ -565,11 +711,28 @@ impl Reader {
             None => vec![None; entities.len()],
         };
         let cache_hits = stored.iter().filter(|s| s.is_some()).count();
+
+        // The pairs known before the read: every advertiser's, and the categories of ads cached
+        // or remembered. Pair ids are owned here; `pairs` indexes them by (kind, other id).
+        let mut pairs = Pairs::default();
+        if history {
+            let remembered = self.categories.lock();
+            for &(ad, advertiser) in &slots {
+                pairs.want(Entity::UserAdvertiser, user_id, entities[advertiser].1);
+                let cached = stored[ad].as_deref().and_then(|s| self.category_of(s));
+                if let Some(category) = cached.or_else(|| remembered.get(entities[ad].1).cloned()) {
+                    pairs.want(Entity::UserCategory, user_id, &category);
+                }
+            }
+        }
         let wanted: Vec<usize> = (0..entities.len()).filter(|&i| stored[i].is_none()).collect();
-        let read = self.read(wanted.iter().map(|&i| entities[i])).await?;
-        for (&i, parsed) in wanted.iter().zip(read) {
+        let first = pairs.wanted.len();
+        let keys: Vec<(Entity, &str)> = wanted.iter().map(|&i| entities[i]).chain(pairs.entities(0)).collect();
+        let mut read = self.read(keys.iter().copied()).await?.into_iter();
+        for (&i, parsed) in wanted.iter().zip(read.by_ref()) {
             stored[i] = Some(parsed);
         }
+        pairs.stored.extend(read);
         if let Some(cache) = &self.cache {
             cache.put(wanted.iter().filter(|&&i| i > 0).map(|&i| (entities[i], stored[i].clone().expect("read"))), now);
         }
@@ -580,6 +743,30 @@ impl Reader {
 
         let held = |i: usize| stored[i].as_deref().expect("every key was read or cached");
         let live: Vec<bool> = (0..entities.len()).map(|i| held(i).live(now_ms, self.ttl_ms)).collect();
+        // Each ad's category as read (a missing or expired ad has none), and the pairs of those
+        // not read yet: a second round trip, only when there are any.
+        let mut categories: Vec<Option<Arc<str>>> = vec![None; entities.len()];
+        if history {
+            {
+                let mut remembered = self.categories.lock();
+                for &(ad, _) in &slots {
+                    if categories[ad].is_none() && live[ad] {
+                        categories[ad] = self.category_of(held(ad));
+                        if let Some(category) = &categories[ad] {
+                            remembered.insert(entities[ad].1, category);
+                            pairs.want(Entity::UserCategory, user_id, category);
+                        }
+                    }
+                }
+            }
+            if pairs.wanted.len() > first {
+                let keys: Vec<(Entity, &str)> = pairs.entities(first).collect();
+                let late = self.read(keys.iter().copied()).await?;
+                pairs.stored.extend(late);
+                metrics::online_history_second_read();
+            }
+        }
+
         // Distinct ads and advertisers count once, however many candidates share them.
         let mut missing = Missing { users: usize::from(!live[0]), ..Missing::default() };
         for (i, &(entity, _)) in entities.iter().enumerate().skip(1) {
@@ -588,6 +775,7 @@ impl Reader {
                     Entity::Ad => missing.ads += 1,
                     Entity::Advertiser => missing.advertisers += 1,
                     Entity::User => missing.users += 1,
+                    Entity::UserCategory | Entity::UserAdvertiser => {}
                 }
             }
         }
@@ -603,22 +791,49 @@ impl Reader {
                 }
             })
             .collect();
+        let pair_records = pairs.records(now_ms, self.ttl_ms);
+        let empty = || [Entity::UserCategory, Entity::UserAdvertiser].map(|e| Arc::new(id_record(e, "")));
+        let no_history: [Arc<RawFeatures>; 2] = if history { empty() } else { Default::default() };
         let user = (*records[0]).clone();
         let per_ad = slots
             .iter()
-            .map(|&(ad, advertiser)| AdFeatures {
-                ad: records[ad].clone(),
-                advertiser: records[advertiser].clone(),
-                ad_age_hours: if live[ad] { held(ad).age_hours(now_ms) } else { RawValue::Missing },
+            .map(|&(ad, advertiser)| {
+                let pair = |entity, other: Option<&str>, k: usize| {
+                    other
+                        .and_then(|o| pairs.place(entity, o))
+                        .map_or_else(|| no_history[k].clone(), |j| pair_records[j].clone())
+                };
+                AdFeatures {
+                    ad: records[ad].clone(),
+                    advertiser: records[advertiser].clone(),
+                    ad_age_hours: if live[ad] { held(ad).age_hours(now_ms) } else { RawValue::Missing },
+                    history: if history {
+                        [
+                            pair(Entity::UserCategory, categories[ad].as_deref(), 0),
+                            pair(Entity::UserAdvertiser, Some(entities[advertiser].1), 1),
+                        ]
+                    } else {
+                        Default::default()
+                    },
+                }
             })
             .collect();
         metrics::online_missing(missing);
         Ok(Fetched { user, ads: per_ad, missing, cache_hits })
     }
 
-    /// How records of `entity` are read, when the wanted attributes are known.
+    /// An ad's category, from its stored attributes.
+    fn category_of(&self, ad: &Stored) -> Option<Arc<str>> {
+        match ad.attribute(CATEGORY_FIELD, self.plan(Entity::Ad))? {
+            RawValue::Str(category) if !category.is_empty() => Some(category.clone()),
+            _ => None,
+        }
+    }
+
+    /// How records of `entity` are read, when the wanted attributes are known (pairs: only
+    /// counters, no plan).
     fn plan(&self, entity: Entity) -> Option<&Plan> {
-        self.wanted.as_ref().map(|w| &w.per_entity[entity as usize])
+        self.wanted.as_ref().and_then(|w| w.per_entity.get(entity as usize))
     }
 
     /// Reads these entities' records in one round trip: one `MGET`.

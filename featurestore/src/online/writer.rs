@@ -32,6 +32,8 @@ pub struct Updates {
     /// The key being looked up: an entity already counted this round (most are) costs no
     /// allocation.
     key: String,
+    /// The pair ids being looked up, likewise.
+    pairs: [String; 2],
 }
 
 #[derive(Debug, Default)]
@@ -78,7 +80,8 @@ impl EntityCounters {
 #[derive(Debug)]
 struct ClickMark {
     key: String,
-    entities: [String; 3],
+    /// Its entities' keys: user, ad, advertiser, then the pairs.
+    entities: Vec<String>,
     bucket: u32,
 }
 
@@ -103,26 +106,34 @@ impl Updates {
         self.counters.len() + self.attributes.len() + self.clicks.len()
     }
 
-    /// An impression counts for its user, ad and advertiser.
+    /// An impression counts for its user, ad and advertiser, and for the user's history with
+    /// the ad's category (when the impression names one) and with the advertiser.
     pub fn impression(&mut self, prefix: &str, impression: &Impression) {
-        self.count(
-            prefix,
-            [&impression.user_id, &impression.ad_id, &impression.advertiser_id],
-            impression.event_time_ms,
-            (1, 0),
-        );
+        let ids = Ids {
+            user: &impression.user_id,
+            ad: &impression.ad_id,
+            advertiser: &impression.advertiser_id,
+            category: impression.category(),
+        };
+        self.count(prefix, ids, impression.event_time_ms, (1, 0), |_| ());
     }
 
-    /// A click counts for its user, ad and advertiser, in the bucket of the click's own time,
-    /// once per click id: a retry (the same `click_id` again) is taken back out by the script.
+    /// A click counts for the same entities as its impression (the category as the click
+    /// carries it), in the bucket of the click's own time, once per click id: a retry (the same
+    /// `click_id` again) is taken back out by the script.
     pub fn click(&mut self, prefix: &str, click: &Click) {
-        let ids = [&click.user_id, &click.ad_id, &click.advertiser_id];
-        self.count(prefix, ids.map(String::as_str), click.event_time_ms, (0, 1));
-        let entities = [Entity::User, Entity::Ad, Entity::Advertiser];
+        let ids = Ids {
+            user: &click.user_id,
+            ad: &click.ad_id,
+            advertiser: &click.advertiser_id,
+            category: click.category.as_deref(),
+        };
+        let mut entities = Vec::with_capacity(5);
+        self.count(prefix, ids, click.event_time_ms, (0, 1), |key| entities.push(key.to_string()));
         let bucket = click.event_time_ms.div_euclid(FINEST_BUCKET_MS);
         self.clicks.push(ClickMark {
             key: layout::click_key(prefix, &click.click_id),
-            entities: [0, 1, 2].map(|i| entities[i].key(prefix, ids[i])),
+            entities,
             bucket: u32::try_from(bucket).expect("validated event times have buckets that fit a u32"),
         });
     }
@@ -157,10 +168,27 @@ impl Updates {
         });
     }
 
-    fn count(&mut self, prefix: &str, ids: [&str; 3], time_ms: i64, counts: (u32, u32)) {
+    /// Counts one event for every entity it touches, telling `keys` each one's key.
+    fn count(&mut self, prefix: &str, ids: Ids<'_>, time_ms: i64, counts: (u32, u32), mut keys: impl FnMut(&str)) {
         self.events += 1;
         let bucket = time_ms.div_euclid(FINEST_BUCKET_MS);
-        for (entity, id) in [Entity::User, Entity::Ad, Entity::Advertiser].into_iter().zip(ids) {
+        // The pair ids are written into buffers kept between events: no allocation per event.
+        let [mut advertiser_pair, mut category_pair] = std::mem::take(&mut self.pairs);
+        layout::write_pair_id(ids.user, ids.advertiser, &mut advertiser_pair);
+        let entities = [
+            (Entity::User, Some(ids.user)),
+            (Entity::Ad, Some(ids.ad)),
+            (Entity::Advertiser, Some(ids.advertiser)),
+            (Entity::UserAdvertiser, Some(advertiser_pair.as_str())),
+            (
+                Entity::UserCategory,
+                ids.category.map(|category| {
+                    layout::write_pair_id(ids.user, category, &mut category_pair);
+                    category_pair.as_str()
+                }),
+            ),
+        ];
+        for (entity, id) in entities.into_iter().filter_map(|(entity, id)| Some((entity, id?))) {
             entity.write_key(prefix, id, &mut self.key);
             if let Some(counters) = self.counters.get_mut(self.key.as_str()) {
                 counters.add(time_ms, bucket, counts);
@@ -169,8 +197,19 @@ impl Updates {
                 counters.add(time_ms, bucket, counts);
                 self.counters.insert(self.key.clone(), counters);
             }
+            keys(&self.key);
         }
+        self.pairs = [advertiser_pair, category_pair];
     }
+}
+
+/// The ids an impression or a click counts for.
+#[derive(Clone, Copy)]
+struct Ids<'a> {
+    user: &'a str,
+    ad: &'a str,
+    advertiser: &'a str,
+    category: Option<&'a str>,
 }
 
 /// A snapshot's attributes and the `extra` ones the record's own fields give (which win over
@@ -406,10 +445,10 @@ impl Writer {
         }
         for click in &merged.clicks {
             blob.clear();
+            blob.extend(click.bucket.to_le_bytes());
             for entity in &click.entities {
                 blob.extend(position[entity.as_str()].to_le_bytes());
             }
-            blob.extend(click.bucket.to_le_bytes());
             cmd.arg(&blob);
         }
         // {1, retried clicks} when applied; {0, position, current, position, current, …} when
@@ -502,13 +541,13 @@ mod tests {
                 impression.user_id = format!("u{user}");
                 updates.impression("p:", &impression);
             }
-            updates // `users` users + the ad + the advertiser
+            updates // per user the user and its pair with the advertiser, + the ad + the advertiser
         };
         let (small, big) = (updates(1), updates(10));
         let batch = |partition, updates| PartitionBatch { topic: "t", partition, expected: None, next: 1, updates };
         let batches = [batch(0, &small), batch(1, &small), batch(2, &big), batch(3, &small), batch(3, &small)];
-        // 3 + 3 fit 6; 12 goes alone; partition 3's two batches go in two calls.
-        assert_eq!(calls(&batches, 6), [0..2, 2..3, 3..4, 4..5]);
+        // 4 + 4 fit 8; 22 goes alone; partition 3's two batches go in two calls.
+        assert_eq!(calls(&batches, 8), [0..2, 2..3, 3..4, 4..5]);
         assert_eq!(calls(&batches, usize::MAX), [0..4, 4..5]);
         assert_eq!(calls(&batches, 1), [0..1, 1..2, 2..3, 3..4, 4..5]);
         assert!(calls(&[], 6).is_empty());
@@ -530,12 +569,19 @@ mod tests {
         impression.event_time_ms = 2_000;
         updates.impression("p:", &impression);
         assert_eq!(updates.events(), 2);
-        assert_eq!(updates.counters.len(), 3);
+        // The user, the ad, the advertiser and the user with the advertiser: no category.
+        assert_eq!(updates.counters.len(), 4);
+        assert_eq!(updates.counters["p:uv:3:u-1adv-1"].buckets, [(0, (2, 0))]);
+        let mut with_category = impression.clone();
+        with_category.features.insert(adrank_contracts::events::CATEGORY_FIELD, RawValue::from("shoes"));
+        updates.impression("p:", &with_category);
+        assert_eq!(updates.counters["p:uc:3:u-1shoes"].buckets, [(0, (1, 0))]);
+        assert_eq!(updates.counters.len(), 5);
         let user = &updates.counters["p:u:u-1"];
         assert_eq!(user.seen_ms, 2_000);
-        assert_eq!(user.buckets, [(0, (2, 0))]);
+        assert_eq!(user.buckets, [(0, (3, 0))]);
         let merged = Merged::of([&updates, &updates].into_iter());
-        assert_eq!(merged.counters["p:u:u-1"].buckets, [(0, (4, 0))]);
+        assert_eq!(merged.counters["p:u:u-1"].buckets, [(0, (6, 0))]);
         // Buckets stay ascending whatever order the events come in (the script relies on it).
         let mut late = Updates::default();
         for minutes in [50, 5, 25, 50] {

@@ -6,7 +6,8 @@
 //! - `taste`: latent vectors shared by attribute values, plus individual deviations.
 //! - [`rng`]: the portable random generator behind "same seed, same events".
 //! - `entities`, `counters`: the catalog (ads arrive and retire, so some are always new) and
-//!   the 7-day counters a feature store would hold, which the world logs as raw features.
+//!   the 7-day counters a feature store would hold (history pairs included), which the world
+//!   logs as raw features.
 //!
 //! A [`World`] advances simulated time one request at a time: [`World::next_request`] draws a
 //! user (Zipf activity), a context and candidates (part from the user's favourite categories,
@@ -337,7 +338,13 @@ impl World {
         for (impression, situation) in served.impressions.iter().zip(&served.situations) {
             let p = impression.oracle_p.expect("set just above; this is a bug");
             let clicked = self.rng.bernoulli(p);
-            self.counters.record(situation.user, situation.ad, situation.advertiser, clicked);
+            let touched = counters::Touched {
+                user: situation.user,
+                ad: situation.ad,
+                advertiser: situation.advertiser,
+                category: situation.category,
+            };
+            self.counters.record(touched, clicked);
             if clicked {
                 // Clicks come a few seconds after the impression.
                 let delay = (self.rng.exponential(20_000.0) as i64).min(10 * 60_000);
@@ -350,13 +357,16 @@ impl World {
     }
 
     /// The raw features serving would have seen for this candidate: context, user and ad
-    /// attributes, and the 7-day counters as they stand.
+    /// attributes, and the 7-day counters (the user's history with the ad's category and
+    /// advertiser among them) as they stand.
     fn raw_features(&self, request: &Request, ad: u32) -> RawFeatures {
         let user = &self.users[request.user as usize];
         let a = self.catalog.ad(ad);
         let (user_clicks, user_impressions) = self.counters.user(request.user);
         let (ad_clicks, ad_impressions) = self.counters.ad(ad);
         let (adv_clicks, adv_impressions) = self.counters.advertiser(a.advertiser);
+        let [(category_clicks, category_impressions), (pair_clicks, pair_impressions)] =
+            self.counters.history(request.user, a.category, a.advertiser);
         let text = |s: &std::sync::Arc<str>| RawValue::Str(s.clone());
         let num = |x: f64| RawValue::Num(x);
         let names = &self.names;
@@ -377,6 +387,10 @@ impl World {
             ("hour".into(), num(f64::from(request.hour))),
             ("segment".into(), text(&names.segments[user.segment as usize])),
             ("surface".into(), text(&names.surfaces[request.surface as usize])),
+            ("user_advertiser_clicks_7d".into(), num(f64::from(pair_clicks))),
+            ("user_advertiser_impressions_7d".into(), num(f64::from(pair_impressions))),
+            ("user_category_clicks_7d".into(), num(f64::from(category_clicks))),
+            ("user_category_impressions_7d".into(), num(f64::from(category_impressions))),
             ("user_clicks_7d".into(), num(f64::from(user_clicks))),
             ("user_id".into(), text(&names.users[request.user as usize])),
             ("user_impressions_7d".into(), num(f64::from(user_impressions))),

@@ -18,6 +18,7 @@ fn click(impression_id: &str, time: i64) -> Click {
         user_id: "u-1".into(),
         ad_id: "a-1".into(),
         advertiser_id: "adv-1".into(),
+        category: None,
     }
 }
 
