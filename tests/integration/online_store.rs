@@ -570,6 +570,24 @@ async fn history_pairs_count_once_and_follow_their_candidates() {
     let plain = reader.clone().with_wanted(Wanted::from_spec(&spec));
     let read = plain.fetch("u", &ads[..1], T0 + 3_600_000).await.unwrap();
     assert_eq!(history(&read), [[None; 4]]);
+
+    // A user's history is one hash; a key of another type there stops a round before anything
+    // of it is written.
+    let mut connection = adrank_featurestore::online::connect(&redis.config).await.unwrap();
+    let stray = format!("{prefix}h:u3");
+    let _: () = redis::cmd("SET").arg(&stray).arg("not a hash").query_async(&mut connection).await.unwrap();
+    let mut updates = Updates::default();
+    updates.impression(&prefix, &impression("j", "u3", "a1", "v1", T0));
+    let batch = PartitionBatch { topic: "t", partition: 1, expected: None, next: 1, updates: &updates };
+    let error = writer.apply(&[batch]).await.unwrap_err().to_string();
+    assert!(error.contains(&stray), "{error}");
+    let user: Option<Vec<u8>> =
+        redis::cmd("GET").arg(format!("{prefix}u:u3")).query_async(&mut connection).await.unwrap();
+    assert_eq!(user, None);
+    assert_eq!(writer.watermarks(&[("t", 1)]).await.unwrap(), [None]);
+    // The history hash expires with its user's activity, like the records.
+    let ttl: i64 = redis::cmd("PTTL").arg(format!("{prefix}h:u")).query_async(&mut connection).await.unwrap();
+    assert!(ttl > 0, "PTTL {ttl}");
 }
 
 /// A round cut into several batches of one partition, each expecting what the one before it

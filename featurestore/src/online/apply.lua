@@ -7,18 +7,21 @@
 --
 -- KEYS[1]        the offsets hash
 -- KEYS[2..]      entity records: counter updates first, then attribute updates; then one
---                click-id mark per click
+--                click-id mark per click; then the history hash of each pair update (a user's
+--                pairs are fields of one hash, each field a record of counters only)
 -- ARGV[1]        number of partitions P, then P x (offsets field, expected watermark ('' =
 --                none), next watermark)
 -- then           TTL (ms), number of counter updates, number of attribute updates, number of
---                clicks, how long a click-id mark lasts (ms)
+--                clicks, how long a click-id mark lasts (ms), number of pair updates
 -- then per counter update:   one binary argument, little-endian: seen_ms (f64), n (u32), then
 --                            n x (finest bucket index, impressions, clicks) (u32 each), the
 --                            buckets ascending (numbers as text cost Redis a strtod each)
 -- then per attribute update: event_ms, created (0|1), the encoded attributes
 -- then per click:            one binary argument, little-endian u32s: its bucket, then the
---                            positions (1-based) of its entities' counter updates (user, ad,
---                            advertiser and the user's pairs: three to five)
+--                            positions (1-based) of its counter updates: its user's, ad's and
+--                            advertiser's, then its pairs' (numbered after the counter updates:
+--                            pair update i is counters + i)
+-- then per pair update:      the field, then its counts as a counter update's
 -- Every click is in its entities' counter updates already; one whose click id is marked (a
 -- retry) is taken back out of them, the others are marked.
 -- Returns {1, retried clicks} when applied; {0, position, current, …} listing the partitions
@@ -43,8 +46,12 @@ local a = 2 + 3 * partitions
 local ttl = tonumber(ARGV[a])
 local counters, attributes = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
 local clicks, click_ttl = tonumber(ARGV[a + 3]), ARGV[a + 4]
-a = a + 5
+local pair_updates = tonumber(ARGV[a + 5])
+a = a + 6
 local entity_keys = 1 + counters + attributes
+-- Where the pair updates' keys and arguments start.
+local pair_keys = entity_keys + clicks
+local pair_args = a + counters + 3 * attributes + clicks
 
 local FORMAT = __FORMAT__
 local HAS_SEEN, HAS_CREATED, HAS_UPDATED, HAS_EXPIRES = __FLAGS__
@@ -67,6 +74,28 @@ local header_last = tostring(rings_end - 1)
 -- fails midway keeps the writes it made), then held decoded until the end, where each is
 -- written once however many updates it had. Only the header and rings are read: the
 -- attributes are replaced whole or left where they are.
+-- A record's header and rings, decoded; nil and why when `held` is not a record of this layout.
+local function decode(held)
+  if #held < rings_end or string.byte(held, 1) ~= FORMAT then
+    return nil, #held .. ' bytes of format ' .. tostring(string.byte(held, 1)) .. ', not a record of format ' .. FORMAT .. ' (another layout)'
+  end
+  -- One table per entity: its rings at [1..], the header by name.
+  local flags, seen, created, updated, expires = struct.unpack('<xBdddd', held)
+  local e = {flags = flags, seen = seen, created = created, updated = updated, expires = expires}
+  local at = HEADER + 1
+  for w = 1, #windows do
+    e[w] = string.sub(held, at, at + lengths[w] - 1)
+    at = at + lengths[w]
+  end
+  return e
+end
+
+local function fresh()
+  local e = {flags = 0, seen = 0, created = 0, updated = 0, expires = 0, new = true}
+  for w = 1, #windows do e[w] = empty[w] end
+  return e
+end
+
 local entities, order = {}, {}
 for i = 2, entity_keys do
   local key = KEYS[i]
@@ -76,27 +105,36 @@ for i = 2, entity_keys do
     if type(held) == 'table' and held.err then
       return redis.error_reply('entity ' .. key .. ' is not an online-store record: ' .. held.err)
     end
-    local e
+    local e = fresh()
     if held ~= '' then
-      if #held < rings_end or string.byte(held, 1) ~= FORMAT then
-        return redis.error_reply('entity ' .. key .. ' holds ' .. #held .. ' bytes of format '
-          .. tostring(string.byte(held, 1)) .. ', not a record of format ' .. FORMAT .. ' (another layout)')
+      local why
+      e, why = decode(held)
+      if e == nil then
+        return redis.error_reply('entity ' .. key .. ' holds ' .. why)
       end
-      -- One table per entity: its rings at [1..], the header by name.
-      local flags, seen, created, updated, expires = struct.unpack('<xBdddd', held)
-      e = {flags = flags, seen = seen, created = created, updated = updated, expires = expires}
-      local at = HEADER + 1
-      for w = 1, #windows do
-        e[w] = string.sub(held, at, at + lengths[w] - 1)
-        at = at + lengths[w]
-      end
-    else
-      e = {flags = 0, seen = 0, created = 0, updated = 0, expires = 0, new = true}
-      for w = 1, #windows do e[w] = empty[w] end
     end
     entities[key] = e
     order[#order + 1] = key
   end
+end
+
+-- The pairs: each field read whole (it is header and rings only), checked like the records.
+local paired = {}
+for i = 1, pair_updates do
+  local key, field = KEYS[pair_keys + i], ARGV[pair_args + 2 * (i - 1)]
+  local held = redis.pcall('HGET', key, field)
+  if type(held) == 'table' and held.err then
+    return redis.error_reply('history ' .. key .. ' is not an online-store hash: ' .. held.err)
+  end
+  local e = fresh()
+  if held then
+    local why
+    e, why = decode(held)
+    if e == nil then
+      return redis.error_reply('history ' .. key .. ' field ' .. field .. ' holds ' .. why)
+    end
+  end
+  paired[i] = e
 end
 
 local function has(e, flag)
@@ -148,11 +186,9 @@ for i = 1, clicks do
   end
 end
 
-for i = 1, counters do
-  local e = entities[KEYS[1 + i]]
-  local u = counts_of(ARGV[a])
-  a = a + 1
-  local r = retried[i]
+-- Adds counter update `u` to entity `e`'s rings, less the retried clicks `r` ({[bucket] =
+-- clicks}, or nil).
+local function count(e, u, r)
   if r then
     for k = 3, 3 * u[2], 3 do
       u[k + 2] = u[k + 2] - (r[u[k]] or 0)
@@ -206,6 +242,14 @@ for i = 1, counters do
   saw(e, u[1])
 end
 
+for i = 1, counters do
+  count(entities[KEYS[1 + i]], counts_of(ARGV[a]), retried[i])
+  a = a + 1
+end
+for i = 1, pair_updates do
+  count(paired[i], counts_of(ARGV[pair_args + 2 * (i - 1) + 1]), retried[counters + i])
+end
+
 for i = 1, attributes do
   local e = entities[KEYS[1 + counters + i]]
   local t, created = tonumber(ARGV[a]), ARGV[a + 1]
@@ -254,6 +298,18 @@ for _, key in ipairs(order) do
     if moves then
       redis.call('PEXPIREAT', key, deadline_text)
     end
+  end
+end
+
+-- Each pair's field whole (header and rings), and each history hash's deadline once.
+local histories = {}
+for i = 1, pair_updates do
+  local key, e = KEYS[pair_keys + i], paired[i]
+  local head = struct.pack('<BBdddd', FORMAT, e.flags, e.seen, e.created, e.updated, e.expires)
+  redis.call('HSET', key, ARGV[pair_args + 2 * (i - 1)], head .. __RINGS__)
+  if not histories[key] then
+    histories[key] = true
+    redis.call('PEXPIREAT', key, deadline_text)
   end
 end
 

@@ -6,11 +6,9 @@
 //! {prefix}a:{ad_id}          the ad's record: catalog attributes (category, format,
 //!                            advertiser_id, status …), creation time and counters
 //! {prefix}v:{advertiser_id}  the advertiser's record: counters only
-//! {prefix}uc:{n}:{user_id}{category}
-//!                            the user's history with an ad category: counters only (`n`, the
-//!                            user id's length in bytes, keeps the pair's key unambiguous)
-//! {prefix}uv:{n}:{user_id}{advertiser_id}
-//!                            the user's history with an advertiser: counters only
+//! {prefix}h:{user_id}        hash: the user's history, one field per pair, each a record of
+//!                            counters only: c:{category} with an ad category, v:{advertiser_id}
+//!                            with an advertiser
 //! {prefix}ingest:offsets     hash: {topic}:{partition} -> next offset to apply (exactly-once
 //!                            watermark)
 //! ```
@@ -48,36 +46,38 @@ pub enum Entity {
     User,
     Ad,
     Advertiser,
-    /// A user and an ad category (the pair's id is [`pair_id`]'s).
+    /// A user and an ad category: a field of the user's history hash ([`history_key`]).
     UserCategory,
-    /// A user and an advertiser.
+    /// A user and an advertiser: likewise.
     UserAdvertiser,
 }
 
-/// A pair entity's id: the user id's length, a colon, the user id and the other id, so that no
-/// two pairs share one.
-pub fn pair_id(user_id: &str, other: &str) -> String {
-    let mut id = String::with_capacity(user_id.len() + other.len() + 4);
-    write_pair_id(user_id, other, &mut id);
-    id
+/// The hash holding a user's history: one field per pair ([`Entity::write_field`]). One key per
+/// user, not per pair: a read names ~220 pairs (a category per distinct category and one per
+/// advertiser of 200 candidates), and a key lookup each doubled a read's cost in Redis.
+pub fn history_key(prefix: &str, user_id: &str) -> String {
+    let mut key = String::with_capacity(prefix.len() + 2 + user_id.len());
+    write_history_key(prefix, user_id, &mut key);
+    key
 }
 
-/// Writes [`pair_id`] into `out`, replacing what it held.
-pub fn write_pair_id(user_id: &str, other: &str, out: &mut String) {
-    use std::fmt::Write as _;
-    out.clear();
-    write!(out, "{}:{user_id}{other}", user_id.len()).expect("writing to a String cannot fail");
+/// Writes [`history_key`] into `key`, replacing what it held.
+pub fn write_history_key(prefix: &str, user_id: &str, key: &mut String) {
+    key.clear();
+    key.push_str(prefix);
+    key.push_str("h:");
+    key.push_str(user_id);
 }
 
 impl Entity {
-    /// The short tag in the entity's Redis key.
+    /// The short tag in the entity's Redis key, or in a pair's field.
     fn tag(self) -> &'static str {
         match self {
             Self::User => "u",
             Self::Ad => "a",
             Self::Advertiser => "v",
-            Self::UserCategory => "uc",
-            Self::UserAdvertiser => "uv",
+            Self::UserCategory => "c",
+            Self::UserAdvertiser => "v",
         }
     }
 
@@ -103,7 +103,17 @@ impl Entity {
         }
     }
 
-    /// The Redis key of one entity.
+    /// Writes a pair's field in its user's history hash (`c:{category}`, `v:{advertiser_id}`)
+    /// into `field`, replacing what it held.
+    pub fn write_field(self, other: &str, field: &mut String) {
+        debug_assert!(matches!(self, Self::UserCategory | Self::UserAdvertiser), "{self:?} is no pair");
+        field.clear();
+        field.push_str(self.tag());
+        field.push(':');
+        field.push_str(other);
+    }
+
+    /// The Redis key of one entity (a user, an ad, an advertiser).
     pub fn key(self, prefix: &str, id: &str) -> String {
         let mut key = String::with_capacity(prefix.len() + 2 + id.len());
         self.write_key(prefix, id, &mut key);
@@ -456,9 +466,12 @@ mod tests {
     #[test]
     fn keys() {
         assert_eq!(Entity::Ad.key("adrank:", "a-1"), "adrank:a:a-1");
-        assert_eq!(Entity::UserCategory.key("adrank:", &pair_id("u-1", "shoes")), "adrank:uc:3:u-1shoes");
-        // The length tells the pair apart from one that splits the same text elsewhere.
-        assert_ne!(pair_id("u-1", "1shoes"), pair_id("u-11", "shoes"));
+        assert_eq!(history_key("adrank:", "u-1"), "adrank:h:u-1");
+        let mut field = String::new();
+        Entity::UserCategory.write_field("shoes", &mut field);
+        assert_eq!(field, "c:shoes");
+        Entity::UserAdvertiser.write_field("v-2", &mut field);
+        assert_eq!(field, "v:v-2");
         assert_eq!(offsets_field("adrank-clicks", 3), "adrank-clicks:3");
     }
 }

@@ -526,10 +526,11 @@ impl Cache {
     }
 }
 
-/// The pair entities of one read's user: their ids, and their records once read.
+/// The pairs of one read's user: their fields in the user's history hash, and their records once
+/// read.
 #[derive(Debug, Default)]
 struct Pairs {
-    /// (kind, pair id), in the order they are read.
+    /// (kind, field), in the order they are read.
     wanted: Vec<(Entity, String)>,
     /// By kind (categories, advertisers): the other id's place in `wanted`.
     places: [FxHashMap<Box<str>, usize>; 2],
@@ -543,11 +544,13 @@ impl Pairs {
     }
 
     /// Wants the user's pair with `other` (a category or an advertiser), once.
-    fn want(&mut self, entity: Entity, user_id: &str, other: &str) {
+    fn want(&mut self, entity: Entity, other: &str) {
         let places = &mut self.places[Self::kind(entity)];
         if !places.contains_key(other) {
             places.insert(other.into(), self.wanted.len());
-            self.wanted.push((entity, layout::pair_id(user_id, other)));
+            let mut field = String::with_capacity(2 + other.len());
+            entity.write_field(other, &mut field);
+            self.wanted.push((entity, field));
         }
     }
 
@@ -555,9 +558,9 @@ impl Pairs {
         self.places[Self::kind(entity)].get(other).copied()
     }
 
-    /// The wanted pairs from place `from` on, as a read names them.
-    fn entities(&self, from: usize) -> impl Iterator<Item = (Entity, &str)> {
-        self.wanted[from..].iter().map(|(entity, id)| (*entity, id.as_str()))
+    /// The wanted pairs' fields from place `from` on.
+    fn fields(&self, from: usize) -> impl ExactSizeIterator<Item = &str> + Clone {
+        self.wanted[from..].iter().map(|(_, field)| field.as_str())
     }
 
     /// Every pair's counters at `now_ms`: zero for one absent or expired.
@@ -718,21 +721,21 @@ impl Reader {
         if history {
             let remembered = self.categories.lock();
             for &(ad, advertiser) in &slots {
-                pairs.want(Entity::UserAdvertiser, user_id, entities[advertiser].1);
+                pairs.want(Entity::UserAdvertiser, entities[advertiser].1);
                 let cached = stored[ad].as_deref().and_then(|s| self.category_of(s));
                 if let Some(category) = cached.or_else(|| remembered.get(entities[ad].1).cloned()) {
-                    pairs.want(Entity::UserCategory, user_id, &category);
+                    pairs.want(Entity::UserCategory, &category);
                 }
             }
         }
         let wanted: Vec<usize> = (0..entities.len()).filter(|&i| stored[i].is_none()).collect();
         let first = pairs.wanted.len();
-        let keys: Vec<(Entity, &str)> = wanted.iter().map(|&i| entities[i]).chain(pairs.entities(0)).collect();
-        let mut read = self.read(keys.iter().copied()).await?.into_iter();
-        for (&i, parsed) in wanted.iter().zip(read.by_ref()) {
+        let (read, history_read) =
+            self.read_with_history(wanted.iter().map(|&i| entities[i]), user_id, pairs.fields(0)).await?;
+        for (&i, parsed) in wanted.iter().zip(read) {
             stored[i] = Some(parsed);
         }
-        pairs.stored.extend(read);
+        pairs.stored.extend(history_read);
         if let Some(cache) = &self.cache {
             cache.put(wanted.iter().filter(|&&i| i > 0).map(|&i| (entities[i], stored[i].clone().expect("read"))), now);
         }
@@ -754,14 +757,13 @@ impl Reader {
                         categories[ad] = self.category_of(held(ad));
                         if let Some(category) = &categories[ad] {
                             remembered.insert(entities[ad].1, category);
-                            pairs.want(Entity::UserCategory, user_id, category);
+                            pairs.want(Entity::UserCategory, category);
                         }
                     }
                 }
             }
             if pairs.wanted.len() > first {
-                let keys: Vec<(Entity, &str)> = pairs.entities(first).collect();
-                let late = self.read(keys.iter().copied()).await?;
+                let (_, late) = self.read_with_history(std::iter::empty(), user_id, pairs.fields(first)).await?;
                 pairs.stored.extend(late);
                 metrics::online_history_second_read();
             }
@@ -841,31 +843,70 @@ impl Reader {
         &self,
         entities: impl ExactSizeIterator<Item = (Entity, &'a str)> + Clone,
     ) -> Result<Vec<Arc<Stored>>> {
-        if entities.len() == 0 {
-            return Ok(Vec::new());
-        }
-        let mut command = Vec::with_capacity(16 + entities.len() * (16 + self.prefix.len()));
-        resp::array(&mut command, 1 + entities.len());
-        resp::bulk(&mut command, b"MGET");
+        Ok(self.read_with_history(entities, "", std::iter::empty()).await?.0)
+    }
+
+    /// Reads these entities' records (an `MGET`) and these fields of the user's history (an
+    /// `HMGET`), pipelined in one round trip; either may be empty.
+    async fn read_with_history<'a>(
+        &self,
+        entities: impl ExactSizeIterator<Item = (Entity, &'a str)> + Clone,
+        user_id: &str,
+        fields: impl ExactSizeIterator<Item = &'a str> + Clone,
+    ) -> Result<(Vec<Arc<Stored>>, Vec<Arc<Stored>>)> {
+        let (count, wanted) = (entities.len(), fields.len());
+        let mut command = Vec::with_capacity(32 + (count + wanted) * (16 + self.prefix.len()));
         let mut key = String::new();
-        for (entity, id) in entities.clone() {
-            entity.write_key(&self.prefix, id, &mut key);
-            resp::bulk(&mut command, key.as_bytes());
+        if count > 0 {
+            resp::array(&mut command, 1 + count);
+            resp::bulk(&mut command, b"MGET");
+            for (entity, id) in entities.clone() {
+                entity.write_key(&self.prefix, id, &mut key);
+                resp::bulk(&mut command, key.as_bytes());
+            }
         }
-        let count = entities.len();
+        if wanted > 0 {
+            resp::array(&mut command, 2 + wanted);
+            resp::bulk(&mut command, b"HMGET");
+            layout::write_history_key(&self.prefix, user_id, &mut key);
+            resp::bulk(&mut command, key.as_bytes());
+            for field in fields {
+                resp::bulk(&mut command, field.as_bytes());
+            }
+        }
+        let replies = usize::from(count > 0) + usize::from(wanted > 0);
+        if replies == 0 {
+            return Ok(Default::default());
+        }
         let read = self
             .pool
-            .exchange(&command, 1, |replies| {
-                (replies.len(0) == count).then(|| {
-                    entities
-                        .zip(replies.reply(0))
-                        // Parsed into its `Arc`: a record is a few hundred bytes, moved otherwise.
-                        .map(|((entity, _), value)| Arc::new(Stored::parse(value, self.plan(entity))))
-                        .collect()
+            .exchange(&command, replies, |replies| {
+                let history = usize::from(count > 0);
+                let fits = (count == 0 || replies.len(0) == count) && (wanted == 0 || replies.len(history) == wanted);
+                fits.then(|| {
+                    let records = if count > 0 {
+                        entities
+                            .zip(replies.reply(0))
+                            // Parsed into its `Arc`: a record is a few hundred bytes, moved otherwise.
+                            .map(|((entity, _), value)| Arc::new(Stored::parse(value, self.plan(entity))))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    let pairs = if wanted > 0 {
+                        replies.reply(history).map(|value| Arc::new(Stored::parse(value, None))).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    (records, pairs)
                 })
             })
             .await?;
-        read.ok_or_else(|| self.pool.unexpected(format!("an MGET of {count} keys was answered with another count")))
+        read.ok_or_else(|| {
+            self.pool.unexpected(format!(
+                "an MGET of {count} keys and an HMGET of {wanted} fields were answered with other counts"
+            ))
+        })
     }
 
     /// Reads cached entities again, off the request path (see [`Cache`]).

@@ -26,14 +26,15 @@ const FINEST_BUCKET_MS: i64 = WINDOWS[0].bucket_ms;
 #[derive(Debug, Default)]
 pub struct Updates {
     counters: FxHashMap<String, EntityCounters>,
+    /// The users' history pairs: by history hash key, then by field.
+    pairs: FxHashMap<String, FxHashMap<String, EntityCounters>>,
     attributes: Vec<AttributeUpdate>,
     clicks: Vec<ClickMark>,
     events: usize,
-    /// The key being looked up: an entity already counted this round (most are) costs no
-    /// allocation.
+    /// The key and the field being looked up: an entity already counted this round (most are)
+    /// costs no allocation.
     key: String,
-    /// The pair ids being looked up, likewise.
-    pairs: [String; 2],
+    field: String,
 }
 
 #[derive(Debug, Default)]
@@ -80,8 +81,11 @@ impl EntityCounters {
 #[derive(Debug)]
 struct ClickMark {
     key: String,
-    /// Its entities' keys: user, ad, advertiser, then the pairs.
-    entities: Vec<String>,
+    /// Its entities' keys: user, ad, advertiser.
+    entities: [String; 3],
+    /// Its user's history key and its pairs' fields there.
+    history: String,
+    fields: Vec<String>,
     bucket: u32,
 }
 
@@ -101,9 +105,11 @@ impl Updates {
         self.events
     }
 
-    /// Records the script writes for these updates: entities, attribute snapshots, click ids.
+    /// Records the script writes for these updates: entities, history pairs, attribute
+    /// snapshots, click ids.
     pub fn records(&self) -> usize {
-        self.counters.len() + self.attributes.len() + self.clicks.len()
+        let pairs: usize = self.pairs.values().map(FxHashMap::len).sum();
+        self.counters.len() + pairs + self.attributes.len() + self.clicks.len()
     }
 
     /// An impression counts for its user, ad and advertiser, and for the user's history with
@@ -115,7 +121,7 @@ impl Updates {
             advertiser: &impression.advertiser_id,
             category: impression.category(),
         };
-        self.count(prefix, ids, impression.event_time_ms, (1, 0), |_| ());
+        self.count(prefix, ids, impression.event_time_ms, (1, 0));
     }
 
     /// A click counts for the same entities as its impression (the category as the click
@@ -128,12 +134,20 @@ impl Updates {
             advertiser: &click.advertiser_id,
             category: click.category.as_deref(),
         };
-        let mut entities = Vec::with_capacity(5);
-        self.count(prefix, ids, click.event_time_ms, (0, 1), |key| entities.push(key.to_string()));
+        self.count(prefix, ids, click.event_time_ms, (0, 1));
         let bucket = click.event_time_ms.div_euclid(FINEST_BUCKET_MS);
         self.clicks.push(ClickMark {
             key: layout::click_key(prefix, &click.click_id),
-            entities,
+            entities: ids.entities().map(|(entity, id)| entity.key(prefix, id)),
+            history: layout::history_key(prefix, ids.user),
+            fields: ids
+                .pairs()
+                .map(|(entity, other)| {
+                    let mut field = String::new();
+                    entity.write_field(other, &mut field);
+                    field
+                })
+                .collect(),
             bucket: u32::try_from(bucket).expect("validated event times have buckets that fit a u32"),
         });
     }
@@ -168,38 +182,34 @@ impl Updates {
         });
     }
 
-    /// Counts one event for every entity it touches, telling `keys` each one's key.
-    fn count(&mut self, prefix: &str, ids: Ids<'_>, time_ms: i64, counts: (u32, u32), mut keys: impl FnMut(&str)) {
+    /// Counts one event for its user, ad and advertiser, and for its user's pairs.
+    fn count(&mut self, prefix: &str, ids: Ids<'_>, time_ms: i64, counts: (u32, u32)) {
         self.events += 1;
         let bucket = time_ms.div_euclid(FINEST_BUCKET_MS);
-        // The pair ids are written into buffers kept between events: no allocation per event.
-        let [mut advertiser_pair, mut category_pair] = std::mem::take(&mut self.pairs);
-        layout::write_pair_id(ids.user, ids.advertiser, &mut advertiser_pair);
-        let entities = [
-            (Entity::User, Some(ids.user)),
-            (Entity::Ad, Some(ids.ad)),
-            (Entity::Advertiser, Some(ids.advertiser)),
-            (Entity::UserAdvertiser, Some(advertiser_pair.as_str())),
-            (
-                Entity::UserCategory,
-                ids.category.map(|category| {
-                    layout::write_pair_id(ids.user, category, &mut category_pair);
-                    category_pair.as_str()
-                }),
-            ),
-        ];
-        for (entity, id) in entities.into_iter().filter_map(|(entity, id)| Some((entity, id?))) {
+        for (entity, id) in ids.entities() {
             entity.write_key(prefix, id, &mut self.key);
-            if let Some(counters) = self.counters.get_mut(self.key.as_str()) {
-                counters.add(time_ms, bucket, counts);
-            } else {
-                let mut counters = EntityCounters::default();
-                counters.add(time_ms, bucket, counts);
-                self.counters.insert(self.key.clone(), counters);
-            }
-            keys(&self.key);
+            add(&mut self.counters, &self.key, (time_ms, bucket), counts);
         }
-        self.pairs = [advertiser_pair, category_pair];
+        layout::write_history_key(prefix, ids.user, &mut self.key);
+        if !self.pairs.contains_key(self.key.as_str()) {
+            self.pairs.insert(self.key.clone(), FxHashMap::default());
+        }
+        let fields = self.pairs.get_mut(self.key.as_str()).expect("inserted just above");
+        for (entity, other) in ids.pairs() {
+            entity.write_field(other, &mut self.field);
+            add(fields, &self.field, (time_ms, bucket), counts);
+        }
+    }
+}
+
+/// Adds counts to the counters of `key` in `map`, allocating the key only when it is new.
+fn add(map: &mut FxHashMap<String, EntityCounters>, key: &str, (time_ms, bucket): (i64, i64), counts: (u32, u32)) {
+    if let Some(counters) = map.get_mut(key) {
+        counters.add(time_ms, bucket, counts);
+    } else {
+        let mut counters = EntityCounters::default();
+        counters.add(time_ms, bucket, counts);
+        map.insert(key.to_string(), counters);
     }
 }
 
@@ -210,6 +220,18 @@ struct Ids<'a> {
     ad: &'a str,
     advertiser: &'a str,
     category: Option<&'a str>,
+}
+
+impl<'a> Ids<'a> {
+    fn entities(self) -> [(Entity, &'a str); 3] {
+        [(Entity::User, self.user), (Entity::Ad, self.ad), (Entity::Advertiser, self.advertiser)]
+    }
+
+    /// The user's pairs: with the advertiser, and with the category when there is one.
+    fn pairs(self) -> impl Iterator<Item = (Entity, &'a str)> {
+        std::iter::once((Entity::UserAdvertiser, self.advertiser))
+            .chain(self.category.map(|category| (Entity::UserCategory, category)))
+    }
 }
 
 /// A snapshot's attributes and the `extra` ones the record's own fields give (which win over
@@ -223,21 +245,30 @@ fn encoded_attributes<const N: usize>(attributes: &RawFeatures, extra: [(&str, R
 
 /// Several batches' updates as one: counters summed per entity and bucket, attribute
 /// snapshots side by side (the script keeps the newest).
+#[derive(Default)]
 struct Merged<'a> {
     counters: FxHashMap<&'a str, EntityCounters>,
+    /// By history key, then by field.
+    pairs: FxHashMap<&'a str, FxHashMap<&'a str, EntityCounters>>,
     attributes: Vec<&'a AttributeUpdate>,
     clicks: Vec<&'a ClickMark>,
 }
 
 impl<'a> Merged<'a> {
     fn of(updates: impl Iterator<Item = &'a Updates>) -> Self {
-        let mut merged = Self { counters: FxHashMap::default(), attributes: Vec::new(), clicks: Vec::new() };
-        for updates in updates {
-            for (key, counters) in &updates.counters {
-                let into = merged.counters.entry(key.as_str()).or_default();
+        let mut merged = Self::default();
+        let fold = |into: &mut FxHashMap<&'a str, EntityCounters>, from: &'a FxHashMap<String, EntityCounters>| {
+            for (key, counters) in from {
+                let into = into.entry(key.as_str()).or_default();
                 for &(bucket, counts) in &counters.buckets {
                     into.add(counters.seen_ms, bucket, counts);
                 }
+            }
+        };
+        for updates in updates {
+            fold(&mut merged.counters, &updates.counters);
+            for (key, fields) in &updates.pairs {
+                fold(merged.pairs.entry(key.as_str()).or_default(), fields);
             }
             merged.attributes.extend(&updates.attributes);
             merged.clicks.extend(&updates.clicks);
@@ -408,11 +439,17 @@ impl Writer {
         batches: &[&PartitionBatch<'_>],
         merged: &Merged<'_>,
     ) -> redis::RedisResult<Vec<(usize, Option<i64>)>> {
+        let pairs: Vec<(&str, &str, &EntityCounters)> = merged
+            .pairs
+            .iter()
+            .flat_map(|(key, fields)| fields.iter().map(move |(field, counters)| (*key, *field, counters)))
+            .collect();
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&self.sha)
-            .arg(1 + merged.counters.len() + merged.attributes.len() + merged.clicks.len())
+            .arg(1 + merged.counters.len() + merged.attributes.len() + merged.clicks.len() + pairs.len())
             .arg(layout::offsets_key(&self.prefix));
-        // Counter updates by key, numbered from 1 as the script numbers them.
+        // Counter updates by key, then pair updates by (history key, field), numbered from 1 as
+        // the script numbers them.
         let mut position: FxHashMap<&str, u32> = FxHashMap::default();
         for (key, at) in merged.counters.keys().zip(1..) {
             cmd.arg(*key);
@@ -424,6 +461,12 @@ impl Writer {
         for click in &merged.clicks {
             cmd.arg(&click.key);
         }
+        let first_pair = 1 + merged.counters.len() as u32;
+        let mut pair_position: FxHashMap<(&str, &str), u32> = FxHashMap::default();
+        for (&(key, field, _), at) in pairs.iter().zip(first_pair..) {
+            cmd.arg(key);
+            pair_position.insert((key, field), at);
+        }
         cmd.arg(batches.len());
         for batch in batches {
             cmd.arg(layout::offsets_field(batch.topic, batch.partition))
@@ -434,7 +477,8 @@ impl Writer {
             .arg(merged.counters.len())
             .arg(merged.attributes.len())
             .arg(merged.clicks.len())
-            .arg(self.click_dedup_ms);
+            .arg(self.click_dedup_ms)
+            .arg(pairs.len());
         let mut blob = Vec::new();
         for counters in merged.counters.values() {
             counters.encode(&mut blob);
@@ -449,7 +493,14 @@ impl Writer {
             for entity in &click.entities {
                 blob.extend(position[entity.as_str()].to_le_bytes());
             }
+            for field in &click.fields {
+                blob.extend(pair_position[&(click.history.as_str(), field.as_str())].to_le_bytes());
+            }
             cmd.arg(&blob);
+        }
+        for (_, field, counters) in &pairs {
+            counters.encode(&mut blob);
+            cmd.arg(*field).arg(&blob);
         }
         // {1, retried clicks} when applied; {0, position, current, position, current, …} when
         // fenced.
@@ -569,19 +620,21 @@ mod tests {
         impression.event_time_ms = 2_000;
         updates.impression("p:", &impression);
         assert_eq!(updates.events(), 2);
-        // The user, the ad, the advertiser and the user with the advertiser: no category.
-        assert_eq!(updates.counters.len(), 4);
-        assert_eq!(updates.counters["p:uv:3:u-1adv-1"].buckets, [(0, (2, 0))]);
+        // The user, the ad, the advertiser; the user's pair with the advertiser (no category).
+        assert_eq!(updates.counters.len(), 3);
+        assert_eq!(updates.pairs["p:h:u-1"]["v:adv-1"].buckets, [(0, (2, 0))]);
+        assert_eq!(updates.records(), 4);
         let mut with_category = impression.clone();
         with_category.features.insert(adrank_contracts::events::CATEGORY_FIELD, RawValue::from("shoes"));
         updates.impression("p:", &with_category);
-        assert_eq!(updates.counters["p:uc:3:u-1shoes"].buckets, [(0, (1, 0))]);
-        assert_eq!(updates.counters.len(), 5);
+        assert_eq!(updates.pairs["p:h:u-1"]["c:shoes"].buckets, [(0, (1, 0))]);
+        assert_eq!(updates.records(), 5);
         let user = &updates.counters["p:u:u-1"];
         assert_eq!(user.seen_ms, 2_000);
         assert_eq!(user.buckets, [(0, (3, 0))]);
         let merged = Merged::of([&updates, &updates].into_iter());
         assert_eq!(merged.counters["p:u:u-1"].buckets, [(0, (6, 0))]);
+        assert_eq!(merged.pairs["p:h:u-1"]["v:adv-1"].buckets, [(0, (6, 0))]);
         // Buckets stay ascending whatever order the events come in (the script relies on it).
         let mut late = Updates::default();
         for minutes in [50, 5, 25, 50] {
