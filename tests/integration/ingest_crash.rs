@@ -92,7 +92,7 @@ impl Run {
 
     /// Every key under the prefix but click-id marks: the offsets hash field by field, each
     /// entity's record (its wall-clock deletion time aside: that differs between runs by
-    /// design).
+    /// design), each user's history pair by pair.
     fn snapshot(&self, redis: &mut redis::Connection) -> BTreeMap<String, String> {
         use adrank_featurestore::online::layout::Record;
         let keys: Vec<String> =
@@ -106,6 +106,18 @@ impl Run {
                 if name == "ingest:offsets" {
                     let offsets: BTreeMap<String, i64> = redis.hgetall(&key).unwrap();
                     return (name, format!("{offsets:?}"));
+                }
+                if name.starts_with("h:") {
+                    // A user's history: a record per pair field.
+                    let fields: BTreeMap<String, Vec<u8>> = redis.hgetall(&key).unwrap();
+                    let records: BTreeMap<&String, String> = fields
+                        .iter()
+                        .map(|(field, bytes)| {
+                            let record = Record::parse(bytes).unwrap_or_else(|e| panic!("{key} {field}: {e}"));
+                            (field, format!("{record:?}"))
+                        })
+                        .collect();
+                    return (name, format!("{records:?}"));
                 }
                 let bytes: Vec<u8> = redis.get(&key).unwrap();
                 let record = Record::parse(&bytes).unwrap_or_else(|e| panic!("{key}: {e}"));
