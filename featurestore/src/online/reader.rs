@@ -568,15 +568,31 @@ impl Pairs {
         self.wanted
             .iter()
             .zip(&self.stored)
-            .map(|(&(entity, ref id), stored)| {
-                if stored.live(now_ms, ttl_ms) {
-                    stored.record(entity, id, now_ms, None)
-                } else {
-                    Arc::new(id_record(entity, id))
-                }
-            })
+            .map(
+                |(&(entity, ref id), stored)| {
+                    if stored.live(now_ms, ttl_ms) {
+                        stored.record(entity, id, now_ms, None)
+                    } else {
+                        no_history(entity)
+                    }
+                },
+            )
             .collect()
     }
+}
+
+/// An absent entity's record, shared.
+fn absent() -> Arc<Stored> {
+    static ABSENT: OnceLock<Arc<Stored>> = OnceLock::new();
+    ABSENT.get_or_init(|| Arc::new(Stored::default())).clone()
+}
+
+/// A pair's record when the user has no history with it: zero counts, shared (most of a read's
+/// ~220 pairs are absent).
+fn no_history(entity: Entity) -> Arc<RawFeatures> {
+    static ZERO: OnceLock<[Arc<RawFeatures>; 2]> = OnceLock::new();
+    let zero = ZERO.get_or_init(|| [Entity::UserCategory, Entity::UserAdvertiser].map(|e| Arc::new(id_record(e, ""))));
+    zero[Pairs::kind(entity)].clone()
 }
 
 /// Ads' categories as last read, by ad id: a read names an ad's category pair before it has
@@ -794,16 +810,15 @@ impl Reader {
             })
             .collect();
         let pair_records = pairs.records(now_ms, self.ttl_ms);
-        let empty = || [Entity::UserCategory, Entity::UserAdvertiser].map(|e| Arc::new(id_record(e, "")));
-        let no_history: [Arc<RawFeatures>; 2] = if history { empty() } else { Default::default() };
+
         let user = (*records[0]).clone();
         let per_ad = slots
             .iter()
             .map(|&(ad, advertiser)| {
-                let pair = |entity, other: Option<&str>, k: usize| {
+                let pair = |entity, other: Option<&str>| {
                     other
                         .and_then(|o| pairs.place(entity, o))
-                        .map_or_else(|| no_history[k].clone(), |j| pair_records[j].clone())
+                        .map_or_else(|| no_history(entity), |j| pair_records[j].clone())
                 };
                 AdFeatures {
                     ad: records[ad].clone(),
@@ -811,8 +826,8 @@ impl Reader {
                     ad_age_hours: if live[ad] { held(ad).age_hours(now_ms) } else { RawValue::Missing },
                     history: if history {
                         [
-                            pair(Entity::UserCategory, categories[ad].as_deref(), 0),
-                            pair(Entity::UserAdvertiser, Some(entities[advertiser].1), 1),
+                            pair(Entity::UserCategory, categories[ad].as_deref()),
+                            pair(Entity::UserAdvertiser, Some(entities[advertiser].1)),
                         ]
                     } else {
                         Default::default()
@@ -894,7 +909,14 @@ impl Reader {
                         Vec::new()
                     };
                     let pairs = if wanted > 0 {
-                        replies.reply(history).map(|value| Arc::new(Stored::parse(value, None))).collect()
+                        // Most pairs are absent: one shared absent record for them all.
+                        let absent = absent();
+                        replies
+                            .reply(history)
+                            .map(|value| {
+                                value.map_or_else(|| absent.clone(), |v| Arc::new(Stored::parse(Some(v), None)))
+                            })
+                            .collect()
                     } else {
                         Vec::new()
                     };
