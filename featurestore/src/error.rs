@@ -26,6 +26,10 @@ pub enum Error {
         source: redis::RedisError,
     },
 
+    /// Deleting by key prefix was asked with none: it would delete the whole database.
+    #[error("redis.key_prefix is empty: deleting the keys under it would delete every key in the database")]
+    EmptyPrefix,
+
     /// An online read asked for more ads than one read serves.
     #[error("an online read asked for {asked} ads; at most {max} are read at once")]
     TooManyAds { asked: usize, max: usize },

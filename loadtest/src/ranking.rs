@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     generator::{Source, histogram, http},
-    world::{Request, World},
+    world::{Request, Served, World},
 };
 
 /// The parts of a `/v1/rank` reply the harness reads.
@@ -153,6 +153,25 @@ impl Business {
     pub fn oracle_share(&self) -> f64 {
         if self.oracle_revenue > 0.0 { self.expected_revenue / self.oracle_revenue } else { 0.0 }
     }
+
+    /// Books one served request (its shown slots are kept by the caller when it wants them).
+    fn book(&mut self, served: &Served, rankings: [f64; 4], scores: &[f64]) {
+        let [expected, oracle, ceiling, bid_only] = rankings;
+        self.requests += 1;
+        self.impressions += served.impressions.len() as u64;
+        self.clicks += served.clicks.len() as u64;
+        self.revenue += served
+            .clicks
+            .iter()
+            .map(|c| served.impressions.iter().find(|i| i.impression_id == c.impression_id).map_or(0.0, |i| i.bid))
+            .sum::<f64>();
+        self.expected_revenue += expected;
+        self.oracle_revenue += oracle;
+        self.ceiling_revenue += ceiling;
+        self.bid_only_revenue += bid_only;
+        self.predicted_ctr_sum += scores.iter().sum::<f64>();
+        self.true_ctr_sum += served.impressions.iter().filter_map(|i| i.oracle_p).sum::<f64>();
+    }
 }
 
 /// Clicks sent to the server.
@@ -177,6 +196,8 @@ pub struct Ranking {
     feed: Feed,
     timings: Mutex<ServerTimings>,
     business: Mutex<BTreeMap<String, Business>>,
+    /// The same by simulated hour (the request's time, truncated) and version.
+    hourly: Mutex<BTreeMap<(i64, String), Business>>,
     clicks: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
     delivery: Arc<Mutex<ClickDelivery>>,
     sender: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -252,6 +273,7 @@ impl Ranking {
             feed,
             timings: Mutex::default(),
             business: Mutex::default(),
+            hourly: Mutex::default(),
             clicks: Mutex::default(),
             delivery: Arc::default(),
             sender: Mutex::default(),
@@ -275,6 +297,26 @@ impl Ranking {
     /// Business figures by model version (`name/version`).
     pub fn business(&self) -> BTreeMap<String, Business> {
         self.business.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Impressions and clicks so far by model version (`name/version`): the cheap part of
+    /// [`Ranking::business`], for a live view.
+    pub fn clicks_by_version(&self) -> BTreeMap<String, (u64, u64)> {
+        let business = self.business.lock().unwrap_or_else(|e| e.into_inner());
+        business.iter().map(|(version, b)| (version.clone(), (b.impressions, b.clicks))).collect()
+    }
+
+    /// The world's simulated time (closed loop).
+    pub fn simulated_ms(&self) -> Option<i64> {
+        match &self.feed {
+            Feed::World { world, .. } => Some(world.lock().unwrap_or_else(|e| e.into_inner()).now_ms()),
+            Feed::Fixed(_) => None,
+        }
+    }
+
+    /// Business figures by simulated hour (start, ms) and model version, without the shown slots.
+    pub fn hourly(&self) -> BTreeMap<(i64, String), Business> {
+        self.hourly.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn clicks(&self) -> ClickDelivery {
@@ -313,22 +355,15 @@ impl Ranking {
         if !measured {
             return;
         }
+        let rankings = [expected, oracle, ceiling, bid_only];
+        let key = format!("{}/{}", reply.model.name, reply.model.version);
+        let hour = request.time_ms - request.time_ms.rem_euclid(3_600_000);
+        let mut hourly = self.hourly.lock().unwrap_or_else(|e| e.into_inner());
+        hourly.entry((hour, key.clone())).or_default().book(&served, rankings, &scores);
+        drop(hourly);
         let mut business = self.business.lock().unwrap_or_else(|e| e.into_inner());
-        let b = business.entry(format!("{}/{}", reply.model.name, reply.model.version)).or_default();
-        b.requests += 1;
-        b.impressions += served.impressions.len() as u64;
-        b.clicks += served.clicks.len() as u64;
-        b.revenue += served
-            .clicks
-            .iter()
-            .map(|c| served.impressions.iter().find(|i| i.impression_id == c.impression_id).map_or(0.0, |i| i.bid))
-            .sum::<f64>();
-        b.expected_revenue += expected;
-        b.oracle_revenue += oracle;
-        b.ceiling_revenue += ceiling;
-        b.bid_only_revenue += bid_only;
-        b.predicted_ctr_sum += scores.iter().sum::<f64>();
-        b.true_ctr_sum += served.impressions.iter().filter_map(|i| i.oracle_p).sum::<f64>();
+        let b = business.entry(key).or_default();
+        b.book(&served, rankings, &scores);
         for (i, score) in served.impressions.iter().zip(&scores) {
             b.shown.push((i.position, *score as f32, i.oracle_p.unwrap_or(0.0) as f32));
         }

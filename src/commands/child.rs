@@ -14,12 +14,24 @@ use crate::config::Loaded;
 /// This executable with the same config file and environment, plus `env`.
 pub(crate) fn adrank(loaded: &Loaded, args: &[&str], env: &[(String, String)]) -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
-    let mut command = Command::new(exe);
+    Ok(with_args(Command::new(exe), loaded, args, env))
+}
+
+/// [`adrank`] at a lower scheduling priority (`nice -n 10`, inherited by what it starts): for
+/// batch work that shares a machine with serving.
+pub(crate) fn adrank_niced(loaded: &Loaded, args: &[&str], env: &[(String, String)]) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let mut nice = Command::new("nice");
+    nice.args(["-n", "10"]).arg(exe);
+    Ok(with_args(nice, loaded, args, env))
+}
+
+fn with_args(mut command: Command, loaded: &Loaded, args: &[&str], env: &[(String, String)]) -> Command {
     if let Some(file) = &loaded.file {
         command.arg("--config").arg(file);
     }
     command.args(args).envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).kill_on_drop(true);
-    Ok(command)
+    command
 }
 
 /// Runs `adrank <args>` to the end; fails when it does.

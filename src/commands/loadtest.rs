@@ -15,7 +15,7 @@ use std::{
 use adrank_loadtest::{
     generator::{Arrivals, Progress, RunConfig, RunReport, Slo, Step, SweepPlan, run},
     ranking::Ranking,
-    report::{Report, ServerSummary, SweepSummary, html, versions},
+    report::{Report, ServerSummary, SweepSummary, hours, html, versions},
 };
 use anyhow::{Context as _, bail};
 
@@ -219,6 +219,7 @@ pub(crate) async fn run_command(mut args: Args, loaded: &Loaded) -> anyhow::Resu
     report.sweep = sweep;
     if args.closed_loop {
         report.versions = versions(&ranking.business());
+        report.hours = hours(&ranking.hourly());
         report.clicks = Some(ranking.clicks());
     }
     print!("{}", render_tables(&report));

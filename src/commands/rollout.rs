@@ -230,7 +230,7 @@ async fn control(controller: &Controller, once: bool) -> anyhow::Result<ExitCode
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            () = super::ingest::shutdown_signal() => return Ok(ExitCode::SUCCESS),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use adrank_contracts::training_log::{CommitRequest, TrainingLog, utc_hour};
+use adrank_contracts::training_log::{TrainingLog, utc_hour};
 use adrank_featurestore::kafka::admin;
 use adrank_loadtest::{
     generator::{Arrivals, Progress, RunConfig, run},
@@ -221,21 +221,7 @@ async fn a_trace_crosses_processes(stack: &Stack, addr: SocketAddr, received: &c
 /// them: a model trained on it learns nothing about who clicks.
 async fn shuffled_copy(from: &str, to: &str) {
     let (source, target) = (TrainingLog::open(from).unwrap(), TrainingLog::open(to).unwrap());
-    let commits = source.all_commits().await.unwrap();
-    let mut examples = source.read(&commits).await.unwrap();
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    for i in (1..examples.len()).rev() {
-        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        let j = (seed >> 33) as usize % (i + 1);
-        let (a, b) = (examples[i].clicks, examples[j].clicks);
-        (examples[i].clicks, examples[j].clicks) = (b, a);
-    }
-    for example in &mut examples {
-        example.first_click_ms = (example.clicks > 0).then_some(example.impression.event_time_ms);
-    }
-    let request =
-        CommitRequest { partition: 0, seq: 0, checkpoint: Default::default(), late_clicks: 0, orphan_clicks: 0 };
-    target.commit(request, examples).await.unwrap();
+    source.shuffled_copy(&target, None, 0x2545_f491_4f6c_dd1d).await.unwrap();
 }
 
 /// The server's request counters, by route and status.

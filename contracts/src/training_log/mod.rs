@@ -325,6 +325,39 @@ impl TrainingLog {
         parquet::from_parquet(bytes).map_err(|e| self.error(format!("decoding {file}"), e))
     }
 
+    /// Copies the examples served in `[since_ms, until_ms)` (every hour when `None`) to the log at
+    /// `to`, their labels shuffled among them: a model trained on the copy learns nothing about
+    /// who clicks. A deliberately bad training set (the demo's bad candidate, the rollout tests'
+    /// worse model); returns the examples copied.
+    pub async fn shuffled_copy(&self, to: &TrainingLog, window: Option<(i64, i64)>, seed: u64) -> Result<usize> {
+        let commits = self.all_commits().await?;
+        let mut examples = Vec::new();
+        match window {
+            Some((since, until)) => {
+                for file in Self::files_between(&commits, since, until) {
+                    examples.extend(self.read_file(&file).await?);
+                }
+                examples.retain(|e| (since..until).contains(&e.impression.event_time_ms));
+            }
+            None => examples = self.read(&commits).await?,
+        }
+        let mut state = seed | 1;
+        for i in (1..examples.len()).rev() {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let j = (state >> 33) as usize % (i + 1);
+            let (a, b) = (examples[i].clicks, examples[j].clicks);
+            (examples[i].clicks, examples[j].clicks) = (b, a);
+        }
+        for example in &mut examples {
+            example.first_click_ms = (example.clicks > 0).then_some(example.impression.event_time_ms);
+        }
+        let copied = examples.len();
+        let request =
+            CommitRequest { partition: 0, seq: 0, checkpoint: Checkpoint::default(), late_clicks: 0, orphan_clicks: 0 };
+        to.commit(request, examples).await?;
+        Ok(copied)
+    }
+
     /// The committed data files holding examples served in `[since_ms, until_ms)`, oldest hour
     /// first (files are per event hour, so this reads no other hour).
     pub fn files_between(commits: &[Commit], since_ms: i64, until_ms: i64) -> Vec<String> {

@@ -38,6 +38,28 @@ pub async fn server_version(config: &RedisConfig) -> Result<String> {
     Ok(info.lines().find_map(|line| line.strip_prefix("redis_version:")).unwrap_or("unknown").trim().to_string())
 }
 
+/// Deletes every key under `config.key_prefix` (`adrank down --wipe`, benchmarks' cleanup);
+/// returns how many. Refuses an empty prefix: that would be the whole database.
+pub async fn delete_all(config: &RedisConfig) -> Result<usize> {
+    if config.key_prefix.is_empty() {
+        return Err(Error::EmptyPrefix);
+    }
+    let mut connection = connect(config).await?;
+    let pattern = format!("{}*", config.key_prefix);
+    let mut keys: Vec<String> = Vec::new();
+    {
+        use redis::AsyncCommands as _;
+        let mut scan = connection.scan_match::<_, String>(&pattern).await.map_err(|e| redis_error(config, e))?;
+        while let Some(key) = scan.next_item().await {
+            keys.push(key.map_err(|e| redis_error(config, e))?);
+        }
+    }
+    for chunk in keys.chunks(10_000) {
+        redis::cmd("UNLINK").arg(chunk).query_async::<()>(&mut connection).await.map_err(|e| redis_error(config, e))?;
+    }
+    Ok(keys.len())
+}
+
 fn redis_error(config: &RedisConfig, source: redis::RedisError) -> Error {
     Error::Redis { url: config.url.clone(), source }
 }

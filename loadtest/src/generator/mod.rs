@@ -60,11 +60,16 @@ pub fn cpu_seconds(stat_path: &str) -> Option<f64> {
 /// on whole milliseconds (rounding up), which would send requests up to a millisecond late and
 /// add that to every latency; the operating system's timer, with the thread's timer slack
 /// lowered, wakes within microseconds. A connection waits on its gate and sends when a permit
-/// arrives; permits pile up when it is behind, so nothing is ever skipped.
-/// Returns the CPU seconds the pacer used.
+/// arrives; permits pile up when it is behind, so nothing is ever skipped. Releases are
+/// grouped by [`RELEASE_GROUP`], until the schedule ends or `progress` is stopped.
 ///
-/// Releases are grouped by [`RELEASE_GROUP`].
-fn pace(start: Instant, offsets: Arc<Vec<Duration>>, gates: Vec<Arc<Semaphore>>) -> std::thread::JoinHandle<f64> {
+/// Returns the thread's CPU seconds and how many requests it released.
+fn pace(
+    start: Instant,
+    offsets: Arc<Vec<Duration>>,
+    gates: Vec<Arc<Semaphore>>,
+    progress: Arc<Progress>,
+) -> std::thread::JoinHandle<(f64, usize)> {
     std::thread::Builder::new()
         .name("loadgen-pacer".into())
         .spawn(move || {
@@ -73,6 +78,11 @@ fn pace(start: Instant, offsets: Arc<Vec<Duration>>, gates: Vec<Arc<Semaphore>>)
             let cpu = thread_cpu_seconds();
             let mut i = 0;
             while i < offsets.len() {
+                if progress.stopped() {
+                    // Every connection wakes, sees the stop and ends.
+                    gates.iter().for_each(|g| g.add_permits(Semaphore::MAX_PERMITS / 2));
+                    break;
+                }
                 // Requests due within RELEASE_GROUP of this one go together, at the last one's
                 // time: at most 10,000 wake-ups a second whatever the rate, each request at
                 // most that much late.
@@ -87,7 +97,7 @@ fn pace(start: Instant, offsets: Arc<Vec<Duration>>, gates: Vec<Arc<Semaphore>>)
                 }
                 i += group;
             }
-            thread_cpu_seconds() - cpu
+            (thread_cpu_seconds() - cpu, i)
         })
         .expect("cannot start the pacer thread")
 }
@@ -239,6 +249,9 @@ pub async fn run<S: Source>(
                 for i in (c..offsets.len()).step_by(config.connections) {
                     let intended = start + offsets[i];
                     gate.acquire().await.expect("gates are never closed").forget();
+                    if progress.stopped() {
+                        break;
+                    }
                     let Some((body, tag)) = source.next(i).await else { break };
                     let sent = Instant::now();
                     let result = connection.post(&config.path, &body, config.timeout).await;
@@ -267,16 +280,16 @@ pub async fn run<S: Source>(
             })
         })
         .collect();
-    let pacer = pace(start, Arc::clone(&offsets), gates);
+    let pacer = pace(start, Arc::clone(&offsets), gates, Arc::clone(&progress));
     let mut samples = Vec::with_capacity(offsets.len());
     for task in tasks {
         samples.extend(task.await.expect("a connection task panicked; this is a bug"));
     }
-    let pacer_cpu_seconds = pacer.join().expect("the pacer thread panicked; this is a bug");
+    let (pacer_cpu_seconds, released) = pacer.join().expect("the pacer thread panicked; this is a bug");
     samples.sort_by_key(|s| s.intended_us);
     let mut report = RunReport {
         rate: config.rate,
-        scheduled: offsets.iter().filter(|o| **o >= config.warmup).count() as u64,
+        scheduled: offsets[..released].iter().filter(|o| **o >= config.warmup).count() as u64,
         statuses: BTreeMap::new(),
         failures: BTreeMap::new(),
         late: samples.iter().filter(|s| s.late()).count() as u64,

@@ -2,7 +2,7 @@
 
 use std::sync::{
     Mutex,
-    atomic::{AtomicU64, Ordering::Relaxed},
+    atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
 };
 
 use hdrhistogram::Histogram;
@@ -17,6 +17,8 @@ pub struct Progress {
     errors: AtomicU64,
     late: AtomicU64,
     window: Mutex<Histogram<u64>>,
+    /// Set by [`Progress::stop`]: the run ends early, after the requests already released.
+    stopped: AtomicBool,
 }
 
 impl Default for Progress {
@@ -26,6 +28,7 @@ impl Default for Progress {
             errors: AtomicU64::new(0),
             late: AtomicU64::new(0),
             window: Mutex::new(super::histogram()),
+            stopped: AtomicBool::new(false),
         }
     }
 }
@@ -52,6 +55,16 @@ impl Progress {
         if let super::Outcome::Status(_) = sample.outcome {
             self.window.lock().unwrap_or_else(|e| e.into_inner()).saturating_record(sample.latency_us);
         }
+    }
+
+    /// Ends the run early: no request is released after this; the run's report covers the
+    /// schedule up to here.
+    pub fn stop(&self) {
+        self.stopped.store(true, Relaxed);
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Relaxed)
     }
 
     /// The counters so far and the latency since the last reading.

@@ -1,11 +1,14 @@
 //! The report as one self-contained HTML page: tables, and plots drawn as inline SVG with
 //! plotters (no scripts, no files beside it, nothing fetched when it is opened).
 
-use std::fmt::Write as _;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+};
 
 use plotters::prelude::*;
 
-use super::Report;
+use super::{HourFigures, Report};
 
 const WIDTH: u32 = 760;
 const HEIGHT: u32 = 340;
@@ -30,6 +33,11 @@ fn top(values: impl Iterator<Item = f64>) -> f64 {
 
 /// A line plot as SVG; `log_x` puts the x axis on a logarithmic scale (x > 0).
 fn plot(title: &str, x_label: &str, y_label: &str, lines: &[Line<'_>], log_x: bool) -> String {
+    plot_marked(title, x_label, y_label, lines, log_x, &[])
+}
+
+/// [`plot`] with dashed vertical lines at `marks` (x values: the loop's decisions).
+fn plot_marked(title: &str, x_label: &str, y_label: &str, lines: &[Line<'_>], log_x: bool, marks: &[f64]) -> String {
     let mut svg = String::new();
     let xs = || lines.iter().flat_map(|l| l.points.iter().map(|p| p.0));
     let x_min = xs().fold(f64::INFINITY, f64::min);
@@ -41,7 +49,7 @@ fn plot(title: &str, x_label: &str, y_label: &str, lines: &[Line<'_>], log_x: bo
     let y_max = top(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)));
     let drawn = {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        draw(&root, title, x_label, y_label, lines, (x_min, x_max, y_max), log_x)
+        draw(&root, (title, x_label, y_label), lines, (x_min, x_max, y_max), log_x, marks)
     };
     match drawn {
         Ok(()) => svg,
@@ -53,12 +61,11 @@ type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
 fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, plotters::coord::Shift>,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
+    (title, x_label, y_label): (&str, &str, &str),
     lines: &[Line<'_>],
     (x_min, x_max, y_max): (f64, f64, f64),
     log_x: bool,
+    marks: &[f64],
 ) -> DrawResult
 where
     DB::ErrorType: 'static,
@@ -70,7 +77,11 @@ where
         let chart = builder.build_cartesian_2d((x_min.max(1e-9)..x_max).log_scale(), 0.0..y_max)?;
         draw_lines(chart, x_label, y_label, lines, false)?;
     } else {
-        let chart = builder.build_cartesian_2d(x_min..x_max, 0.0..y_max)?;
+        let mut chart = builder.build_cartesian_2d(x_min..x_max, 0.0..y_max)?;
+        let dash = MAX.mix(0.6).stroke_width(1);
+        for &x in marks.iter().filter(|x| (x_min..=x_max).contains(*x)) {
+            chart.draw_series(DashedLineSeries::new([(x, 0.0), (x, y_max)], 4, 4, dash))?;
+        }
         draw_lines(chart, x_label, y_label, lines, true)?;
     }
     root.present()?;
@@ -170,6 +181,84 @@ fn table(out: &mut String, head: &[&str], rows: &[Vec<String>]) {
     out.push_str("</table>");
 }
 
+/// The demo's verdict and the loop's timeline, when the run has them.
+fn loop_section(out: &mut String, report: &Report) {
+    if let Some(verdict) = &report.verdict {
+        let _ = write!(out, "<p><b>{}</b></p>", escape(verdict));
+    }
+    if report.timeline.is_empty() {
+        return;
+    }
+    out.push_str("<h2>The loop: versions, gates, rollout steps and decisions</h2>");
+    let rows: Vec<Vec<String>> = report
+        .timeline
+        .iter()
+        .map(|e| {
+            vec![
+                format!("{:+.0} s", e.at_s),
+                e.kind.clone(),
+                e.version.map_or("-".into(), |v| format!("v{v}")),
+                e.text.clone(),
+            ]
+        })
+        .collect();
+    table(out, &["when (since the load began)", "what", "version", "detail"], &rows);
+}
+
+/// Each version's CTR and expected RPM by simulated hour, beside the rankings of all requests.
+fn hours_section(out: &mut String, report: &Report) {
+    let simulated: BTreeSet<i64> = report.hours.iter().map(|h| h.hour_ms).collect();
+    if simulated.len() < 2 {
+        return;
+    }
+    let origin = *simulated.first().expect("two hours at least");
+    let x = |hour_ms: i64| (hour_ms - origin) as f64 / 3_600_000.0;
+    // All requests of an hour, whichever version served them: the rankings' reference lines.
+    let mut all: BTreeMap<i64, (f64, [f64; 3])> = BTreeMap::new();
+    for h in &report.hours {
+        let entry = all.entry(h.hour_ms).or_default();
+        let n = h.requests as f64;
+        entry.0 += n;
+        for (sum, rpm) in entry.1.iter_mut().zip([h.bid_only_rpm, h.ceiling_rpm, h.oracle_rpm]) {
+            *sum += rpm * n;
+        }
+    }
+    let reference = |k: usize| -> Vec<(f64, f64)> {
+        all.iter().filter(|(_, (n, _))| *n > 0.0).map(|(hour, (n, sums))| (x(*hour), sums[k] / n)).collect()
+    };
+    let palette = [P50, THROUGHPUT, RGBColor(255, 127, 14), RGBColor(23, 190, 207), RGBColor(188, 189, 34)];
+    let names: Vec<String> = {
+        let mut names: Vec<String> = report.hours.iter().map(|h| h.version.clone()).collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    // An hour a version served only a handful of requests in says nothing of it.
+    let points = |name: &str, f: fn(&HourFigures) -> f64| -> Vec<(f64, f64)> {
+        report.hours.iter().filter(|h| h.version == name && h.requests >= 20).map(|h| (x(h.hour_ms), f(h))).collect()
+    };
+    let mut rpm: Vec<Line<'_>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Line { name, color: palette[i % palette.len()], points: points(name, |h| h.expected_rpm) })
+        .collect();
+    rpm.push(Line { name: "bid-only ranking", color: P99, points: reference(0) });
+    rpm.push(Line { name: "learnable ceiling's ranking", color: CEILING, points: reference(1) });
+    rpm.push(Line { name: "oracle ranking", color: MAX, points: reference(2) });
+    out.push_str("<h3>Over simulated time</h3>");
+    out.push_str(&plot("Expected RPM by simulated hour", "simulated hours since the load began", "RPM", &rpm, false));
+    let ctr: Vec<Line<'_>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Line { name, color: palette[i % palette.len()], points: points(name, |h| h.ctr) })
+        .collect();
+    out.push_str(&plot("CTR by simulated hour", "simulated hours since the load began", "CTR", &ctr, false));
+    out.push_str(
+        "<p class=\"note\">Each version's line covers the hours it served at least 20 requests in (during a rollout both arms \
+         serve, each to its own users); the rankings' lines are over every request of the hour.</p>",
+    );
+}
+
 /// The whole page.
 pub fn render(report: &Report) -> String {
     let mut out = String::new();
@@ -192,6 +281,7 @@ pub fn render(report: &Report) -> String {
         arrivals = escape(&report.arrivals),
         connections = report.connections
     );
+    loop_section(&mut out, report);
     out.push_str("<h2>Run</h2>");
     let mut rows = vec![
         vec!["offered / achieved rate".into(), format!("{:.0} / {:.1} req/s", run.rate, run.achieved_rate)],
@@ -206,17 +296,17 @@ pub fn render(report: &Report) -> String {
     let series = |f: fn(&crate::generator::Second) -> f64| -> Vec<(f64, f64)> {
         report.series.iter().map(|s| (s.second as f64, f(s))).collect()
     };
-    out.push_str(&plot(
-        "Latency over time",
-        "seconds since start",
-        "ms",
-        &[
-            Line { name: "p50", color: P50, points: series(|s| s.p50_ms) },
-            Line { name: "p99", color: P99, points: series(|s| s.p99_ms) },
-            Line { name: "max", color: MAX, points: series(|s| s.max_ms) },
-        ],
-        false,
-    ));
+    let marks: Vec<f64> = report.timeline.iter().filter(|e| e.kind == "rollout").map(|e| e.at_s).collect();
+    let mut lines = vec![
+        Line { name: "p50", color: P50, points: series(|s| s.p50_ms) },
+        Line { name: "p99", color: P99, points: series(|s| s.p99_ms) },
+        Line { name: "max", color: MAX, points: series(|s| s.max_ms) },
+    ];
+    if report.series.iter().any(|s| s.errors > 0) {
+        lines.push(Line { name: "errors", color: CEILING, points: series(|s| s.errors as f64) });
+    }
+    let title = if marks.is_empty() { "Latency over time" } else { "Latency over time (dashed: rollout decisions)" };
+    out.push_str(&plot_marked(title, "seconds since start", "ms (errors: count)", &lines, false, &marks));
     // x = 1/(1-q): 10 is p90, 100 is p99 …
     let curve: Vec<(f64, f64)> =
         report.percentiles.iter().map(|p| (1.0 / (1.0 - p.percentile / 100.0).max(1e-9), p.ms)).collect();
@@ -393,6 +483,7 @@ pub fn render(report: &Report) -> String {
              the learnable ceiling by the truth without users' and ads' individual taste (what a model learns from attributes) x bid, \
              the baseline by bid alone. Regret is what the version lost against the oracle.</p>",
         );
+        hours_section(&mut out, report);
         if let Some(clicks) = &report.clicks {
             let _ = write!(
                 out,

@@ -30,7 +30,65 @@ pub struct Report {
     pub server: Option<ServerSummary>,
     /// Closed loop: business figures by model version (`name/version`).
     pub versions: Vec<VersionFigures>,
+    /// Closed loop: the same by simulated hour, each version beside the rankings of its requests.
+    pub hours: Vec<HourFigures>,
     pub clicks: Option<ClickDelivery>,
+    /// `adrank demo`: what the loop did while the load ran (versions, gates, rollout steps,
+    /// decisions), in order, and the run's one-line verdict.
+    pub timeline: Vec<LoopEvent>,
+    pub verdict: Option<String>,
+}
+
+/// One thing the loop did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoopEvent {
+    /// Seconds since the load started (negative: before it).
+    pub at_s: f64,
+    /// `version`, `cycle`, `rollout`, `injected`.
+    pub kind: String,
+    /// The model version it concerns.
+    pub version: Option<u64>,
+    pub text: String,
+}
+
+/// One version's figures over one simulated hour.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HourFigures {
+    /// The hour's start, ms since the Unix epoch (simulated time).
+    pub hour_ms: i64,
+    pub version: String,
+    pub requests: u64,
+    pub impressions: u64,
+    pub clicks: u64,
+    pub ctr: f64,
+    pub rpm: f64,
+    pub expected_rpm: f64,
+    pub oracle_rpm: f64,
+    pub ceiling_rpm: f64,
+    pub bid_only_rpm: f64,
+}
+
+/// Every (hour, version) with requests, oldest first.
+pub fn hours(hourly: &BTreeMap<(i64, String), Business>) -> Vec<HourFigures> {
+    hourly
+        .iter()
+        .map(|((hour_ms, version), b)| {
+            let per_mille = 1000.0 / b.requests.max(1) as f64;
+            HourFigures {
+                hour_ms: *hour_ms,
+                version: version.clone(),
+                requests: b.requests,
+                impressions: b.impressions,
+                clicks: b.clicks,
+                ctr: b.ctr(),
+                rpm: b.rpm(),
+                expected_rpm: b.expected_revenue * per_mille,
+                oracle_rpm: b.oracle_revenue * per_mille,
+                ceiling_rpm: b.ceiling_revenue * per_mille,
+                bid_only_rpm: b.bid_only_revenue * per_mille,
+            }
+        })
+        .collect()
 }
 
 /// One run's client-side figures.
@@ -316,7 +374,10 @@ impl Report {
             sweep: None,
             server: None,
             versions: Vec::new(),
+            hours: Vec::new(),
             clicks: None,
+            timeline: Vec::new(),
+            verdict: None,
         }
     }
 }

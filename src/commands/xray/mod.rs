@@ -80,7 +80,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     tokio::select! {
         result = server => result?,
         never = sample(loaded, &model, every, args.keep, &shared) => match never {},
-        _ = tokio::signal::ctrl_c() => {}
+        () = super::ingest::shutdown_signal() => {}
     }
     Ok(ExitCode::SUCCESS)
 }

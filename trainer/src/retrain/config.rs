@@ -38,6 +38,9 @@ pub struct RetrainConfig {
     /// production with the default plan (docs/rollouts.md), unless one is under way: serving
     /// then routes users to it step by step.
     pub rollout: bool,
+    /// The plan of those rollouts: the candidate's share of users per step, in percent, rising
+    /// to 100 (0 first: shadow).
+    pub rollout_plan: Vec<u8>,
     /// What a candidate must show before it is blessed.
     pub gates: GatesConfig,
 }
@@ -55,6 +58,7 @@ impl Default for RetrainConfig {
             ranks: 1,
             max_attempts: 3,
             rollout: false,
+            rollout_plan: adrank_registry::rollout::DEFAULT_PLAN.to_vec(),
             gates: GatesConfig::default(),
         }
     }
@@ -112,6 +116,9 @@ impl RetrainConfig {
             && self.model.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
         if !name_ok {
             problem("model", format!("{:?} is not a model name; use 1 to 64 of a-z, 0-9, _ and -", self.model));
+        }
+        if let Err(why) = adrank_registry::rollout::check_plan(&self.rollout_plan) {
+            problem("rollout_plan", why);
         }
         if self.train_hours == 0 {
             problem("train_hours", "is 0; expected at least 1".into());

@@ -423,7 +423,7 @@ async fn start_rollout(request: &CycleRequest<'_>, cycle: &Cycle, version: u64, 
         reason: format!("retrain cycle {}: version {version} blessed", cycle.id),
         figures: Default::default(),
     };
-    let plan = adrank_registry::rollout::DEFAULT_PLAN.to_vec();
+    let plan = request.retrain.rollout_plan.clone();
     let rollout = request.registry.start_rollout(name, version, plan, decision).await?;
     tracing::info!(cycle = cycle.id, version, rollout = rollout.id, "started a rollout of the blessed candidate");
     Ok(())
