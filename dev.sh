@@ -148,7 +148,9 @@ demo() {
     say "building adrank (release: the demo trains a model)"
     cargo build --release --locked --bin adrank
     say "starting the local stack"
-    target/release/adrank up
+    # The demo starts from nothing and ends with its report: a broker that keeps nothing on disk
+    # leaves the two cores to serving and training (sqlite costs half a core at the demo's rate).
+    ADRANK_STACK__KAFKA_STORAGE=${ADRANK_STACK__KAFKA_STORAGE:-memory} target/release/adrank up
     say "checking every dependency"
     target/release/adrank doctor
     say "the whole chain: history, ingest, train, serve, closed-loop load, report"

@@ -167,7 +167,9 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
         rate,
         duration: Duration::from_secs_f64(duration),
         warmup: Duration::ZERO,
-        connections: 8,
+        // Enough that a reply held up by training on the same cores does not queue the next
+        // ones behind it on the client.
+        connections: 32,
         arrivals: Arrivals::Poisson,
         timeout: Duration::from_secs(10),
         seed: loaded.config.world.seed,
