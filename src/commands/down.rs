@@ -88,7 +88,8 @@ async fn wipe(loaded: &Loaded, redis_stopped: bool, table: &mut Table) -> anyhow
         let deleted = adrank_featurestore::online::delete_all(&config.redis)
             .await
             .context("cannot delete the Redis keys (is Redis up?)")?;
-        format!("{deleted} keys under `{}` deleted", config.redis.key_prefix)
+        let plural = if deleted == 1 { "" } else { "s" };
+        format!("{deleted} key{plural} under `{}` deleted", config.redis.key_prefix)
     };
     table.row(vec!["redis keys".into(), "wiped".into(), detail]);
     Ok(())

@@ -41,8 +41,13 @@ async fn the_demo_runs_the_whole_loop_and_stops_the_bad_candidate() {
             ("ADRANK_WORLD__MEAN_CTR", "0.05".into()),
             // Unoptimised binaries on two cores: one epoch per candidate.
             ("ADRANK_TRAINING__EPOCHS", "1".into()),
+            // This proves the loop's mechanics, not its statistics: steps decide on half the
+            // demo's evidence (the bad candidate still loses by far more than the margin).
+            ("ADRANK_ROLLOUT__MIN_IMPRESSIONS", "1000".into()),
+            ("ADRANK_ROLLOUT__MIN_STEP_SECS", "5".into()),
+            ("ADRANK_SERVING__SHADOW_SAMPLE", "0.5".into()),
         ])
-        .args(["demo", "--quick", "--days", "1", "--rate", "60", "--duration", "420", "--report"])
+        .args(["demo", "--quick", "--days", "1.5", "--rate", "100", "--duration", "420", "--report"])
         .arg(&report);
     let output = tokio::time::timeout(Duration::from_secs(720), command.output())
         .await

@@ -50,17 +50,23 @@ async fn up_up_doctor_down() {
     let port = adrank_testkit::free_port();
     let config = format!(
         "[kafka]\nbrokers = \"127.0.0.1:{port}\"\n\n[redis]\nurl = \"{url}\"\nkey_prefix = \"{prefix}\"\n\n\
-         [registry]\nlocation = \"{registry}\"\n\n[onnxruntime]\nlibrary_path = \"{ort}\"\n\n\
+         [registry]\nlocation = \"{registry}\"\n\n[ingest]\ntraining_log = \"{log}\"\n\n[onnxruntime]\nlibrary_path = \"{ort}\"\n\n\
          [stack]\nstate_dir = \"{state}\"\n",
         url = redis.config.url,
         prefix = redis.config.key_prefix,
         registry = dir.path().join("registry").display(),
+        log = dir.path().join("log").display(),
         ort = adrank_testkit::onnxruntime().library_path,
         state = state.display(),
     );
     let config_path = dir.path().join("adrank.toml");
     std::fs::write(&config_path, config).unwrap();
-    let run = |command: &str| adrank(&["--config", config_path.to_str().unwrap(), command], dir.path(), &[]);
+    let run_with = |command: &str, more: &[&str]| {
+        let mut args = vec!["--config", config_path.to_str().unwrap(), command];
+        args.extend_from_slice(more);
+        adrank(&args, dir.path(), &[])
+    };
+    let run = |command: &str| run_with(command, &[]);
     // Whatever fails below, the broker `up` starts (detached, by design) must not outlive the test.
     let _down = Guard(|| drop(run("down")));
 
@@ -123,6 +129,34 @@ async fn up_up_doctor_down() {
     assert!(restarted_text.contains("kafka broker  started"), "{restarted_text}");
     assert!(!restarted_text.contains("created with"), "topics survive a broker restart:\n{restarted_text}");
     assert_eq!(restarted_text.matches("kafka topic   running").count(), 5, "{restarted_text}");
+
+    // `down --wipe` starts over: the broker's topics, the registry, the training log and the
+    // Redis keys under the prefix are gone; a key outside it stays.
+    for folder in ["registry", "log"] {
+        std::fs::create_dir_all(dir.path().join(folder)).unwrap();
+        std::fs::write(dir.path().join(folder).join("kept-until-wiped"), "x").unwrap();
+    }
+    let mut connection = redis::Client::open(redis.config.url.as_str()).unwrap().get_connection().unwrap();
+    let outside = format!("not-{}outside", redis.config.key_prefix);
+    redis::cmd("SET").arg(format!("{}u:u1", redis.config.key_prefix)).arg(1).exec(&mut connection).unwrap();
+    redis::cmd("SET").arg(&outside).arg(1).exec(&mut connection).unwrap();
+    let _outside = Guard(|| {
+        let _ = redis::cmd("DEL").arg(&outside).exec(&mut connection);
+    });
+    let wiped = run_with("down", &["--wipe"]);
+    let wiped_text = text(&wiped);
+    assert!(wiped.status.success(), "{wiped_text}");
+    assert!(wiped_text.contains("kafka broker  stopped"), "{wiped_text}");
+    assert!(wiped_text.contains("1 key under"), "{wiped_text}");
+    for gone in [state.clone(), dir.path().join("registry"), dir.path().join("log")] {
+        assert!(!gone.exists(), "{} survived the wipe:\n{wiped_text}", gone.display());
+    }
+    assert!(redis.keys().is_empty(), "keys under the prefix survived: {:?}", redis.keys());
+    let mut check = redis::Client::open(redis.config.url.as_str()).unwrap().get_connection().unwrap();
+    let kept: Option<String> = redis::cmd("GET").arg(&outside).query(&mut check).unwrap();
+    assert_eq!(kept.as_deref(), Some("1"), "a key outside the prefix is left alone");
+    let fresh = run("up");
+    assert_eq!(text(&fresh).matches("created with").count(), 5, "the topics start over:\n{}", text(&fresh));
 }
 
 /// With no Redis at the configured address, `up` starts one (and records it); `down` stops it.
@@ -138,7 +172,12 @@ async fn up_starts_redis_when_none_answers_and_down_stops_it() {
     );
     let config_path = dir.path().join("adrank.toml");
     std::fs::write(&config_path, config).unwrap();
-    let run = |command: &str| adrank(&["--config", config_path.to_str().unwrap(), command], dir.path(), &[]);
+    let run_with = |command: &str, more: &[&str]| {
+        let mut args = vec!["--config", config_path.to_str().unwrap(), command];
+        args.extend_from_slice(more);
+        adrank(&args, dir.path(), &[])
+    };
+    let run = |command: &str| run_with(command, &[]);
     let _down = Guard(|| drop(run("down")));
 
     let up = run("up");

@@ -35,11 +35,12 @@ use crate::config::Loaded;
 /// gates, shadows, canaries and promotes; a bad candidate is injected and must be stopped.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Smaller and faster (a few minutes): a day of history, 100 req/s, one promotion.
+    /// Smaller and faster (a few minutes): a day and a half of history, 100 req/s, one promotion.
     #[arg(long)]
     quick: bool,
-    /// Simulated days of history before the traffic (default 2; 1 with --quick). Less than a
-    /// day leaves hours of the day no model has seen (the world's CTR varies with the hour).
+    /// Simulated days of history before the traffic (default 2; 1.5 with --quick). The first
+    /// cycle trains on the newest 24 hours before the 2 it is judged on: with less, some hours
+    /// of the day are unseen (the world's CTR varies with the hour) and the gates refuse it.
     #[arg(long)]
     days: Option<f64>,
     /// Requests per second of the closed-loop traffic (default 200; 100 with --quick).
@@ -89,7 +90,7 @@ impl Processes {
 
 pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
     let quick = args.quick;
-    let days = args.days.unwrap_or(if quick { 1.0 } else { 2.0 });
+    let days = args.days.unwrap_or(if quick { 1.5 } else { 2.0 });
     let rate = args.rate.unwrap_or(if quick { 100.0 } else { 200.0 });
     let duration = args.duration.unwrap_or(if quick { 420.0 } else { 900.0 });
     let promotions = args.promotions.unwrap_or(if quick { 1 } else { 2 });
