@@ -218,9 +218,20 @@ fn status_table(r: &Rollout) -> String {
 /// Looks at the rollout every interval (once with `once`) until interrupted, one line per look.
 async fn control(controller: &Controller, once: bool) -> anyhow::Result<ExitCode> {
     let interval = std::time::Duration::from_secs(controller.config.analysis_interval_secs);
+    // An idle controller says so once, not every interval.
+    let mut idle_said: Option<String> = None;
     loop {
         match controller.look(adrank_contracts::events::now_ms()).await {
-            Ok(look) => println!("{}", describe(&look)),
+            Ok(look) => {
+                let idle = match &look {
+                    Look::Idle(r) => Some(r.as_ref().map_or("none".to_string(), |r| format!("{} {}", r.id, r.seq))),
+                    _ => None,
+                };
+                if idle.is_none() || idle != idle_said {
+                    println!("{}", describe(&look));
+                }
+                idle_said = idle;
+            }
             // A registry or log that does not answer is looked at again next time.
             Err(e) if !once => tracing::warn!(error = %e, "the look failed; trying again next interval"),
             Err(e) => return Err(e.into()),

@@ -39,8 +39,6 @@ async fn the_demo_runs_the_whole_loop_and_stops_the_bad_candidate() {
             ("ADRANK_WORLD__ADVERTISERS", "100".into()),
             // More clicks per impression: the arms' analysis decides in fewer seconds.
             ("ADRANK_WORLD__MEAN_CTR", "0.05".into()),
-            // Unoptimised binaries on two cores: one epoch per candidate.
-            ("ADRANK_TRAINING__EPOCHS", "1".into()),
             // This proves the loop's mechanics, not its statistics: steps decide on half the
             // demo's evidence (the bad candidate still loses by far more than the margin).
             ("ADRANK_ROLLOUT__MIN_IMPRESSIONS", "1000".into()),

@@ -38,7 +38,7 @@ pub async fn server_version(config: &RedisConfig) -> Result<String> {
     Ok(info.lines().find_map(|line| line.strip_prefix("redis_version:")).unwrap_or("unknown").trim().to_string())
 }
 
-/// Deletes every key under `config.key_prefix` (`adrank down --wipe`, benchmarks' cleanup);
+/// Deletes every key under `config.key_prefix` (`adrank down --wipe`);
 /// returns how many. Refuses an empty prefix: that would be the whole database.
 pub async fn delete_all(config: &RedisConfig) -> Result<usize> {
     if config.key_prefix.is_empty() {
