@@ -51,7 +51,8 @@ pub(crate) struct Args {
     /// and the last one has served for a while.
     #[arg(long)]
     duration: Option<f64>,
-    /// Retrained candidates to see promoted before the traffic may end (default 2; 1 with --quick).
+    /// Retrained candidates to see promoted before the traffic may end (default 2; 1 with
+    /// --quick; 0 ends it once the bad candidate is stopped).
     #[arg(long)]
     promotions: Option<u32>,
     /// Where the report goes; default: .adrank/reports/demo-<unix time>.
@@ -201,7 +202,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     report.hours = hours(&ranking.hourly());
     report.clicks = Some(ranking.clicks());
     let story = timeline::gather(&registry, &name, load_started_ms, injected?).await?;
-    let verdict = timeline::verdict(&story, &report, bad);
+    let verdict = timeline::verdict(&story, &report, bad, promotions);
     report.timeline = story.events;
     report.verdict = Some(verdict.line.clone());
     std::fs::create_dir_all(&report_dir).with_context(|| format!("cannot create {}", report_dir.display()))?;

@@ -113,7 +113,9 @@ fn stage(rollout: &Rollout) -> String {
     }
 }
 
-pub(super) fn verdict(story: &Story, report: &Report, bad: u64) -> Verdict {
+/// The verdict on the run: complete when the bad candidate was stopped and at least `promotions`
+/// retrained candidates were promoted.
+pub(super) fn verdict(story: &Story, report: &Report, bad: u64, promotions: u32) -> Verdict {
     let mut parts = Vec::new();
     let decided: Vec<String> = ["blessed", "refused", "inconclusive", "failed"]
         .iter()
@@ -169,7 +171,7 @@ pub(super) fn verdict(story: &Story, report: &Report, bad: u64) -> Verdict {
         run.latency_ms.get("p99").copied().unwrap_or(0.0),
         run.measured
     ));
-    let complete = bad_stopped && !promoted.is_empty();
+    let complete = bad_stopped && promoted.len() >= promotions as usize;
     let head = if complete { "verdict: the whole loop ran" } else { "verdict: the loop did NOT show every stage" };
     Verdict { line: format!("{head}: {}.", parts.join("; ")), complete }
 }

@@ -91,7 +91,8 @@ impl Watcher {
             }
             last = (reading.done, clicks);
             let bad_stopped = rollouts.iter().any(|r| r.candidate == self.goal.bad && r.status == Status::RolledBack);
-            let settled = promoted_at.is_some_and(|at| at.elapsed() >= self.goal.settle);
+            // With no promotion to wait for, the bad candidate's rollback ends it.
+            let settled = self.goal.promotions == 0 || promoted_at.is_some_and(|at| at.elapsed() >= self.goal.settle);
             if bad_stopped && promotions >= self.goal.promotions as usize && settled && !progress.stopped() {
                 eprintln!("          the loop has shown everything: ending the traffic");
                 progress.stop();
