@@ -153,7 +153,7 @@ demo() {
     ADRANK_STACK__KAFKA_STORAGE=${ADRANK_STACK__KAFKA_STORAGE:-memory} target/release/adrank up
     say "checking every dependency"
     target/release/adrank doctor
-    say "the whole chain: history, ingest, train, serve, closed-loop load, report"
+    say "the whole loop: history, a first model, traffic while the loop retrains, shadows, canaries and promotes"
     target/release/adrank demo "$@"
     say "the stack is still up; stop it with: target/release/adrank down"
 }

@@ -35,7 +35,7 @@ pub struct RetrainConfig {
     /// recorded as failed and the loop waits for the next trigger.
     pub max_attempts: u32,
     /// When a cycle blesses a candidate (without `--promote`), start a rollout of it against
-    /// production with the default plan (docs/rollouts.md), unless one is under way: serving
+    /// production with `rollout_plan` (docs/rollouts.md), unless one is under way: serving
     /// then routes users to it step by step.
     pub rollout: bool,
     /// The plan of those rollouts: the candidate's share of users per step, in percent, rising
