@@ -227,14 +227,20 @@ pub(crate) async fn run_command(mut args: Args, loaded: &Loaded) -> anyhow::Resu
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         PathBuf::from(format!(".adrank/reports/loadtest-{now}"))
     });
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let json = dir.join("report.json");
-    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("cannot write {}", json.display()))?;
-    let page = dir.join("report.html");
-    std::fs::write(&page, html::render(&report)).with_context(|| format!("cannot write {}", page.display()))?;
+    let page = write_report(&report, &dir)?;
     println!("report: {} (and report.json beside it)", page.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `report.json` and `report.html` into `dir` (created when missing); returns the page.
+pub(crate) fn write_report(report: &Report, dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let json = dir.join("report.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(report)?)
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    let page = dir.join("report.html");
+    std::fs::write(&page, html::render(report)).with_context(|| format!("cannot write {}", page.display()))?;
+    Ok(page)
 }
 
 /// The terminal tables.

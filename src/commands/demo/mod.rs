@@ -22,7 +22,7 @@ use std::{
 use adrank_loadtest::{
     generator::{self, Arrivals, Progress, RunConfig},
     ranking::Ranking,
-    report::{Report, ServerSummary, hours, html, versions},
+    report::{Report, ServerSummary, hours, versions},
 };
 use adrank_registry::Registry;
 use anyhow::{Context as _, bail};
@@ -205,12 +205,7 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     let verdict = timeline::verdict(&story, &report, bad, promotions);
     report.timeline = story.events;
     report.verdict = Some(verdict.line.clone());
-    std::fs::create_dir_all(&report_dir).with_context(|| format!("cannot create {}", report_dir.display()))?;
-    let json = report_dir.join("report.json");
-    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("cannot write {}", json.display()))?;
-    let page = report_dir.join("report.html");
-    std::fs::write(&page, html::render(&report)).with_context(|| format!("cannot write {}", page.display()))?;
+    let page = super::loadtest::write_report(&report, &report_dir)?;
     eprint!("\n{}", timeline::render(&report.timeline));
     eprintln!(
         "\nthe whole loop ran in {:.0} s. Open {}; the stack is still up (`adrank down` stops it).",
