@@ -103,13 +103,14 @@ setup_gpu() {
 
 # Python tools the tests use, in their own virtual environment: kubernetes-validate checks the
 # manifests under deploy/ against Kubernetes' schemas; onnx (the format's reference library)
-# writes models with their weights in a file beside them, as PyTorch's exporter does.
+# writes models with their weights in a file beside them, as PyTorch's exporter does; grpcio
+# and grpcio-tools are the gRPC API's client that is not adrank (examples/grpc/rank.py).
 setup_tools() {
     local tools=$ROOT/.adrank/tools
-    [ -x "$tools/bin/kubernetes-validate" ] && "$tools/bin/python" -c "import onnx" 2>/dev/null && return
-    say "installing kubernetes-validate and onnx into .adrank/tools"
+    [ -x "$tools/bin/kubernetes-validate" ] && "$tools/bin/python" -c "import onnx, grpc, grpc_tools" 2>/dev/null && return
+    say "installing kubernetes-validate, onnx and grpcio into .adrank/tools"
     python3 -m venv "$tools"
-    "$tools/bin/pip" install --quiet "kubernetes-validate==1.37.0" "onnx==1.23.2"
+    "$tools/bin/pip" install --quiet "kubernetes-validate==1.37.0" "onnx==1.23.2" "grpcio==1.85.1" "grpcio-tools==1.85.1"
 }
 
 setup_tansu() {

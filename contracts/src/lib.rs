@@ -11,6 +11,8 @@
 //!   decoding: objects only, integers as JSON Schema reads them, event times bounded by the clock.
 //! - [`request`]: the ranking request body and its rules, produced by the load-test world, read
 //!   by serving.
+//! - `grpc` (feature `grpc`): the same request over gRPC, its messages generated from
+//!   `proto/adrank/v1/ranking.proto`, for serving's gRPC API and the load generator.
 //! - [`spec`]: the feature spec (`config/features.toml`), its version hash, and
 //!   [`spec::Transformer`]: the one implementation of raw features -> model inputs, shared by
 //!   serving and the trainer.
@@ -34,6 +36,8 @@ mod error;
 pub mod eval;
 pub mod events;
 pub mod exposition;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 mod problem;
 pub mod request;
 pub mod spec;

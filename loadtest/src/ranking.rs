@@ -16,12 +16,14 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use adrank_contracts::grpc::v1;
+
 use crate::{
-    generator::{Source, histogram, http},
+    generator::{Api, Source, histogram, http},
     world::{Request, Served, World},
 };
 
-/// The parts of a `/v1/rank` reply the harness reads.
+/// The parts of a ranking reply the harness reads (from JSON, or from the gRPC message).
 #[derive(Debug, Deserialize)]
 struct Reply {
     model: ModelRef,
@@ -194,6 +196,8 @@ enum Feed {
 /// The workload.
 pub struct Ranking {
     feed: Feed,
+    /// Bodies and replies are protobuf (gRPC), else JSON.
+    grpc: bool,
     timings: Mutex<ServerTimings>,
     business: Mutex<BTreeMap<String, Business>>,
     /// The same by simulated hour (the request's time, truncated) and version.
@@ -209,28 +213,66 @@ impl std::fmt::Debug for Ranking {
     }
 }
 
-fn body(world: &World, request: &Request) -> Bytes {
-    Bytes::from(serde_json::to_vec(&world.rank_request(request)).expect("requests serialise"))
+/// The request's body in the API's encoding.
+fn body(world: &World, request: &Request, api: &Api) -> Bytes {
+    let request = world.rank_request(request);
+    match api {
+        Api::Http(_) => Bytes::from(serde_json::to_vec(&request).expect("requests serialise")),
+        Api::Grpc => Bytes::from(prost::Message::encode_to_vec(&v1::RankRequest::from(&request))),
+    }
+}
+
+/// A reply in the API's encoding, as the parts the harness reads.
+fn parse(body: &[u8], grpc: bool) -> Option<Reply> {
+    if !grpc {
+        return serde_json::from_slice(body).ok();
+    }
+    let reply = <v1::RankResponse as prost::Message>::decode(body).ok()?;
+    let (model, timing) = (reply.model?, reply.timing?);
+    Some(Reply {
+        model: ModelRef { name: model.name, version: model.version },
+        ranked: reply
+            .ranked
+            .into_iter()
+            .map(|r| RankedAd {
+                ad_id: r.ad_id,
+                pctr: r.pctr,
+                shown_pctr: r.shown_pctr,
+                impression_id: r.impression_id,
+            })
+            .collect(),
+        degraded: reply.degraded,
+        timing: Timing {
+            features_ms: timing.features_ms,
+            queue_ms: timing.queue_ms,
+            inference_ms: timing.inference_ms,
+            shown_ms: timing.shown_ms,
+            total_ms: timing.total_ms,
+            batch_rows: timing.batch_rows,
+        },
+    })
 }
 
 impl Ranking {
-    /// Open loop: `count` requests from the world, cycled.
-    pub fn fixed(world: &mut World, count: usize) -> Self {
+    /// Open loop: `count` requests from the world, cycled, encoded for `api`.
+    pub fn fixed(world: &mut World, count: usize, api: &Api) -> Self {
         let bodies = (0..count.max(1))
             .map(|_| {
                 let request = world.next_request();
-                body(world, &request)
+                body(world, &request, api)
             })
             .collect();
-        Self::with_feed(Feed::Fixed(bodies))
+        Self::with_feed(Feed::Fixed(bodies), api)
     }
 
-    /// Closed loop: a fresh request from `world` for every send (`ahead` of them buffered),
-    /// clicks sampled from each reply and sent to `target`'s click endpoint.
-    pub fn closed_loop(world: World, ahead: usize, target: SocketAddr) -> Self {
+    /// Closed loop: a fresh request from `world` for every send (`ahead` of them buffered,
+    /// encoded for `api`), clicks sampled from each reply and sent to the click endpoint of the
+    /// HTTP server at `target`.
+    pub fn closed_loop(world: World, ahead: usize, target: SocketAddr, api: &Api) -> Self {
         let world = Arc::new(Mutex::new(world));
         let (tx, rx) = mpsc::channel(ahead.max(1));
         let feeder = Arc::clone(&world);
+        let encoding = api.clone();
         std::thread::Builder::new()
             .name("world-feed".into())
             .spawn(move || {
@@ -238,7 +280,7 @@ impl Ranking {
                     let item = {
                         let mut world = feeder.lock().unwrap_or_else(|e| e.into_inner());
                         let request = world.next_request();
-                        (body(&world, &request), request)
+                        (body(&world, &request, &encoding), request)
                     };
                     if tx.blocking_send(item).is_err() {
                         return; // the run is over
@@ -246,7 +288,7 @@ impl Ranking {
                 }
             })
             .expect("cannot start the world thread");
-        let ranking = Self::with_feed(Feed::World { world, bodies: tokio::sync::Mutex::new(rx) });
+        let ranking = Self::with_feed(Feed::World { world, bodies: tokio::sync::Mutex::new(rx) }, api);
         let (clicks, mut queue) = mpsc::unbounded_channel::<Bytes>();
         let delivery = Arc::clone(&ranking.delivery);
         let sender = tokio::spawn(async move {
@@ -268,9 +310,10 @@ impl Ranking {
         ranking
     }
 
-    fn with_feed(feed: Feed) -> Self {
+    fn with_feed(feed: Feed, api: &Api) -> Self {
         Self {
             feed,
+            grpc: *api == Api::Grpc,
             timings: Mutex::default(),
             business: Mutex::default(),
             hourly: Mutex::default(),
@@ -384,7 +427,7 @@ impl Source for Ranking {
         if status != 200 {
             return;
         }
-        let Ok(reply) = serde_json::from_slice::<Reply>(body) else {
+        let Some(reply) = parse(body, self.grpc) else {
             if measured {
                 self.timings.lock().unwrap_or_else(|e| e.into_inner()).unparsable += 1;
             }

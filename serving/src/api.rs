@@ -33,7 +33,7 @@ use crate::{
     impressions::ImpressionLog,
     manager::ModelManager,
     metrics,
-    rank::{RankError, rank},
+    rank::{RankError, RankResponse, rank},
 };
 
 /// The request header that pins a loaded model version (for debugging).
@@ -90,6 +90,12 @@ pub(crate) fn error(status: StatusCode, kind: &'static str, field: String, messa
 /// The router over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     let admission = Admission::new(state.config.admission());
+    router_with(state, admission)
+}
+
+/// The router over `state`, admitting ranking requests through `admission` (shared with the
+/// gRPC API: one limit for the server's capacity, whichever API a request comes by).
+pub fn router_with(state: Arc<AppState>, admission: Arc<Admission>) -> Router {
     Router::new()
         .route("/v1/rank", post(timed_rank).layer(Extension(admission)))
         .route("/v1/events/click", post(timed_click))
@@ -108,24 +114,67 @@ pub async fn run(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    run_both(Listeners { http: listener, grpc: None }, state, shutdown).await
+}
+
+/// Where the server listens: HTTP, and gRPC when given.
+#[derive(Debug)]
+pub struct Listeners {
+    pub http: TcpListener,
+    pub grpc: Option<TcpListener>,
+}
+
+/// [`run`] for both APIs, which share the state and the admission limit; both stop accepting
+/// when `shutdown` completes and then drain.
+pub async fn run_both(
+    listeners: Listeners,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let limits = crate::connections::ConnectionLimits {
         max_connections: state.config.connection_limit(),
         header_timeout: std::time::Duration::from_millis(state.config.header_timeout_ms),
     };
-    crate::connections::serve(listener, router(state), limits, shutdown).await
+    let admission = Admission::new(state.config.admission());
+    let Some(grpc) = listeners.grpc else {
+        return crate::connections::serve(listeners.http, router_with(state, admission), limits, shutdown).await;
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let service = crate::grpc::RankingService::new(Arc::clone(&state), Arc::clone(&admission));
+    let mut grpc_stopped = stopped.clone();
+    let grpc = crate::grpc::run(grpc, service, async move {
+        let _ = grpc_stopped.wait_for(|s| *s).await;
+    });
+    let mut http_stopped = stopped;
+    let http = crate::connections::serve(listeners.http, router_with(state, admission), limits, async move {
+        let _ = http_stopped.wait_for(|s| *s).await;
+    });
+    let signal = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let servers = async { tokio::join!(http, grpc) };
+    tokio::pin!(servers);
+    // The signal stops both, which then drain; or both end by themselves (errors).
+    let (http, grpc) = tokio::select! {
+        ended = &mut servers => ended,
+        () = signal => servers.await,
+    };
+    grpc.map_err(std::io::Error::other)?;
+    http
 }
 
 /// [`run`], with a deadline on the drain: once `shutdown` has completed, requests still in
 /// flight after `drain` are abandoned, so one stuck request or client cannot hold the exit
 /// (Triton's `--exit-timeout-secs`). Returns whether the drain finished in time.
 pub async fn run_with_drain_deadline(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: std::time::Duration,
 ) -> std::io::Result<bool> {
     let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
-    let server = run(listener, state, async move {
+    let server = run_both(listeners.into(), state, async move {
         shutdown.await;
         let _ = draining.send(());
     });
@@ -139,6 +188,12 @@ pub async fn run_with_drain_deadline(
     tokio::select! {
         served = server => served.map(|()| true),
         () = deadline => Ok(false),
+    }
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(http: TcpListener) -> Self {
+        Self { http, grpc: None }
     }
 }
 
@@ -199,10 +254,10 @@ fn observed(route: &'static str, started: Instant, response: Response) -> Respon
 
 /// Counts a ranking request in flight until it is dropped (answered, or abandoned by a caller
 /// who hung up).
-struct InFlight;
+pub(crate) struct InFlight;
 
 impl InFlight {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         metrics::in_flight(1.0);
         Self
     }
@@ -219,7 +274,7 @@ impl Drop for InFlight {
 /// would otherwise hold its connection and a task for ever), all with the JSON error shape.
 async fn json_body(headers: &HeaderMap, body: Body, config: &ServingConfig) -> Result<Bytes, Refused> {
     let refuse = |status: StatusCode, kind: &'static str, field: &'static str, message: String| {
-        Err(Refused { status, kind, field, message })
+        Err(Refused::new(status, kind, field, message))
     };
     let media = headers.get(header::CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).to_string());
     let json = media.as_deref().is_some_and(|m| {
@@ -259,18 +314,45 @@ async fn json_body(headers: &HeaderMap, body: Body, config: &ServingConfig) -> R
     }
 }
 
-/// A body the server will not read, as [`json_body`] says why.
+/// Why a request was not answered, whichever API it came by: HTTP answers with the JSON error
+/// shape, gRPC with the status of the same meaning (`crate::grpc`).
 #[derive(Debug)]
-struct Refused {
-    status: StatusCode,
-    kind: &'static str,
-    field: &'static str,
-    message: String,
+pub(crate) struct Refused {
+    pub(crate) status: StatusCode,
+    pub(crate) kind: &'static str,
+    pub(crate) field: String,
+    pub(crate) message: String,
+    /// Worth retrying in a second (`Retry-After`): overload, a broker that is down.
+    pub(crate) retry: bool,
+}
+
+impl Refused {
+    pub(crate) fn new(status: StatusCode, kind: &'static str, field: impl Into<String>, message: String) -> Self {
+        Self { status, kind, field: field.into(), message, retry: false }
+    }
+
+    fn retry(self) -> Self {
+        Self { retry: true, ..self }
+    }
+
+    /// No place for the request within `serving.admission_wait_ms`.
+    pub(crate) fn overloaded(admission: &Admission, config: &ServingConfig) -> Self {
+        let message = format!(
+            "{} ranking requests are in progress (the limit now) and none finished within {} ms; retry later",
+            admission.limit(),
+            config.admission_wait_ms
+        );
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", "", message).retry()
+    }
 }
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        error(self.status, self.kind, self.field.to_string(), self.message)
+        let mut response = error(self.status, self.kind, self.field, self.message);
+        if self.retry {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -280,7 +362,7 @@ async fn timed_rank(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let span = rank_span(&headers);
+    let span = rank_span(&headers, "/v1/rank");
     let response = admitted_rank(state, admission, headers, body).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     response
@@ -288,12 +370,12 @@ async fn timed_rank(
 
 /// A ranking request's span, a child of the caller's (a W3C `traceparent` header) when it sent
 /// one; none at all unless this process exports spans.
-fn rank_span(headers: &HeaderMap) -> tracing::Span {
+pub(crate) fn rank_span(headers: &HeaderMap, route: &'static str) -> tracing::Span {
     let span = trace_context::span(|| {
         tracing::info_span!(
             "rank",
             otel.kind = "server",
-            http.route = "/v1/rank",
+            http.route = route,
             http.response.status_code = tracing::field::Empty,
         )
     });
@@ -314,14 +396,7 @@ async fn admitted_rank(
     };
     // Before any parsing: a refused request costs next to nothing.
     let Some(_place) = admission.acquire().await else {
-        let message = format!(
-            "{} ranking requests are in progress (the limit now) and none finished within {} ms; retry later",
-            admission.limit(),
-            state.config.admission_wait_ms
-        );
-        let mut response = error(StatusCode::TOO_MANY_REQUESTS, "overloaded", String::new(), message);
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return observed("rank", started, response);
+        return observed("rank", started, Refused::overloaded(&admission, &state.config).into_response());
     };
     let _in_flight = InFlight::start();
     observed("rank", started, rank_handler(state, headers, body).await)
@@ -378,43 +453,68 @@ async fn rank_handler(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
             }
         },
     };
-    let checked = request.validate(state.config.max_candidates).and_then(|()| {
-        let skew = state.config.max_event_time_skew_ms();
-        events::not_ahead("context.event_time_ms", request.context.event_time_ms, events::now_ms(), skew)
-    });
-    if let Err(e) = checked {
-        return error(StatusCode::BAD_REQUEST, "invalid_request", e.field.clone(), e.to_string());
-    }
     drop(parsing);
-    // A pinned version, else the user's rollout arm's (the default one without a rollout).
-    let route = match headers.get(PIN_HEADER) {
+    match answer(&state, request, headers.get(PIN_HEADER).map(HeaderValue::as_bytes), None).await {
+        Ok(response) => Json(response).into_response(),
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// A decoded ranking request, answered alike by both APIs: validated, routed (a pinned version,
+/// else the user's rollout arm's), ranked, its impressions logged or its shadow copy started.
+/// `cap` shortens the request's deadline (gRPC's `grpc-timeout`).
+pub(crate) async fn answer(
+    state: &Arc<AppState>,
+    mut request: RankRequest,
+    pin: Option<&[u8]>,
+    cap: Option<std::time::Duration>,
+) -> Result<RankResponse, Refused> {
+    let invalid = |e: events::EventError| {
+        Refused::new(StatusCode::BAD_REQUEST, "invalid_request", e.field.clone(), e.to_string())
+    };
+    request.validate(state.config.max_candidates).map_err(invalid)?;
+    let skew = state.config.max_event_time_skew_ms();
+    events::not_ahead("context.event_time_ms", request.context.event_time_ms, events::now_ms(), skew)
+        .map_err(invalid)?;
+    if let Some(cap) = cap {
+        let asked = request.deadline_ms.map_or(state.config.default_deadline_ms, u64::from);
+        let capped = asked.min(cap.as_millis().try_into().unwrap_or(u64::MAX)).max(1);
+        request.deadline_ms = Some(u32::try_from(capped).unwrap_or(u32::MAX));
+    }
+    let route = match pin {
         None => state.models.route(&request.user_id),
         Some(value) => {
-            let Some(number) = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) else {
+            let number = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+            let Some(number) = number else {
                 let message = format!("the {PIN_HEADER} header must be a version number");
-                return error(StatusCode::BAD_REQUEST, "invalid_request", PIN_HEADER.into(), message);
+                return Err(Refused::new(StatusCode::BAD_REQUEST, "invalid_request", PIN_HEADER, message));
             };
             match state.models.version(number) {
                 Some(version) => crate::manager::Route { version, assigned: None, shadow: None },
                 None => {
                     let message = format!("version {number} is not loaded here; loaded: {:?}", state.models.loaded());
-                    return error(StatusCode::NOT_FOUND, "unknown_model_version", PIN_HEADER.into(), message);
+                    return Err(Refused::new(StatusCode::NOT_FOUND, "unknown_model_version", PIN_HEADER, message));
                 }
             }
         }
     };
     let ranked = Instant::now();
     let (version, assigned) = (Arc::clone(&route.version), route.assigned);
-    let response = rank_response(&state, &request, route).await;
+    let answered = rank_response(state, &request, route).await;
     if let Some(assigned) = assigned {
         let seconds = ranked.elapsed().as_secs_f64();
-        metrics::arm(assigned, version.manifest.version, response.status().as_u16(), seconds);
+        let status = answered.as_ref().map_or_else(|r| r.status.as_u16(), |_| 200);
+        metrics::arm(assigned, version.manifest.version, status, seconds);
     }
-    response
+    answered
 }
 
-/// Ranks a valid request as routed; the reply, or the error the batcher's refusal means.
-async fn rank_response(state: &Arc<AppState>, request: &RankRequest, route: crate::manager::Route) -> Response {
+/// Ranks a valid request as routed; the reply, or the refusal the batcher's error means.
+async fn rank_response(
+    state: &Arc<AppState>,
+    request: &RankRequest,
+    route: crate::manager::Route,
+) -> Result<RankResponse, Refused> {
     let crate::manager::Route { version, assigned, shadow } = route;
     match rank(request, &version, (assigned, shadow), state.reader.as_ref(), &state.config).await {
         Ok(served) => {
@@ -433,20 +533,18 @@ async fn rank_response(state: &Arc<AppState>, request: &RankRequest, route: crat
                     }
                 }
             }
-            Json(served.response).into_response()
+            Ok(served.response)
         }
         Err(RankError::Batch(e)) => {
             let message = e.to_string();
-            match e {
+            Err(match e {
                 BatchError::Overloaded(_) => {
-                    let mut response = error(StatusCode::TOO_MANY_REQUESTS, "overloaded", String::new(), message);
-                    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                    response
+                    Refused::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", "", message).retry()
                 }
                 BatchError::DeadlineExceeded => {
-                    error(StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded", String::new(), message)
+                    Refused::new(StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded", "", message)
                 }
-                BatchError::Closed => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", String::new(), message),
+                BatchError::Closed => Refused::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "", message),
                 BatchError::Inference(_) => {
                     let number = version.manifest.version;
                     let message = if state.models.inference_failed(number, &message) {
@@ -454,9 +552,9 @@ async fn rank_response(state: &Arc<AppState>, request: &RankRequest, route: crat
                     } else {
                         format!("version {number} {message}")
                     };
-                    error(StatusCode::INTERNAL_SERVER_ERROR, "inference_failed", String::new(), message)
+                    Refused::new(StatusCode::INTERNAL_SERVER_ERROR, "inference_failed", "", message)
                 }
-            }
+            })
         }
     }
 }

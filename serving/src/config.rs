@@ -14,6 +14,10 @@ pub struct ServingConfig {
     /// The address the HTTP API listens on, `ip:port`. Loopback by default; `0.0.0.0:8080`
     /// serves other machines.
     pub listen: SocketAddr,
+    /// Where the gRPC API (`adrank.v1.Ranking`, contracts/proto/adrank/v1/ranking.proto)
+    /// listens, `ip:port`; unset: no gRPC API. Both APIs share one admission limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_listen: Option<SocketAddr>,
     /// The most candidate rows in one model run. Larger runs use the CPU better and wait
     /// longer to fill; one request bigger than this still runs, alone.
     pub max_batch_rows: usize,
@@ -87,6 +91,7 @@ impl Default for ServingConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grpc_listen: None,
             max_batch_rows: 1024,
             max_queue_delay_ms: 2,
             queue_jobs: 256,

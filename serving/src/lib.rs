@@ -8,6 +8,7 @@
 //!
 //! - [`config`]: the `[serving]` section of `adrank.toml`.
 //! - [`api`]: the HTTP API (axum): validation to 4xx naming the field, overload to 429.
+//! - [`grpc`]: the same ranking API over gRPC (tonic), beside HTTP on a port of its own.
 //! - [`connections`]: accepting connections within a limit, with header and idle deadlines.
 //! - [`clicks`]: `POST /v1/events/click`, published to Kafka and acknowledged before 202.
 //! - [`impressions`]: the served top-k to Kafka with the exact features used, never blocking.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod connections;
 mod error;
 pub mod gpu;
+pub mod grpc;
 pub mod ids;
 pub mod impressions;
 pub mod manager;

@@ -70,15 +70,20 @@ async fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> Option<(u16, Vec
     Some((status, response.split_off(start)))
 }
 
-/// Starts `adrank serve --follow production` on `addr` and waits until `/readyz` says 200.
+/// Starts `adrank serve --follow production` on `addr` (and gRPC on `grpc`) and waits until
+/// `/readyz` says 200.
 pub(crate) async fn start_server(
     loaded: &Loaded,
-    addr: SocketAddr,
+    (addr, grpc): (SocketAddr, Option<SocketAddr>),
     env: &[(String, String)],
     timeout: Duration,
 ) -> anyhow::Result<Child> {
-    let listen = addr.to_string();
-    start_ready(loaded, &["serve", "--follow", "production", "--listen", &listen], addr, env, timeout).await
+    let (listen, grpc) = (addr.to_string(), grpc.map(|g| g.to_string()));
+    let mut args = vec!["serve", "--follow", "production", "--listen", &listen];
+    if let Some(grpc) = &grpc {
+        args.extend(["--grpc-listen", grpc]);
+    }
+    start_ready(loaded, &args, addr, env, timeout).await
 }
 
 /// Starts `adrank <args>`, a server listening on `addr`, and waits until `/readyz` says 200.

@@ -13,7 +13,7 @@ use std::{
 };
 
 use adrank_loadtest::{
-    generator::{Arrivals, Progress, RunConfig, RunReport, Slo, Step, SweepPlan, run},
+    generator::{Api, Arrivals, Progress, RunConfig, RunReport, Slo, Step, SweepPlan, run},
     ranking::Ranking,
     report::{Report, ServerSummary, SweepSummary, hours, html, versions},
 };
@@ -24,9 +24,17 @@ use crate::{config::Loaded, table::Table};
 /// Send requests on a fixed schedule and measure latency from each intended send time.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The server (loopback only); default: `serving.listen`.
+    /// The server (loopback only); default: `serving.listen`. With --grpc, closed-loop clicks
+    /// still go here.
     #[arg(long)]
     target: Option<SocketAddr>,
+    /// Rank over gRPC (`adrank.v1.Ranking/Rank`, protobuf bodies, HTTP/2) instead of
+    /// `POST /v1/rank`, at --grpc-target.
+    #[arg(long)]
+    grpc: bool,
+    /// With --grpc: the gRPC server (loopback only); default: `serving.grpc_listen`.
+    #[arg(long, requires = "grpc", value_name = "ADDR")]
+    grpc_target: Option<SocketAddr>,
     /// Requests per second (with --sweep: the first step's).
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
@@ -136,9 +144,26 @@ pub(crate) async fn run_command(mut args: Args, loaded: &Loaded) -> anyhow::Resu
     if !target.ip().is_loopback() {
         bail!("the target {target} is not a loopback address; load tests only send to this machine");
     }
+    let (api, sent_to) = if args.grpc {
+        let Some(grpc) = args.grpc_target.or(loaded.config.serving.grpc_listen) else {
+            bail!(
+                "--grpc needs --grpc-target or serving.grpc_listen: the address `adrank serve --grpc-listen` listens on"
+            );
+        };
+        if !grpc.ip().is_loopback() {
+            bail!("the gRPC target {grpc} is not a loopback address; load tests only send to this machine");
+        }
+        (Api::Grpc, grpc)
+    } else {
+        (Api::rank(), target)
+    };
+    let endpoint = match api {
+        Api::Grpc => format!("grpc://{sent_to}/adrank.v1.Ranking/Rank"),
+        Api::Http(ref path) => format!("http://{sent_to}{path}"),
+    };
     let config = RunConfig {
-        target,
-        path: "/v1/rank".into(),
+        target: sent_to,
+        api: api.clone(),
         rate: args.rate,
         duration: Duration::from_secs_f64(args.duration),
         warmup: Duration::from_secs_f64(args.warmup),
@@ -158,10 +183,10 @@ pub(crate) async fn run_command(mut args: Args, loaded: &Loaded) -> anyhow::Resu
     let ranking = if args.closed_loop {
         // Two seconds of requests ahead of the schedule at the highest rate offered.
         let ahead = (2.0 * if args.sweep { args.max_rate.min(20_000.0) } else { args.rate }) as usize;
-        Arc::new(Ranking::closed_loop(world, ahead.max(16), target))
+        Arc::new(Ranking::closed_loop(world, ahead.max(16), target, &api))
     } else {
         eprintln!("generating {} request bodies from the world …", args.bodies);
-        Arc::new(Ranking::fixed(&mut world, args.bodies))
+        Arc::new(Ranking::fixed(&mut world, args.bodies, &api))
     };
     let mode = if args.closed_loop { "closed loop" } else { "open loop" };
 
@@ -196,7 +221,7 @@ pub(crate) async fn run_command(mut args: Args, loaded: &Loaded) -> anyhow::Resu
         (report, timings, Some(summary))
     } else {
         eprintln!(
-            "{} req/s for {} s at http://{target}/v1/rank over {} connections ({mode}) …",
+            "{} req/s for {} s at {endpoint} over {} connections ({mode}) …",
             args.rate, args.duration, args.connections
         );
         let progress = Arc::new(Progress::default());
@@ -209,7 +234,7 @@ pub(crate) async fn run_command(mut args: Args, loaded: &Loaded) -> anyhow::Resu
 
     let mut report = Report::for_run(
         format!("adrank load test: {mode}{}", if sweep.is_some() { ", rate sweep" } else { "" }),
-        format!("http://{target}/v1/rank"),
+        endpoint,
         mode.into(),
         format!("{:?}", config.arrivals).to_lowercase(),
         args.connections,

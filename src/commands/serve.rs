@@ -6,7 +6,7 @@ use adrank_contracts::spec::FeatureSpec;
 use adrank_featurestore::online::{Reader, Wanted};
 use adrank_registry::Registry;
 use adrank_serving::{
-    api::{AppState, MetricsRender, run_with_drain_deadline},
+    api::{AppState, Listeners, MetricsRender, run_with_drain_deadline},
     clicks::ClickSink,
     impressions::ImpressionLog,
     manager::{ManagerConfig, ModelManager},
@@ -36,6 +36,10 @@ pub(crate) struct Args {
     /// Listen here instead of `serving.listen`.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Also serve the gRPC API (`adrank.v1.Ranking/Rank`) here, instead of at
+    /// `serving.grpc_listen` (unset by default: HTTP only).
+    #[arg(long, value_name = "ADDR")]
+    grpc_listen: Option<SocketAddr>,
 }
 
 pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
@@ -94,8 +98,18 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         .with_context(|| format!("cannot create the Kafka producer for {clicks_topic}"))?;
     let listen = args.listen.unwrap_or(config.serving.listen);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let grpc = match args.grpc_listen.or(config.serving.grpc_listen) {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen for gRPC on {addr}"))?,
+        ),
+        None => None,
+    };
+    let grpc_banner = match &grpc {
+        Some(l) => format!(" and gRPC on {}", l.local_addr()?),
+        None => String::new(),
+    };
     eprintln!(
-        "serving {} version {} ({} follows it) on http://{} (loaded and warmed in {:.1} s)",
+        "serving {} version {} ({} follows it) on http://{}{grpc_banner} (loaded and warmed in {:.1} s)",
         args.name,
         first_version,
         args.follow,
@@ -117,7 +131,9 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     // On SIGINT or SIGTERM: stop accepting, answer what is in flight, send the impression log
     // to Kafka, then exit; each of the two waits is bounded.
     let timeout = std::time::Duration::from_millis(config.serving.shutdown_timeout_ms);
-    if !run_with_drain_deadline(listener, state, super::ingest::shutdown_signal(), timeout).await? {
+    if !run_with_drain_deadline(Listeners { http: listener, grpc }, state, super::ingest::shutdown_signal(), timeout)
+        .await?
+    {
         tracing::warn!(
             timeout_ms = config.serving.shutdown_timeout_ms,
             "requests still in flight at the shutdown deadline were abandoned"

@@ -11,7 +11,7 @@ use adrank_featurestore::{
     online::{Reader, Wanted},
 };
 use adrank_loadtest::{
-    generator::{Arrivals, RunConfig, run},
+    generator::{Api, Arrivals, RunConfig, run},
     ranking::Ranking,
     world::{World, WorldConfig},
 };
@@ -87,10 +87,10 @@ async fn the_world_clicks_on_what_was_served_and_the_figures_add_up() {
     let world =
         World::new(WorldConfig { users: 500, advertisers: 50, ads: 400, mean_ctr: 0.1, ..WorldConfig::default() });
     let shown = world.config().shown_slots as u64;
-    let ranking = Arc::new(Ranking::closed_loop(world, 200, addr));
+    let ranking = Arc::new(Ranking::closed_loop(world, 200, addr, &Api::rank()));
     let run_config = RunConfig {
         target: addr,
-        path: "/v1/rank".into(),
+        api: Api::rank(),
         rate: 100.0,
         duration: Duration::from_secs(4),
         warmup: Duration::from_millis(500),

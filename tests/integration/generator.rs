@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use adrank_loadtest::generator::{Arrivals, Cycle, RunConfig, run};
+use adrank_loadtest::generator::{Api, Arrivals, Cycle, RunConfig, run};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// How the test server answers.
@@ -85,7 +85,7 @@ async fn server(mode: Mode) -> SocketAddr {
 fn config(target: SocketAddr, rate: f64, seconds: u64) -> RunConfig {
     RunConfig {
         target,
-        path: "/".into(),
+        api: Api::Http("/".into()),
         rate,
         duration: Duration::from_secs(seconds),
         warmup: Duration::from_millis(500),

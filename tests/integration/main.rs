@@ -23,6 +23,7 @@ mod rollout_loop;
 mod serving_api;
 mod serving_faults;
 mod serving_fuzz;
+mod serving_grpc;
 mod serving_model;
 mod sim;
 mod trainer;

@@ -14,7 +14,7 @@ use std::{
 use adrank_contracts::training_log::{TrainingLog, utc_hour};
 use adrank_featurestore::kafka::admin;
 use adrank_loadtest::{
-    generator::{Arrivals, Progress, RunConfig, run},
+    generator::{Api, Arrivals, Progress, RunConfig, run},
     ranking::Ranking,
     world::{World, WorldConfig},
 };
@@ -354,11 +354,11 @@ async fn the_controller_promotes_a_better_candidate_and_rolls_back_a_worse_one_o
 
     let mut traffic = World::new(world.clone());
     traffic.replay_baseline_days(DAYS);
-    let ranking = Arc::new(Ranking::closed_loop(traffic, 400, addr));
+    let ranking = Arc::new(Ranking::closed_loop(traffic, 400, addr, &Api::rank()));
     let progress = Arc::new(Progress::default());
     let run_config = RunConfig {
         target: addr,
-        path: "/v1/rank".into(),
+        api: Api::rank(),
         rate: 60.0,
         duration: Duration::from_secs(900),
         warmup: Duration::ZERO,

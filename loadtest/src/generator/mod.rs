@@ -8,6 +8,7 @@
 //! its previous reply is late, the next request goes out late and its latency still counts
 //! from the intended time; the lateness itself is counted, never hidden.
 
+pub(crate) mod grpc;
 pub(crate) mod http;
 mod progress;
 mod schedule;
@@ -22,6 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
 
@@ -107,7 +109,8 @@ fn pace(
 pub struct RunConfig {
     /// The server; only loopback addresses are accepted.
     pub target: SocketAddr,
-    pub path: String,
+    /// How requests are sent: HTTP POSTs to a path, or gRPC `Rank` calls.
+    pub api: Api,
     /// Requests per second.
     pub rate: f64,
     pub duration: Duration,
@@ -118,6 +121,46 @@ pub struct RunConfig {
     /// A reply later than this counts as a timeout.
     pub timeout: Duration,
     pub seed: u64,
+}
+
+/// The API a run drives; the source's bodies must be in its encoding (JSON for HTTP, protobuf
+/// for gRPC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Api {
+    /// `POST` to this path over HTTP/1.1 keep-alive connections.
+    Http(String),
+    /// `adrank.v1.Ranking/Rank` over HTTP/2 connections, one call at a time on each.
+    Grpc,
+}
+
+impl Api {
+    /// The ranking API over HTTP: `POST /v1/rank`.
+    pub fn rank() -> Self {
+        Self::Http("/v1/rank".into())
+    }
+}
+
+/// One connection of either API.
+enum Connection {
+    Http(http::Connection, String),
+    /// Boxed: tonic's endpoint settings make it several times the size of the other.
+    Grpc(Box<grpc::Connection>),
+}
+
+impl Connection {
+    fn new(api: &Api, target: SocketAddr) -> Self {
+        match api {
+            Api::Http(path) => Self::Http(http::Connection::new(target), path.clone()),
+            Api::Grpc => Self::Grpc(Box::new(grpc::Connection::new(target))),
+        }
+    }
+
+    async fn send(&mut self, body: &Bytes, timeout: Duration) -> Result<(u16, &[u8]), Failure> {
+        match self {
+            Self::Http(connection, path) => connection.post(path, body, timeout).await,
+            Self::Grpc(connection) => connection.rank(body, timeout).await,
+        }
+    }
 }
 
 /// How one measured request ended.
@@ -244,7 +287,7 @@ pub async fn run<S: Source>(
                 (Arc::clone(&offsets), Arc::clone(&source), Arc::clone(&progress), config.clone());
             let gate = Arc::clone(&gates[c]);
             tokio::spawn(async move {
-                let mut connection = http::Connection::new(config.target);
+                let mut connection = Connection::new(&config.api, config.target);
                 let mut samples = Vec::with_capacity(offsets.len() / config.connections + 1);
                 for i in (c..offsets.len()).step_by(config.connections) {
                     let intended = start + offsets[i];
@@ -254,7 +297,7 @@ pub async fn run<S: Source>(
                     }
                     let Some((body, tag)) = source.next(i).await else { break };
                     let sent = Instant::now();
-                    let result = connection.post(&config.path, &body, config.timeout).await;
+                    let result = connection.send(&body, config.timeout).await;
                     let done = Instant::now();
                     let measured = offsets[i] >= config.warmup;
                     let outcome = match result {

@@ -16,7 +16,7 @@ use std::{
 };
 
 use adrank_loadtest::generator::{
-    Arrivals, Cycle, RunConfig, RunReport, Slo, Step, SweepPlan, knee, run, thread_cpu_seconds,
+    Api, Arrivals, Cycle, RunConfig, RunReport, Slo, Step, SweepPlan, knee, run, thread_cpu_seconds,
 };
 use anyhow::{Context as _, bail};
 use serde::Serialize;
@@ -166,7 +166,7 @@ pub(crate) async fn run_command(args: Args) -> anyhow::Result<ExitCode> {
     let addr = trivial_endpoint()?;
     let base = RunConfig {
         target: addr,
-        path: "/".into(),
+        api: Api::Http("/".into()),
         rate: args.start_rate,
         duration: Duration::from_secs_f64(args.duration),
         warmup: Duration::from_secs(1),

@@ -27,7 +27,7 @@ use std::{
 
 use adrank_contracts::{spec::FeatureSpec, training_log::utc_hour};
 use adrank_loadtest::{
-    generator::{Arrivals, Progress, RunConfig, RunReport, Slo, Step, SweepPlan, cpu_seconds, knee, run},
+    generator::{Api, Arrivals, Progress, RunConfig, RunReport, Slo, Step, SweepPlan, cpu_seconds, knee, run},
     ranking::{Ranking, ServerTimings},
     report::ServerSummary,
 };
@@ -70,6 +70,10 @@ pub(crate) struct Args {
     /// Keep-alive connections of the load generator.
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// Only the cost lines: both APIs' saturation and CPU per request, the raw model and the
+    /// floor (no half-load, shadow, swap, overload or memory phases).
+    #[arg(long)]
+    quick: bool,
     /// The feature spec.
     /// Default: `features.toml` beside the config file, else `config/features.toml`.
     #[arg(long, value_name = "PATH")]
@@ -174,12 +178,42 @@ struct Floor {
     ratio_ceiling: f64,
 }
 
+/// The gRPC API at its own saturation (same server process, protobuf bodies over HTTP/2).
+#[derive(Debug, Serialize)]
+struct Grpc {
+    sweep: Vec<Step>,
+    saturation_rate: f64,
+    server_rows_per_second: f64,
+    server_cpu_cores: f64,
+    server_cpu_us_per_request: f64,
+}
+
+/// What the server spends around the model per request, against the floor's whole cost:
+/// (server - model) / floor, per API (target at most 2).
+#[derive(Debug, Serialize)]
+struct AroundTheModel {
+    http_us: f64,
+    http_over_floor: f64,
+    grpc_us: f64,
+    grpc_over_floor: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct Results {
     sweep: Vec<Step>,
     saturation_rate: f64,
     overhead: Overhead,
+    grpc: Grpc,
     floor: Floor,
+    around_the_model: AroundTheModel,
+    /// The server under load: absent with `--quick`.
+    #[serde(flatten)]
+    load: Option<Load>,
+}
+
+/// The half-load, shadow, swap, overload and memory phases.
+#[derive(Debug, Serialize)]
+struct Load {
     half_load: Latency,
     breakdown: Option<ServerSummary>,
     shadow: Shadow,
@@ -283,6 +317,7 @@ struct Bench<'a> {
     /// Known once the sweep is done (infinite before).
     saturation: f64,
     addr: SocketAddr,
+    api: Api,
     pid: u32,
     ranking: Arc<Ranking>,
 }
@@ -294,7 +329,7 @@ impl Bench<'_> {
         let connections = if rate > self.saturation { 512 } else { self.args.connections };
         RunConfig {
             target: self.addr,
-            path: "/v1/rank".into(),
+            api: self.api.clone(),
             rate,
             duration: Duration::from_secs_f64(seconds),
             warmup: Duration::from_secs_f64(warmup),
@@ -313,6 +348,29 @@ impl Bench<'_> {
             run(&self.config(rate, seconds, warmup), Arc::clone(&self.ranking), Arc::new(Progress::default())).await?;
         let cpu = process_cpu_seconds(self.pid)? - cpu;
         Ok((report, self.ranking.take_timings(), cpu))
+    }
+
+    /// The open-loop sweep from [`SWEEP_START`], then a run at the knee it found: the steps,
+    /// and the run's report, timings and server CPU seconds.
+    async fn saturate(&mut self, label: &str) -> anyhow::Result<(Vec<Step>, RunReport, ServerTimings, f64)> {
+        let slo = Slo { p99_ms: self.args.slo_p99_ms };
+        let plan = SweepPlan { start_rate: SWEEP_START, factor: 1.5, max_rate: 100_000.0, refine: 3 };
+        let mut steps: Vec<Step> = Vec::new();
+        while let Some(rate) = plan.next_rate(&steps) {
+            let (report, _, _) = self.run(rate, self.args.duration, 1.0).await?;
+            let step = Step::of(&report, slo, self.args.duration - 1.0);
+            eprintln!(
+                "{label} sweep {rate:>7.0} req/s: p99 {:>8.2} ms, errors {}, late {} -> {}",
+                step.p99_ms,
+                step.errors,
+                step.late,
+                if step.held { "held" } else { "not held" }
+            );
+            steps.push(step);
+        }
+        self.saturation = knee(&steps).map(|s| s.rate).context("the server held no rate of the sweep")?;
+        let (report, timings, cpu) = self.run(self.saturation, self.args.duration, 0.0).await?;
+        Ok((steps, report, timings, cpu))
     }
 }
 
@@ -369,103 +427,15 @@ async fn promote(registry: &Registry, version: u64, why: &str) -> anyhow::Result
     Ok(())
 }
 
-pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
-    if !(args.days > 0.0 && args.duration > 2.0 && args.slo_p99_ms > 0.0 && args.connections > 0) {
-        bail!("--days, --slo-p99-ms and --connections must be positive and --duration above 2 s");
-    }
-    let config = &loaded.config;
-    let spec = FeatureSpec::load(&loaded.spec_path(args.spec.as_deref()))?;
-    let broker = BenchBroker::start(&config.kafka, None).await?;
-    let redis = BenchRedis::new(&config.redis).await?;
-    let dir = tempfile::tempdir()?;
-    let env = environment(&broker, &redis, dir.path());
-    let days = args.days.to_string();
-
-    eprintln!("setup: {days} days of history -> Kafka -> Redis and the training log; two DLRM versions");
-    run_step(loaded, &["sim", "bootstrap", "--days", &days], &env).await?;
-    run_step(loaded, &["ingest", "--exit-when-idle", "2"], &env).await?;
-    let start = config.world.start_time_ms;
-    let (since, until) = (utc_hour(start), utc_hour(start + (args.days * 86_400_000.0) as i64 - 3_600_000));
-    for (alias, reason) in [(Some("production"), "bench serve v1"), (None, "bench serve v2")] {
-        let epochs = if alias.is_some() { "1" } else { "2" };
-        let mut train = vec!["train", "--since", &since, "--until", &until, "--epochs", epochs, "--reason", reason];
-        if let Some(alias) = alias {
-            train.extend(["--alias", alias]);
-        }
-        run_step(loaded, &train, &env).await?;
-    }
-    let registry = Registry::open(&RegistryConfig { location: dir.path().join("registry").display().to_string() })?;
-
-    let addr = free_addr()?;
-    let server = start_server(loaded, addr, &env, Duration::from_secs(120)).await?;
-    let pid = server.id().context("the server has no pid")?;
-    let rss_start = resident_bytes(pid)?;
-    let mut world = super::super::sim::world(loaded);
-    let candidates = config.world.candidates as usize;
-    let ranking = Arc::new(Ranking::fixed(&mut world, 2_000));
-    let mut bench = Bench { args: &args, saturation: f64::INFINITY, addr, pid, ranking };
-    let measured = args.duration - 1.0;
-
-    // A warm-up the sweep does not see: connections opened, caches filled, first runs done. (A
-    // first step that met a cold server once failed on its start-up alone.)
-    bench.run(SWEEP_START, 3.0, 3.0).await?;
-
-    // Saturation.
-    let slo = Slo { p99_ms: args.slo_p99_ms };
-    let plan = SweepPlan { start_rate: SWEEP_START, factor: 1.5, max_rate: 100_000.0, refine: 3 };
-    let mut steps: Vec<Step> = Vec::new();
-    while let Some(rate) = plan.next_rate(&steps) {
-        let (report, _, _) = bench.run(rate, args.duration, 1.0).await?;
-        let step = Step::of(&report, slo, measured);
-        eprintln!(
-            "sweep {rate:>7.0} req/s: p99 {:>8.2} ms, errors {}, late {} -> {}",
-            step.p99_ms,
-            step.errors,
-            step.late,
-            if step.held { "held" } else { "not held" }
-        );
-        steps.push(step);
-    }
-    let saturation = knee(&steps).map(|s| s.rate).context("the server held no rate of the sweep")?;
-    bench.saturation = saturation;
-    let (report, timings, cpu) = bench.run(saturation, args.duration, 0.0).await?;
-    let rows = report.statuses.get(&200).copied().unwrap_or(0) as f64 * candidates as f64;
-    let wall = args.duration;
-    let raw_batch = timings.batch_rows.value_at_quantile(0.5).max(1) as usize;
-    eprintln!(
-        "saturation {saturation:.0} req/s: server {:.0} rows/s on {:.2} cores; median model run {raw_batch} rows",
-        rows / wall,
-        cpu / wall
-    );
-
-    // The raw model, same runtime settings, while the server idles.
-    let v1 = registry.version("ctr", 1).await?;
-    let onnx = registry.artifact(&v1.onnx).await?;
-    let location = dir.path().join("log").display().to_string();
-    let data = LogWindow::open(&location, Window { since_ms: start, until_ms: start + 30 * 86_400_000 }).await?;
-    let (raw_rows_per_second, raw_rows_per_cpu_second) = {
-        let (spec, ort) = (spec.clone(), config.onnxruntime.clone());
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
-            let rows = logged_rows(&data, &spec, &v1, 50_000)?;
-            let mut session = ScoringSession::load(&onnx, &ort, SessionOptions::of(&ort))?;
-            let speed = raw_speed(&mut session, &rows, raw_batch, 5.0)?;
-            Ok((speed.rows_per_second, speed.rows_per_cpu_second))
-        })
-        .await??
-    };
-    let server_rows_per_cpu_second = rows / cpu;
-    let overhead = Overhead {
-        candidates,
-        server_rows_per_second: rows / wall,
-        server_cpu_cores: cpu / wall,
-        server_rows_per_cpu_second,
-        raw_batch_rows: raw_batch,
-        raw_rows_per_second,
-        raw_cpu_cores: raw_rows_per_second / raw_rows_per_cpu_second,
-        raw_rows_per_cpu_second,
-        ratio: server_rows_per_cpu_second / raw_rows_per_cpu_second,
-    };
-
+/// The server under load at half saturation (steady, shadowed, through version swaps), at twice
+/// saturation, and its memory over load/unload cycles.
+async fn load_phases(
+    bench: &Bench<'_>,
+    registry: &Registry,
+    shadow_sample: f64,
+    rss_start: u64,
+) -> anyhow::Result<Load> {
+    let (args, addr, pid, saturation) = (bench.args, bench.addr, bench.pid, bench.saturation);
     // Half of saturation: steady state, then the same load through version swaps.
     let half = saturation / 2.0;
     let steady_seconds = 2.0 * args.duration;
@@ -480,15 +450,15 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     let (mut pairs, mut shadow_errors) = (Vec::new(), 0);
     for _ in 0..SHADOW_PAIRS {
         let (off, _, _) = bench.run(half, args.duration, 1.0).await?;
-        shadowing(&registry, addr, 2, true).await?;
+        shadowing(registry, addr, 2, true).await?;
         let (on, _, _) = bench.run(half, args.duration, 1.0).await?;
-        shadowing(&registry, addr, 2, false).await?;
+        shadowing(registry, addr, 2, false).await?;
         shadow_errors += on.errors();
         pairs.push((off.latency_ms(0.99), on.latency_ms(0.99)));
     }
     let mut ratios: Vec<f64> = pairs.iter().map(|(off, on)| on / off).collect();
     let shadow = Shadow {
-        sample: config.serving.shadow_sample,
+        sample: shadow_sample,
         pairs,
         median_ratio: {
             let mut sorted = ratios.clone();
@@ -544,7 +514,7 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     let mut rss_readings = Vec::new();
     for cycle in 1..=args.cycles {
         let next = if current == 1 { 2 } else { 1 };
-        promote(&registry, next, "bench serve: load/unload cycle").await?;
+        promote(registry, next, "bench serve: load/unload cycle").await?;
         let waiting = Instant::now();
         // Read only once the old version is unloaded: a reading with both versions loaded
         // measures the swap, not what stays behind.
@@ -581,6 +551,133 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
     };
     // Every cycle above waited for the old version's model thread to end.
     let rss_end = resident_bytes(pid)?;
+    Ok(Load {
+        half_load,
+        breakdown,
+        shadow,
+        swaps: args.swaps,
+        during_swaps,
+        versions_during_swaps,
+        overload,
+        memory_cycles: args.cycles,
+        rss_start_bytes: rss_start,
+        rss_after_warm_cycles_bytes: rss_warm,
+        rss_end_bytes: rss_end,
+        rss_growth: rss_end as f64 / rss_warm.max(1) as f64 - 1.0,
+        rss_series,
+        rss_trend_growth,
+    })
+}
+
+pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode> {
+    if !(args.days > 0.0 && args.duration > 2.0 && args.slo_p99_ms > 0.0 && args.connections > 0) {
+        bail!("--days, --slo-p99-ms and --connections must be positive and --duration above 2 s");
+    }
+    let config = &loaded.config;
+    let spec = FeatureSpec::load(&loaded.spec_path(args.spec.as_deref()))?;
+    let broker = BenchBroker::start(&config.kafka, None).await?;
+    let redis = BenchRedis::new(&config.redis).await?;
+    let dir = tempfile::tempdir()?;
+    let env = environment(&broker, &redis, dir.path());
+    let days = args.days.to_string();
+
+    eprintln!("setup: {days} days of history -> Kafka -> Redis and the training log; two DLRM versions");
+    run_step(loaded, &["sim", "bootstrap", "--days", &days], &env).await?;
+    run_step(loaded, &["ingest", "--exit-when-idle", "2"], &env).await?;
+    let start = config.world.start_time_ms;
+    let (since, until) = (utc_hour(start), utc_hour(start + (args.days * 86_400_000.0) as i64 - 3_600_000));
+    for (alias, reason) in [(Some("production"), "bench serve v1"), (None, "bench serve v2")] {
+        let epochs = if alias.is_some() { "1" } else { "2" };
+        let mut train = vec!["train", "--since", &since, "--until", &until, "--epochs", epochs, "--reason", reason];
+        if let Some(alias) = alias {
+            train.extend(["--alias", alias]);
+        }
+        run_step(loaded, &train, &env).await?;
+    }
+    let registry = Registry::open(&RegistryConfig { location: dir.path().join("registry").display().to_string() })?;
+
+    let (addr, grpc_addr) = (free_addr()?, free_addr()?);
+    let server = start_server(loaded, (addr, Some(grpc_addr)), &env, Duration::from_secs(120)).await?;
+    let pid = server.id().context("the server has no pid")?;
+    let rss_start = resident_bytes(pid)?;
+    let mut world = super::super::sim::world(loaded);
+    let candidates = config.world.candidates as usize;
+    let ranking = Arc::new(Ranking::fixed(&mut world, 2_000, &Api::rank()));
+    let mut bench = Bench { args: &args, saturation: f64::INFINITY, addr, api: Api::rank(), pid, ranking };
+
+    // A warm-up the sweep does not see: connections opened, caches filled, first runs done. (A
+    // first step that met a cold server once failed on its start-up alone.)
+    bench.run(SWEEP_START, 3.0, 3.0).await?;
+
+    // Saturation, over HTTP.
+    let (steps, report, timings, cpu) = bench.saturate("http").await?;
+    let saturation = bench.saturation;
+    let rows = report.statuses.get(&200).copied().unwrap_or(0) as f64 * candidates as f64;
+    let wall = args.duration;
+    let raw_batch = timings.batch_rows.value_at_quantile(0.5).max(1) as usize;
+    eprintln!(
+        "saturation {saturation:.0} req/s: server {:.0} rows/s on {:.2} cores; median model run {raw_batch} rows",
+        rows / wall,
+        cpu / wall
+    );
+
+    // Saturation, over gRPC: the same requests as protobuf, to the same process.
+    let mut grpc_bench = Bench {
+        args: &args,
+        saturation: f64::INFINITY,
+        addr: grpc_addr,
+        api: Api::Grpc,
+        pid,
+        ranking: Arc::new(Ranking::fixed(&mut super::super::sim::world(loaded), 2_000, &Api::Grpc)),
+    };
+    grpc_bench.run(SWEEP_START, 3.0, 3.0).await?;
+    let (grpc_steps, grpc_report, _, grpc_cpu) = grpc_bench.saturate("grpc").await?;
+    let grpc_replies = grpc_report.statuses.get(&200).copied().unwrap_or(0) as f64;
+    let grpc = Grpc {
+        sweep: grpc_steps,
+        saturation_rate: grpc_bench.saturation,
+        server_rows_per_second: grpc_replies * candidates as f64 / wall,
+        server_cpu_cores: grpc_cpu / wall,
+        server_cpu_us_per_request: 1e6 * grpc_cpu / grpc_replies.max(1.0),
+    };
+    eprintln!(
+        "grpc saturation {:.0} req/s: server {:.0} us CPU per request on {:.2} cores",
+        grpc.saturation_rate, grpc.server_cpu_us_per_request, grpc.server_cpu_cores
+    );
+
+    // The raw model, same runtime settings, while the server idles.
+    let v1 = registry.version("ctr", 1).await?;
+    let onnx = registry.artifact(&v1.onnx).await?;
+    let location = dir.path().join("log").display().to_string();
+    let data = LogWindow::open(&location, Window { since_ms: start, until_ms: start + 30 * 86_400_000 }).await?;
+    let (raw_rows_per_second, raw_rows_per_cpu_second) = {
+        let (spec, ort) = (spec.clone(), config.onnxruntime.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
+            let rows = logged_rows(&data, &spec, &v1, 50_000)?;
+            let mut session = ScoringSession::load(&onnx, &ort, SessionOptions::of(&ort))?;
+            let speed = raw_speed(&mut session, &rows, raw_batch, 5.0)?;
+            Ok((speed.rows_per_second, speed.rows_per_cpu_second))
+        })
+        .await??
+    };
+    let server_rows_per_cpu_second = rows / cpu;
+    let overhead = Overhead {
+        candidates,
+        server_rows_per_second: rows / wall,
+        server_cpu_cores: cpu / wall,
+        server_rows_per_cpu_second,
+        raw_batch_rows: raw_batch,
+        raw_rows_per_second,
+        raw_cpu_cores: raw_rows_per_second / raw_rows_per_cpu_second,
+        raw_rows_per_cpu_second,
+        ratio: server_rows_per_cpu_second / raw_rows_per_cpu_second,
+    };
+
+    let load = if args.quick {
+        None
+    } else {
+        Some(load_phases(&bench, &registry, config.serving.shadow_sample, rss_start).await?)
+    };
     let reply = {
         let request = world.next_request();
         let body = serde_json::to_vec(&world.rank_request(&request))?;
@@ -623,26 +720,14 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         ratio_ceiling: model_us / (model_us + floor_us),
     };
 
-    let results = Results {
-        sweep: steps,
-        saturation_rate: saturation,
-        overhead,
-        floor,
-        half_load,
-        breakdown,
-        shadow,
-        swaps: args.swaps,
-        during_swaps,
-        versions_during_swaps,
-        overload,
-        memory_cycles: args.cycles,
-        rss_start_bytes: rss_start,
-        rss_after_warm_cycles_bytes: rss_warm,
-        rss_end_bytes: rss_end,
-        rss_growth: rss_end as f64 / rss_warm.max(1) as f64 - 1.0,
-        rss_series,
-        rss_trend_growth,
+    let around = |server_us: f64| server_us - model_us;
+    let around_the_model = AroundTheModel {
+        http_us: around(floor.server_cpu_us_per_request),
+        http_over_floor: around(floor.server_cpu_us_per_request) / floor_us,
+        grpc_us: around(grpc.server_cpu_us_per_request),
+        grpc_over_floor: around(grpc.server_cpu_us_per_request) / floor_us,
     };
+    let results = Results { sweep: steps, saturation_rate: saturation, overhead, grpc, floor, around_the_model, load };
     print!("{}", render(&results));
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&results)?)?;
@@ -682,6 +767,24 @@ fn render(r: &Results) -> String {
         ),
     );
     row("best ratio a server on this stack reaches here", format!("{:.3} = model / (model + floor)", f.ratio_ceiling));
+    let g = &r.grpc;
+    row(
+        "gRPC: saturation; server CPU per request",
+        format!(
+            "{:.0} req/s ({:.0} rows/s on {:.2} cores); {:.0} us",
+            g.saturation_rate, g.server_rows_per_second, g.server_cpu_cores, g.server_cpu_us_per_request
+        ),
+    );
+    let a = &r.around_the_model;
+    row(
+        "around the model per request (server - model): HTTP / gRPC",
+        format!(
+            "{:.0} / {:.0} us = {:.2}x / {:.2}x the floor (target <= 2x)",
+            a.http_us, a.grpc_us, a.http_over_floor, a.grpc_over_floor
+        ),
+    );
+    let Some(load) = &r.load else { return table.render() };
+    let r = load;
     let h = &r.half_load;
     row(
         "half saturation p50 / p99 / p99.9",

@@ -20,7 +20,7 @@ use std::{
 };
 
 use adrank_loadtest::{
-    generator::{self, Arrivals, Progress, RunConfig},
+    generator::{self, Api, Arrivals, Progress, RunConfig},
     ranking::Ranking,
     report::{Report, ServerSummary, hours, versions},
 };
@@ -161,11 +161,11 @@ pub(crate) async fn run(args: Args, loaded: &Loaded) -> anyhow::Result<ExitCode>
     );
     let mut world = super::sim::world(loaded);
     world.replay_baseline_days(days);
-    let ranking = Arc::new(Ranking::closed_loop(world, (2.0 * rate) as usize + 16, serve_addr));
+    let ranking = Arc::new(Ranking::closed_loop(world, (2.0 * rate) as usize + 16, serve_addr, &Api::rank()));
     let progress = Arc::new(Progress::default());
     let config = RunConfig {
         target: serve_addr,
-        path: "/v1/rank".into(),
+        api: Api::rank(),
         rate,
         duration: Duration::from_secs_f64(duration),
         warmup: Duration::ZERO,
