@@ -1,12 +1,14 @@
-"""Calls adrank's gRPC ranking API (adrank.v1.Ranking/Rank) with Python's grpcio.
+"""Calls adrank's gRPC ranking API (adrank.v1.Ranking/Rank) with Python's grpcio, and the same
+requests over HTTP (POST /v1/rank) with the standard library, to compare the two.
 
 The stubs are generated from the repository's proto file at start (grpcio-tools), so this client
 shares nothing with adrank but the schema. Reads a JSON list of calls on stdin; each names a
-request in the HTTP API's JSON shape, and optionally metadata, a timeout in seconds and a number
-of copies sent at once. Writes one JSON list of outcomes per call to stdout: the reply as a dict,
-or the status code, its details and its trailers.
+request in the HTTP API's JSON shape, and optionally metadata, a timeout in seconds, a number
+of copies sent at once, and `"http": true` to send it to the HTTP API instead. Writes one JSON
+list of outcomes per call to stdout: the reply as a dict, or the status code, its details and
+its trailers (HTTP: the status and the JSON body).
 
-    python examples/grpc/rank.py 127.0.0.1:8081 < calls.json
+    python examples/grpc/rank.py 127.0.0.1:8081 [127.0.0.1:8080] < calls.json
 """
 
 import concurrent.futures
@@ -14,6 +16,8 @@ import json
 import pathlib
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 
 import grpc
 from google.protobuf import json_format
@@ -71,6 +75,17 @@ def outcome(call):
         return {"code": e.code().name, "details": e.details(), "trailers": trailers}
 
 
+def http(addr, body, timeout):
+    request = urllib.request.Request(
+        f"http://{addr}/v1/rank", data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            return {"status": reply.status, "body": json.load(reply)}
+    except urllib.error.HTTPError as e:
+        return {"status": e.code, "body": json.load(e)}
+
+
 def main():
     pb, pb_grpc = stubs()
     calls = json.load(sys.stdin)
@@ -78,6 +93,9 @@ def main():
         stub = pb_grpc.RankingStub(channel)
         results = []
         for call in calls:
+            if call.get("http"):
+                results.append([http(sys.argv[2], call["request"], call.get("timeout", 10.0))])
+                continue
             request = message(pb, call["request"])
             metadata = [tuple(m) for m in call.get("metadata", [])]
             timeout = call.get("timeout", 10.0)

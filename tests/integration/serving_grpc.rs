@@ -1,5 +1,6 @@
 //! The ranking API over gRPC, called by a client that is not adrank (Python's grpcio with stubs
-//! generated from the proto file, `examples/grpc/rank.py`) and by adrank's load generator:
+//! generated from the proto file, `examples/grpc/rank.py`, which also calls the HTTP API with the
+//! standard library) and by adrank's load generator:
 //! the same ranking as HTTP for the same request, the same rules and fields in its errors, and
 //! shedding with retry pushback when the one admission limit both APIs share is full.
 
@@ -23,7 +24,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::{
     registry::{draft, model_file, registry},
-    serving_api::{alias, http, manager_config},
+    serving_api::{alias, manager_config},
 };
 
 /// Serves both APIs on free loopback ports until the test ends: (HTTP, gRPC).
@@ -40,14 +41,16 @@ async fn serve_both(
     addrs
 }
 
-/// Runs the Python client on `calls`; one list of outcomes per call.
-async fn python_client(grpc: SocketAddr, calls: &Value) -> Vec<Vec<Value>> {
+/// Runs the Python client on `calls` (HTTP at `http`, gRPC at `grpc`); one list of outcomes per
+/// call.
+async fn python_client((http, grpc): (SocketAddr, SocketAddr), calls: &Value) -> Vec<Vec<Value>> {
     let root = adrank_testkit::workspace_root();
     let python = root.join(".adrank/tools/bin/python");
     assert!(python.exists(), "{} is missing: run ./dev.sh setup (it installs grpcio there)", python.display());
     let mut child = tokio::process::Command::new(python)
         .arg(root.join("examples/grpc/rank.py"))
         .arg(grpc.to_string())
+        .arg(http.to_string())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -89,9 +92,6 @@ async fn a_python_client_gets_the_http_apis_ranking_and_errors_over_grpc() {
     let mut world = World::new(WorldConfig { users: 500, advertisers: 50, ads: 400, ..WorldConfig::default() });
     let next = world.next_request();
     let body = serde_json::to_value(world.rank_request(&next)).unwrap();
-    let (status, _, text) = http(http_addr, "POST", "/v1/rank", body.to_string().as_bytes()).await;
-    assert_eq!(status, 200, "{text}");
-    let by_http: RankResponse = serde_json::from_str(&text).unwrap();
 
     let with = |edit: &dyn Fn(&mut Value)| {
         let mut b = body.clone();
@@ -99,6 +99,7 @@ async fn a_python_client_gets_the_http_apis_ranking_and_errors_over_grpc() {
         b
     };
     let calls = json!([
+        { "request": body, "http": true },
         { "request": body },
         { "request": body, "metadata": [["x-adrank-model-version", "1"]] },
         { "request": with(&|b| b["candidates"][1]["bid"] = json!(-1.0)) },
@@ -108,9 +109,13 @@ async fn a_python_client_gets_the_http_apis_ranking_and_errors_over_grpc() {
         { "request": with(&|b| b["context"]["event_time_ms"] = json!(4_102_444_800_000_i64)) },
         { "request": body, "metadata": [["x-adrank-model-version", "9"]] },
         { "request": body, "metadata": [["x-adrank-model-version", "latest"]] },
+        { "request": with(&|b| b["candidates"][1]["bid"] = json!(-1.0)), "http": true },
     ]);
-    let outcomes = python_client(grpc_addr, &calls).await;
-    assert_eq!(outcomes.len(), 9);
+    let outcomes = python_client((http_addr, grpc_addr), &calls).await;
+    assert_eq!(outcomes.len(), 11);
+    assert_eq!(outcomes[0][0]["status"], 200, "{:?}", outcomes[0]);
+    let by_http: RankResponse = serde_json::from_value(outcomes[0][0]["body"].clone()).unwrap();
+    let outcomes = &outcomes[1..];
 
     // The same request ranks the same over both APIs: order, scores, slots.
     for outcome in &outcomes[..2] {
@@ -134,7 +139,7 @@ async fn a_python_client_gets_the_http_apis_ranking_and_errors_over_grpc() {
         }
         assert!(reply["timing"]["total_ms"].as_f64().unwrap() > 0.0);
     }
-    let refusals: Vec<_> = outcomes[2..].iter().map(|o| refusal(&o[0])).collect();
+    let refusals: Vec<_> = outcomes[2..9].iter().map(|o| refusal(&o[0])).collect();
     assert_eq!(
         refusals,
         [
@@ -148,6 +153,11 @@ async fn a_python_client_gets_the_http_apis_ranking_and_errors_over_grpc() {
         ]
     );
     assert!(outcomes[2][0]["details"].as_str().unwrap().contains("non-negative"), "{:?}", outcomes[2]);
+    // The HTTP API refuses the same request with the same kind and field.
+    let refused = &outcomes[9][0];
+    assert_eq!(refused["status"], 400, "{refused:?}");
+    assert_eq!(refused["body"]["error"]["kind"], "invalid_request");
+    assert_eq!(refused["body"]["error"]["field"], "candidates[1].bid");
 
     // adrank's own generator over gRPC: protobuf bodies, every reply read back.
     let ranking = Arc::new(Ranking::fixed(&mut world, 20, &Api::Grpc));
@@ -176,11 +186,11 @@ async fn over_grpc_the_shared_admission_limit_sheds_with_retry_pushback() {
     // One place and no waiting: of many simultaneous calls, most must be refused at once.
     let config = ServingConfig { max_in_flight: 1, min_in_flight: 1, admission_wait_ms: 0, ..ServingConfig::default() };
     let models = one_version(dir.path(), &config).await;
-    let (_, grpc_addr) = serve_both(models, None, config).await;
+    let addrs = serve_both(models, None, config).await;
     let mut world = World::new(WorldConfig { users: 500, advertisers: 50, ads: 400, ..WorldConfig::default() });
     let next = world.next_request();
     let body = serde_json::to_value(world.rank_request(&next)).unwrap();
-    let outcomes = python_client(grpc_addr, &json!([{ "request": body, "copies": 40 }])).await;
+    let outcomes = python_client(addrs, &json!([{ "request": body, "copies": 40 }])).await;
     let codes: Vec<&str> = outcomes[0].iter().map(|o| refusal(o).0).collect();
     assert!(codes.iter().all(|c| *c == "OK" || *c == "RESOURCE_EXHAUSTED"), "{codes:?}");
     assert!(codes.contains(&"OK"), "the place served someone: {codes:?}");

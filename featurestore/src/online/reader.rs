@@ -357,6 +357,8 @@ enum Origin {
 struct Plan {
     names: Vec<&'static str>,
     order: Vec<(&'static str, Origin)>,
+    /// The place of `category` in `names`: read per candidate, found without comparing names.
+    category: Option<usize>,
 }
 
 impl Plan {
@@ -374,7 +376,8 @@ impl Plan {
         order.reverse();
         order.dedup_by(|later, kept| later.0 == kept.0);
         order.reverse();
-        Self { names, order }
+        let category = names.iter().position(|&n| n == CATEGORY_FIELD);
+        Self { names, order, category }
     }
 }
 
@@ -581,18 +584,24 @@ impl Pairs {
     }
 }
 
-/// An absent entity's record, shared.
+/// An absent entity's record, shared by every read on this thread: most of a read's ~220 pairs
+/// are absent, and one process-wide `Arc` cloned and dropped that often by every worker bounced
+/// its count between the cores.
 fn absent() -> Arc<Stored> {
-    static ABSENT: OnceLock<Arc<Stored>> = OnceLock::new();
-    ABSENT.get_or_init(|| Arc::new(Stored::default())).clone()
+    thread_local! {
+        static ABSENT: Arc<Stored> = Arc::new(Stored::default());
+    }
+    ABSENT.with(Arc::clone)
 }
 
-/// A pair's record when the user has no history with it: zero counts, shared (most of a read's
-/// ~220 pairs are absent).
+/// A pair's record when the user has no history with it: zero counts, shared per thread (as
+/// [`absent`]).
 fn no_history(entity: Entity) -> Arc<RawFeatures> {
-    static ZERO: OnceLock<[Arc<RawFeatures>; 2]> = OnceLock::new();
-    let zero = ZERO.get_or_init(|| [Entity::UserCategory, Entity::UserAdvertiser].map(|e| Arc::new(id_record(e, ""))));
-    zero[Pairs::kind(entity)].clone()
+    thread_local! {
+        static ZERO: [Arc<RawFeatures>; 2] =
+            [Entity::UserCategory, Entity::UserAdvertiser].map(|e| Arc::new(id_record(e, "")));
+    }
+    ZERO.with(|zero| zero[Pairs::kind(entity)].clone())
 }
 
 /// Ads' categories as last read, by ad id: a read names an ad's category pair before it has
@@ -734,13 +743,20 @@ impl Reader {
         // The pairs known before the read: every advertiser's, and the categories of ads cached
         // or remembered. Pair ids are owned here; `pairs` indexes them by (kind, other id).
         let mut pairs = Pairs::default();
+        // Whether each ad's category pair was wanted before the read (cached ads' categories
+        // are read again below and need nothing more when unchanged).
+        let mut known: Vec<bool> = vec![false; entities.len()];
         if history {
             let remembered = self.categories.lock();
             for &(ad, advertiser) in &slots {
                 pairs.want(Entity::UserAdvertiser, entities[advertiser].1);
+                if known[ad] {
+                    continue;
+                }
                 let cached = stored[ad].as_deref().and_then(|s| self.category_of(s));
-                if let Some(category) = cached.or_else(|| remembered.get(entities[ad].1).cloned()) {
-                    pairs.want(Entity::UserCategory, &category);
+                if let Some(category) = cached.or_else(|| remembered.get(entities[ad].1)) {
+                    pairs.want(Entity::UserCategory, category);
+                    known[ad] = cached.is_some();
                 }
             }
         }
@@ -764,14 +780,16 @@ impl Reader {
         let live: Vec<bool> = (0..entities.len()).map(|i| held(i).live(now_ms, self.ttl_ms)).collect();
         // Each ad's category as read (a missing or expired ad has none), and the pairs of those
         // not read yet: a second round trip, only when there are any.
-        let mut categories: Vec<Option<Arc<str>>> = vec![None; entities.len()];
+        let mut categories: Vec<Option<&str>> = vec![None; entities.len()];
         if history {
             {
                 let mut remembered = self.categories.lock();
                 for &(ad, _) in &slots {
                     if categories[ad].is_none() && live[ad] {
-                        categories[ad] = self.category_of(held(ad));
-                        if let Some(category) = &categories[ad] {
+                        let Some(category) = self.category_of(held(ad)) else { continue };
+                        categories[ad] = Some(category);
+                        // A cached ad's record is the one its pair was wanted by: nothing new.
+                        if !known[ad] {
                             remembered.insert(entities[ad].1, category);
                             pairs.want(Entity::UserCategory, category);
                         }
@@ -826,7 +844,7 @@ impl Reader {
                     ad_age_hours: if live[ad] { held(ad).age_hours(now_ms) } else { RawValue::Missing },
                     history: if history {
                         [
-                            pair(Entity::UserCategory, categories[ad].as_deref()),
+                            pair(Entity::UserCategory, categories[ad]),
                             pair(Entity::UserAdvertiser, Some(entities[advertiser].1)),
                         ]
                     } else {
@@ -839,10 +857,15 @@ impl Reader {
         Ok(Fetched { user, ads: per_ad, missing, cache_hits })
     }
 
-    /// An ad's category, from its stored attributes.
-    fn category_of(&self, ad: &Stored) -> Option<Arc<str>> {
-        match ad.attribute(CATEGORY_FIELD, self.plan(Entity::Ad))? {
-            RawValue::Str(category) if !category.is_empty() => Some(category.clone()),
+    /// An ad's category, from its stored attributes; borrowed (an `Arc` cloned per candidate
+    /// bounces its count between the cores that share the category).
+    fn category_of<'s>(&self, ad: &'s Stored) -> Option<&'s Arc<str>> {
+        let value = match (&ad.attributes, self.plan(Entity::Ad)) {
+            (Attributes::Wanted(values), Some(plan)) => values.get(plan.category?)?.as_ref(),
+            _ => ad.attribute(CATEGORY_FIELD, self.plan(Entity::Ad)),
+        };
+        match value? {
+            RawValue::Str(category) if !category.is_empty() => Some(category),
             _ => None,
         }
     }

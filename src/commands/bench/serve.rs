@@ -206,6 +206,8 @@ struct Results {
     grpc: Grpc,
     floor: Floor,
     around_the_model: AroundTheModel,
+    /// Where the model ran, and why the GPU lines are absent when they are.
+    gpu: String,
     /// The server under load: absent with `--quick`.
     #[serde(flatten)]
     load: Option<Load>,
@@ -727,7 +729,22 @@ pub(crate) async fn run_command(args: Args, loaded: &Loaded) -> anyhow::Result<E
         grpc_us: around(grpc.server_cpu_us_per_request),
         grpc_over_floor: around(grpc.server_cpu_us_per_request) / floor_us,
     };
-    let results = Results { sweep: steps, saturation_rate: saturation, overhead, grpc, floor, around_the_model, load };
+    let gpu = if config.onnxruntime.execution_provider == adrank_registry::config::Provider::Cuda {
+        format!("ran on CUDA device {}: the server and raw figures above are the GPU's", config.onnxruntime.cuda_device)
+    } else {
+        match tokio::task::spawn_blocking(adrank_serving::gpu::devices).await? {
+            Ok(devices) if !devices.is_empty() => format!(
+                "did not run: {} GPU(s) here ({}), but serving ran on the CPU provider; rerun with \
+                 ADRANK_ONNXRUNTIME__EXECUTION_PROVIDER=cuda",
+                devices.len(),
+                devices[0].name
+            ),
+            Ok(_) => "did not run: no GPU on this machine".into(),
+            Err(why) => format!("did not run: no GPU on this machine ({why})"),
+        }
+    };
+    let results =
+        Results { sweep: steps, saturation_rate: saturation, overhead, grpc, floor, around_the_model, gpu, load };
     print!("{}", render(&results));
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&results)?)?;
@@ -783,6 +800,7 @@ fn render(r: &Results) -> String {
             a.http_us, a.grpc_us, a.http_over_floor, a.grpc_over_floor
         ),
     );
+    row("GPU", r.gpu.clone());
     let Some(load) = &r.load else { return table.render() };
     let r = load;
     let h = &r.half_load;
