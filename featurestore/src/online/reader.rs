@@ -529,14 +529,20 @@ impl Cache {
     }
 }
 
-/// The pairs of one read's user: their fields in the user's history hash, and their records once
-/// read.
+/// The pairs of one read's user: which to read, in order, and their records once read. Named
+/// without allocating: an advertiser's pair by its place among the read's entities, a
+/// category's by the category's shared text; the fields are written into the command.
 #[derive(Debug, Default)]
 struct Pairs {
-    /// (kind, field), in the order they are read.
-    wanted: Vec<(Entity, String)>,
-    /// By kind (categories, advertisers): the other id's place in `wanted`.
-    places: [FxHashMap<Box<str>, usize>; 2],
+    /// (kind, the place of the advertiser among the read's entities, or of the category in
+    /// `categories`), in the order they are read.
+    wanted: Vec<(Entity, usize)>,
+    /// By the advertiser's place among the read's entities: its pair's place in `wanted`.
+    advertisers: Vec<Option<usize>>,
+    /// The categories named, in the order they were.
+    categories: Vec<Arc<str>>,
+    /// By category: its pair's place in `wanted`.
+    category_pairs: FxHashMap<Arc<str>, usize>,
     /// The records read, in the order of `wanted`.
     stored: Vec<Arc<Stored>>,
 }
@@ -546,24 +552,48 @@ impl Pairs {
         usize::from(entity == Entity::UserAdvertiser)
     }
 
-    /// Wants the user's pair with `other` (a category or an advertiser), once.
-    fn want(&mut self, entity: Entity, other: &str) {
-        let places = &mut self.places[Self::kind(entity)];
-        if !places.contains_key(other) {
-            places.insert(other.into(), self.wanted.len());
-            let mut field = String::with_capacity(2 + other.len());
-            entity.write_field(other, &mut field);
-            self.wanted.push((entity, field));
+    /// For a read of `entities` entities (users, ads, advertisers).
+    fn new(entities: usize) -> Self {
+        Self { advertisers: vec![None; entities], ..Self::default() }
+    }
+
+    /// Wants the user's pair with the advertiser at `place` among the read's entities, once.
+    fn want_advertiser(&mut self, place: usize) {
+        if self.advertisers[place].is_none() {
+            self.advertisers[place] = Some(self.wanted.len());
+            self.wanted.push((Entity::UserAdvertiser, place));
         }
     }
 
-    fn place(&self, entity: Entity, other: &str) -> Option<usize> {
-        self.places[Self::kind(entity)].get(other).copied()
+    /// Wants the user's pair with `category`, once.
+    fn want_category(&mut self, category: &Arc<str>) {
+        if !self.category_pairs.contains_key(category) {
+            self.category_pairs.insert(category.clone(), self.wanted.len());
+            self.wanted.push((Entity::UserCategory, self.categories.len()));
+            self.categories.push(category.clone());
+        }
     }
 
-    /// The wanted pairs' fields from place `from` on.
-    fn fields(&self, from: usize) -> impl ExactSizeIterator<Item = &str> + Clone {
-        self.wanted[from..].iter().map(|(_, field)| field.as_str())
+    /// The pair's place in `wanted` of the advertiser at `place` among the read's entities.
+    fn advertiser(&self, place: usize) -> Option<usize> {
+        self.advertisers[place]
+    }
+
+    /// The pair's place in `wanted` of `category`.
+    fn category(&self, category: &str) -> Option<usize> {
+        self.category_pairs.get(category).copied()
+    }
+
+    /// The wanted pairs from place `from` on, as (kind, the other id), the entities' ids given.
+    fn fields<'s>(
+        &'s self,
+        from: usize,
+        entities: &'s [(Entity, &'s str)],
+    ) -> impl ExactSizeIterator<Item = (Entity, &'s str)> + Clone {
+        self.wanted[from..].iter().map(move |&(entity, place)| match entity {
+            Entity::UserAdvertiser => (entity, entities[place].1),
+            _ => (entity, &*self.categories[place]),
+        })
     }
 
     /// Every pair's counters at `now_ms`: zero for one absent or expired.
@@ -571,15 +601,10 @@ impl Pairs {
         self.wanted
             .iter()
             .zip(&self.stored)
-            .map(
-                |(&(entity, ref id), stored)| {
-                    if stored.live(now_ms, ttl_ms) {
-                        stored.record(entity, id, now_ms, None)
-                    } else {
-                        no_history(entity)
-                    }
-                },
-            )
+            .map(|(&(entity, _), stored)| {
+                // A pair's record has no id feature: the other id is not needed.
+                if stored.live(now_ms, ttl_ms) { stored.record(entity, "", now_ms, None) } else { no_history(entity) }
+            })
             .collect()
     }
 }
@@ -742,20 +767,20 @@ impl Reader {
 
         // The pairs known before the read: every advertiser's, and the categories of ads cached
         // or remembered. Pair ids are owned here; `pairs` indexes them by (kind, other id).
-        let mut pairs = Pairs::default();
+        let mut pairs = Pairs::new(entities.len());
         // Whether each ad's category pair was wanted before the read (cached ads' categories
         // are read again below and need nothing more when unchanged).
         let mut known: Vec<bool> = vec![false; entities.len()];
         if history {
             let remembered = self.categories.lock();
             for &(ad, advertiser) in &slots {
-                pairs.want(Entity::UserAdvertiser, entities[advertiser].1);
+                pairs.want_advertiser(advertiser);
                 if known[ad] {
                     continue;
                 }
                 let cached = stored[ad].as_deref().and_then(|s| self.category_of(s));
                 if let Some(category) = cached.or_else(|| remembered.get(entities[ad].1)) {
-                    pairs.want(Entity::UserCategory, category);
+                    pairs.want_category(category);
                     known[ad] = cached.is_some();
                 }
             }
@@ -763,7 +788,7 @@ impl Reader {
         let wanted: Vec<usize> = (0..entities.len()).filter(|&i| stored[i].is_none()).collect();
         let first = pairs.wanted.len();
         let (read, history_read) =
-            self.read_with_history(wanted.iter().map(|&i| entities[i]), user_id, pairs.fields(0)).await?;
+            self.read_with_history(wanted.iter().map(|&i| entities[i]), user_id, pairs.fields(0, &entities)).await?;
         for (&i, parsed) in wanted.iter().zip(read) {
             stored[i] = Some(parsed);
         }
@@ -791,13 +816,14 @@ impl Reader {
                         // A cached ad's record is the one its pair was wanted by: nothing new.
                         if !known[ad] {
                             remembered.insert(entities[ad].1, category);
-                            pairs.want(Entity::UserCategory, category);
+                            pairs.want_category(category);
                         }
                     }
                 }
             }
             if pairs.wanted.len() > first {
-                let (_, late) = self.read_with_history(std::iter::empty(), user_id, pairs.fields(first)).await?;
+                let (_, late) =
+                    self.read_with_history(std::iter::empty(), user_id, pairs.fields(first, &entities)).await?;
                 pairs.stored.extend(late);
                 metrics::online_history_second_read();
             }
@@ -833,10 +859,8 @@ impl Reader {
         let per_ad = slots
             .iter()
             .map(|&(ad, advertiser)| {
-                let pair = |entity, other: Option<&str>| {
-                    other
-                        .and_then(|o| pairs.place(entity, o))
-                        .map_or_else(|| no_history(entity), |j| pair_records[j].clone())
+                let pair = |entity, place: Option<usize>| {
+                    place.map_or_else(|| no_history(entity), |j| pair_records[j].clone())
                 };
                 AdFeatures {
                     ad: records[ad].clone(),
@@ -844,8 +868,8 @@ impl Reader {
                     ad_age_hours: if live[ad] { held(ad).age_hours(now_ms) } else { RawValue::Missing },
                     history: if history {
                         [
-                            pair(Entity::UserCategory, categories[ad]),
-                            pair(Entity::UserAdvertiser, Some(entities[advertiser].1)),
+                            pair(Entity::UserCategory, categories[ad].and_then(|c| pairs.category(c))),
+                            pair(Entity::UserAdvertiser, pairs.advertiser(advertiser)),
                         ]
                     } else {
                         Default::default()
@@ -890,7 +914,7 @@ impl Reader {
         &self,
         entities: impl ExactSizeIterator<Item = (Entity, &'a str)> + Clone,
         user_id: &str,
-        fields: impl ExactSizeIterator<Item = &'a str> + Clone,
+        fields: impl ExactSizeIterator<Item = (Entity, &'a str)> + Clone,
     ) -> Result<(Vec<Arc<Stored>>, Vec<Arc<Stored>>)> {
         let (count, wanted) = (entities.len(), fields.len());
         let mut command = Vec::with_capacity(32 + (count + wanted) * (16 + self.prefix.len()));
@@ -908,7 +932,9 @@ impl Reader {
             resp::bulk(&mut command, b"HMGET");
             layout::write_history_key(&self.prefix, user_id, &mut key);
             resp::bulk(&mut command, key.as_bytes());
-            for field in fields {
+            let mut field = String::new();
+            for (entity, other) in fields {
+                entity.write_field(other, &mut field);
                 resp::bulk(&mut command, field.as_bytes());
             }
         }
