@@ -322,7 +322,7 @@ pub(crate) struct Refused {
     pub(crate) kind: &'static str,
     pub(crate) field: String,
     pub(crate) message: String,
-    /// Worth retrying in a second (`Retry-After`): overload, a broker that is down.
+    /// Worth retrying in a second (`Retry-After`; gRPC: `grpc-retry-pushback-ms`): overload.
     pub(crate) retry: bool,
 }
 
