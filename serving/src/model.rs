@@ -16,6 +16,7 @@ use adrank_registry::{
 use crate::{
     Error, Result, ServingConfig,
     batcher::{Batcher, Rows},
+    rows::Encoder,
 };
 
 /// A version ready to take traffic.
@@ -24,6 +25,8 @@ pub struct LoadedVersion {
     pub manifest: Arc<Manifest>,
     /// The spec compiled with this version's statistics.
     pub transformer: Arc<Transformer>,
+    /// The transforms applied to requests, with this version's encoded ad-side inputs.
+    pub encoder: Arc<Encoder>,
     pub batcher: Batcher,
     /// How long loading and warming took.
     pub load_seconds: f64,
@@ -57,7 +60,7 @@ impl LoadedVersion {
                 short_version(&request.spec.version())
             )));
         }
-        let transformer = Transformer::new(request.spec, &manifest.transform_stats)?;
+        let transformer = Arc::new(Transformer::new(request.spec, &manifest.transform_stats)?);
         let onnx = request.registry.artifact(&manifest.onnx).await?;
         let options = SessionOptions::of(request.ort);
         let ort = request.ort.clone();
@@ -92,7 +95,8 @@ impl LoadedVersion {
         tracing::info!(name, version, %provider, seconds = started.elapsed().as_secs_f64(), "model version loaded and warmed");
         Ok(Self {
             manifest: Arc::new(manifest),
-            transformer: Arc::new(transformer),
+            encoder: Arc::new(Encoder::new(transformer.clone())),
+            transformer,
             batcher,
             load_seconds: started.elapsed().as_secs_f64(),
             provider,

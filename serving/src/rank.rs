@@ -7,17 +7,17 @@ use adrank_featurestore::trace_context;
 use tracing::Instrument as _;
 
 use adrank_contracts::{
-    events::{Impression, Input, Lookup, RawFeatures, RawValue, RolloutArm},
+    events::{Impression, RawFeatures, RawValue, RolloutArm},
     request::RankRequest,
-    spec::{POSITION_FIELD, Transformer},
+    spec::POSITION_FIELD,
 };
-use adrank_featurestore::online::{AdFeatures, AdRef, Fetched, Reader};
+use adrank_featurestore::online::{AdRef, Fetched, Reader};
 use adrank_registry::{Arm, Assignment};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     ServingConfig,
-    batcher::{BatchError, Rows},
+    batcher::BatchError,
     model::LoadedVersion,
     shadow::{Job, Permit},
 };
@@ -100,96 +100,10 @@ pub struct Timing {
     pub batch_rows: usize,
 }
 
-/// What every candidate of a request shares, resolved once to the transformer's inputs: the
-/// user's and the context's values, and where the bid and the slot sit among the inputs.
-struct Shared<'a> {
-    user: Vec<Option<&'a RawValue>>,
-    context: Vec<Option<&'a RawValue>>,
-    bid: Option<usize>,
-    position: Option<usize>,
-    age: Option<usize>,
-}
-
-impl<'a> Shared<'a> {
-    fn new(inputs: &[String], user: &'a RawFeatures, context: &'a RawFeatures) -> Self {
-        let resolve = |layer: &'a RawFeatures| {
-            let mut values = Vec::with_capacity(inputs.len());
-            layer.resolve_into(inputs, &mut values);
-            values
-        };
-        let place = |name: &str| inputs.iter().position(|i| i == name);
-        Self {
-            user: resolve(user),
-            context: resolve(context),
-            bid: place("bid"),
-            position: place(POSITION_FIELD),
-            age: place(AdFeatures::AGE),
-        }
-    }
-
-    /// One candidate's ad layer by input place into `out`: its history's values, else its
-    /// advertiser's, else its ad's, and the ad's age. `scratch` is scratch space.
-    fn ad_layer<'f>(
-        &self,
-        inputs: &[String],
-        stored: &'f AdFeatures,
-        scratch: &mut [Vec<Option<&'f RawValue>>; 2],
-        out: &mut Vec<Option<&'f RawValue>>,
-    ) {
-        let [layer, into] = scratch;
-        stored.ad.resolve_into(inputs, out);
-        // Later layers win, as in the logged record (`AdFeatures::record`).
-        for later in std::iter::once(&stored.advertiser).chain(&stored.history) {
-            if later.is_empty() {
-                continue;
-            }
-            later.resolve_into(inputs, layer);
-            into.clear();
-            into.extend(layer.iter().zip(out.iter()).map(|(l, o)| l.or(*o)));
-            std::mem::swap(into, out);
-        }
-        if let Some(i) = self.age
-            && stored.ad_age_hours != RawValue::Missing
-        {
-            out[i] = Some(&stored.ad_age_hours);
-        }
-    }
-}
-
-/// One candidate's raw features as layers, later ones winning (the online store's user, then
-/// ad and advertiser values, the context, the candidate's own fields), then its bid and the slot
-/// it is scored for (the top). Reads go by the input's place, without comparing names, except
-/// into the candidate's own fields (usually none).
-struct CandidateView<'s, 'a> {
-    shared: &'s Shared<'a>,
-    ad: &'s [Option<&'a RawValue>],
-    own: &'a RawFeatures,
-    bid: RawValue,
-    slot: RawValue,
-}
-
-impl Lookup for CandidateView<'_, '_> {
-    fn get(&self, input: Input<'_>) -> Option<&RawValue> {
-        let i = input.index;
-        if Some(i) == self.shared.bid {
-            return Some(&self.bid);
-        }
-        if Some(i) == self.shared.position {
-            return Some(&self.slot);
-        }
-        if !self.own.is_empty()
-            && let Some(value) = self.own.get(input.name)
-        {
-            return Some(value);
-        }
-        self.shared.context[i].or(self.ad[i]).or(self.shared.user[i])
-    }
-}
-
 /// The record a served impression logs: the layers merged (later ones winning) with the bid,
 /// without the slot (the trainer takes the served one). The trainer transforms this record,
 /// serving the view: a test holds the two to identical rows.
-fn logged_record(layers: [&RawFeatures; 4], bid: f64) -> RawFeatures {
+pub(crate) fn logged_record(layers: [&RawFeatures; 4], bid: f64) -> RawFeatures {
     let mut raw = layers[0].clone();
     for layer in &layers[1..] {
         raw.merge(layer);
@@ -197,49 +111,6 @@ fn logged_record(layers: [&RawFeatures; 4], bid: f64) -> RawFeatures {
     raw.insert("bid", RawValue::Num(bid));
     raw.remove(POSITION_FIELD);
     raw
-}
-
-/// Every candidate's model row, scored for the top slot. Later sources win: the online
-/// store's hashes, the context (its surface last, in `context`), the candidate's own fields,
-/// its bid, the slot. Each candidate is read through a view of its layers, not copied into one
-/// record: only the few logged impressions need that.
-pub(crate) fn candidate_rows(
-    transformer: &Transformer,
-    request: &RankRequest,
-    fetched: &Fetched,
-    context: &RawFeatures,
-) -> Rows {
-    slot_rows(transformer, (request, fetched, context), (0..request.candidates.len()).map(|i| (i, 0)))
-}
-
-/// The rows of `(candidate index, slot)` pairs: the same candidates' rows scored for other slots
-/// than the top (the shown ones, at their positions).
-pub(crate) fn slot_rows(
-    transformer: &Transformer,
-    (request, fetched, context): (&RankRequest, &Fetched, &RawFeatures),
-    which: impl Iterator<Item = (usize, u32)>,
-) -> Rows {
-    let mut rows = Rows::default();
-    let inputs = transformer.inputs();
-    let shared = Shared::new(inputs, &fetched.user, context);
-    let (mut ad, mut scratch) = (Vec::with_capacity(inputs.len()), [Vec::new(), Vec::new()]);
-    let expected = which.size_hint().0;
-    rows.ids.reserve(expected * transformer.id_width());
-    rows.dense.reserve(expected * transformer.dense_width());
-    for (i, slot) in which {
-        rows.rows += 1;
-        let candidate = &request.candidates[i];
-        shared.ad_layer(inputs, &fetched.ads[i], &mut scratch, &mut ad);
-        let view = CandidateView {
-            shared: &shared,
-            ad: &ad,
-            own: &candidate.features,
-            bid: RawValue::Num(candidate.bid),
-            slot: RawValue::Num(f64::from(slot)),
-        };
-        transformer.transform(&view, &mut rows.ids, &mut rows.dense);
-    }
-    rows
 }
 
 /// Why a request was not ranked.
@@ -293,7 +164,7 @@ pub async fn rank(
 
     let mut context = request.context.features.clone();
     context.insert("surface", RawValue::from(request.context.surface.as_str()));
-    let rows = candidate_rows(&version.transformer, request, &fetched, &context);
+    let rows = version.encoder.candidate_rows(request, &fetched, &context);
     crate::metrics::queue_depth(version.batcher.queued());
     let scoring = trace_context::span(|| {
         tracing::info_span!(
@@ -424,7 +295,7 @@ async fn at_positions(
     let mut scores = Vec::with_capacity(shown.len());
     scores.push(top[first]);
     if !rest.is_empty() {
-        let rows = slot_rows(&version.transformer, parts, rest.iter().zip(1..).map(|(&i, slot)| (i, slot)));
+        let rows = version.encoder.slot_rows(parts, rest.iter().zip(1..).map(|(&i, slot)| (i, slot)));
         match version.batcher.score(rows, deadline).await {
             Ok(scored) => scores.extend(scored.scores),
             Err(e) => {
@@ -440,106 +311,4 @@ async fn at_positions(
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use adrank_contracts::spec::{FeatureSpec, TransformStats, Transformer};
-
-    use super::*;
-
-    fn record(entries: &[(&'static str, RawValue)]) -> RawFeatures {
-        entries.iter().map(|(k, v)| (std::borrow::Cow::Borrowed(*k), v.clone())).collect()
-    }
-
-    /// Serving scores a candidate through its layers; the trainer later transforms the logged
-    /// record (with the served slot). Any difference between the two would be training/serving
-    /// skew, so the rows must be identical, overrides between layers included.
-    #[test]
-    fn a_candidate_view_transforms_exactly_like_its_logged_record() {
-        let spec = FeatureSpec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/features.toml")).unwrap();
-        let user = record(&[
-            ("user_id", "u1".into()),
-            ("segment", "s3".into()),
-            ("country", "de".into()),
-            ("user_clicks_7d", RawValue::Num(2.0)),
-            ("user_impressions_7d", RawValue::Num(40.0)),
-        ]);
-        let ad = record(&[
-            ("ad_id", "a9".into()),
-            ("advertiser_id", "v2".into()),
-            ("category", "shoes".into()),
-            ("format", "banner".into()),
-            ("ad_clicks_7d", RawValue::Num(5.0)),
-            ("ad_impressions_7d", RawValue::Num(300.0)),
-            // Context and candidate layers below override these.
-            ("hour", RawValue::Num(1.0)),
-            ("device", "tv".into()),
-        ]);
-        // The advertiser's values win over the ad's where names repeat.
-        let advertiser = record(&[
-            ("advertiser_id", "v2".into()),
-            ("advertiser_clicks_7d", RawValue::Num(50.0)),
-            ("advertiser_impressions_7d", RawValue::Num(900.0)),
-            ("format", "video".into()),
-        ]);
-        // The history pairs' counters, and a name that repeats the advertiser's: history wins.
-        let category_history = record(&[
-            ("user_category_clicks_7d", RawValue::Num(3.0)),
-            ("user_category_impressions_7d", RawValue::Num(20.0)),
-        ]);
-        let advertiser_history = record(&[
-            ("user_advertiser_clicks_7d", RawValue::Num(1.0)),
-            ("user_advertiser_impressions_7d", RawValue::Num(7.0)),
-            ("advertiser_clicks_7d", RawValue::Num(51.0)),
-        ]);
-        let stored = AdFeatures {
-            ad: std::sync::Arc::new(ad),
-            advertiser: std::sync::Arc::new(advertiser),
-            ad_age_hours: RawValue::Num(30.0),
-            history: [std::sync::Arc::new(category_history), std::sync::Arc::new(advertiser_history)],
-        };
-        let context = record(&[("hour", RawValue::Num(14.0)), ("surface", "feed".into())]);
-        let candidate = record(&[("device", "phone".into()), ("bid", RawValue::Num(99.0))]);
-        let logged = logged_record([&user, &stored.record(), &context, &candidate], 1.5);
-        assert_eq!(logged.get("hour"), Some(&RawValue::Num(14.0)));
-        assert_eq!(logged.get("device"), Some(&"phone".into()));
-        assert_eq!(logged.get("format"), Some(&"video".into()), "the advertiser's value wins over the ad's");
-        assert_eq!(logged.get("ad_age_hours"), Some(&RawValue::Num(30.0)));
-        assert_eq!(logged.get("advertiser_clicks_7d"), Some(&RawValue::Num(51.0)), "history wins over the advertiser");
-        assert_eq!(logged.get("user_category_impressions_7d"), Some(&RawValue::Num(20.0)));
-        assert_eq!(logged.get("bid"), Some(&RawValue::Num(1.5)), "the request's bid wins");
-        assert!(!logged.contains_key(POSITION_FIELD));
-
-        let stats = TransformStats::fit(&spec, [&logged]);
-        let transformer = Transformer::new(&spec, &stats).unwrap();
-        let inputs = transformer.inputs();
-        assert!(inputs.iter().any(|i| i == AdFeatures::AGE), "the spec reads the ad's age: the test must cover it");
-        for history in ["user_category_clicks_7d", "user_advertiser_impressions_7d"] {
-            assert!(inputs.iter().any(|i| i == history), "the spec reads {history}: the test must cover it");
-        }
-        let shared = Shared::new(inputs, &user, &context);
-        let (mut resolved, mut scratch) = (Vec::new(), [Vec::new(), Vec::new()]);
-        shared.ad_layer(inputs, &stored, &mut scratch, &mut resolved);
-        // At the top slot, as every candidate is ranked, and at a lower one, as the shown slots
-        // are scored again: the trainer reads the logged record with the served position.
-        for slot in [0u32, 3] {
-            let view = CandidateView {
-                shared: &shared,
-                ad: &resolved,
-                own: &candidate,
-                bid: RawValue::Num(1.5),
-                slot: RawValue::Num(f64::from(slot)),
-            };
-            let (mut ids, mut dense) = (Vec::new(), Vec::new());
-            transformer.transform(&view, &mut ids, &mut dense);
-            let mut trained = logged.clone();
-            trained.insert(POSITION_FIELD, RawValue::Num(f64::from(slot)));
-            let (mut ids2, mut dense2) = (Vec::new(), Vec::new());
-            transformer.transform(&trained, &mut ids2, &mut dense2);
-            assert_eq!((ids, dense), (ids2, dense2), "slot {slot}");
-        }
-    }
 }

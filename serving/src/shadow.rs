@@ -185,7 +185,7 @@ impl Job {
         let below_top: &[usize] = if positioned { self.shown.get(1..).unwrap_or_default() } else { &[] };
         let which = (0..n).map(|i| (i, 0)).chain(below_top.iter().zip(1..).map(|(&i, slot)| (i, slot)));
         let parts = (&self.request, &self.fetched, &self.context);
-        let rows = crate::rank::slot_rows(&self.candidate.transformer, parts, which);
+        let rows = self.candidate.encoder.slot_rows(parts, which);
         let started = Instant::now();
         match self.candidate.batcher.score(rows, started + gate.deadline).await {
             Ok(mut scored) => {

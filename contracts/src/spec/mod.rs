@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 pub use stats::{Standardisation, TransformStats};
-pub use transform::{RowDefaults, Transformer, short_version};
+pub use transform::{Encoded, RowDefaults, Transformer, short_version};
 
 use crate::events::ORACLE_FIELD;
 

@@ -13,9 +13,20 @@ pub struct Transformer {
     features: Vec<Compiled>,
     /// Every raw input the features read, sorted and distinct; each read names its place here.
     inputs: Vec<String>,
+    /// Per feature: the places in `inputs` it reads, and its column among the ids or among the
+    /// dense numbers (whichever it writes).
+    reads: Vec<Vec<usize>>,
+    columns: Vec<usize>,
     id_width: usize,
     dense_width: usize,
     spec_version: String,
+}
+
+/// One feature's model input: an id (hashed or bucketised) or a dense number.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Encoded {
+    Id(i64),
+    Dense(f32),
 }
 
 /// How many features of one row fell back to their default (missing, non-finite or
@@ -107,7 +118,19 @@ impl Transformer {
         for name in features.iter_mut().flat_map(|f| f.names_mut()) {
             name.index = inputs.binary_search(&name.name).expect("collected just above");
         }
+        let reads = features.iter_mut().map(|f| f.names_mut().iter().map(|n| n.index).collect()).collect();
+        let (mut id, mut dense) = (0, 0);
+        let columns = features
+            .iter()
+            .map(|f| {
+                let count = if f.is_id() { &mut id } else { &mut dense };
+                *count += 1;
+                *count - 1
+            })
+            .collect();
         Ok(Self {
+            reads,
+            columns,
             id_width: spec.id_features().count(),
             dense_width: spec.dense_features().count(),
             features,
@@ -140,38 +163,75 @@ impl Transformer {
     pub fn transform<L: Lookup + ?Sized>(&self, raw: &L, ids: &mut Vec<i64>, dense: &mut Vec<f32>) -> RowDefaults {
         let mut defaults = 0;
         for feature in &self.features {
-            match feature {
-                Compiled::Hash { category, seed, buckets } => {
-                    let value = category.value(raw, &mut defaults);
-                    ids.push(value.map_or(0, |v| bucket(v.as_bytes(), *seed, *buckets)));
-                }
-                Compiled::Cross { a, b, seed, buckets } => {
-                    let (a, b) = (a.value(raw, &mut defaults), b.value(raw, &mut defaults));
-                    ids.push(match (a, b) {
-                        (Some(a), Some(b)) => {
-                            let mut key = Vec::with_capacity(a.len() + b.len() + 1);
-                            key.extend_from_slice(a.as_bytes());
-                            key.push(CROSS_SEPARATOR);
-                            key.extend_from_slice(b.as_bytes());
-                            bucket(&key, *seed, *buckets)
-                        }
-                        _ => 0,
-                    });
-                }
-                Compiled::Number { input, steps, bucketise } => {
-                    let mut x = input.value(raw, &mut defaults);
-                    for step in steps {
-                        x = step.apply(x);
-                    }
-                    match bucketise {
-                        Some(boundaries) => ids.push(1 + boundaries.partition_point(|b| *b <= x) as i64),
-                        // A value too large for f32 would become infinite: clamp it instead.
-                        None => dense.push(x.clamp(f64::from(f32::MIN), f64::from(f32::MAX)) as f32),
-                    }
-                }
+            match feature.encode(raw, &mut defaults) {
+                Encoded::Id(x) => ids.push(x),
+                Encoded::Dense(x) => dense.push(x),
             }
         }
         RowDefaults(defaults)
+    }
+
+    /// Features per row: ids and dense numbers together.
+    pub fn features(&self) -> usize {
+        self.features.len()
+    }
+
+    /// The places in [`Self::inputs`] that feature `k` (in spec order) reads: its value depends
+    /// on nothing else.
+    pub fn reads(&self, k: usize) -> &[usize] {
+        &self.reads[k]
+    }
+
+    /// Feature `k`'s column among a row's ids, or among its dense numbers: whichever kind
+    /// [`Self::encode`] gives.
+    pub fn column(&self, k: usize) -> usize {
+        self.columns[k]
+    }
+
+    /// Feature `k`'s model input from `raw`: what [`Self::transform`] writes at its column.
+    pub fn encode<L: Lookup + ?Sized>(&self, k: usize, raw: &L) -> Encoded {
+        self.features[k].encode(raw, &mut 0)
+    }
+}
+
+impl Compiled {
+    /// Whether the feature's input is an id column (else a dense one).
+    fn is_id(&self) -> bool {
+        !matches!(self, Self::Number { bucketise: None, .. })
+    }
+
+    /// The model input from `raw`; `defaults` counts the raw values that fell back to theirs.
+    fn encode<L: Lookup + ?Sized>(&self, raw: &L, defaults: &mut u32) -> Encoded {
+        match self {
+            Self::Hash { category, seed, buckets } => {
+                let value = category.value(raw, defaults);
+                Encoded::Id(value.map_or(0, |v| bucket(v.as_bytes(), *seed, *buckets)))
+            }
+            Self::Cross { a, b, seed, buckets } => {
+                let (a, b) = (a.value(raw, defaults), b.value(raw, defaults));
+                Encoded::Id(match (a, b) {
+                    (Some(a), Some(b)) => {
+                        let mut key = Vec::with_capacity(a.len() + b.len() + 1);
+                        key.extend_from_slice(a.as_bytes());
+                        key.push(CROSS_SEPARATOR);
+                        key.extend_from_slice(b.as_bytes());
+                        bucket(&key, *seed, *buckets)
+                    }
+                    _ => 0,
+                })
+            }
+            Self::Number { input, steps, bucketise } => {
+                let mut x = input.value(raw, defaults);
+                for step in steps {
+                    x = step.apply(x);
+                }
+                match bucketise {
+                    Some(boundaries) => Encoded::Id(1 + boundaries.partition_point(|b| *b <= x) as i64),
+                    // A value too large for f32 would become infinite: clamp it instead.
+                    None => Encoded::Dense(x.clamp(f64::from(f32::MIN), f64::from(f32::MAX)) as f32),
+                }
+            }
+        }
     }
 }
 
