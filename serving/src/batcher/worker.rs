@@ -11,29 +11,45 @@ pub(super) fn spawn_model_thread(mut session: ScoringSession, mut batches: Recei
     std::thread::Builder::new()
         .name(MODEL_THREAD.into())
         .spawn(move || {
+            // The inputs of batches of several jobs, reused: a run would otherwise allocate two
+            // buffers of up to `max_batch_rows` rows.
+            let mut merged = Merged::default();
             // Ends when the batching task ends (every handle dropped).
             while let Some(batch) = batches.blocking_recv() {
-                run(&mut session, batch);
+                run(&mut session, batch, &mut merged);
                 model.finished();
             }
         })
         .expect("spawning a thread only fails when the OS is out of resources");
 }
 
-fn run(session: &mut ScoringSession, batch: Batch) {
+/// A batch's jobs' inputs put together.
+#[derive(Default)]
+struct Merged {
+    ids: Vec<i64>,
+    dense: Vec<f32>,
+}
+
+fn run(session: &mut ScoringSession, batch: Batch, merged: &mut Merged) {
     // The batch may have waited for the previous run: check again before spending inference.
     let jobs: Vec<_> = batch.jobs.into_iter().filter_map(admit).collect();
-    if jobs.is_empty() {
-        return;
-    }
     let rows: usize = jobs.iter().map(|j| j.rows.rows).sum();
-    let (mut ids, mut dense) = (Vec::new(), Vec::new());
-    for job in &jobs {
-        ids.extend_from_slice(&job.rows.ids);
-        dense.extend_from_slice(&job.rows.dense);
-    }
+    let (ids, dense) = match &jobs[..] {
+        [] => return,
+        // One job: its own buffers, as they are.
+        [job] => (&job.rows.ids[..], &job.rows.dense[..]),
+        _ => {
+            merged.ids.clear();
+            merged.dense.clear();
+            for job in &jobs {
+                merged.ids.extend_from_slice(&job.rows.ids);
+                merged.dense.extend_from_slice(&job.rows.dense);
+            }
+            (&merged.ids[..], &merged.dense[..])
+        }
+    };
     let started = Instant::now();
-    let result = session.score(rows, &ids, &dense);
+    let result = session.score(rows, ids, dense);
     let inference = started.elapsed();
     // A model whose output does not hold one score per row (its signature was checked at load;
     // this guards the slicing below) fails the run instead of the thread.
