@@ -15,8 +15,8 @@
 //! - [`manager`]: the loaded versions, the default one, hot swaps when the followed alias moves.
 //! - [`metrics`]: every metric serving emits (Prometheus, at `/metrics`).
 //! - [`rank`]: one request: features from the online store, transforms, batcher, ranking.
-//! - [`rows`]: a request's model rows: what every candidate shares encoded once, ads' own
-//!   inputs encoded once per stored record and shared, the rest per candidate.
+//! - [`rows`]: a request's model rows: what every candidate shares encoded once, the rest per
+//!   candidate, each stored record resolved once.
 //! - [`shadow`]: at a rollout's shadow step, a sample of requests scored again by the
 //!   candidate after the reply: bounded, droppable, compared with production.
 //! - [`batcher`]: the dynamic batcher: concurrent requests' rows merged into ONNX Runtime runs,

@@ -25,7 +25,7 @@ pub struct LoadedVersion {
     pub manifest: Arc<Manifest>,
     /// The spec compiled with this version's statistics.
     pub transformer: Arc<Transformer>,
-    /// The transforms applied to requests, with this version's encoded ad-side inputs.
+    /// The transforms as applied to requests' candidates.
     pub encoder: Arc<Encoder>,
     pub batcher: Batcher,
     /// How long loading and warming took.

@@ -1,14 +1,12 @@
 //! A request's model rows, from each candidate's layers of raw features.
 //!
 //! Most of a row does not change from one candidate to the next: the user's and the context's
-//! features are the same for all of them, and an ad's own features are the same in every
-//! request that reads the same stored records. So a request works out, from what its layers
-//! hold, which features come out the same for every candidate (encoded once and copied), which
-//! only the ad and advertiser records fix (copied from their [`slices`]), and encodes only the
-//! rest per candidate. The result is the row the trainer gets from the logged record: a test
-//! holds the two identical.
-
-mod slices;
+//! features are the same for all of them. So a request works out, from what its layers hold,
+//! which features come out the same for every candidate (encoded once and copied into each
+//! row) and encodes only the rest per candidate; each distinct stored record (an advertiser
+//! several candidates share, the record of no history most share) is resolved to the inputs
+//! once. The result is the row the trainer gets from the logged record: a test holds the two
+//! identical.
 
 use std::sync::Arc;
 
@@ -21,19 +19,12 @@ use adrank_featurestore::online::{AdFeatures, Fetched};
 use rustc_hash::FxHashMap;
 
 use crate::batcher::Rows;
-use slices::Slices;
 
-/// One model version's transforms, with its cache of encoded ad-side inputs.
+/// One model version's transforms, applied to requests.
 #[derive(Debug)]
 pub struct Encoder {
     transformer: Arc<Transformer>,
     places: Places,
-    /// Per feature: whether it reads only what an ad's layer can hold (not the bid, the slot
-    /// or the ad's age, which change per request).
-    ad_side: Vec<bool>,
-    /// Per feature: its input when none of what it reads has a value.
-    empty: Vec<Encoded>,
-    slices: Slices,
 }
 
 /// Where the inputs every candidate sets itself sit among the transformer's inputs.
@@ -49,12 +40,7 @@ impl Encoder {
         let inputs = transformer.inputs();
         let place = |name: &str| inputs.iter().position(|i| i == name);
         let places = Places { bid: place("bid"), position: place(POSITION_FIELD), age: place(AdFeatures::AGE) };
-        let per_request = [places.bid, places.position, places.age];
-        let ad_side = (0..transformer.features())
-            .map(|k| transformer.reads(k).iter().all(|i| !per_request.contains(&Some(*i))))
-            .collect();
-        let empty = (0..transformer.features()).map(|k| transformer.encode(k, &RawFeatures::new())).collect();
-        Self { transformer, places, ad_side, empty, slices: Slices::new() }
+        Self { transformer, places }
     }
 
     pub fn transformer(&self) -> &Arc<Transformer> {
@@ -84,36 +70,29 @@ impl Encoder {
         }
         let inputs = transformer.inputs();
         let shared = Shared::new(inputs, &fetched.user, context, self.places);
-        let slices =
-            self.slices.of(transformer, (&self.ad_side, &self.empty), which.iter().map(|&(i, _)| &fetched.ads[i]));
-        let mut history = History::new(inputs.len());
-        let layers: Vec<[usize; 2]> = which
+        // Each candidate's stored layers, lowest first: its ad, advertiser, history with the
+        // ad's category, with the advertiser; each distinct record resolved once.
+        let mut layers = Layers::new(inputs.len());
+        let placed: Vec<[usize; 4]> = which
             .iter()
             .map(|&(i, _)| {
-                let [first, second] = &fetched.ads[i].history;
-                [history.place(first, inputs), history.place(second, inputs)]
+                let stored = &fetched.ads[i];
+                let [category, advertiser] = &stored.history;
+                [&stored.ad, &stored.advertiser, category, advertiser].map(|record| layers.place(record, inputs))
             })
             .collect();
 
-        // Which inputs some candidate's layers give: those features are not the same for all.
+        // Which inputs some candidate gives a value of its own: features reading them are
+        // encoded per candidate.
         let mut given = Given::new(inputs.len());
-        for slice in &slices {
-            for &i in &slice.provides {
-                given.by_ads[i] = true;
-            }
-        }
-        for resolved in &history.resolved {
+        for resolved in &layers.resolved {
             for (i, value) in resolved.iter().enumerate() {
-                if value.is_some() {
-                    given.by_history[i] = true;
-                    given.by_ads[i] = true;
-                }
+                given.by_ads[i] |= value.is_some();
             }
         }
         if let Some(age) = self.places.age
             && which.iter().any(|&(i, _)| fetched.ads[i].ad_age_hours != RawValue::Missing)
         {
-            given.by_history[age] = true;
             given.by_ads[age] = true;
         }
         let mut own = Vec::new();
@@ -132,8 +111,7 @@ impl Encoder {
             let candidate = &request.candidates[i];
             CandidateView {
                 shared: &shared,
-                slice: &slices[j].values,
-                history: layers[j].map(|h| &history.resolved[h][..]),
+                layers: placed[j].map(|l| &layers.resolved[l][..]),
                 age: &fetched.ads[i].ad_age_hours,
                 own: &candidate.features,
                 bid: RawValue::Num(candidate.bid),
@@ -149,21 +127,19 @@ impl Encoder {
             if reads.iter().all(|&i| given.same_for_all(i, &shared, self.places)) {
                 put(transformer.encode(k, &first), transformer.column(k), (&mut template_ids, &mut template_dense));
             } else {
-                let sliced = self.ad_side[k] && reads.iter().all(|&i| given.only_by_ads(i, &shared));
-                per_candidate.push((k, sliced));
+                per_candidate.push(k);
             }
         }
         rows.ids.reserve(which.len() * id_width);
         rows.dense.reserve(which.len() * dense_width);
-        for (j, slice) in slices.iter().enumerate() {
+        for j in 0..which.len() {
             let (id_start, dense_start) = (rows.ids.len(), rows.dense.len());
             rows.ids.extend_from_slice(&template_ids);
             rows.dense.extend_from_slice(&template_dense);
             let row = (&mut rows.ids[id_start..], &mut rows.dense[dense_start..]);
             let view = view(j);
-            for &(k, sliced) in &per_candidate {
-                let value = if sliced { slice.encoded[k] } else { transformer.encode(k, &view) };
-                put(value, transformer.column(k), (&mut *row.0, &mut *row.1));
+            for &k in &per_candidate {
+                put(transformer.encode(k, &view), transformer.column(k), (&mut *row.0, &mut *row.1));
             }
         }
         rows
@@ -180,17 +156,15 @@ fn put(value: Encoded, column: usize, (ids, dense): (&mut [i64], &mut [f32])) {
 
 /// Which inputs the candidates' layers give values for, by input place.
 struct Given {
-    /// By some candidate's ad layer: its ad, advertiser, history or age.
+    /// By some candidate's stored layers: its ad, advertiser, history or age.
     by_ads: Vec<bool>,
-    /// By some candidate's history with the user, or its age.
-    by_history: Vec<bool>,
     /// By some candidate's own fields.
     by_own: Vec<bool>,
 }
 
 impl Given {
     fn new(inputs: usize) -> Self {
-        Self { by_ads: vec![false; inputs], by_history: vec![false; inputs], by_own: vec![false; inputs] }
+        Self { by_ads: vec![false; inputs], by_own: vec![false; inputs] }
     }
 
     /// Whether input `i` reads the same for every candidate: no candidate sets it, and the
@@ -201,23 +175,17 @@ impl Given {
             && !self.by_own[i]
             && (shared.context[i].is_some() || !self.by_ads[i])
     }
-
-    /// Whether input `i` reads, for every candidate, what its ad and advertiser records hold
-    /// (nothing else of the request has a value for it).
-    fn only_by_ads(&self, i: usize, shared: &Shared<'_>) -> bool {
-        !self.by_own[i] && !self.by_history[i] && shared.context[i].is_none() && shared.user[i].is_none()
-    }
 }
 
-/// The request's history layers resolved to input places, once per distinct record (most
-/// candidates share the record of no history).
-struct History<'a> {
+/// The request's stored layers resolved to input places, once per distinct record (candidates
+/// share advertisers, and most share the record of no history).
+struct Layers<'a> {
     by_record: FxHashMap<*const RawFeatures, usize>,
     /// The first is the empty layer.
     resolved: Vec<Vec<Option<&'a RawValue>>>,
 }
 
-impl<'a> History<'a> {
+impl<'a> Layers<'a> {
     fn new(inputs: usize) -> Self {
         Self { by_record: FxHashMap::default(), resolved: vec![vec![None; inputs]] }
     }
@@ -262,10 +230,9 @@ impl<'a> Shared<'a> {
 /// names, except into the candidate's own fields (usually none).
 struct CandidateView<'s, 'a> {
     shared: &'s Shared<'a>,
-    /// The ad's and advertiser's values by input place.
-    slice: &'s [Option<RawValue>],
-    /// The history with the ad's category, then with its advertiser, by input place.
-    history: [&'s [Option<&'a RawValue>]; 2],
+    /// The ad's, the advertiser's, the history with the ad's category and with the advertiser,
+    /// each by input place.
+    layers: [&'s [Option<&'a RawValue>]; 4],
     age: &'a RawValue,
     own: &'a RawFeatures,
     bid: RawValue,
@@ -293,7 +260,8 @@ impl Lookup for CandidateView<'_, '_> {
         if Some(i) == places.age && *self.age != RawValue::Missing {
             return Some(self.age);
         }
-        self.history[1][i].or(self.history[0][i]).or(self.slice[i].as_ref()).or(self.shared.user[i])
+        let [ad, advertiser, category, with_advertiser] = self.layers;
+        with_advertiser[i].or(category[i]).or(advertiser[i]).or(ad[i]).or(self.shared.user[i])
     }
 }
 
