@@ -43,10 +43,6 @@ impl Encoder {
         Self { transformer, places }
     }
 
-    pub fn transformer(&self) -> &Arc<Transformer> {
-        &self.transformer
-    }
-
     /// Every candidate's model row, scored for the top slot.
     pub(crate) fn candidate_rows(&self, request: &RankRequest, fetched: &Fetched, context: &RawFeatures) -> Rows {
         self.slot_rows((request, fetched, context), (0..request.candidates.len()).map(|i| (i, 0)))
